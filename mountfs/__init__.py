@@ -1,0 +1,1 @@
+"""mountfs: mount object storage through FUSE (pyfuse3 + trio)."""

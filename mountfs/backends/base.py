@@ -1,0 +1,111 @@
+"""The interface every backend driver implements, and the records it returns.
+
+Drivers speak one service's wire protocol and raise the classes of `mountfs.errors`; they hold
+no cache and run no retry loops (the write-back queue retries, asking `is_temp_failure`).
+Blocking clients run in trio worker threads so the FUSE loop never stalls.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from mountfs.errors import TemporaryFailure
+
+# What a retry may cure, whichever driver raised it.
+TEMPORARY_FAILURES = (TemporaryFailure, ConnectionError, TimeoutError)
+
+# Object metadata keys, stored by each driver where its service keeps user metadata (S3:
+# x-amz-meta-<key>). Names and formats follow s3fs so both tools read each other's objects.
+META_MODE = "mode"  # st_mode in decimal, file type bits included
+META_UID = "uid"
+META_GID = "gid"
+META_MTIME = "mtime"  # seconds since the epoch, decimal, optional fraction
+META_XATTR = "xattr"  # JSON object {name: base64(value)} of user.* extended attributes
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listing or stat result. A prefix (`is_prefix`) is a directory: key ends with '/'."""
+
+    bucket: str
+    key: str
+    size: int = 0
+    mtime_ns: int = 0
+    etag: str = ""
+    # None: the service lists without user metadata, ask stat_object for it.
+    metadata: dict[str, str] | None = field(default=None, compare=False)
+    is_prefix: bool = False
+
+
+@dataclass(frozen=True)
+class Features:
+    ranged_reads: bool = True
+    server_side_copy: bool = True
+    writable: bool = True
+    max_object_size: int = 5 * 1024**4
+
+
+class Backend(abc.ABC):
+    """An object store: buckets holding objects named by keys, '/' as the prefix delimiter."""
+
+    features: Features = Features()
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """A short name for logs and status: the source as the user gave it, no secrets."""
+
+    async def check(self) -> None:
+        """Fail fast (ConfigError, one line) when the source is unreachable or misconfigured."""
+
+    @abc.abstractmethod
+    async def list_buckets(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def create_bucket(self, bucket: str) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_bucket(self, bucket: str) -> None:
+        """Raises NotEmpty when the bucket holds objects."""
+
+    @abc.abstractmethod
+    def list_objects(
+        self, bucket: str, prefix: str, delimiter: str | None = "/", page_size: int = 1000
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        """Pages of objects and (with a delimiter) common prefixes under `prefix`, key order."""
+
+    @abc.abstractmethod
+    async def stat_object(self, bucket: str, key: str) -> ObjectInfo:
+        """Raises NoSuchObject; the result carries metadata."""
+
+    @abc.abstractmethod
+    async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length), fewer at the end of the object."""
+
+    @abc.abstractmethod
+    async def write_object(
+        self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str]
+    ) -> ObjectInfo:
+        """Store `size` bytes read from `data` as one whole object, atomically replacing any old one."""
+
+    @abc.abstractmethod
+    async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:
+        """Replace the object's user metadata, keeping its data."""
+
+    @abc.abstractmethod
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """Idempotent: deleting a missing object succeeds."""
+
+    @abc.abstractmethod
+    async def copy_object(
+        self, bucket: str, key: str, dst_bucket: str, dst_key: str
+    ) -> ObjectInfo:
+        """Server-side copy, data and metadata."""
+
+    def is_temp_failure(self, exc: BaseException) -> bool:
+        return isinstance(exc, TEMPORARY_FAILURES)
+
+    async def aclose(self) -> None:
+        """Release connections."""
+

@@ -1,0 +1,89 @@
+"""The errors backends raise, and the one table that maps every error to an errno.
+
+Backends raise these (never errno values); the FUSE layer calls `to_errno` and nothing else
+decides which errno a program sees.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(Exception):
+    """A failure of the storage service that fits no narrower class."""
+
+
+class NoSuchBucket(BackendError):
+    pass
+
+
+class NoSuchObject(BackendError):
+    pass
+
+
+class AlreadyExists(BackendError):
+    pass
+
+
+class NotEmpty(BackendError):
+    pass
+
+
+class PermissionDenied(BackendError):
+    pass
+
+
+class QuotaExceeded(BackendError):
+    pass
+
+
+class TooLarge(BackendError):
+    pass
+
+
+class NotSupported(BackendError):
+    pass
+
+
+class InvalidName(BackendError):
+    """A name the service cannot store (not UTF-8, too long, reserved)."""
+
+
+class TemporaryFailure(BackendError):
+    """Worth retrying: throttling, 5xx, timeouts, dropped connections."""
+
+
+class ConfigError(Exception):
+    """Bad user input (source, option, credentials): reported as one line, exit code 2."""
+
+
+_ERRNO: list[tuple[type[BaseException], int]] = [
+    (NoSuchBucket, errno.ENOENT),
+    (NoSuchObject, errno.ENOENT),
+    (FileNotFoundError, errno.ENOENT),
+    (AlreadyExists, errno.EEXIST),
+    (FileExistsError, errno.EEXIST),
+    (NotEmpty, errno.ENOTEMPTY),
+    (PermissionDenied, errno.EACCES),
+    (PermissionError, errno.EACCES),
+    (QuotaExceeded, errno.EDQUOT),
+    (TooLarge, errno.EFBIG),
+    (NotSupported, errno.ENOTSUP),
+    (InvalidName, errno.EINVAL),
+    (TemporaryFailure, errno.EIO),
+    (IsADirectoryError, errno.EISDIR),
+    (NotADirectoryError, errno.ENOTDIR),
+]
+
+
+def to_errno(exc: BaseException) -> int:
+    """The errno a program sees for `exc`; anything unknown is logged and becomes EIO."""
+    for cls, code in _ERRNO:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    log.error("unexpected error, reported as EIO: %r", exc, exc_info=exc)
+    return errno.EIO
