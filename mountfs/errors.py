@@ -51,6 +51,26 @@ class InvalidName(BackendError):
     """A name the service cannot store (not UTF-8, too long, reserved)."""
 
 
+class NameTooLong(Exception):
+    pass
+
+
+class ReadOnly(Exception):
+    """A write on a read-only mount, or to a backend that cannot write."""
+
+
+class NotPermitted(Exception):
+    """An operation the filesystem does not do (hard links, device nodes)."""
+
+
+class NoSuchAttribute(Exception):
+    pass
+
+
+class InvalidArgument(Exception):
+    pass
+
+
 class TemporaryFailure(BackendError):
     """Worth retrying: throttling, 5xx, timeouts, dropped connections."""
 
@@ -73,6 +93,11 @@ _ERRNO: list[tuple[type[BaseException], int]] = [
     (NotSupported, errno.ENOTSUP),
     (InvalidName, errno.EINVAL),
     (TemporaryFailure, errno.EIO),
+    (NameTooLong, errno.ENAMETOOLONG),
+    (ReadOnly, errno.EROFS),
+    (NotPermitted, errno.EPERM),
+    (NoSuchAttribute, errno.ENODATA),
+    (InvalidArgument, errno.EINVAL),
     (IsADirectoryError, errno.EISDIR),
     (NotADirectoryError, errno.ENOTDIR),
 ]

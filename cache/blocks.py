@@ -1,0 +1,464 @@
+"""The block cache: objects held as fixed-size block files on disk, under a size cap.
+
+Layout: `<dir>/objects/<id>/state.json` (the journal record, see cache.journal) and
+`<dir>/objects/<id>/<n>`, block n of the object, bytes [n*B, n*B + len). A block file shorter
+than B, or a block past `remote_size` that is absent, reads as zeros up to the object's size.
+An absent block below `remote_size` is fetched from the server version named by the record.
+
+Locking, all on the one trio thread: a block being fetched has an Event in `_fetching`, and
+other readers of it wait on that instead of fetching again. Writers bump the object's
+generation *before* touching a block, and the upload reader (in a worker thread) checks the
+generation *after* each read, so an upload either reads a consistent snapshot or gives up
+(Superseded) and is queued again.
+
+Eviction: blocks of clean objects sit in an LRU; dirty objects are pinned whole. Above the cap,
+the least recently used clean blocks go first; when only dirty data is left, writers wait for
+uploads to free room (or, if no upload could, go on over the cap rather than fail).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+from cache import journal
+from cache.journal import ObjectRecord
+from cache.storage import Storage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 1024 * 1024
+
+
+class Superseded(Exception):
+    """The object changed while its upload was reading it; upload again later."""
+
+
+class ObjectChanged(Exception):
+    """The server's copy changed under a partly cached object; the cached blocks are void."""
+
+
+@dataclass(eq=False)
+class CachedObject:
+    record: ObjectRecord
+    path: Path
+    blocks: dict[int, int] = field(default_factory=dict)  # block number -> bytes on disk
+    generation: int = 0
+    uploaded_generation: int = -1
+    open_count: int = 0
+    detached: bool = False  # unlinked: never uploaded, deleted once closed
+    last_error: BaseException | None = None
+    attempt_done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def size(self) -> int:
+        return self.record.size
+
+    @property
+    def dirty(self) -> bool:
+        return self.record.dirty
+
+    def block_path(self, n: int) -> Path:
+        return self.path / str(n)
+
+
+class BlockCache:
+    def __init__(self, directory: Path, storage: Storage, cap_bytes: int,
+                 block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+        self.dir = directory
+        self.objects_dir = directory / "objects"
+        self.storage = storage
+        self.cap = cap_bytes
+        self.block_size = block_size
+        self.used = 0
+        self.hits = 0
+        self.misses = 0
+        self._by_key: dict[tuple[str, str], CachedObject] = {}
+        self._lru: OrderedDict[tuple[CachedObject, int], None] = OrderedDict()
+        self._fetching: dict[tuple[CachedObject, int], trio.Event] = {}
+        self._room = trio.Event()
+        # Set by the write-back queue: whether waiting could free room.
+        self.uploads_pending: Callable[[], bool] = lambda: False
+        # Set by the write-back queue: a write restarts an object's upload delay.
+        self.on_write: Callable[[CachedObject], None] = lambda obj: None
+
+    # ---- start-up and journal replay -------------------------------------------------------
+
+    def load(self) -> list[CachedObject]:
+        """Read every record on disk; return the dirty objects, which must be uploaded."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self.objects_dir.mkdir(mode=0o700, exist_ok=True)
+        for object_dir in sorted(self.objects_dir.iterdir()):
+            record = journal.load(object_dir)
+            if record is None:
+                shutil.rmtree(object_dir, ignore_errors=True)
+                continue
+            obj = CachedObject(record, object_dir)
+            for entry in os.scandir(object_dir):
+                if entry.name.isdigit():
+                    obj.blocks[int(entry.name)] = entry.stat().st_size
+                    self.used += obj.blocks[int(entry.name)]
+                elif entry.name != journal.RECORD_NAME:
+                    os.unlink(entry.path)  # a fetch's tmp file, cut short by a kill
+            if record.dirty and not record.committed:
+                # The file was open when the process died: keep what was written.
+                end = max((n * self.block_size + ln for n, ln in obj.blocks.items()), default=0)
+                record.size = max(record.size, end)
+                log.warning("recovering %s/%s, open at the last crash, as written", record.bucket,
+                            record.key)
+            self._claim(obj)
+        return [obj for obj in self._by_key.values() if obj.dirty]
+
+    def _claim(self, obj: CachedObject) -> None:
+        """Index a loaded object; of two claiming one key, the dirty or newer one wins."""
+        k = (obj.record.bucket, obj.record.key)
+        other = self._by_key.get(k)
+        if other is not None:
+            keep_new = (obj.dirty, obj.record.saved_ns) > (other.dirty, other.record.saved_ns)
+            loser = other if keep_new else obj
+            self._drop_files(loser)
+            if not keep_new:
+                return
+        self._by_key[k] = obj
+        if not obj.dirty:
+            for n in obj.blocks:
+                self._lru[(obj, n)] = None
+
+    # ---- objects ---------------------------------------------------------------------------
+
+    def get(self, bucket: str, key: str) -> CachedObject | None:
+        return self._by_key.get((bucket, key))
+
+    def dirty_under(self, bucket: str, prefix: str) -> list[CachedObject]:
+        return [obj for (b, k), obj in self._by_key.items()
+                if b == bucket and k.startswith(prefix) and obj.dirty]
+
+    def open_object(self, bucket: str, key: str, size: int, etag: str,
+                    mtime_ns: int) -> CachedObject:
+        """The cached object for a server version; clean blocks of another version are dropped."""
+        obj = self._by_key.get((bucket, key))
+        if obj is not None:
+            if obj.dirty or obj.record.etag == etag:
+                return obj
+            self._drop_blocks(obj)
+            rec = obj.record
+            rec.size, rec.remote_size, rec.etag, rec.mtime_ns = size, size, etag, mtime_ns
+            rec.on_server = True
+            self._save(obj)
+            return obj
+        return self._new(ObjectRecord(uuid.uuid4().hex, bucket, key, size, size, etag, mtime_ns,
+                                      on_server=True))
+
+    def create_object(self, bucket: str, key: str, metadata: dict[str, str]) -> CachedObject:
+        """A new empty object, dirty: it exists only here until uploaded."""
+        old = self._by_key.get((bucket, key))
+        if old is not None:
+            self.discard(old)
+        return self._new(ObjectRecord(uuid.uuid4().hex, bucket, key, 0, 0, "", 0,
+                                      metadata=dict(metadata), dirty=True))
+
+    def _new(self, record: ObjectRecord) -> CachedObject:
+        obj = CachedObject(record, self.objects_dir / record.id)
+        self._by_key[(record.bucket, record.key)] = obj
+        self._save(obj)
+        return obj
+
+    def _save(self, obj: CachedObject) -> None:
+        if obj.detached:
+            return
+        obj.record.saved_ns = time.time_ns()
+        journal.save(obj.path, obj.record)
+
+    def rename(self, obj: CachedObject, bucket: str, key: str) -> None:
+        """Point the object at a new name; one record write makes the move crash-safe."""
+        old = self._by_key.get((bucket, key))
+        if old is not None and old is not obj:
+            self.discard(old)
+        self._by_key.pop((obj.record.bucket, obj.record.key), None)
+        obj.record.bucket, obj.record.key = bucket, key
+        self._by_key[(bucket, key)] = obj
+        self._save(obj)
+
+    def set_server_version(self, obj: CachedObject, etag: str, mtime_ns: int) -> None:
+        """The server holds this object's current data under a new version (e.g. after a copy)."""
+        obj.record.etag, obj.record.mtime_ns = etag, mtime_ns
+        self._save(obj)
+
+    def set_metadata(self, obj: CachedObject, metadata: dict[str, str]) -> None:
+        obj.record.metadata = dict(metadata)
+        if obj.dirty:
+            obj.generation += 1
+            self.on_write(obj)
+        self._save(obj)
+
+    def discard(self, obj: CachedObject) -> None:
+        """Forget the object (it was unlinked or replaced); open handles keep their data."""
+        if obj.detached:
+            return
+        obj.generation += 1
+        if self._by_key.get((obj.record.bucket, obj.record.key)) is obj:
+            del self._by_key[(obj.record.bucket, obj.record.key)]
+        obj.detached = True
+        obj.record.dirty = False
+        (obj.path / journal.RECORD_NAME).unlink(missing_ok=True)
+        if obj.open_count == 0:
+            self._drop_files(obj)
+
+    def opened(self, obj: CachedObject) -> None:
+        obj.open_count += 1
+
+    def closed(self, obj: CachedObject) -> None:
+        obj.open_count -= 1
+        if obj.open_count == 0 and obj.detached:
+            self._drop_files(obj)
+
+    def _drop_blocks(self, obj: CachedObject) -> None:
+        for n in list(obj.blocks):
+            self._remove_block(obj, n)
+
+    def _drop_files(self, obj: CachedObject) -> None:
+        self._drop_blocks(obj)
+        shutil.rmtree(obj.path, ignore_errors=True)
+
+    def _remove_block(self, obj: CachedObject, n: int) -> None:
+        self.used -= obj.blocks.pop(n)
+        self._lru.pop((obj, n), None)
+        obj.block_path(n).unlink(missing_ok=True)
+        self._room.set()
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    async def read(self, obj: CachedObject, offset: int, length: int) -> bytes:
+        end = min(offset + length, obj.size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        parts = []
+        for n in range(offset // bs, (end - 1) // bs + 1):
+            await self.ensure_block(obj, n)
+            lo = max(offset, n * bs) - n * bs
+            hi = min(end, (n + 1) * bs) - n * bs
+            parts.append(self.read_block(obj, n, lo, hi))
+        return b"".join(parts)
+
+    def read_block(self, obj: CachedObject, n: int, lo: int, hi: int) -> bytes:
+        have = obj.blocks.get(n, 0)
+        data = b""
+        if lo < have:
+            fd = os.open(obj.block_path(n), os.O_RDONLY)
+            try:
+                data = os.pread(fd, min(hi, have) - lo, lo)
+            finally:
+                os.close(fd)
+        return data + bytes(hi - lo - len(data))
+
+    def has_block(self, obj: CachedObject, n: int) -> bool:
+        """True when block n needs no fetch: cached, or a hole past the server's data."""
+        return n in obj.blocks or n * self.block_size >= obj.record.remote_size
+
+    async def ensure_block(self, obj: CachedObject, n: int) -> None:
+        """Make block n readable from disk, fetching it from the server if needed."""
+        while True:
+            if n in obj.blocks:
+                self.hits += 1
+                if (obj, n) in self._lru:
+                    self._lru.move_to_end((obj, n))
+                return
+            if n * self.block_size >= obj.record.remote_size:
+                return
+            pending = self._fetching.get((obj, n))
+            if pending is None:
+                break
+            await pending.wait()
+        self.misses += 1
+        done = self._fetching[(obj, n)] = trio.Event()
+        try:
+            await self._fetch(obj, n)
+        finally:
+            del self._fetching[(obj, n)]
+            done.set()
+
+    async def _fetch(self, obj: CachedObject, n: int) -> None:
+        rec = obj.record
+        etag, start = rec.etag, n * self.block_size
+        want = min(self.block_size, rec.remote_size - start)
+        data = await self.storage.read_object(rec.bucket, rec.key, start, want)
+        if len(data) != want:
+            raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + len(data)} bytes on the "
+                                f"server, expected {rec.remote_size}")
+        if rec.etag != etag or n in obj.blocks or obj.detached and obj.open_count == 0:
+            return  # superseded while fetching: a write or truncate got there first
+        await self._wait_for_room(len(data))
+        tmp = obj.path / f"{n}.fetch"
+        obj.path.mkdir(mode=0o700, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, obj.block_path(n))
+        obj.blocks[n] = len(data)
+        self.used += len(data)
+        if not obj.dirty:
+            self._lru[(obj, n)] = None
+
+    async def fill(self, obj: CachedObject) -> None:
+        """Fetch every block still on the server only, so the object can be read whole locally."""
+        bs = self.block_size
+        for n in range(0, (min(obj.size, obj.record.remote_size) + bs - 1) // bs):
+            await self.ensure_block(obj, n)
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def _mark_dirty(self, obj: CachedObject) -> None:
+        obj.generation += 1
+        self.on_write(obj)
+        if not obj.record.dirty:
+            obj.record.dirty = True
+            for n in obj.blocks:
+                self._lru.pop((obj, n), None)
+            self._save(obj)
+
+    async def write(self, obj: CachedObject, offset: int, data: bytes) -> None:
+        bs = self.block_size
+        end = offset + len(data)
+        first, last = offset // bs, (end - 1) // bs
+        for n in (first, last):
+            partial = offset > n * bs or end < min((n + 1) * bs, max(obj.size, end))
+            if partial:
+                await self.ensure_block(obj, n)
+        await self._wait_for_room(len(data))
+        self._mark_dirty(obj)
+        obj.path.mkdir(mode=0o700, exist_ok=True)
+        for n in range(first, last + 1):
+            lo = max(offset, n * bs)
+            hi = min(end, (n + 1) * bs)
+            fd = os.open(obj.block_path(n), os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.pwrite(fd, data[lo - offset:hi - offset], lo - n * bs)
+            finally:
+                os.close(fd)
+            new_len = max(obj.blocks.get(n, 0), hi - n * bs)
+            self.used += new_len - obj.blocks.get(n, 0)
+            obj.blocks[n] = new_len
+        obj.record.size = max(obj.record.size, end)
+
+    async def truncate(self, obj: CachedObject, size: int) -> None:
+        bs = self.block_size
+        if size < obj.size and size % bs:
+            await self.ensure_block(obj, size // bs)  # its head survives the cut
+        self._mark_dirty(obj)
+        for n in [n for n in obj.blocks if n * bs >= size]:
+            self._remove_block(obj, n)
+        tail = size // bs
+        if tail in obj.blocks and obj.blocks[tail] > size - tail * bs:
+            os.truncate(obj.block_path(tail), size - tail * bs)
+            self.used -= obj.blocks[tail] - (size - tail * bs)
+            obj.blocks[tail] = size - tail * bs
+        obj.record.remote_size = min(obj.record.remote_size, size)
+        obj.record.size = size
+
+    # ---- committing and uploading ----------------------------------------------------------
+
+    def commit(self, obj: CachedObject) -> None:
+        """A program closed the object: record that its data is promised to the server."""
+        if obj.dirty and not obj.record.committed and not obj.detached:
+            obj.record.committed = True
+            self._save(obj)
+
+    def reader(self, obj: CachedObject) -> tuple[BinaryIO, int]:
+        """A file over the object's current data and the generation it snapshots."""
+        return BlockReader(self, obj, obj.generation), obj.generation
+
+    def uploaded(self, obj: CachedObject, generation: int, etag: str, mtime_ns: int,
+                 size: int) -> None:
+        """Record a finished upload of `generation`; clean unless written since."""
+        rec = obj.record
+        rec.etag, rec.mtime_ns, rec.remote_size, rec.on_server = etag, mtime_ns, size, True
+        obj.uploaded_generation = generation
+        obj.last_error = None
+        if generation == obj.generation:
+            rec.dirty = rec.committed = False
+            for n in obj.blocks:
+                self._lru[(obj, n)] = None
+            self._room.set()
+        self._save(obj)
+
+    # ---- room ------------------------------------------------------------------------------
+
+    def dirty_bytes(self) -> int:
+        return self.used - sum(self._block_len(k) for k in self._lru)
+
+    def _block_len(self, k: tuple[CachedObject, int]) -> int:
+        return k[0].blocks.get(k[1], 0)
+
+    def _evict(self, need: int) -> None:
+        while self._lru and self.used + need > self.cap:
+            (obj, n), _ = self._lru.popitem(last=False)
+            if n in obj.blocks:
+                self.used -= obj.blocks.pop(n)
+                obj.block_path(n).unlink(missing_ok=True)
+
+    async def _wait_for_room(self, need: int) -> None:
+        while True:
+            self._evict(need)
+            if self.used + need <= self.cap or not self.uploads_pending():
+                return
+            self._room = trio.Event()
+            await self._room.wait()
+
+
+class BlockReader:
+    """A read-only file over a snapshot of an object's blocks, for the upload worker's thread."""
+
+    def __init__(self, cache: BlockCache, obj: CachedObject, generation: int) -> None:
+        self.cache, self.obj, self.generation = cache, obj, generation
+        self.size = obj.size
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + pos)
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        if self.pos >= end:
+            return b""
+        bs = self.cache.block_size
+        parts = []
+        try:
+            while self.pos < end:
+                b = self.pos // bs
+                hi = min(end, (b + 1) * bs)
+                parts.append(self.cache.read_block(self.obj, b, self.pos - b * bs, hi - b * bs))
+                self.pos = hi
+        except OSError:
+            if self.obj.generation == self.generation:
+                raise
+        if self.obj.generation != self.generation:
+            raise Superseded(self.obj.record.key)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        pass

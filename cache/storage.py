@@ -1,0 +1,22 @@
+"""What the cache needs from a storage service; mountfs passes a backend driver that fits."""
+from __future__ import annotations
+
+from typing import BinaryIO, Protocol
+
+
+class StoredVersion(Protocol):
+    """What a completed upload tells about the object now on the server."""
+
+    etag: str
+    size: int
+    mtime_ns: int
+
+
+class Storage(Protocol):
+    async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes: ...
+
+    async def write_object(
+        self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str]
+    ) -> StoredVersion: ...
+
+    def is_temp_failure(self, exc: BaseException) -> bool: ...

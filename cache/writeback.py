@@ -1,0 +1,197 @@
+"""The write-back queue: uploads each committed object after a quiet delay, with retries.
+
+A close commits an object and queues it `delay` seconds ahead; a new write restarts the delay,
+so an editor's save-rename dance or a program writing in bursts uploads once. Workers upload
+consistent snapshots (see cache.blocks); a failed upload stays queued with backoff and its
+error is kept on the object for the next fsync or close to report. fsync waits for the upload
+of everything written before it. Nothing leaves the queue except by a successful upload or by
+the object being discarded (unlinked, replaced).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from cache.blocks import BlockCache, BlockReader, CachedObject, Superseded
+from cache.storage import Storage
+
+log = logging.getLogger(__name__)
+
+FSYNC_TEMP_TRIES = 3  # temporary failures fsync rides out before it reports the error
+MAX_BACKOFF = 60.0
+
+
+@dataclass(eq=False)
+class Entry:
+    obj: CachedObject
+    due: float
+    tries: int = 0
+    sent: bool = False  # handed to a worker, not finished yet
+    reader: BlockReader | None = None
+    error: str = ""
+
+
+class WritebackQueue:
+    def __init__(self, cache: BlockCache, storage: Storage, delay: float,
+                 workers: int = 4) -> None:
+        self.cache = cache
+        self.storage = storage
+        self.delay = delay
+        self.workers = workers
+        self.uploaded_count = 0
+        self._entries: dict[CachedObject, Entry] = {}
+        self._wake = trio.Event()
+        self._idle = trio.Event()
+        self._send, self._recv = trio.open_memory_channel[CachedObject](math.inf)
+        cache.uploads_pending = lambda: bool(self._entries)
+        cache.on_write = self._written
+
+    # ---- what the filesystem calls ---------------------------------------------------------
+
+    def commit(self, obj: CachedObject) -> None:
+        """Queue a dirty object for upload after the delay (a program closed it)."""
+        self.cache.commit(obj)
+        if obj.dirty and not obj.detached:
+            entry = self._entries.get(obj)
+            if entry is None:
+                self._entries[obj] = Entry(obj, trio.current_time() + self.delay)
+                self._idle = trio.Event()
+                self._wake.set()
+
+    async def sync(self, obj: CachedObject) -> None:
+        """Upload now what was written so far, and wait; raise the upload's error."""
+        self.commit(obj)
+        target = obj.generation
+        failures_seen = 0
+        while obj.dirty and obj.uploaded_generation < target and not obj.detached:
+            entry = self._entries[obj]
+            if not entry.sent:
+                entry.due = trio.current_time()
+                self._wake.set()
+            tries_before = entry.tries
+            await obj.attempt_done.wait()
+            if obj.uploaded_generation >= target or entry.tries == tries_before:
+                continue
+            failures_seen += 1
+            err = obj.last_error
+            assert err is not None
+            if not self.storage.is_temp_failure(err) or failures_seen >= FSYNC_TEMP_TRIES:
+                raise err
+
+    async def cancel_inflight(self, obj: CachedObject) -> None:
+        """Stop an upload of `obj` under way (its name is about to change or vanish)."""
+        entry = self._entries.get(obj)
+        if entry is not None and entry.sent:
+            obj.generation += 1
+            await obj.attempt_done.wait()
+
+    def discard(self, obj: CachedObject) -> None:
+        self._entries.pop(obj, None)
+        self._check_idle()
+
+    async def drain(self) -> None:
+        """Wait until every queued object is uploaded."""
+        await self._idle.wait()
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for entry in self._entries.values():
+            rec = entry.obj.record
+            out.append({
+                "bucket": rec.bucket, "key": rec.key, "size": entry.obj.size,
+                "done": entry.reader.pos if entry.sent and entry.reader else 0,
+                "state": "uploading" if entry.sent else ("retrying" if entry.tries else "waiting"),
+                "tries": entry.tries, "error": entry.error,
+            })
+        return out
+
+    # ---- the machinery ---------------------------------------------------------------------
+
+    def _written(self, obj: CachedObject) -> None:
+        entry = self._entries.get(obj)
+        if entry is not None and not entry.sent:
+            entry.due = trio.current_time() + self.delay
+
+    def _check_idle(self) -> None:
+        if not self._entries:
+            self._idle.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._check_idle()
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.workers):
+                nursery.start_soon(self._worker)
+            task_status.started()
+            await self._schedule()
+
+    async def _schedule(self) -> None:
+        while True:
+            now = trio.current_time()
+            next_due = math.inf
+            for entry in self._entries.values():
+                if entry.sent:
+                    continue
+                if entry.due <= now:
+                    entry.sent = True
+                    self._send.send_nowait(entry.obj)
+                else:
+                    next_due = min(next_due, entry.due)
+            with trio.move_on_at(next_due):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _worker(self) -> None:
+        async for obj in self._recv:
+            entry = self._entries.get(obj)
+            if entry is None:
+                continue
+            try:
+                await self._upload(entry)
+            finally:
+                entry.sent = False
+                entry.reader = None
+                done, obj.attempt_done = obj.attempt_done, trio.Event()
+                done.set()
+                self._wake.set()
+                self._check_idle()
+
+    async def _upload(self, entry: Entry) -> None:
+        obj = entry.obj
+        if obj.detached or not obj.dirty:
+            self._entries.pop(obj, None)
+            return
+        rec = obj.record
+        try:
+            await self.cache.fill(obj)
+            reader, generation = self.cache.reader(obj)
+            entry.reader = reader
+            version = await self.storage.write_object(rec.bucket, rec.key, reader, reader.size,
+                                                      dict(rec.metadata))
+        except Superseded:
+            entry.due = trio.current_time() + self.delay
+            return
+        except Exception as exc:  # every failure is kept and retried, never dropped
+            if obj.detached:
+                self._entries.pop(obj, None)
+                return
+            entry.tries += 1
+            entry.error = f"{type(exc).__name__}: {exc}"
+            obj.last_error = exc
+            backoff = min(MAX_BACKOFF, 0.5 * 2 ** (entry.tries - 1))
+            if not self.storage.is_temp_failure(exc):
+                backoff = MAX_BACKOFF
+            entry.due = trio.current_time() + backoff
+            log.warning("upload of %s/%s failed (try %d, next in %.1fs): %s", rec.bucket,
+                        rec.key, entry.tries, backoff, entry.error)
+            return
+        self.cache.uploaded(obj, generation, version.etag, version.mtime_ns, reader.size)
+        self.uploaded_count += 1
+        if obj.dirty:
+            entry.due = trio.current_time() + self.delay
+            entry.tries = 0
+        else:
+            self._entries.pop(obj, None)

@@ -1,0 +1,257 @@
+"""`mountfs mount | umount | status`: arguments, clear one-line errors, the background process.
+
+`mount` checks what it can, then starts the mount as a detached child (`--foreground` in a new
+session) and waits on a pipe until the child says it is mounted or why it is not; so errors
+still reach the terminal as one line and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from cache.blocks import DEFAULT_BLOCK_SIZE
+from mountfs.errors import ConfigError
+from mountfs.status import STATUS_XATTR
+
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 10G)")
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).upper()])
+
+
+def parse_octal(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mountfs: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="mountfs", description="Mount object storage as a filesystem.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT")
+    m.add_argument("source", help="local:/path (or a directory path)")
+    m.add_argument("mountpoint")
+    m.add_argument("--foreground", "-f", action="store_true", help="stay attached")
+    m.add_argument("--cache-dir", type=Path, help="default: $XDG_CACHE_HOME/mountfs/<source>")
+    m.add_argument("--cache-size", type=parse_size, default=parse_size("10G"),
+                   help="cap on cached data, e.g. 512M (default 10G)")
+    m.add_argument("--block-size", type=parse_size, default=DEFAULT_BLOCK_SIZE,
+                   help=argparse.SUPPRESS)
+    m.add_argument("--read-only", action="store_true")
+    m.add_argument("--uid", type=int, default=os.getuid(), help="owner of files without one")
+    m.add_argument("--gid", type=int, default=os.getgid(), help="group of files without one")
+    m.add_argument("--umask", type=parse_octal, default=0o022,
+                   help="mode mask for files without a mode (octal, default 022)")
+    m.add_argument("--allow-other", action="store_true", help="let other users in")
+    m.add_argument("--writeback-delay", type=non_negative, default=1.0, metavar="SECONDS",
+                   help="quiet time after close before uploading (default 1)")
+    m.add_argument("--metadata-ttl", type=non_negative, default=5.0, metavar="SECONDS",
+                   help="how long listings and attributes are trusted (default 5)")
+    m.add_argument("--workers", type=int, default=4, help=argparse.SUPPRESS)
+    m.add_argument("-o", dest="fuse_options", action="append", default=[],
+                   help="FUSE mount options, comma separated")
+    m.add_argument("--log-file", type=Path, help="default: <cache-dir>/mountfs.log")
+    m.add_argument("-v", "--verbose", action="count", default=0)
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    u = sub.add_parser("umount", help="upload what is queued, then unmount")
+    u.add_argument("mountpoint")
+
+    s = sub.add_parser("status", help="the upload queue and the cache")
+    s.add_argument("mountpoint")
+    s.add_argument("--json", action="store_true")
+    return parser
+
+
+def default_cache_dir(source: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mountfs"
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-")[-40:]
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return base / f"{slug}-{digest}"
+
+
+def canonical_source(source: str) -> str:
+    scheme, sep, rest = source.partition(":")
+    if sep and scheme == "local":
+        return "local:" + os.path.abspath(rest)
+    if not sep or "/" in scheme:
+        return "local:" + os.path.abspath(source)
+    return source
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from mountfs.mount import MountConfig, check_mountpoint, serve
+
+    if shutil.which("fusermount3") is None:
+        raise ConfigError("fusermount3 not found: install fuse3")
+    source = canonical_source(args.source)
+    mountpoint = os.path.abspath(args.mountpoint)
+    check_mountpoint(mountpoint)
+    cache_dir = (args.cache_dir or default_cache_dir(source)).absolute()
+    if not args.foreground:
+        return spawn_background(args, cache_dir)
+    config = MountConfig(
+        source=source, mountpoint=mountpoint, cache_dir=cache_dir, cache_size=args.cache_size,
+        block_size=args.block_size, read_only=args.read_only, uid=args.uid, gid=args.gid,
+        umask=args.umask, allow_other=args.allow_other, writeback_delay=args.writeback_delay,
+        metadata_ttl=args.metadata_ttl, workers=args.workers,
+        fuse_options=[o for opt in args.fuse_options for o in opt.split(",") if o])
+    setup_logging(args.log_file, args.verbose)
+    ready_fd = args.ready_fd
+
+    def ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"ok\n")
+            os.close(ready_fd)
+
+    try:
+        trio.run(serve, config, ready)
+    except ConfigError as exc:
+        if ready_fd is not None:
+            os.write(ready_fd, f"{exc}\n".encode())
+        raise
+    return 0
+
+
+def spawn_background(args: argparse.Namespace, cache_dir: Path) -> int:
+    """Run this same command in the foreground, detached, and wait until it is mounted."""
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_file = args.log_file or cache_dir / "mountfs.log"
+    read_fd, write_fd = os.pipe()
+    argv = [sys.executable, "-m", "mountfs", *sys.argv[1:], "--foreground",
+            "--cache-dir", str(cache_dir), "--log-file", str(log_file),
+            "--ready-fd", str(write_fd)]
+    proc = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        message = pipe.read().strip()
+    if message == "ok":
+        return 0
+    if not message:
+        proc.wait()
+        message = f"the mount process exited ({proc.returncode}); see {log_file}"
+    raise ConfigError(message)
+
+
+def setup_logging(log_file: Path | None, verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    handler: logging.Handler
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        os.chmod(log_file, 0o600)
+        level = min(level, logging.INFO)
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def read_status(mountpoint: str) -> dict[str, Any]:
+    try:
+        return json.loads(os.getxattr(mountpoint, STATUS_XATTR))
+    except FileNotFoundError:
+        raise ConfigError(f"{mountpoint} does not exist") from None
+    except OSError:
+        raise ConfigError(f"{mountpoint} is not a mountfs mount") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = read_status(args.mountpoint)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    c = status["cache"]
+    rate = "n/a" if c["hit_rate"] is None else f"{c['hit_rate']:.1%}"
+    print(f"{status['source']} on {status['mountpoint']} (pid {status['pid']})")
+    print(f"cache: {human(c['used'])} of {human(c['cap'])} ({human(c['dirty'])} not uploaded), "
+          f"hit rate {rate}, in {c['dir']}")
+    print(f"uploads: {status['uploaded']} done, {status['queued']} queued")
+    for e in status["queue"]:
+        line = (f"  {e['state']:9} {e['bucket']}/{e['key']}  {human(e['done'])}/"
+                f"{human(e['size'])}  tries {e['tries']}")
+        print(line + (f"  last error: {e['error']}" if e["error"] else ""))
+    return 0
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    status = read_status(mountpoint)
+    shown = None
+    while status["queued"]:
+        waiting = ", ".join(f"{e['bucket']}/{e['key']}" for e in status["queue"][:5])
+        if waiting != shown:
+            print(f"waiting for {status['queued']} uploads: {waiting}", file=sys.stderr)
+            shown = waiting
+        time.sleep(0.2)
+        status = read_status(mountpoint)
+    done = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if done.returncode:
+        raise ConfigError(done.stderr.strip() or f"fusermount3 -u {mountpoint} failed")
+    pid = status["pid"]
+    while Path(f"/proc/{pid}").exists() and _is_running(pid):
+        time.sleep(0.05)
+    return 0
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status}
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"mountfs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,56 @@
+"""Open file and directory handles: what each open() or opendir() gave the kernel."""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from itertools import count
+
+from cache.blocks import CachedObject
+from mountfs.namespace import Node
+
+
+@dataclass(eq=False)
+class FileHandle:
+    node: Node
+    obj: CachedObject
+    writable: bool
+    append: bool
+
+
+@dataclass(eq=False)
+class DirHandle:
+    node: Node
+    entries: list[tuple[str, Node]]  # the listing as of opendir, so readdir offsets hold
+
+
+class HandleTable:
+    def __init__(self) -> None:
+        self._handles: dict[int, FileHandle | DirHandle] = {}
+        self._ids = count(1)
+
+    def add(self, handle: FileHandle | DirHandle) -> int:
+        fh = next(self._ids)
+        self._handles[fh] = handle
+        return fh
+
+    def file(self, fh: int) -> FileHandle:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, FileHandle):
+            raise OSError(errno.EBADF, f"no open file {fh}")
+        return handle
+
+    def dir(self, fh: int) -> DirHandle:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, DirHandle):
+            raise OSError(errno.EBADF, f"no open directory {fh}")
+        return handle
+
+    def pop_file(self, fh: int) -> FileHandle:
+        handle = self.file(fh)
+        del self._handles[fh]
+        return handle
+
+    def pop_dir(self, fh: int) -> DirHandle:
+        handle = self.dir(fh)
+        del self._handles[fh]
+        return handle

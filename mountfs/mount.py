@@ -1,0 +1,145 @@
+"""The composition root: builds backend, cache, queue and namespace, serves FUSE, shuts down.
+
+Order at start: check the backend, lock and load the cache (replaying the journal), mount,
+then tell the waiting parent we are ready. Order at stop (SIGTERM/SIGINT, `mountfs umount`,
+or `fusermount3 -u`): drain the upload queue, unmount, close the backend. A second signal
+unmounts at once; whatever was not uploaded stays in the journal for the next mount.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from cache.blocks import BlockCache
+from cache.writeback import WritebackQueue
+from mountfs.attrs import Defaults
+from mountfs.backends import open_backend
+from mountfs.errors import ConfigError
+from mountfs.namespace import Namespace
+from mountfs.operations import Operations
+from mountfs.status import Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MountConfig:
+    source: str
+    mountpoint: str
+    cache_dir: Path
+    cache_size: int
+    block_size: int
+    read_only: bool
+    uid: int
+    gid: int
+    umask: int
+    allow_other: bool
+    writeback_delay: float
+    metadata_ttl: float
+    workers: int = 4
+    fuse_options: list[str] = field(default_factory=list)
+
+    def options(self) -> set[str]:
+        opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+        opts |= {f"fsname=mountfs:{self.source}", "subtype=mountfs"}
+        if self.read_only:
+            opts.add("ro")
+        if self.allow_other:
+            opts.add("allow_other")
+        opts.update(self.fuse_options)
+        return opts
+
+
+def lock_cache_dir(directory: Path) -> int:
+    """Hold the cache dir for this process; a second mount on it would corrupt both."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"cache dir {directory} is in use by another mount; "
+                          f"give this one its own --cache-dir") from None
+    return fd
+
+
+async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
+    backend = open_backend(config.source)
+    await backend.check()
+    lock_fd = lock_cache_dir(config.cache_dir)
+    cache = BlockCache(config.cache_dir, backend, config.cache_size, config.block_size)
+    dirty = cache.load()
+    queue = WritebackQueue(cache, backend, config.writeback_delay, config.workers)
+    ns = Namespace(backend, cache, queue, Defaults(config.uid, config.gid, config.umask),
+                   config.metadata_ttl, config.read_only)
+    ops = Operations(ns, Status(backend.describe(), config.mountpoint, cache, queue),
+                     config.block_size)
+    try:
+        pyfuse3.init(ops, config.mountpoint, config.options())
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot mount on {config.mountpoint}: {exc}") from None
+    unmounted = False
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(queue.run)
+            for obj in dirty:
+                queue.commit(obj)
+            if dirty:
+                log.info("journal replay: %d objects queued for upload", len(dirty))
+            nursery.start_soon(_stop_on_signal, queue)
+            ready()
+            await pyfuse3.main()
+            unmounted = True
+            log.info("unmounted; uploading what is still queued")
+            await queue.drain()
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=not unmounted)
+        await backend.aclose()
+        os.close(lock_fd)
+
+
+async def _stop_on_signal(queue: WritebackQueue) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            log.info("signal: uploading what is queued, then unmounting")
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_next, signals, scope)
+                    await queue.drain()
+                    scope.cancel()
+            pyfuse3.terminate()
+            return
+
+
+async def _cancel_on_next(signals: object, scope: trio.CancelScope) -> None:
+    async for _ in signals:  # type: ignore[attr-defined]
+        log.warning("second signal: unmounting now; the journal keeps what is not uploaded")
+        scope.cancel()
+        return
+
+
+def check_mountpoint(path: str) -> None:
+    """One clear line for each way a mount point can be wrong."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"mount point {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"mount point {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"mount point {path} is not a directory")
+    if os.path.ismount(path):
+        raise ConfigError(f"{path} is already a mount point")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise ConfigError("/dev/fuse is missing or not accessible: install fuse3 and load the "
+                          "fuse module")

@@ -1,0 +1,604 @@
+"""The tree the kernel sees: inodes <-> (bucket, key), attributes, listings and their TTLs.
+
+The root lists buckets; below a bucket, directories are key prefixes (an empty one is a `dir/`
+marker object) and files are objects. A node knows its parent and name, so renaming a directory
+moves its whole subtree at once. Nodes stay in the table while they are in their parent's
+children (or the kernel or an open handle holds them); a directory's children are
+authoritative for lookups (positive and negative) while its listing is younger than the TTL.
+
+Files being written live in the block cache until uploaded; such "pending" nodes are kept in
+listings even though the server does not list them yet.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import stat
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from cache.blocks import BlockCache, CachedObject
+from cache.writeback import WritebackQueue
+from mountfs import attrs as attrs_mod
+from mountfs.attrs import Attributes, Defaults
+from mountfs.backends.base import Backend, ObjectInfo
+from mountfs.errors import (InvalidArgument, NameTooLong, NoSuchAttribute, NoSuchObject,
+                            NotEmpty, NotPermitted, ReadOnly)
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+NAME_MAX = 255
+
+
+@dataclass(eq=False)
+class Node:
+    inode: int
+    parent: Node | None
+    name: str
+    attrs: Attributes
+    size: int = 0
+    etag: str = ""
+    on_server: bool = True
+    lookups: int = 0
+    open_count: int = 0
+    unlinked: bool = False
+    refreshed_at: float = 0.0
+    children: dict[str, Node] | None = None
+    listed_at: float = -1e18
+    obj: CachedObject | None = None
+    link_target: bytes | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.attrs.mode)
+
+    @property
+    def exists_on_server(self) -> bool:
+        return self.obj.record.on_server if self.obj is not None else self.on_server
+
+    def settle(self) -> None:
+        """Adopt the server version of an object uploaded since it was last used here."""
+        obj = self.obj
+        if obj is not None and not obj.dirty and self.open_count == 0:
+            self.etag, self.size, self.on_server = obj.record.etag, obj.size, obj.record.on_server
+            self.obj = None
+
+    @property
+    def pending(self) -> bool:
+        """Holds data only this mount has: keep it even where the server does not list it."""
+        return self.obj is not None and self.obj.dirty
+
+    def path(self) -> list[str]:
+        names: list[str] = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            names.append(node.name)
+            node = node.parent
+        return names[::-1]
+
+    def location(self) -> tuple[str, str]:
+        """(bucket, key); a directory's key is its prefix, ending in '/'."""
+        parts = self.path()
+        key = "/".join(parts[1:])
+        return parts[0], key + "/" if self.is_dir and key else key
+
+
+def check_name(name: str) -> None:
+    if len(name.encode()) > NAME_MAX:
+        raise NameTooLong(name[:40])
+    if not name or "/" in name or name in (".", ".."):
+        raise InvalidArgument(name)
+
+
+class Namespace:
+    def __init__(self, backend: Backend, cache: BlockCache, queue: WritebackQueue,
+                 defaults: Defaults, ttl: float, read_only: bool) -> None:
+        self.backend = backend
+        self.cache = cache
+        self.queue = queue
+        self.defaults = defaults
+        self.ttl = ttl
+        self.read_only = read_only
+        self.nodes: dict[int, Node] = {}
+        self._next_inode = ROOT_INODE
+        self.root = self._new_node(None, "", Attributes(
+            defaults.mode(stat.S_IFDIR), defaults.uid, defaults.gid, time.time_ns()))
+        self._warned: set[str] = set()
+
+    # ---- the table -------------------------------------------------------------------------
+
+    def _new_node(self, parent: Node | None, name: str, attrs: Attributes, size: int = 0,
+                  etag: str = "", on_server: bool = True) -> Node:
+        node = Node(self._next_inode, parent, name, attrs, size, etag, on_server,
+                    refreshed_at=time.monotonic())
+        self._next_inode += 1
+        if node.is_dir:
+            node.children = {}
+        self.nodes[node.inode] = node
+        if parent is not None and parent.children is not None:
+            parent.children[name] = node
+        return node
+
+    def get(self, inode: int) -> Node:
+        try:
+            return self.nodes[inode]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, f"inode {inode}") from None
+
+    def forget(self, inode: int, count: int) -> None:
+        node = self.nodes.get(inode)
+        if node is None:
+            return
+        node.lookups -= count
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        attached = (node.parent is not None and node.parent.children is not None
+                    and node.parent.children.get(node.name) is node)
+        if node.lookups <= 0 and node.open_count == 0 and not attached and node is not self.root:
+            self.nodes.pop(node.inode, None)
+
+    def _detach(self, node: Node) -> None:
+        """Take a node out of its parent's listing (it was removed or replaced)."""
+        parent = node.parent
+        if parent is not None and parent.children is not None \
+                and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+        self._maybe_drop(node)
+
+    def _fresh(self, stamp: float) -> bool:
+        return time.monotonic() - stamp < self.ttl
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly("read-only mount")
+
+    # ---- attributes from the store ---------------------------------------------------------
+
+    def _attrs(self, info: ObjectInfo, kind: int) -> Attributes:
+        return attrs_mod.decode(info.metadata, kind, info.mtime_ns or time.time_ns(),
+                                self.defaults)
+
+    def _apply(self, node: Node, info: ObjectInfo, kind: int) -> None:
+        """Refresh a node from the server, unless it holds newer data of its own."""
+        node.refreshed_at = time.monotonic()
+        node.settle()
+        if node.pending:
+            return
+        if info.metadata is None and node.etag == info.etag and not node.is_dir:
+            return  # a listing without metadata says nothing new about an unchanged object
+        new = self._attrs(info, kind)
+        if node.is_dir != stat.S_ISDIR(new.mode):
+            return  # a file and a directory of one name: the node keeps its kind
+        if info.metadata is not None or not node.is_dir:
+            node.attrs = new
+        if not node.is_dir:
+            node.size, node.etag, node.on_server = info.size, info.etag, True
+            node.link_target = None
+
+    def _child_from_info(self, parent: Node, name: str, info: ObjectInfo, is_dir: bool) -> Node:
+        kind = stat.S_IFDIR if is_dir else stat.S_IFREG
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is not None and node.is_dir == is_dir:
+            self._apply(node, info, kind)
+            return node
+        if node is not None:
+            self._detach(node)
+        return self._new_node(parent, name, self._attrs(info, kind), info.size, info.etag)
+
+    def _name_ok(self, where: str, name: str) -> bool:
+        try:
+            check_name(name)
+            return True
+        except (NameTooLong, InvalidArgument):
+            if where + name not in self._warned:
+                self._warned.add(where + name)
+                log.warning("hiding %r under %r: not a valid file name", name, where)
+            return False
+
+    # ---- lookup and listing ----------------------------------------------------------------
+
+    async def lookup(self, parent: Node, name: str) -> Node:
+        if not parent.is_dir:
+            raise NotADirectoryError(errno.ENOTDIR, name)
+        check_name(name)
+        assert parent.children is not None
+        child = parent.children.get(name)
+        if child is not None and (child.pending or self._fresh(child.refreshed_at)):
+            return child
+        if self._fresh(parent.listed_at):
+            if child is None:
+                raise FileNotFoundError(errno.ENOENT, name)
+            return child
+        found = await self._probe(parent, name)
+        if found is None:
+            if child is not None:
+                self._detach(child)
+            raise FileNotFoundError(errno.ENOENT, name)
+        return found
+
+    async def _probe(self, parent: Node, name: str) -> Node | None:
+        """Ask the server what `name` is under `parent`: object, marker, prefix, or nothing."""
+        if parent is self.root:
+            if name in await self.backend.list_buckets():
+                info = ObjectInfo(name, "")
+                return self._child_from_info(parent, name, info, True)
+            return None
+        bucket, prefix = parent.location()
+        key = prefix + name
+        try:
+            info = await self.backend.stat_object(bucket, key)
+            return self._child_from_info(parent, name, info, False)
+        except NoSuchObject:
+            pass
+        try:
+            info = await self.backend.stat_object(bucket, key + "/")
+            return self._child_from_info(parent, name, info, True)
+        except NoSuchObject:
+            pass
+        async for page in self.backend.list_objects(bucket, key + "/", page_size=1):
+            if page:
+                return self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True)
+        return None
+
+    async def refresh_listing(self, node: Node) -> None:
+        """Read the directory from the server, merge it with what only this mount has."""
+        if self._fresh(node.listed_at):
+            return
+        assert node.children is not None
+        seen: set[str] = set()
+        async for name, info, is_dir in self._list_server(node):
+            if name in seen:
+                if is_dir:  # a file `a` beside keys `a/...`: the directory wins
+                    self._child_from_info(node, name, info, True)
+                self._warn_once(node, name, "is both a file and a directory; showing the directory")
+                continue
+            seen.add(name)
+            self._child_from_info(node, name, info, is_dir)
+        for name, child in list(node.children.items()):
+            if name not in seen and not child.pending:
+                self._detach(child)
+        node.listed_at = time.monotonic()
+
+    def _warn_once(self, node: Node, name: str, what: str) -> None:
+        tag = f"{node.inode}/{name}"
+        if tag not in self._warned:
+            self._warned.add(tag)
+            log.warning("%r in %s %s", name, "/".join(node.path()) or "/", what)
+
+    async def _list_server(self, node: Node) -> AsyncIterator[tuple[str, ObjectInfo, bool]]:
+        if node is self.root:
+            for bucket in await self.backend.list_buckets():
+                if self._name_ok("/", bucket):
+                    yield bucket, ObjectInfo(bucket, ""), True
+            return
+        bucket, prefix = node.location()
+        async for page in self.backend.list_objects(bucket, prefix):
+            for info in page:
+                rest = info.key[len(prefix):]
+                is_dir = info.is_prefix or rest.endswith("/")
+                name = rest[:-1] if rest.endswith("/") else rest
+                if not rest or "/" in name:
+                    continue  # the directory's own marker, or a key with '//' inside
+                if self._name_ok(prefix, name):
+                    yield name, info, is_dir
+
+    async def getattr(self, node: Node) -> Node:
+        """The node, its attributes re-read from the server once the TTL has passed."""
+        node.settle()
+        if node.is_dir or node.pending or node.unlinked or self._fresh(node.refreshed_at) \
+                or not node.exists_on_server:
+            return node
+        bucket, key = node.location()
+        try:
+            self._apply(node, await self.backend.stat_object(bucket, key), stat.S_IFREG)
+        except NoSuchObject:
+            node.refreshed_at = time.monotonic()  # gone on the server; keep serving what we had
+        return node
+
+    # ---- creating and removing -------------------------------------------------------------
+
+    def _new_attrs(self, mode: int, uid: int, gid: int) -> Attributes:
+        return Attributes(mode, uid, gid, time.time_ns())
+
+    async def _check_absent(self, parent: Node, name: str) -> None:
+        try:
+            await self.lookup(parent, name)
+        except FileNotFoundError:
+            return
+        raise FileExistsError(errno.EEXIST, name)
+
+    async def create(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
+        self._writable()
+        if parent is self.root:
+            raise NotPermitted("files cannot live at the root, only buckets")
+        await self._check_absent(parent, name)
+        node = self._new_node(parent, name, self._new_attrs(stat.S_IFREG | stat.S_IMODE(mode),
+                                                            uid, gid), on_server=False)
+        bucket, key = node.location()
+        node.obj = self.cache.create_object(bucket, key, attrs_mod.encode(node.attrs))
+        return node
+
+    async def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
+        self._writable()
+        await self._check_absent(parent, name)
+        attrs = self._new_attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
+        if parent is self.root:
+            await self.backend.create_bucket(name)
+        else:
+            bucket, prefix = parent.location()
+            await self._put_small(bucket, prefix + name + "/", b"", attrs)
+        node = self._new_node(parent, name, attrs)
+        node.listed_at = time.monotonic()  # new and empty: nothing to list
+        return node
+
+    async def symlink(self, parent: Node, name: str, target: bytes, uid: int, gid: int) -> Node:
+        self._writable()
+        if parent is self.root:
+            raise NotPermitted("symlinks cannot live at the root, only buckets")
+        await self._check_absent(parent, name)
+        attrs = self._new_attrs(stat.S_IFLNK | 0o777, uid, gid)
+        bucket, prefix = parent.location()
+        info = await self._put_small(bucket, prefix + name, target, attrs)
+        node = self._new_node(parent, name, attrs, len(target), info.etag)
+        node.link_target = target
+        return node
+
+    async def _put_small(self, bucket: str, key: str, data: bytes,
+                         attrs: Attributes) -> ObjectInfo:
+        return await self.backend.write_object(bucket, key, io.BytesIO(data), len(data),
+                                               attrs_mod.encode(attrs))
+
+    async def readlink(self, node: Node) -> bytes:
+        if not stat.S_ISLNK(node.attrs.mode):
+            raise InvalidArgument("not a symlink")
+        if node.link_target is None:
+            bucket, key = node.location()
+            node.link_target = await self.backend.read_object(bucket, key, 0, node.size)
+        return node.link_target
+
+    async def unlink(self, parent: Node, name: str) -> None:
+        self._writable()
+        node = await self.lookup(parent, name)
+        if node.is_dir:
+            raise IsADirectoryError(errno.EISDIR, name)
+        await self._remove_file(node)
+
+    async def _remove_file(self, node: Node) -> None:
+        bucket, key = node.location()
+        on_server = node.exists_on_server
+        obj = node.obj or self.cache.get(bucket, key)
+        if obj is not None:
+            await self.queue.cancel_inflight(obj)
+            on_server = on_server or obj.record.on_server
+            self.queue.discard(obj)
+            self.cache.discard(obj)
+        if on_server:
+            await self.backend.delete_object(bucket, key)
+        node.unlinked = True
+        self._detach(node)
+
+    async def rmdir(self, parent: Node, name: str) -> None:
+        self._writable()
+        node = await self.lookup(parent, name)
+        if not node.is_dir:
+            raise NotADirectoryError(errno.ENOTDIR, name)
+        await self._check_empty(node)
+        bucket, prefix = node.location()
+        if parent is self.root:
+            await self.backend.delete_bucket(bucket)
+        else:
+            await self.backend.delete_object(bucket, prefix)
+        node.unlinked = True
+        self._detach(node)
+
+    async def _check_empty(self, node: Node) -> None:
+        assert node.children is not None
+        node.listed_at = -1e18
+        await self.refresh_listing(node)
+        if node.children:
+            raise NotEmpty("/".join(node.path()))
+
+    # ---- rename ----------------------------------------------------------------------------
+
+    async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str,
+                     noreplace: bool) -> None:
+        self._writable()
+        check_name(new_name)
+        node = await self.lookup(old_parent, old_name)
+        if old_parent is self.root or new_parent is self.root:
+            raise NotPermitted("buckets cannot be renamed")
+        if node.is_dir and self._is_under(new_parent, node):
+            raise InvalidArgument("cannot move a directory into itself")
+        try:
+            target: Node | None = await self.lookup(new_parent, new_name)
+        except FileNotFoundError:
+            target = None
+        if target is node:
+            return
+        if target is not None:
+            if noreplace:
+                raise FileExistsError(errno.EEXIST, new_name)
+            if node.is_dir and not target.is_dir:
+                raise NotADirectoryError(errno.ENOTDIR, new_name)
+            if target.is_dir and not node.is_dir:
+                raise IsADirectoryError(errno.EISDIR, new_name)
+            if target.is_dir:
+                await self._check_empty(target)
+        src_bucket, src_key = node.location()
+        dst_bucket, dst_prefix = new_parent.location()
+        dst_key = dst_prefix + new_name + ("/" if node.is_dir else "")
+        if node.is_dir:
+            await self._move_tree(src_bucket, src_key, dst_bucket, dst_key)
+        else:
+            await self._move_object(node, src_bucket, src_key, dst_bucket, dst_key)
+        if target is not None:
+            target.unlinked = True
+            self._detach(target)
+        assert old_parent.children is not None and new_parent.children is not None
+        del old_parent.children[old_name]
+        node.parent, node.name = new_parent, new_name
+        new_parent.children[new_name] = node
+
+    def _is_under(self, node: Node, ancestor: Node) -> bool:
+        walk: Node | None = node
+        while walk is not None:
+            if walk is ancestor:
+                return True
+            walk = walk.parent
+        return False
+
+    async def _move_object(self, node: Node, src_bucket: str, src_key: str, dst_bucket: str,
+                           dst_key: str) -> None:
+        """Copy, then delete: a crash in between leaves both names, never neither."""
+        obj = node.obj or self.cache.get(src_bucket, src_key)
+        old = self.cache.get(dst_bucket, dst_key)
+        if old is not None and old is not obj:
+            await self.queue.cancel_inflight(old)
+            self.queue.discard(old)
+        if obj is not None and obj.dirty:
+            await self.queue.cancel_inflight(obj)
+            await self.cache.fill(obj)  # its unchanged blocks are about to leave the server
+            self.cache.rename(obj, dst_bucket, dst_key)
+            on_server = obj.record.on_server
+            obj.record.on_server = node.on_server = False
+        else:
+            info = await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key)
+            if obj is not None:
+                self.cache.rename(obj, dst_bucket, dst_key)
+                self.cache.set_server_version(obj, info.etag, info.mtime_ns)
+            node.etag = info.etag
+            on_server = True
+        if on_server:
+            await self.backend.delete_object(src_bucket, src_key)
+
+    async def _move_tree(self, src_bucket: str, src_prefix: str, dst_bucket: str,
+                         dst_prefix: str) -> None:
+        """Every object below, copied first and deleted after, so a crash leaves one whole tree.
+        Objects still being written here move in the cache and upload under the new name."""
+        keys: list[str] = []
+        async for page in self.backend.list_objects(src_bucket, src_prefix, delimiter=None):
+            keys.extend(info.key for info in page)
+        keys = [k for k in keys if k != src_prefix]
+        for key in keys:
+            await self._copy_object(src_bucket, key, dst_bucket, dst_prefix + key[len(src_prefix):])
+        await self._copy_marker(src_bucket, src_prefix, dst_bucket, dst_prefix)
+        for obj in self.cache.dirty_under(src_bucket, src_prefix):
+            await self.queue.cancel_inflight(obj)
+            await self.cache.fill(obj)
+            self.cache.rename(obj, dst_bucket, dst_prefix + obj.record.key[len(src_prefix):])
+            obj.record.on_server = False
+        for key in keys:
+            await self.backend.delete_object(src_bucket, key)
+        await self.backend.delete_object(src_bucket, src_prefix)
+
+    async def _copy_marker(self, src_bucket: str, src_prefix: str, dst_bucket: str,
+                           dst_prefix: str) -> None:
+        try:
+            await self.backend.copy_object(src_bucket, src_prefix, dst_bucket, dst_prefix)
+        except NoSuchObject:
+            pass  # an implicit directory: its objects carry it
+
+    async def _copy_object(self, src_bucket: str, key: str, dst_bucket: str,
+                           dst_key: str) -> None:
+        obj = self.cache.get(src_bucket, key)
+        if obj is not None and obj.dirty:
+            return  # moved in the cache below, with the rest of the local objects
+        info = await self.backend.copy_object(src_bucket, key, dst_bucket, dst_key)
+        if obj is not None:
+            self.cache.rename(obj, dst_bucket, dst_key)
+            self.cache.set_server_version(obj, info.etag, info.mtime_ns)
+
+    # ---- attributes ------------------------------------------------------------------------
+
+    async def save_attrs(self, node: Node) -> None:
+        """Store changed mode/owner/times/xattrs: with the data if it is pending, else now."""
+        self._writable()
+        node.refreshed_at = time.monotonic()
+        if node is self.root or (node.parent is self.root):
+            return  # buckets carry no metadata: their attributes live as long as the mount
+        meta = attrs_mod.encode(node.attrs)
+        if node.obj is not None and node.obj.dirty:
+            self.cache.set_metadata(node.obj, meta)
+            return
+        bucket, key = node.location()
+        try:
+            info = await self.backend.set_metadata(bucket, key, meta)
+        except NoSuchObject:
+            if not node.is_dir:
+                raise
+            info = await self.backend.write_object(bucket, key, io.BytesIO(b""), 0, meta)
+        if not node.is_dir:
+            node.etag = info.etag
+            obj = self.cache.get(bucket, key)
+            if obj is not None:
+                self.cache.set_server_version(obj, info.etag, info.mtime_ns)
+
+    def getxattr(self, node: Node, name: str) -> bytes:
+        try:
+            return node.attrs.xattrs[name]
+        except KeyError:
+            raise NoSuchAttribute(name) from None
+
+    async def setxattr(self, node: Node, name: str, value: bytes) -> None:
+        if not name.startswith("user."):
+            raise NotPermitted(f"only user.* attributes are kept, not {name}")
+        node.attrs.xattrs[name] = value
+        await self.save_attrs(node)
+
+    async def removexattr(self, node: Node, name: str) -> None:
+        if name not in node.attrs.xattrs:
+            raise NoSuchAttribute(name)
+        del node.attrs.xattrs[name]
+        await self.save_attrs(node)
+
+    # ---- file data -------------------------------------------------------------------------
+
+    async def open_data(self, node: Node) -> CachedObject:
+        """The cached object behind a file, revalidated against the server (close-to-open)."""
+        node.settle()
+        if node.obj is None or not node.obj.dirty:
+            if not self._fresh(node.refreshed_at) and node.exists_on_server:
+                await self.getattr(node)
+            bucket, key = node.location()
+            node.obj = self.cache.open_object(bucket, key, node.size, node.etag,
+                                              node.attrs.mtime_ns)
+        node.open_count += 1
+        self.cache.opened(node.obj)
+        return node.obj
+
+    def close_data(self, node: Node) -> None:
+        obj = node.obj
+        assert obj is not None
+        node.open_count -= 1
+        self.cache.closed(obj)
+        node.settle()
+        self._maybe_drop(node)
+
+    def commit(self, node: Node) -> None:
+        """A program closed the file: its metadata goes with the upload queued now."""
+        obj = node.obj
+        if obj is not None and obj.dirty and not node.unlinked:
+            obj.record.metadata = attrs_mod.encode(node.attrs)
+            self.queue.commit(obj)
+
+    async def truncate(self, node: Node, size: int) -> None:
+        self._writable()
+        if node.is_dir:
+            raise IsADirectoryError(errno.EISDIR, node.name)
+        obj = await self.open_data(node)
+        try:
+            await self.cache.truncate(obj, size)
+            node.size = size
+            node.attrs.mtime_ns = time.time_ns()
+            self.commit(node)
+        finally:
+            self.close_data(node)
+
+    def statfs_counts(self) -> tuple[int, int]:
+        return len(self.nodes), self.cache.used
+

@@ -1,0 +1,292 @@
+"""The pyfuse3 adapter: unpacks each FUSE request, calls the namespace and cache, maps errors.
+
+Every handler runs under `fuse_errors`, the one place an exception becomes an errno (through
+mountfs.errors.to_errno). release and forget never fail.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from mountfs.errors import InvalidArgument, NotPermitted, ReadOnly, to_errno
+from mountfs.handles import DirHandle, FileHandle, HandleTable
+from mountfs.namespace import Namespace, Node
+from mountfs.status import STATUS_XATTR, Status
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+
+def fuse_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any) -> Any:
+        try:
+            return await fn(*args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            code = to_errno(exc)
+            log.debug("%s%r -> %s: %s", fn.__name__, args[1:3], errno.errorcode.get(code), exc)
+            raise pyfuse3.FUSEError(code) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def decode_name(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument("names must be UTF-8 to be stored as keys") from None
+
+
+class Operations(pyfuse3.Operations):
+    def __init__(self, ns: Namespace, status: Status, block_size: int) -> None:
+        super().__init__()
+        self.ns = ns
+        self.cache = ns.cache
+        self.queue = ns.queue
+        self.status = status
+        self.block_size = block_size
+        self.handles = HandleTable()
+
+    # ---- attributes ------------------------------------------------------------------------
+
+    def entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = node.attrs
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.inode
+        e.entry_timeout = e.attr_timeout = self.ns.ttl
+        e.st_mode = a.mode
+        e.st_nlink = 1
+        e.st_uid, e.st_gid = a.uid, a.gid
+        e.st_size = 0 if node.is_dir else node.size
+        e.st_blksize = self.block_size
+        e.st_blocks = (e.st_size + 511) // 512
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.mtime_ns
+        return e
+
+    def _lookup_reply(self, node: Node) -> pyfuse3.EntryAttributes:
+        node.lookups += 1
+        return self.entry(node)
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+                     ) -> pyfuse3.EntryAttributes:
+        try:
+            text = decode_name(name)
+        except InvalidArgument:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        return self._lookup_reply(await self.ns.lookup(self.ns.get(parent_inode), text))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            self.ns.forget(inode, count)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.entry(await self.ns.getattr(self.ns.get(inode)))
+
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.ns.get(inode)
+        if fields.update_size:
+            if fh is not None:
+                handle = self.handles.file(fh)
+                await self.cache.truncate(handle.obj, attr.st_size)
+                node.size = attr.st_size
+                node.attrs.mtime_ns = time.time_ns()
+            else:
+                await self.ns.truncate(node, attr.st_size)
+        changed = False
+        if fields.update_mode:
+            node.attrs.mode = stat.S_IFMT(node.attrs.mode) | stat.S_IMODE(attr.st_mode)
+            changed = True
+        if fields.update_uid:
+            node.attrs.uid, changed = attr.st_uid, True
+        if fields.update_gid:
+            node.attrs.gid, changed = attr.st_gid, True
+        if fields.update_mtime:
+            node.attrs.mtime_ns, changed = attr.st_mtime_ns, True
+        if changed:
+            await self.ns.save_attrs(node)
+        return self.entry(node)
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.ns.readlink(self.ns.get(inode))
+
+    # ---- names -----------------------------------------------------------------------------
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self.ns.mkdir(self.ns.get(parent_inode), decode_name(name), mode,
+                                   ctx.uid, ctx.gid)
+        return self._lookup_reply(node)
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self.ns.symlink(self.ns.get(parent_inode), decode_name(name), target,
+                                     ctx.uid, ctx.gid)
+        return self._lookup_reply(node)
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise NotPermitted("only regular files, directories and symlinks are stored")
+        node = await self.ns.create(self.ns.get(parent_inode), decode_name(name), mode,
+                                    ctx.uid, ctx.gid)
+        self.ns.commit(node)
+        return self._lookup_reply(node)
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise NotPermitted("object stores have no hard links")
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.ns.unlink(self.ns.get(parent_inode), decode_name(name))
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.ns.rmdir(self.ns.get(parent_inode), decode_name(name))
+
+    @fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise InvalidArgument("RENAME_EXCHANGE is not supported")
+        await self.ns.rename(self.ns.get(parent_inode_old), decode_name(name_old),
+                             self.ns.get(parent_inode_new), decode_name(name_new),
+                             bool(flags & pyfuse3.RENAME_NOREPLACE))
+
+    # ---- files -----------------------------------------------------------------------------
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.ns.get(inode)
+        if node.is_dir:
+            raise IsADirectoryError(errno.EISDIR, node.name)
+        writable = bool(flags & WRITE_FLAGS)
+        if writable and self.ns.read_only:
+            raise ReadOnly("read-only mount")
+        obj = await self.ns.open_data(node)
+        fh = self.handles.add(FileHandle(node, obj, writable, bool(flags & os.O_APPEND)))
+        if flags & os.O_TRUNC and writable and node.size:
+            await self.cache.truncate(obj, 0)
+            node.size = 0
+            node.attrs.mtime_ns = time.time_ns()
+        return pyfuse3.FileInfo(fh=fh)
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = await self.ns.create(self.ns.get(parent_inode), decode_name(name), mode,
+                                    ctx.uid, ctx.gid)
+        obj = await self.ns.open_data(node)
+        fh = self.handles.add(FileHandle(node, obj, True, bool(flags & os.O_APPEND)))
+        return pyfuse3.FileInfo(fh=fh), self._lookup_reply(node)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.cache.read(self.handles.file(fh).obj, off, size)
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.handles.file(fh)
+        if handle.append:
+            off = handle.obj.size
+        await self.cache.write(handle.obj, off, buf)
+        handle.node.size = handle.obj.size
+        handle.node.attrs.mtime_ns = time.time_ns()
+        return len(buf)
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        handle = self.handles.file(fh)
+        self.ns.commit(handle.node)
+        if handle.obj.last_error is not None:
+            raise handle.obj.last_error
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self.handles.file(fh)
+        self.ns.commit(handle.node)
+        await self.queue.sync(handle.obj)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop_file(fh)
+        self.ns.commit(handle.node)
+        self.ns.close_data(handle.node)
+
+    # ---- directories -----------------------------------------------------------------------
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.ns.get(inode)
+        if not node.is_dir:
+            raise NotADirectoryError(errno.ENOTDIR, node.name)
+        await self.ns.refresh_listing(node)
+        assert node.children is not None
+        return self.handles.add(DirHandle(node, sorted(node.children.items())))
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self.handles.dir(fh).entries
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            if not pyfuse3.readdir_reply(token, name.encode(), self.entry(node), i + 1):
+                break
+            node.lookups += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self.handles.pop_dir(fh)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        pass  # directory changes reach the server as they happen
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = self.block_size
+        s.f_blocks = s.f_bfree = s.f_bavail = 2**50 // self.block_size
+        s.f_files = s.f_ffree = s.f_favail = 2**32
+        s.f_namemax = 255
+        return s
+
+    # ---- extended attributes ---------------------------------------------------------------
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode == pyfuse3.ROOT_INODE and name == STATUS_XATTR:
+            return json.dumps(self.status.snapshot()).encode()
+        return self.ns.getxattr(self.ns.get(inode), name.decode(errors="surrogateescape"))
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [n.encode() for n in self.ns.get(inode).attrs.xattrs]
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        await self.ns.setxattr(self.ns.get(inode), decode_name(name), value)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.ns.removexattr(self.ns.get(inode), decode_name(name))

@@ -1,0 +1,40 @@
+"""What `mountfs status` shows: the write-back queue and the cache, as one JSON document.
+
+The running mount serves it as the extended attribute `user.mountfs.status` of its root, so
+the status command finds the right process from the mount point alone.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cache.blocks import BlockCache
+from cache.writeback import WritebackQueue
+
+STATUS_XATTR = b"user.mountfs.status"
+MAX_LISTED = 200  # keeps the document well under the 64 KiB an xattr may hold
+
+
+class Status:
+    def __init__(self, source: str, mountpoint: str, cache: BlockCache,
+                 queue: WritebackQueue) -> None:
+        self.source, self.mountpoint = source, mountpoint
+        self.cache, self.queue = cache, queue
+
+    def snapshot(self) -> dict[str, Any]:
+        c = self.cache
+        lookups = c.hits + c.misses
+        entries = self.queue.status()
+        return {
+            "source": self.source,
+            "mountpoint": self.mountpoint,
+            "pid": os.getpid(),
+            "queue": entries[:MAX_LISTED],
+            "queued": len(entries),
+            "uploaded": self.queue.uploaded_count,
+            "cache": {
+                "dir": str(c.dir), "used": c.used, "cap": c.cap, "dirty": c.dirty_bytes(),
+                "hits": c.hits, "misses": c.misses,
+                "hit_rate": round(c.hits / lookups, 4) if lookups else None,
+            },
+        }
