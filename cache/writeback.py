@@ -52,13 +52,14 @@ class WritebackQueue:
 
     # ---- what the filesystem calls ---------------------------------------------------------
 
-    def commit(self, obj: CachedObject) -> None:
+    def commit(self, obj: CachedObject, delay: float | None = None) -> None:
         """Queue a dirty object for upload after the delay (a program closed it)."""
         self.cache.commit(obj)
         if obj.dirty and not obj.detached:
             entry = self._entries.get(obj)
             if entry is None:
-                self._entries[obj] = Entry(obj, trio.current_time() + self.delay)
+                wait = self.delay if delay is None else delay
+                self._entries[obj] = Entry(obj, trio.current_time() + wait)
                 self._idle = trio.Event()
                 self._wake.set()
 

@@ -87,28 +87,35 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         pyfuse3.init(ops, config.mountpoint, config.options())
     except RuntimeError as exc:
         raise ConfigError(f"cannot mount on {config.mountpoint}: {exc}") from None
-    unmounted = False
+    stop = Stop()
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(queue.run)
             for obj in dirty:
-                queue.commit(obj)
+                queue.commit(obj, delay=0)  # closed long ago: no reason to wait
             if dirty:
                 log.info("journal replay: %d objects queued for upload", len(dirty))
-            nursery.start_soon(_stop_on_signal, queue)
+            nursery.start_soon(_stop_on_signal, queue, stop)
             ready()
             await pyfuse3.main()
-            unmounted = True
-            log.info("unmounted; uploading what is still queued")
+            if not stop.requested:
+                log.info("unmounted; uploading what is still queued")
             await queue.drain()
             nursery.cancel_scope.cancel()
     finally:
-        pyfuse3.close(unmount=not unmounted)
+        # main() also returns when the kernel unmounted us (fusermount3 -u): then there is
+        # nothing left to unmount.
+        pyfuse3.close(unmount=stop.requested)
         await backend.aclose()
         os.close(lock_fd)
 
 
-async def _stop_on_signal(queue: WritebackQueue) -> None:
+@dataclass
+class Stop:
+    requested: bool = False
+
+
+async def _stop_on_signal(queue: WritebackQueue, stop: Stop) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
             log.info("signal: uploading what is queued, then unmounting")
@@ -117,6 +124,7 @@ async def _stop_on_signal(queue: WritebackQueue) -> None:
                     nursery.start_soon(_cancel_on_next, signals, scope)
                     await queue.drain()
                     scope.cancel()
+            stop.requested = True
             pyfuse3.terminate()
             return
 

@@ -8,6 +8,10 @@ authoritative for lookups (positive and negative) while its listing is younger t
 
 Files being written live in the block cache until uploaded; such "pending" nodes are kept in
 listings even though the server does not list them yet.
+
+A listing need not carry metadata (S3 lists none; no store lists it for a common prefix), so
+entries listed without it are stat'ed before the listing is served: a directory's marker holds
+its mode and owner, and an object's metadata says whether it is a symlink.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ import logging
 import stat
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import trio
 
 from cache.blocks import BlockCache, CachedObject
 from cache.writeback import WritebackQueue
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 NAME_MAX = 255
+METADATA_FETCHES = 16  # stat requests in flight while completing one listing
 
 
 @dataclass(eq=False)
@@ -50,6 +57,7 @@ class Node:
     listed_at: float = -1e18
     obj: CachedObject | None = None
     link_target: bytes | None = None
+    meta_known: bool = True  # False: attributes are defaults until the metadata is read
 
     @property
     def is_dir(self) -> bool:
@@ -175,6 +183,7 @@ class Namespace:
             return  # a file and a directory of one name: the node keeps its kind
         if info.metadata is not None or not node.is_dir:
             node.attrs = new
+            node.meta_known = info.metadata is not None
         if not node.is_dir:
             node.size, node.etag, node.on_server = info.size, info.etag, True
             node.link_target = None
@@ -188,7 +197,9 @@ class Namespace:
             return node
         if node is not None:
             self._detach(node)
-        return self._new_node(parent, name, self._attrs(info, kind), info.size, info.etag)
+        node = self._new_node(parent, name, self._attrs(info, kind), info.size, info.etag)
+        node.meta_known = info.metadata is not None or parent is self.root  # buckets have none
+        return node
 
     def _name_ok(self, where: str, name: str) -> bool:
         try:
@@ -242,7 +253,9 @@ class Namespace:
             pass
         async for page in self.backend.list_objects(bucket, key + "/", page_size=1):
             if page:
-                return self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True)
+                node = self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True)
+                node.meta_known = True  # no marker, just checked: the defaults are its attributes
+                return node
         return None
 
     async def refresh_listing(self, node: Node) -> None:
@@ -262,7 +275,26 @@ class Namespace:
         for name, child in list(node.children.items()):
             if name not in seen and not child.pending:
                 self._detach(child)
+        await self._load_metadata([c for c in node.children.values() if not c.meta_known])
         node.listed_at = time.monotonic()
+
+    async def _load_metadata(self, nodes: list[Node]) -> None:
+        """Stat listed entries that came without metadata, a few at a time."""
+        limit = trio.CapacityLimiter(METADATA_FETCHES)
+
+        async def load(node: Node) -> None:
+            async with limit:
+                bucket, key = node.location()
+                try:
+                    info = await self.backend.stat_object(bucket, key)
+                except NoSuchObject:  # a directory without a marker, or gone since listed
+                    node.meta_known = True
+                    return
+                self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG)
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(load, node)
 
     def _warn_once(self, node: Node, name: str, what: str) -> None:
         tag = f"{node.inode}/{name}"
@@ -484,9 +516,17 @@ class Namespace:
         async for page in self.backend.list_objects(src_bucket, src_prefix, delimiter=None):
             keys.extend(info.key for info in page)
         keys = [k for k in keys if k != src_prefix]
+        # Markers of non-empty subdirectories need not be listed (the local store lists a
+        # directory as its marker only while it is empty), yet they hold the directory's
+        # attributes and, left behind, would bring the old tree back: handle each one.
+        markers = {key[:i + 1] for key in keys for i in range(len(src_prefix), len(key) - 1)
+                   if key[i] == "/"}
+        markers.difference_update(keys)
         for key in keys:
             await self._copy_object(src_bucket, key, dst_bucket, dst_prefix + key[len(src_prefix):])
-        await self._copy_marker(src_bucket, src_prefix, dst_bucket, dst_prefix)
+        for marker in sorted(markers) + [src_prefix]:
+            await self._copy_marker(src_bucket, marker, dst_bucket,
+                                    dst_prefix + marker[len(src_prefix):])
         for obj in self.cache.dirty_under(src_bucket, src_prefix):
             await self.queue.cancel_inflight(obj)
             await self.cache.fill(obj)
@@ -494,7 +534,9 @@ class Namespace:
             obj.record.on_server = False
         for key in keys:
             await self.backend.delete_object(src_bucket, key)
-        await self.backend.delete_object(src_bucket, src_prefix)
+        # Deepest first, so each directory is empty by the time its marker goes.
+        for marker in sorted(markers, key=lambda k: k.count("/"), reverse=True) + [src_prefix]:
+            await self.backend.delete_object(src_bucket, marker)
 
     async def _copy_marker(self, src_bucket: str, src_prefix: str, dst_bucket: str,
                            dst_prefix: str) -> None:
@@ -546,7 +588,8 @@ class Namespace:
 
     async def setxattr(self, node: Node, name: str, value: bytes) -> None:
         if not name.startswith("user."):
-            raise NotPermitted(f"only user.* attributes are kept, not {name}")
+            # setxattr(2): ENOTSUP is the answer for a namespace prefix the filesystem lacks.
+            raise OSError(errno.ENOTSUP, f"only user.* attributes are kept, not {name}")
         node.attrs.xattrs[name] = value
         await self.save_attrs(node)
 

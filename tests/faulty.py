@@ -1,0 +1,83 @@
+"""A fault injector for tests: a real storage backend underneath, failures and interference on top.
+
+`FaultyStorage` fits `cache.storage.Storage`. Every call goes to the wrapped backend; the test
+can make the next write_object calls fail, or run its own code at the moments a real service
+leaves open to races: while a ranged read is on the wire, halfway through reading the data of
+an upload, and after an upload was stored but before the caller hears of it. It records what
+was asked of it, so tests can assert on fetches, upload times and every version ever stored.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import BinaryIO
+
+import trio
+
+from mountfs.backends.base import Backend, ObjectInfo
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class FaultyStorage:
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.reads: list[tuple[str, int, int]] = []  # (key, offset, length) of every read_object
+        self.write_times: list[float] = []  # trio time of every write_object call
+        self.stored: list[bytes] = []  # the object as stored by each successful write_object
+        self._failures: list[BaseException] = []
+        self.during_read: Hook | None = None  # once, while a read_object is "on the wire"
+        self.mid_upload: Hook | None = None  # once, halfway through reading an upload's data
+        self.after_write: Hook | None = None  # once, after an upload was stored
+
+    def fail_writes(self, exc: BaseException, times: int = 1) -> None:
+        """The next `times` write_object calls raise `exc` and store nothing."""
+        self._failures += [exc] * times
+
+    def is_temp_failure(self, exc: BaseException) -> bool:
+        return self.inner.is_temp_failure(exc)
+
+    async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
+        self.reads.append((key, offset, length))
+        data = await self.inner.read_object(bucket, key, offset, length)
+        hook, self.during_read = self.during_read, None
+        if hook is not None:
+            await hook()
+        return data
+
+    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+                           metadata: dict[str, str]) -> ObjectInfo:
+        self.write_times.append(trio.current_time())
+        if self._failures:
+            raise self._failures.pop(0)
+        hook, self.mid_upload = self.mid_upload, None
+        if hook is not None:
+            data = _Interrupted(data, hook)  # type: ignore[assignment]
+        info = await self.inner.write_object(bucket, key, data, size, metadata)
+        self.stored.append(await self.inner.read_object(bucket, key, 0, size + 1))
+        hook, self.after_write = self.after_write, None
+        if hook is not None:
+            await hook()
+        return info
+
+
+class _Interrupted:
+    """A file whose first read stops halfway to run `hook` on the trio thread, then goes on.
+
+    Backends read upload data in a worker thread; this puts the test's code between two reads
+    of one upload, as a FUSE request served meanwhile would be.
+    """
+
+    def __init__(self, f: BinaryIO, hook: Hook) -> None:
+        self._f = f
+        self._hook: Hook | None = hook
+
+    def read(self, n: int = -1) -> bytes:
+        hook, self._hook = self._hook, None
+        if hook is None:
+            return self._f.read(n)
+        head = self._f.read(1 if n < 0 else max(1, n // 2))
+        trio.from_thread.run(hook)
+        return head + self._f.read(-1 if n < 0 else n - len(head))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._f, name)

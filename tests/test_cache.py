@@ -1,0 +1,772 @@
+"""cache/ without a FUSE mount: block cache, journal replay and write-back queue.
+
+Everything runs on real parts: a `LocalBackend` store in tmp_path, a cache directory, a
+`WritebackQueue` in the test's nursery. Failures and races are injected by `FaultyStorage`
+(tests/faulty.py), which wraps the real backend. Blocks are 4 KiB so that small data crosses
+block boundaries.
+
+Time: tests that depend on the queue's delays take the `clock` fixture, a MockClock that jumps
+to the next deadline once the run loop has been idle for a moment of real time. (With a zero
+threshold it would also jump while a backend call runs in a worker thread, past timeouts the
+test did not mean to reach.)
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from cache import journal
+from cache.blocks import BlockCache, BlockReader, CachedObject, Superseded
+from cache.journal import ObjectRecord
+from cache.writeback import FSYNC_TEMP_TRIES, WritebackQueue
+from faulty import FaultyStorage
+from mountfs.backends.base import ObjectInfo
+from mountfs.backends.local import LocalBackend
+from mountfs.errors import PermissionDenied, TemporaryFailure
+
+BS = 4096
+BIG = 1 << 30  # a cap never reached
+BUCKET = "b"
+DELAY = 5.0  # the queue's write-back delay, in MockClock seconds
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def block_files(cache_dir: Path) -> dict[str, dict[int, int]]:
+    """{object id: {block number: bytes}} of the block files on disk."""
+    out: dict[str, dict[int, int]] = {}
+    for object_dir in (cache_dir / "objects").iterdir():
+        out[object_dir.name] = {int(f.name): f.stat().st_size
+                                for f in object_dir.iterdir() if f.name.isdigit()}
+    return out
+
+
+def disk_usage(cache_dir: Path) -> int:
+    return sum(sum(blocks.values()) for blocks in block_files(cache_dir).values())
+
+
+def new_cache(cache_dir: Path, storage: FaultyStorage,
+              cap: int = BIG) -> tuple[BlockCache, list[CachedObject]]:
+    """A cache over `cache_dir` as a mount starts one: loaded, with the dirty objects to queue."""
+    cache = BlockCache(cache_dir, storage, cap, BS)  # type: ignore[arg-type]
+    return cache, cache.load()
+
+
+async def start_queue(nursery: trio.Nursery, cache: BlockCache, storage: FaultyStorage,
+                      delay: float = DELAY) -> WritebackQueue:
+    queue = WritebackQueue(cache, storage, delay, workers=2)  # type: ignore[arg-type]
+    await nursery.start(queue.run)
+    return queue
+
+
+async def put(backend: LocalBackend, key: str, data: bytes) -> ObjectInfo:
+    """Store an object on the server directly (another client wrote it)."""
+    tmp = Path(backend.root) / "upload.tmp"
+    tmp.write_bytes(data)
+    with open(tmp, "rb") as f:
+        info = await backend.write_object(BUCKET, key, f, len(data), {})
+    tmp.unlink()
+    return info
+
+
+async def on_server(backend: LocalBackend, key: str) -> bytes:
+    return await backend.read_object(BUCKET, key, 0, BIG)
+
+
+def open_remote(cache: BlockCache, info: ObjectInfo) -> CachedObject:
+    return cache.open_object(BUCKET, info.key, info.size, info.etag, info.mtime_ns)
+
+
+async def create(cache: BlockCache, key: str, data: bytes, offset: int = 0) -> CachedObject:
+    """A new object holding `data` at `offset`, dirty and not yet committed."""
+    obj = cache.create_object(BUCKET, key, {})
+    await cache.write(obj, offset, data)
+    return obj
+
+
+async def contents(cache: BlockCache, obj: CachedObject) -> bytes:
+    return await cache.read(obj, 0, obj.size + 1)
+
+
+def patched(data: bytes, offset: int, new: bytes) -> bytes:
+    return data[:offset] + new + data[offset + len(new):]
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalBackend:
+    (tmp_path / "store" / BUCKET).mkdir(parents=True)
+    return LocalBackend(str(tmp_path / "store"))
+
+
+@pytest.fixture
+def storage(backend: LocalBackend) -> FaultyStorage:
+    return FaultyStorage(backend)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cache(cache_dir: Path, storage: FaultyStorage) -> BlockCache:
+    return new_cache(cache_dir, storage)[0]
+
+
+@pytest.fixture
+async def queue(nursery: trio.Nursery, cache: BlockCache,
+                storage: FaultyStorage) -> WritebackQueue:
+    return await start_queue(nursery, cache, storage)
+
+
+@pytest.fixture
+async def remote(backend: LocalBackend) -> tuple[ObjectInfo, bytes]:
+    """An object of 3 1/2 blocks on the server, not cached."""
+    data = pattern(3 * BS + BS // 2, seed=1)
+    return await put(backend, "remote", data), data
+
+
+# ---- 1. reading, writing, truncating ---------------------------------------------------------
+
+@pytest.mark.parametrize("offset,size", [(0, 3 * BS), (1000, 3 * BS), (BS - 1, 2), (BS, BS)])
+async def test_write_across_block_boundaries_reads_back(cache: BlockCache, cache_dir: Path,
+                                                        offset: int, size: int) -> None:
+    data = pattern(size)
+    obj = await create(cache, "f", data, offset)
+
+    assert obj.size == offset + size
+    assert await contents(cache, obj) == bytes(offset) + data
+    # Every range read, whatever blocks it spans, is that slice of the data.
+    for lo, hi in [(offset, offset + 1), (BS - 10, BS + 10), (offset + size - 3, offset + size)]:
+        assert await cache.read(obj, lo, hi - lo) == (bytes(offset) + data)[lo:hi]
+    files = block_files(cache_dir)[obj.id]
+    assert sorted(files) == list(range(offset // BS, (offset + size - 1) // BS + 1))
+    assert cache.used == disk_usage(cache_dir)
+
+
+async def test_sparse_write_leaves_holes_that_read_as_zeros(cache: BlockCache,
+                                                            cache_dir: Path) -> None:
+    obj = await create(cache, "f", b"head")
+    await cache.write(obj, 3 * BS + 5, b"tail")
+
+    assert obj.size == 3 * BS + 9
+    assert await contents(cache, obj) == b"head" + bytes(3 * BS + 1) + b"tail"
+    assert sorted(block_files(cache_dir)[obj.id]) == [0, 3]  # blocks 1 and 2 take no space
+
+
+@pytest.mark.parametrize("where", ["local", "server"])
+async def test_truncate_shrink_then_grow_reads_zeros(cache: BlockCache, backend: LocalBackend,
+                                                     storage: FaultyStorage, where: str) -> None:
+    data = pattern(3 * BS + 100)
+    if where == "local":
+        obj = await create(cache, "f", data)
+    else:
+        obj = open_remote(cache, await put(backend, "f", data))
+    cut = BS + 100
+
+    await cache.truncate(obj, cut)
+    assert await contents(cache, obj) == data[:cut]
+    await cache.truncate(obj, len(data))
+
+    assert obj.size == len(data)
+    assert await contents(cache, obj) == data[:cut] + bytes(len(data) - cut)
+    # Blocks past the cut are holes now: never fetched from the server.
+    assert sorted(storage.reads) == ([] if where == "local" else [("f", 0, BS), ("f", BS, BS)])
+
+
+@pytest.mark.parametrize("offset,length,fetched", [
+    (BS + 100, 10, [BS]),  # inside one block
+    (BS - 5, 10, [0, BS]),  # across a boundary: the heads and tails of both blocks
+    (BS, BS, []),  # a whole block: nothing to keep
+    (3 * BS, BS // 2, []),  # the whole last (short) block
+    (3 * BS + 10, BS, [3 * BS]),  # the last block's head, extending the object
+])
+async def test_partial_write_to_server_object_fetches_the_block_first(
+        cache: BlockCache, storage: FaultyStorage, remote: tuple[ObjectInfo, bytes],
+        offset: int, length: int, fetched: list[int]) -> None:
+    info, data = remote
+    obj = open_remote(cache, info)
+    new = pattern(length, seed=2)
+
+    await cache.write(obj, offset, new)
+
+    assert [off for _, off, _ in storage.reads] == fetched
+    assert obj.dirty
+    assert await contents(cache, obj) == patched(data, offset, new)
+
+
+async def test_read_of_server_object_fetches_ranges_and_counts_hits(
+        cache: BlockCache, storage: FaultyStorage, remote: tuple[ObjectInfo, bytes]) -> None:
+    info, data = remote
+    obj = open_remote(cache, info)
+
+    assert await cache.read(obj, BS - 10, 2 * BS + 20) == data[BS - 10:3 * BS + 10]
+    assert storage.reads == [("remote", 0, BS), ("remote", BS, BS), ("remote", 2 * BS, BS)]
+    assert (cache.hits, cache.misses) == (0, 3)
+
+    assert await cache.read(obj, 0, 3 * BS) == data[:3 * BS]
+    assert len(storage.reads) == 3  # all from disk
+    assert (cache.hits, cache.misses) == (3, 3)
+
+    assert await cache.read(obj, 3 * BS, BS) == data[3 * BS:]  # the short last block
+    assert storage.reads[-1] == ("remote", 3 * BS, BS // 2)
+    assert await cache.read(obj, len(data), 10) == b""
+    assert not obj.dirty
+
+
+async def test_concurrent_readers_of_a_block_fetch_it_once(
+        cache: BlockCache, storage: FaultyStorage, remote: tuple[ObjectInfo, bytes]) -> None:
+    info, data = remote
+    obj = open_remote(cache, info)
+    results: list[bytes] = []
+
+    async def reader() -> None:
+        results.append(await cache.read(obj, 0, 100))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(reader)
+
+    assert results == [data[:100]] * 3
+    assert storage.reads == [("remote", 0, BS)]
+
+
+async def test_truncate_while_a_block_is_fetched_leaves_a_hole(
+        cache: BlockCache, storage: FaultyStorage, remote: tuple[ObjectInfo, bytes]) -> None:
+    """The fetch returns data the truncate made void; it must not come back as the file's."""
+    info, data = remote
+    obj = open_remote(cache, info)
+
+    async def cut_and_regrow() -> None:
+        await cache.truncate(obj, 0)
+        await cache.truncate(obj, len(data))
+
+    storage.during_read = cut_and_regrow
+    await cache.read(obj, 2 * BS, 10)
+
+    assert await contents(cache, obj) == bytes(len(data))
+
+
+async def test_partial_write_keeps_fetched_blocks_under_a_tiny_cap(
+        cache_dir: Path, storage: FaultyStorage, remote: tuple[ObjectInfo, bytes]) -> None:
+    """Room made for the written bytes must not evict the blocks fetched for the same write."""
+    cache, _ = new_cache(cache_dir, storage, cap=BS)
+    info, data = remote
+    obj = open_remote(cache, info)
+
+    await cache.write(obj, BS - 5, b"0123456789")
+
+    assert await contents(cache, obj) == patched(data, BS - 5, b"0123456789")
+    assert cache.used == disk_usage(cache_dir)
+
+
+# ---- 2. eviction and the cap -----------------------------------------------------------------
+
+async def test_clean_blocks_are_evicted_least_recently_used_first(
+        cache_dir: Path, storage: FaultyStorage, remote: tuple[ObjectInfo, bytes]) -> None:
+    cache, _ = new_cache(cache_dir, storage, cap=3 * BS)
+    info, data = remote
+    obj = open_remote(cache, info)
+    for n in (0, 1, 2, 0):  # block 0 used again: block 1 is now the oldest
+        await cache.read(obj, n * BS, 1)
+
+    await cache.read(obj, 3 * BS, 1)  # half a block over the cap
+    assert sorted(block_files(cache_dir)[obj.id]) == [0, 2, 3]
+
+    assert await cache.read(obj, BS, BS) == data[BS:2 * BS]  # fetched again ...
+    assert sorted(block_files(cache_dir)[obj.id]) == [0, 1, 3]  # ... in place of block 2
+    assert cache.misses == 5
+    assert cache.used == disk_usage(cache_dir) <= 3 * BS
+
+
+async def test_dirty_blocks_are_never_evicted(
+        cache_dir: Path, storage: FaultyStorage, remote: tuple[ObjectInfo, bytes]) -> None:
+    cache, _ = new_cache(cache_dir, storage, cap=2 * BS)
+    dirty_data = pattern(2 * BS, seed=3)
+    dirty = await create(cache, "dirty", dirty_data)
+    info, data = remote
+    clean = open_remote(cache, info)
+
+    # Nothing clean to evict and no upload that could make room: reads go over the cap.
+    assert await contents(cache, clean) == data
+    assert await contents(cache, dirty) == dirty_data
+    assert block_files(cache_dir)[dirty.id] == {0: BS, 1: BS}
+    assert cache.used == disk_usage(cache_dir) == len(dirty_data) + len(data)
+    assert cache.dirty_bytes() == len(dirty_data)
+
+
+async def test_used_equals_the_block_files_on_disk(
+        cache_dir: Path, backend: LocalBackend, storage: FaultyStorage,
+        remote: tuple[ObjectInfo, bytes]) -> None:
+    cache, _ = new_cache(cache_dir, storage, cap=4 * BS)
+    info, _ = remote
+    a = open_remote(cache, info)
+    b = await create(cache, "b", pattern(BS + 10))
+
+    async def step(action: object) -> None:
+        if hasattr(action, "__await__"):
+            await action  # type: ignore[misc]
+        assert cache.used == disk_usage(cache_dir)
+
+    await step(cache.read(a, 0, 2 * BS))
+    await step(cache.write(b, 5 * BS, b"x"))  # sparse
+    await step(cache.write(b, 10, pattern(BS)))  # overwrite inside
+    await step(cache.truncate(b, BS + 3))
+    await step(cache.truncate(b, 7 * BS))
+    await step(cache.read(a, 0, info.size))  # over the cap: evicts a's oldest blocks
+    await step(cache.write(a, BS + 1, b"yy"))
+    await step(cache.discard(b))
+    newer = await put(backend, "remote", b"newer")
+    await step(open_remote(cache, newer))  # another version: the old blocks go
+    assert cache.used == 0
+
+
+async def test_writer_waits_for_uploads_when_dirty_data_fills_the_cap(
+        clock: trio.testing.MockClock, cache_dir: Path, storage: FaultyStorage,
+        backend: LocalBackend, nursery: trio.Nursery) -> None:
+    cache, _ = new_cache(cache_dir, storage, cap=2 * BS)
+    queue = await start_queue(nursery, cache, storage)
+    first = await create(cache, "first", pattern(2 * BS))
+    queue.commit(first)
+    start = trio.current_time()
+    done: list[float] = []
+
+    async def writer(key: str) -> None:
+        await create(cache, key, pattern(BS, seed=hash(key)))
+        done.append(trio.current_time())
+
+    async with trio.open_nursery() as writers:
+        for key in ("second", "third"):  # two writers waiting at once: both must resume
+            writers.start_soon(writer, key)
+        await trio.sleep(DELAY / 2)
+        assert done == []  # waiting, not failing and not going over the cap
+        with trio.fail_after(10 * DELAY):
+            await queue.drain()
+
+    assert storage.write_times == [start + DELAY]
+    assert len(done) == 2 and min(done) >= start + DELAY
+    assert await on_server(backend, "first") == pattern(2 * BS)
+    assert block_files(cache_dir)[first.id] == {}  # uploaded, so clean, so evicted
+    assert cache.used == disk_usage(cache_dir) == 2 * BS
+
+
+async def test_upload_of_an_object_larger_than_the_cap_completes(
+        clock: trio.testing.MockClock, cache_dir: Path, storage: FaultyStorage,
+        backend: LocalBackend, nursery: trio.Nursery, remote: tuple[ObjectInfo, bytes]) -> None:
+    """The upload needs the whole object local; it must not wait for room only it could free."""
+    cache, _ = new_cache(cache_dir, storage, cap=2 * BS)
+    queue = await start_queue(nursery, cache, storage)
+    info, data = remote
+    obj = open_remote(cache, info)
+    await cache.write(obj, 10, b"edit")
+    queue.commit(obj)
+
+    with trio.fail_after(10 * DELAY):
+        await queue.drain()
+
+    assert await on_server(backend, "remote") == patched(data, 10, b"edit")
+    assert not obj.dirty
+
+
+async def test_fetch_waiting_for_room_does_not_undo_a_write(
+        cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
+    """A fetched block waits for room; a write of that block meanwhile must win."""
+    cache, _ = new_cache(cache_dir, storage, cap=BS)
+    queue = WritebackQueue(cache, storage, DELAY)  # type: ignore[arg-type]  # never run
+    pending = await create(cache, "pending", pattern(BS))
+    queue.commit(pending)  # the cap is full of dirty data whose upload is pending
+    obj = open_remote(cache, await put(backend, "f", b"old" * 10))
+    new = b"NEW" * 10
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cache.read, obj, 0, 1)
+        await trio.testing.wait_all_tasks_blocked()  # the fetched block waits for room
+        queue.discard(pending)  # no upload pending now: writes go on over the cap
+        await cache.write(obj, 0, new)
+        cache.discard(pending)  # room: the fetch goes on
+
+    assert await contents(cache, obj) == new
+    assert cache.used == disk_usage(cache_dir)
+
+
+# ---- 3. remount ------------------------------------------------------------------------------
+
+async def test_remount_reuses_blocks_of_the_same_version(
+        cache: BlockCache, cache_dir: Path, storage: FaultyStorage,
+        remote: tuple[ObjectInfo, bytes]) -> None:
+    info, data = remote
+    assert await contents(cache, open_remote(cache, info)) == data
+    used = cache.used
+
+    again, dirty = new_cache(cache_dir, storage)
+    assert dirty == []
+    assert again.used == used == len(data)
+    obj = open_remote(again, info)
+    assert await contents(again, obj) == data
+    assert len(storage.reads) == 4  # the first mount's fetches only
+    assert (again.hits, again.misses) == (4, 0)
+
+
+async def test_remount_drops_blocks_of_another_version(
+        cache: BlockCache, cache_dir: Path, storage: FaultyStorage, backend: LocalBackend,
+        remote: tuple[ObjectInfo, bytes]) -> None:
+    info, data = remote
+    old_id = open_remote(cache, info).id
+    await cache.read(open_remote(cache, info), 0, len(data))
+
+    newer = await put(backend, "remote", b"newer data")
+    again, _ = new_cache(cache_dir, storage)
+    obj = open_remote(again, newer)
+
+    assert block_files(cache_dir)[old_id] == {}
+    assert again.used == 0
+    assert await contents(again, obj) == b"newer data"
+    assert storage.reads[-1] == ("remote", 0, len(b"newer data"))
+
+
+# ---- 4. journal replay -----------------------------------------------------------------------
+
+async def test_committed_dirty_object_is_replayed_and_uploaded(
+        clock: trio.testing.MockClock, cache: BlockCache, cache_dir: Path,
+        storage: FaultyStorage, backend: LocalBackend, nursery: trio.Nursery) -> None:
+    data = pattern(2 * BS + 7)
+    obj = await create(cache, "f", data)
+    cache.commit(obj)
+    del cache  # the process dies before any upload
+
+    again, dirty = new_cache(cache_dir, storage)
+    assert [(o.record.key, o.size, o.record.committed) for o in dirty] == [("f", len(data), True)]
+    queue = await start_queue(nursery, again, storage)
+    for o in dirty:
+        queue.commit(o)
+    await queue.drain()
+
+    assert await on_server(backend, "f") == data
+    assert not dirty[0].dirty
+    assert new_cache(cache_dir, storage)[1] == []  # clean in the journal too
+
+
+async def test_object_written_again_after_commit_replays_its_latest_state(
+        cache: BlockCache, cache_dir: Path, storage: FaultyStorage) -> None:
+    obj = await create(cache, "f", b"first version")
+    cache.commit(obj)
+    await cache.write(obj, obj.size, b", longer")
+    await cache.truncate(obj, obj.size + 5)
+    cache.commit(obj)  # closed again, not uploaded yet
+
+    _, dirty = new_cache(cache_dir, storage)
+    assert [o.size for o in dirty] == [obj.size]
+
+
+@pytest.mark.parametrize("offset", [0, 2 * BS + 10])
+async def test_uncommitted_dirty_object_is_recovered_as_written(
+        cache: BlockCache, cache_dir: Path, storage: FaultyStorage, offset: int) -> None:
+    data = pattern(BS + 33)
+    await create(cache, "f", data, offset)  # still open when the process dies
+
+    again, dirty = new_cache(cache_dir, storage)
+    assert len(dirty) == 1 and dirty[0].size == offset + len(data)
+    assert not dirty[0].record.committed
+    assert await contents(again, dirty[0]) == bytes(offset) + data
+
+
+@pytest.mark.parametrize("garbage", [b"", b"{not json", b'{"id": "x"}', b"[1, 2]"])
+async def test_unreadable_record_is_ignored(cache: BlockCache, cache_dir: Path,
+                                            storage: FaultyStorage, garbage: bytes) -> None:
+    good = await create(cache, "good", b"good data")
+    bad = await create(cache, "bad", pattern(BS))
+    (bad.path / journal.RECORD_NAME).write_bytes(garbage)
+
+    again, dirty = new_cache(cache_dir, storage)
+
+    assert [o.record.key for o in dirty] == ["good"]
+    assert not bad.path.exists()
+    assert again.get(BUCKET, "bad") is None
+    assert again.used == disk_usage(cache_dir) == len(b"good data")
+    assert await contents(again, dirty[0]) == b"good data" and dirty[0].id == good.id
+
+
+@pytest.mark.parametrize("older_dirty,newer_dirty,winner", [
+    (True, False, "older"),  # unuploaded data beats a newer clean record
+    (False, False, "newer"),
+    (True, True, "newer"),
+])
+async def test_of_two_records_for_one_key_the_dirty_or_newer_wins(
+        cache: BlockCache, cache_dir: Path, storage: FaultyStorage,
+        older_dirty: bool, newer_dirty: bool, winner: str) -> None:
+    objs = {}
+    for name, dirty, saved_ns in [("older", older_dirty, 1), ("newer", newer_dirty, 2)]:
+        obj = await create(cache, f"tmp-{name}", name.encode())
+        # Point both at one key, as a crash in the middle of a replace could leave them.
+        record = ObjectRecord(obj.id, BUCKET, "f", len(name), 0, "", 0, dirty=dirty,
+                              saved_ns=saved_ns)
+        journal.save(obj.path, record)
+        objs[name] = obj
+
+    again, _ = new_cache(cache_dir, storage)
+
+    kept = again.get(BUCKET, "f")
+    assert kept is not None and kept.id == objs[winner].id
+    assert await contents(again, kept) == winner.encode()
+    loser = objs["older" if winner == "newer" else "newer"]
+    assert not loser.path.exists()
+    assert again.used == disk_usage(cache_dir) == len(winner)
+
+
+# ---- 5. the write-back queue -----------------------------------------------------------------
+
+async def test_upload_happens_after_the_delay(
+        clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
+        storage: FaultyStorage, backend: LocalBackend) -> None:
+    obj = await create(cache, "f", pattern(BS + 1))
+    queue.commit(obj)
+    start = trio.current_time()
+
+    await trio.sleep(DELAY - 0.1)
+    assert storage.write_times == []
+    assert [e["state"] for e in queue.status()] == ["waiting"]
+    await queue.drain()
+
+    assert storage.write_times == [pytest.approx(start + DELAY)]
+    assert await on_server(backend, "f") == pattern(BS + 1)
+    assert not obj.dirty and queue.status() == [] and queue.uploaded_count == 1
+
+
+async def test_a_write_restarts_the_delay(
+        clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
+        storage: FaultyStorage, backend: LocalBackend) -> None:
+    obj = await create(cache, "f", b"one")
+    queue.commit(obj)
+    await trio.sleep(DELAY - 1)
+    await cache.write(obj, 3, b" two")
+    last_write = trio.current_time()
+
+    await queue.drain()
+
+    assert storage.write_times == [pytest.approx(last_write + DELAY)]  # one upload, of both
+    assert await on_server(backend, "f") == b"one two"
+
+
+async def test_sync_uploads_now_and_returns(
+        clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
+        storage: FaultyStorage, backend: LocalBackend) -> None:
+    obj = await create(cache, "f", b"synced")  # not even committed yet
+    start = trio.current_time()
+
+    await queue.sync(obj)
+
+    assert storage.write_times == [start]
+    assert await on_server(backend, "f") == b"synced"
+    assert not obj.dirty and queue.status() == []
+    await queue.sync(obj)  # nothing to do: no upload
+    assert len(storage.write_times) == 1
+
+
+async def test_temporary_failures_are_retried_with_backoff(
+        clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
+        storage: FaultyStorage, backend: LocalBackend) -> None:
+    data = pattern(3 * BS + 17)
+    obj = await create(cache, "f", data)
+    storage.fail_writes(TemporaryFailure("503 slow down"), times=4)
+    queue.commit(obj)
+
+    await trio.sleep(DELAY + 0.1)
+    assert queue.status()[0]["state"] == "retrying"
+    assert queue.status()[0]["tries"] == 1
+    assert "503 slow down" in queue.status()[0]["error"]
+    await queue.drain()
+
+    gaps = [b - a for a, b in zip(storage.write_times, storage.write_times[1:])]
+    assert gaps == pytest.approx([0.5, 1, 2, 4])  # backoff doubles
+    assert await on_server(backend, "f") == data
+    assert storage.stored == [data]
+    assert not obj.dirty and obj.last_error is None
+
+
+@pytest.mark.parametrize("failures", [FSYNC_TEMP_TRIES - 1, FSYNC_TEMP_TRIES])
+async def test_sync_rides_out_a_few_temporary_failures(
+        clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
+        storage: FaultyStorage, backend: LocalBackend, failures: int) -> None:
+    obj = await create(cache, "f", b"data")
+    storage.fail_writes(TemporaryFailure("timeout"), times=failures)
+
+    if failures < FSYNC_TEMP_TRIES:
+        await queue.sync(obj)
+        assert await on_server(backend, "f") == b"data"
+    else:
+        with pytest.raises(TemporaryFailure, match="timeout"):
+            await queue.sync(obj)
+        assert obj.dirty and queue.status()[0]["tries"] == failures
+        await queue.drain()  # the queue goes on trying after fsync gave up
+        assert await on_server(backend, "f") == b"data"
+
+
+async def test_permanent_failure_is_raised_by_sync_and_kept_queued(
+        clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
+        storage: FaultyStorage, backend: LocalBackend) -> None:
+    obj = await create(cache, "f", b"data")
+    storage.fail_writes(PermissionDenied("bucket is read-only"))
+
+    with pytest.raises(PermissionDenied, match="read-only"):
+        await queue.sync(obj)
+
+    assert len(storage.write_times) == 1  # not retried at once
+    [status] = queue.status()
+    assert status["key"] == "f" and status["tries"] == 1 and status["state"] == "retrying"
+    assert "PermissionDenied" in status["error"] and "read-only" in status["error"]
+    assert obj.dirty and isinstance(obj.last_error, PermissionDenied)
+    assert [o.record.key for o in cache.dirty_under(BUCKET, "")] == ["f"]
+    await queue.drain()  # retried later, and this time it works
+    assert await on_server(backend, "f") == b"data"
+
+
+async def test_discarded_object_is_never_uploaded(
+        clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
+        storage: FaultyStorage, backend: LocalBackend, cache_dir: Path) -> None:
+    obj = await create(cache, "f", b"doomed")
+    queue.commit(obj)
+    await trio.sleep(DELAY / 2)
+    queue.discard(obj)
+    cache.discard(obj)
+
+    await trio.sleep(3 * DELAY)
+    await queue.drain()
+
+    assert storage.write_times == []
+    assert os.listdir(Path(backend.root) / BUCKET) == []
+    assert not obj.path.exists() and cache.used == 0
+    assert new_cache(cache_dir, storage)[1] == []  # and not after a restart either
+
+
+INTERFERENCE = {
+    "write": lambda cache, obj: cache.write(obj, BS - 2, b"#" * 5),
+    "extend": lambda cache, obj: cache.write(obj, obj.size, b"more"),
+    "shrink-grow": lambda cache, obj: _shrink_grow(cache, obj),
+}
+
+
+async def _shrink_grow(cache: BlockCache, obj: CachedObject) -> None:
+    size = obj.size
+    await cache.truncate(obj, 100)
+    await cache.truncate(obj, size)
+
+
+@pytest.mark.parametrize("when", ["mid_upload", "after_write"])
+@pytest.mark.parametrize("change", sorted(INTERFERENCE))
+@pytest.mark.parametrize("where", ["local", "server"])
+async def test_change_during_an_upload_is_uploaded_again(
+        clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
+        storage: FaultyStorage, backend: LocalBackend, when: str, change: str,
+        where: str) -> None:
+    data = pattern(3 * BS)
+    if where == "local":
+        obj = await create(cache, "f", data)
+    else:
+        obj = open_remote(cache, await put(backend, "f", data))
+        await cache.write(obj, 2 * BS, b"edit")  # block 2 is cached; blocks 0 and 1 are not
+        data = patched(data, 2 * BS, b"edit")
+    final: list[bytes] = []
+
+    async def interfere() -> None:
+        await INTERFERENCE[change](cache, obj)
+        final.append(await contents(cache, obj))
+
+    setattr(storage, when, interfere)
+    queue.commit(obj)
+    await queue.drain()
+
+    assert final and final[0] != data
+    assert await on_server(backend, "f") == final[0]
+    assert await contents(cache, obj) == final[0]
+    assert not obj.dirty
+    # Every version ever stored is one the file really had: never a mix.
+    assert set(storage.stored) <= {data, final[0]}
+    assert storage.stored[-1] == final[0]
+
+
+async def test_drain_returns_once_the_queue_is_empty(
+        clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
+        storage: FaultyStorage, backend: LocalBackend) -> None:
+    await queue.drain()  # nothing queued: returns at once
+    a = await create(cache, "a", b"a")
+    queue.commit(a)
+    drained: list[float] = []
+
+    async def drain() -> None:
+        await queue.drain()
+        drained.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        await trio.sleep(DELAY / 2)
+        b = await create(cache, "b", b"b")  # queued while drain() waits: it waits for b too
+        queue.commit(b)
+        with trio.fail_after(10 * DELAY):
+            await trio.sleep(DELAY)
+            assert drained == [] and queue.status()[0]["key"] == "b"
+
+    assert drained and drained[0] >= max(storage.write_times)
+    assert queue.status() == []
+    assert await on_server(backend, "b") == b"b"
+
+
+# ---- 6. BlockReader --------------------------------------------------------------------------
+
+@pytest.fixture
+async def snapshot(cache: BlockCache) -> tuple[BlockReader, CachedObject, bytes]:
+    data = pattern(3 * BS + 10)
+    obj = await create(cache, "f", data)
+    await cache.write(obj, len(data) + BS, b"end")  # a hole in block 4
+    data += bytes(BS) + b"end"
+    reader, generation = cache.reader(obj)
+    assert isinstance(reader, BlockReader) and generation == obj.generation
+    return reader, obj, data
+
+
+async def test_reader_reads_across_blocks_and_seeks(
+        snapshot: tuple[BlockReader, CachedObject, bytes]) -> None:
+    reader, _, data = snapshot
+
+    assert reader.read(BS - 1) == data[:BS - 1]
+    assert reader.tell() == BS - 1
+    assert reader.read(BS + 2) == data[BS - 1:2 * BS + 1]
+    assert reader.seek(-5, os.SEEK_END) == len(data) - 5
+    assert reader.read() == data[-5:]
+    assert reader.read(10) == b""
+    assert reader.seek(3 * BS, os.SEEK_SET) == 3 * BS
+    assert reader.seek(4, os.SEEK_CUR) == 3 * BS + 4
+    assert reader.read(BS) == data[3 * BS + 4:4 * BS + 4]  # into the hole: zeros
+    reader.seek(0)
+    assert reader.read(-1) == data
+
+
+@pytest.mark.parametrize("change", ["write", "truncate"])
+async def test_reader_raises_superseded_after_a_change(
+        cache: BlockCache, snapshot: tuple[BlockReader, CachedObject, bytes],
+        change: str) -> None:
+    reader, obj, data = snapshot
+    assert reader.read(10) == data[:10]
+
+    if change == "write":
+        await cache.write(obj, 0, b"x")
+    else:
+        await cache.truncate(obj, 5)
+
+    with pytest.raises(Superseded):
+        reader.read(10)

@@ -1,0 +1,112 @@
+"""Nothing a program was told is written gets lost: kill -9, remount, unmount, copy a real tree."""
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+import sysconfig
+import time
+from pathlib import Path
+
+from conftest import BUCKET, Mounter, is_mounted
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def payload(i: int) -> bytes:
+    return (f"file {i} ".encode() * (1 + 997 * i))[: 3000 * i + 7]
+
+
+def test_kill_after_close_loses_no_file(mounter: Mounter, store: Path) -> None:
+    # A long delay keeps every upload queued when the process dies.
+    m = mounter.mount(store, "--writeback-delay", "60", "--block-size", "4096")
+    (m.bucket / "d").mkdir()
+    for i in range(20):
+        (m.bucket / "d" / f"f{i}").write_bytes(payload(i))
+    assert not (store / BUCKET / "d" / "f5").exists(), "uploaded before the kill: test is void"
+    mounter.kill(m)
+    assert not is_mounted(m.path)
+
+    m = mounter.remount(m)
+    mounter.umount(m)  # drains the replayed queue
+    for i in range(20):
+        assert (store / BUCKET / "d" / f"f{i}").read_bytes() == payload(i)
+    assert not list((store / ".mountfs-tmp").iterdir()), "a partial upload was left behind"
+
+
+def test_kill_while_a_file_is_open_keeps_what_was_written(mounter: Mounter, store: Path) -> None:
+    m = mounter.mount(store, "--writeback-delay", "60")
+    f = open(m.bucket / "open.bin", "wb")
+    f.write(b"x" * 10000)
+    f.flush()
+    mounter.kill(m)
+    try:
+        f.close()
+    except OSError:
+        pass  # the mount is gone; the kernel may refuse the final flush
+    m = mounter.remount(m)
+    mounter.umount(m)
+    assert (store / BUCKET / "open.bin").read_bytes() == b"x" * 10000
+
+
+def test_fsync_uploads_before_returning(mounted) -> None:
+    path = mounted.bucket / "synced"
+    with open(path, "wb") as f:
+        f.write(b"durable")
+        f.flush()
+        os.fsync(f.fileno())
+        assert (mounted.store / BUCKET / "synced").read_bytes() == b"durable"
+
+
+def test_sigterm_drains_the_queue_then_unmounts(mounter: Mounter, store: Path) -> None:
+    m = mounter.mount(store, "--writeback-delay", "2")
+    (m.bucket / "late").write_bytes(b"queued at SIGTERM")
+    os.kill(m.pid, 15)
+    wait_for(lambda: not is_mounted(m.path))
+    assert (store / BUCKET / "late").read_bytes() == b"queued at SIGTERM"
+
+
+def test_fusermount_unmount_still_uploads(mounter: Mounter, store: Path) -> None:
+    m = mounter.mount(store, "--writeback-delay", "2")
+    (m.bucket / "late").write_bytes(b"queued at fusermount -u")
+    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
+    wait_for(lambda: (store / BUCKET / "late").exists())
+    assert (store / BUCKET / "late").read_bytes() == b"queued at fusermount -u"
+
+
+def stdlib_sample(dest: Path) -> Path:
+    """A few packages of the Python standard library: real names, sizes and nesting."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("json", "email", "asyncio", "importlib", "http"):
+        shutil.copytree(root / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "os.py", dest / "os.py")
+    return dest
+
+
+def assert_same_tree(a: Path, b: Path) -> None:
+    result = subprocess.run(["diff", "-r", str(a), str(b)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[:2000]
+    cmp = filecmp.dircmp(a, b)
+    assert cmp.left_list == cmp.right_list
+
+
+def test_copy_tree_unmount_remount_diff_clean(mounter: Mounter, store: Path,
+                                              tmp_path: Path) -> None:
+    src = stdlib_sample(tmp_path / "src")
+    m = mounter.mount(store, "--writeback-delay", "0.2")
+    subprocess.run(["cp", "-r", str(src), str(m.bucket / "lib")], check=True)
+    assert_same_tree(src, m.bucket / "lib")
+    mounter.umount(m)
+    assert_same_tree(src, store / BUCKET / "lib")
+    m = mounter.remount(m)
+    assert_same_tree(src, m.bucket / "lib")
+    # A fresh cache reads everything from the store again.
+    mounter.umount(m)
+    m = mounter.mount(store, name="fresh")
+    assert_same_tree(src, m.bucket / "lib")

@@ -1,0 +1,585 @@
+"""Model-based test: random operation sequences on the mount and on a plain local directory.
+
+Every operation runs twice, once under the mount (`mounted.bucket`) and once under a reference
+directory on the local disk, and both outcomes must agree: the return value (bytes read, sizes,
+listings, symlink targets) or the errno of the failure. At checkpoints and at the end of each
+example the two trees are compared whole: names, kinds, file sizes and bytes, symlink targets.
+
+One mount per test function (mounting is slow); each Hypothesis example works in a fresh
+subdirectory `exNNNN/` of the bucket and of the reference root. Operations act on paths below
+`exNNNN/w/`, so symlinks with one `..` in their target stay inside the example.
+
+Deliberately not compared (documented differences of an object store, not bugs):
+  * hard links (mountfs answers EPERM): `link` is not among the operations;
+  * st_nlink (always 1), directory st_size (0), st_blocks, st_ino;
+  * timestamps (the store keeps one mtime, with its own granularity) and modes/owners;
+  * mknod/FIFOs/sockets (only files, directories and symlinks are stored).
+
+Run longer with MOUNTFS_MODEL_EXAMPLES=500 (and MOUNTFS_MODEL_STEPS=60) for a soak.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import itertools
+import mmap
+import os
+import random
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, precondition, rule,
+                                 run_state_machine_as_test)
+
+if TYPE_CHECKING:
+    from conftest import Mount, Mounter
+
+pytestmark = pytest.mark.mounted
+
+BS = 4096  # the mount's --block-size here, so small data crosses block boundaries
+MAX_SIZE = 3 * BS
+EXAMPLES = int(os.environ.get("MOUNTFS_MODEL_EXAMPLES", "40"))
+STEPS = int(os.environ.get("MOUNTFS_MODEL_STEPS", "30"))
+MAX_FDS = 4
+MOUNT_OPTIONS = ("--block-size", str(BS), "--writeback-delay", "0.05", "--metadata-ttl", "0")
+
+NAMES = ["a", "b", "c", "d"]
+_BUF = random.Random(1234).randbytes(MAX_SIZE + 1024)
+_example_ids = itertools.count()
+
+# ---- strategies --------------------------------------------------------------------------
+
+
+
+@dataclass(frozen=True)
+class Existing:
+    """The i-th (mod count) entry of the reference tree as it is when the rule runs."""
+    i: int
+
+
+@dataclass(frozen=True)
+class Inside:
+    """A name inside the i-th (mod count) existing directory: often a new name."""
+    i: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ExistingFile:
+    """The i-th (mod count) regular file of the reference tree, if there is one."""
+    i: int
+
+
+PathSpec = Union[str, Existing, Inside, ExistingFile]
+# A random path of 1-3 names, an existing entry, a name in an existing directory; rules on
+# file data mostly pick an existing file.
+new_paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
+existing = st.builds(Existing, st.integers(0, 63))
+paths = st.one_of(new_paths, existing, existing,
+                  st.builds(Inside, st.integers(0, 63), st.sampled_from(NAMES)))
+file_paths = st.one_of(st.builds(ExistingFile, st.integers(0, 63)), paths)
+boundaries = [0, 1, BS - 1, BS, BS + 1, 2 * BS - 1, 2 * BS, 2 * BS + 1, 3 * BS - 1, 3 * BS]
+offsets = st.one_of(st.sampled_from(boundaries), st.integers(0, MAX_SIZE))
+lengths = st.one_of(st.sampled_from([0, 1, BS - 1, BS, BS + 1, 2 * BS]), st.integers(0, BS + 1))
+sizes = offsets
+# Data is a slice of one fixed random buffer: cheap to shrink, distinct at every offset.
+datas = st.builds(lambda n, seed: _BUF[seed:seed + n],
+                  st.one_of(st.sampled_from([1, BS - 1, BS, BS + 1]), st.integers(0, BS + 1)),
+                  st.integers(0, 1023))
+link_targets = st.sampled_from(["a", "b", "c", "d", "a/b", "b/c", "../a", "../w/c", ".",
+                                "missing", "d/../a"])
+OPEN_FLAGS = {
+    "r": os.O_RDONLY,
+    "rw": os.O_RDWR,
+    "w+creat": os.O_WRONLY | os.O_CREAT,
+    "rw+creat+trunc": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_APPEND,
+    "a+creat": os.O_RDWR | os.O_APPEND | os.O_CREAT,
+}
+open_modes = st.sampled_from(sorted(OPEN_FLAGS))
+fd_slots = st.integers(0, MAX_FDS - 1)
+
+# ---- one operation on one side -----------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    if _libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst),
+                       RENAME_NOREPLACE) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), src)
+
+
+def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
+    """("ok", value) or ("err", errno name): what both sides must agree on."""
+    try:
+        return "ok", fn()
+    except OSError as exc:
+        return "err", errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+def short(value: Any) -> Any:
+    """Long bytes shown as size + digest + head in assertion messages."""
+    if isinstance(value, bytes) and len(value) > 48:
+        return f"<{len(value)} bytes sha1={hashlib.sha1(value).hexdigest()[:10]} " \
+               f"head={value[:16]!r}>"
+    if isinstance(value, tuple):
+        return tuple(short(v) for v in value)
+    return value
+
+
+def first_difference(a: bytes, b: bytes) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def with_fd(path: str, flags: int, fn: Callable[[int], Any]) -> Any:
+    fd = os.open(path, flags, 0o644)
+    try:
+        result = fn(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)  # close's own error (the flush) counts as the operation's error
+    return result
+
+
+def kind_of(st_mode: int) -> str:
+    if stat.S_ISDIR(st_mode):
+        return "dir"
+    if stat.S_ISREG(st_mode):
+        return "file"
+    if stat.S_ISLNK(st_mode):
+        return "link"
+    return f"other:{stat.S_IFMT(st_mode):o}"
+
+
+def describe_stat(st_: os.stat_result) -> tuple[str, int | None]:
+    kind = kind_of(st_.st_mode)
+    # directory sizes are 0 on the mount (no such thing in a store): not compared
+    return kind, (None if kind == "dir" else st_.st_size)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """path -> ("dir",) | ("file", st_size, bytes) | ("link", target)."""
+    out: dict[str, tuple] = {}
+
+    def walk(rel: str) -> None:
+        for name in sorted(os.listdir(root / rel if rel else root)):
+            r = f"{rel}/{name}" if rel else name
+            p = root / r
+            st_ = os.lstat(p)
+            kind = kind_of(st_.st_mode)
+            if kind == "dir":
+                out[r] = ("dir",)
+                walk(r)
+            elif kind == "link":
+                out[r] = ("link", os.readlink(p))
+            elif kind == "file":
+                with open(p, "rb") as f:
+                    out[r] = ("file", st_.st_size, f.read())
+            else:
+                out[r] = (kind,)
+
+    walk("")
+    return out
+
+
+def compare_trees(mount_root: Path, ref_root: Path, where: str) -> None:
+    got, want = snapshot(mount_root), snapshot(ref_root)
+    if got == want:
+        return
+    lines = [f"tree mismatch ({where}) under {mount_root} vs {ref_root}:"]
+    for k in sorted(set(got) | set(want)):
+        g, w = got.get(k), want.get(k)
+        if g == w:
+            continue
+        if g and w and g[0] == w[0] == "file":
+            lines.append(f"  {k}: mount size={g[1]} len={len(g[2])}, ref size={w[1]} "
+                         f"len={len(w[2])}, first differing byte at "
+                         f"{first_difference(g[2], w[2])}")
+        else:
+            lines.append(f"  {k}: mount={short(g)} ref={short(w)}")
+    raise AssertionError("\n".join(lines))
+
+
+# ---- the state machine -------------------------------------------------------------------
+
+
+class Side:
+    """One of the two trees: the mount or the reference directory, and its open fds."""
+
+    def __init__(self, name: str, base: Path) -> None:
+        self.name = name
+        self.base = base  # exNNNN/: compared whole
+        self.work = base / "w"  # where operation paths start
+        self.fds: dict[int, int] = {}  # slot -> fd
+
+    def p(self, rel: str) -> str:
+        return str(self.work / rel)
+
+
+class FsModel(RuleBasedStateMachine):
+    """Set `mount` and `ref_root` on a subclass before running."""
+
+    mount: Mount
+    ref_root: Path
+    mounter: Mounter | None = None  # given: the machine may unmount and remount
+
+    def __init__(self) -> None:
+        super().__init__()
+        n = next(_example_ids)
+        name = f"ex{n:04d}"
+        self.m = Side("mount", self.mount.bucket / name)
+        self.r = Side("ref", self.ref_root / name)
+        self.fd_info: dict[int, tuple[str, str]] = {}  # slot -> (path, mode) for messages
+        for side in (self.m, self.r):
+            os.makedirs(side.work)
+
+    # -- paths --
+
+    def path(self, spec: PathSpec) -> str:
+        if isinstance(spec, str):
+            return spec
+        entries, dirs, files = [], [""], []
+        for parent, dirnames, filenames in os.walk(self.r.work):
+            rel = os.path.relpath(parent, self.r.work)
+            for n in sorted(dirnames + filenames):
+                entries.append(n if rel == "." else f"{rel}/{n}")
+                full = os.path.join(parent, n)
+                if os.path.islink(full):
+                    continue
+                if n in dirnames:
+                    dirs.append(entries[-1])
+                else:
+                    files.append(entries[-1])
+        if isinstance(spec, ExistingFile):
+            if files:
+                return files[spec.i % len(files)]
+            spec = Existing(spec.i)
+        if isinstance(spec, Existing):
+            return entries[spec.i % len(entries)] if entries else NAMES[spec.i % len(NAMES)]
+        base = dirs[spec.i % len(dirs)]
+        return f"{base}/{spec.name}" if base else spec.name
+
+    # -- running an operation on both sides --
+
+    def both(self, what: str, fn: Callable[[Side], Any]) -> tuple[str, Any]:
+        got = outcome(lambda: fn(self.m))
+        want = outcome(lambda: fn(self.r))
+        assert got == want, f"{what}: mount -> {short(got)}, reference -> {short(want)}"
+        return got
+
+    def check_tree(self, where: str) -> None:
+        compare_trees(self.m.base, self.r.base, where)
+
+    # -- whole-path operations --
+
+    @rule(path=file_paths, offset=offsets, data=datas)
+    def write(self, path: PathSpec, offset: int, data: bytes) -> None:
+        path = self.path(path)
+        self.both(f"pwrite({path!r}, off={offset}, len={len(data)}) with O_CREAT",
+                  lambda s: with_fd(s.p(path), os.O_WRONLY | os.O_CREAT,
+                                    lambda fd: (os.pwrite(fd, data, offset),
+                                                os.fstat(fd).st_size)))
+
+    @rule(path=paths, data=datas)
+    def append(self, path: PathSpec, data: bytes) -> None:
+        path = self.path(path)
+        self.both(f"append({path!r}, len={len(data)}) O_APPEND|O_CREAT",
+                  lambda s: with_fd(s.p(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                    lambda fd: (os.write(fd, data), os.fstat(fd).st_size)))
+
+    @rule(path=file_paths, offset=offsets, length=lengths)
+    def read(self, path: PathSpec, offset: int, length: int) -> None:
+        path = self.path(path)
+        self.both(f"pread({path!r}, off={offset}, len={length})",
+                  lambda s: with_fd(s.p(path), os.O_RDONLY,
+                                    lambda fd: os.pread(fd, length, offset)))
+
+    @rule(path=paths)
+    def read_all(self, path: PathSpec) -> None:
+        path = self.path(path)
+        self.both(f"read whole {path!r}", lambda s: Path(s.p(path)).read_bytes())
+
+    @rule(path=file_paths, size=sizes)
+    def truncate(self, path: PathSpec, size: int) -> None:
+        path = self.path(path)
+        self.both(f"truncate({path!r}, {size})",
+                  lambda s: (os.truncate(s.p(path), size), os.stat(s.p(path)).st_size))
+
+    @rule(path=file_paths, size=sizes)
+    def ftruncate(self, path: PathSpec, size: int) -> None:
+        path = self.path(path)
+        self.both(f"open({path!r}, O_RDWR) + ftruncate({size})",
+                  lambda s: with_fd(s.p(path), os.O_RDWR,
+                                    lambda fd: (os.ftruncate(fd, size), os.fstat(fd).st_size)))
+
+    @rule(path=paths)
+    def creat_trunc(self, path: PathSpec) -> None:
+        path = self.path(path)
+        self.both(f"open({path!r}, O_WRONLY|O_CREAT|O_TRUNC)",
+                  lambda s: with_fd(s.p(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                    lambda fd: os.fstat(fd).st_size))
+
+    @rule(path=paths)
+    def unlink(self, path: PathSpec) -> None:
+        path = self.path(path)
+        self.both(f"unlink({path!r})", lambda s: os.unlink(s.p(path)))
+
+    @rule(path=paths)
+    def mkdir(self, path: PathSpec) -> None:
+        path = self.path(path)
+        self.both(f"mkdir({path!r})", lambda s: os.mkdir(s.p(path)))
+
+    @rule(path=paths)
+    def rmdir(self, path: PathSpec) -> None:
+        path = self.path(path)
+        self.both(f"rmdir({path!r})", lambda s: os.rmdir(s.p(path)))
+
+    @rule(src=paths, dst=paths)
+    def rename(self, src: PathSpec, dst: PathSpec) -> None:
+        src = self.path(src)
+        dst = self.path(dst)
+        self.both(f"rename({src!r}, {dst!r})", lambda s: os.rename(s.p(src), s.p(dst)))
+
+    @rule(src=paths, dst=paths)
+    def rename_noreplace(self, src: PathSpec, dst: PathSpec) -> None:
+        src = self.path(src)
+        dst = self.path(dst)
+        self.both(f"renameat2({src!r}, {dst!r}, RENAME_NOREPLACE)",
+                  lambda s: rename_noreplace(s.p(src), s.p(dst)))
+
+    @rule(src=paths)
+    def rename_onto_itself(self, src: PathSpec) -> None:
+        src = self.path(src)
+        self.both(f"rename({src!r}, {src!r})", lambda s: os.rename(s.p(src), s.p(src)))
+
+    @rule(link=link_targets, path=paths)
+    def symlink(self, link: str, path: PathSpec) -> None:
+        path = self.path(path)
+        self.both(f"symlink({link!r}, {path!r})", lambda s: os.symlink(link, s.p(path)))
+
+    @rule(path=paths)
+    def lstat(self, path: PathSpec) -> None:
+        path = self.path(path)
+        def look(s: Side) -> tuple:
+            st_ = os.lstat(s.p(path))
+            link = os.readlink(s.p(path)) if stat.S_ISLNK(st_.st_mode) else None
+            return describe_stat(st_), link
+        self.both(f"lstat+readlink({path!r})", look)
+
+    @rule(path=paths)
+    def stat_follow(self, path: PathSpec) -> None:
+        path = self.path(path)
+        self.both(f"stat({path!r})", lambda s: describe_stat(os.stat(s.p(path))))
+
+    @rule(path=st.one_of(st.just("."), paths))
+    def listdir(self, path: PathSpec) -> None:
+        path = self.path(path)
+        self.both(f"listdir({path!r})", lambda s: sorted(os.listdir(s.p(path))))
+
+    @rule(path=file_paths, offset=offsets, data=datas)
+    def mmap_write_read(self, path: PathSpec, offset: int, data: bytes) -> None:
+        """A shared writable mapping of an existing non-empty file: write into it, read it
+        back through the mapping and through pread after msync."""
+        path = self.path(path)
+        def go(s: Side) -> Any:
+            def with_open(fd: int) -> Any:
+                size = os.fstat(fd).st_size
+                if size == 0:
+                    return "empty"
+                with mmap.mmap(fd, size) as mm:
+                    at = offset % size
+                    chunk = data[:size - at]
+                    mm[at:at + len(chunk)] = chunk
+                    mm.flush()
+                    through_map = mm[:]
+                return size, through_map, os.pread(fd, size + 1, 0)
+            return with_fd(s.p(path), os.O_RDWR, with_open)
+        self.both(f"mmap write+read({path!r}, off={offset}, len={len(data)})", go)
+
+    # -- file descriptors kept open across steps --
+
+    @precondition(lambda self: len(self.m.fds) < MAX_FDS)
+    @rule(slot=fd_slots, path=file_paths, mode=open_modes)
+    def open_fd(self, slot: int, path: PathSpec, mode: str) -> None:
+        path = self.path(path)
+        slot = min(set(range(MAX_FDS)) - set(self.m.fds), key=lambda x: (x - slot) % MAX_FDS)
+        flags = OPEN_FLAGS[mode]
+        got = outcome(lambda: os.open(self.m.p(path), flags, 0o644))
+        want = outcome(lambda: os.open(self.r.p(path), flags, 0o644))
+        if got[0] == want[0] == "ok":
+            self.m.fds[slot], self.r.fds[slot] = got[1], want[1]
+            self.fd_info[slot] = (path, mode)
+            return
+        for fd in (got, want):
+            if fd[0] == "ok":
+                os.close(fd[1])
+        assert got == want, (f"open({path!r}, {mode}): mount -> {short(got)}, "
+                             f"reference -> {short(want)}")
+
+    def _slot(self, slot: int) -> int:
+        keys = sorted(self.m.fds)
+        return keys[slot % len(keys)]
+
+    def _fd_what(self, op: str, slot: int) -> str:
+        path, mode = self.fd_info[slot]
+        return f"{op} on fd#{slot} (opened {path!r} as {mode})"
+
+    @precondition(lambda self: self.m.fds)
+    @rule(slot=fd_slots, offset=offsets, data=datas)
+    def fd_write(self, slot: int, offset: int, data: bytes) -> None:
+        slot = self._slot(slot)
+
+        def go(s: Side) -> Any:
+            fd = s.fds[slot]
+            n = (os.write(fd, data) if os.O_APPEND & OPEN_FLAGS[self.fd_info[slot][1]]
+                 else os.pwrite(fd, data, offset))
+            return n, os.fstat(fd).st_size
+        self.both(self._fd_what(f"pwrite(off={offset}, len={len(data)})", slot), go)
+
+    @precondition(lambda self: self.m.fds)
+    @rule(slot=fd_slots, offset=offsets, length=lengths)
+    def fd_read(self, slot: int, offset: int, length: int) -> None:
+        slot = self._slot(slot)
+        self.both(self._fd_what(f"pread(off={offset}, len={length})", slot),
+                  lambda s: os.pread(s.fds[slot], length, offset))
+
+    @precondition(lambda self: self.m.fds)
+    @rule(slot=fd_slots, size=sizes)
+    def fd_ftruncate(self, slot: int, size: int) -> None:
+        slot = self._slot(slot)
+        self.both(self._fd_what(f"ftruncate({size})", slot),
+                  lambda s: (os.ftruncate(s.fds[slot], size), os.fstat(s.fds[slot]).st_size))
+
+    @precondition(lambda self: self.m.fds)
+    @rule(slot=fd_slots)
+    def fd_fstat(self, slot: int) -> None:
+        slot = self._slot(slot)
+        self.both(self._fd_what("fstat", slot),
+                  lambda s: describe_stat(os.fstat(s.fds[slot])))
+
+    @precondition(lambda self: self.m.fds)
+    @rule(slot=fd_slots)
+    def fd_fsync(self, slot: int) -> None:
+        slot = self._slot(slot)
+        self.both(self._fd_what("fsync", slot), lambda s: os.fsync(s.fds[slot]))
+
+    @precondition(lambda self: self.m.fds)
+    @rule(slot=fd_slots)
+    def fd_close(self, slot: int) -> None:
+        slot = self._slot(slot)
+        what = self._fd_what("close", slot)
+        del self.fd_info[slot]
+        self.both(what, lambda s: os.close(s.fds.pop(slot)))
+
+    @precondition(lambda self: self.m.fds)
+    @rule(slot=fd_slots, dst=paths)
+    def fd_rename_path(self, slot: int, dst: PathSpec) -> None:
+        """Rename the name an fd was opened by (the fd then writes to the new name)."""
+        dst = self.path(dst)
+        slot = self._slot(slot)
+        src = self.fd_info[slot][0]
+        self.both(f"rename({src!r}, {dst!r}) while fd#{slot} is open",
+                  lambda s: os.rename(s.p(src), s.p(dst)))
+
+    @precondition(lambda self: self.m.fds)
+    @rule(slot=fd_slots)
+    def fd_unlink_path(self, slot: int) -> None:
+        """Unlink the name an fd was opened by (the fd then writes to an orphan)."""
+        slot = self._slot(slot)
+        src = self.fd_info[slot][0]
+        self.both(f"unlink({src!r}) while fd#{slot} is open", lambda s: os.unlink(s.p(src)))
+
+    @rule()
+    def let_uploads_run(self) -> None:
+        """Pause past the write-back delay: later operations then meet uploaded (clean)
+        objects instead of ones still pending in the cache."""
+        time.sleep(0.15)
+
+    # -- checkpoints --
+
+    @rule()
+    def checkpoint(self) -> None:
+        self.check_tree("checkpoint")
+
+    def close_all(self) -> None:
+        for slot in sorted(self.m.fds):
+            what = self._fd_what("close (teardown)", slot)
+            del self.fd_info[slot]
+            self.both(what, lambda s: os.close(s.fds.pop(slot)))
+
+    def teardown(self) -> None:
+        try:
+            self.close_all()
+        finally:
+            for side in (self.m, self.r):  # never leak fds into the next example
+                for fd in side.fds.values():
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                side.fds.clear()
+        self.check_tree("end of example")
+
+
+class RemountingModel(FsModel):
+    """Also unmounts and remounts mid-sequence: what reached the store must be the tree."""
+
+    @rule()
+    def remount(self) -> None:
+        assert self.mounter is not None
+        self.close_all()
+        self.check_tree("before unmount")
+        self.mounter.umount(self.mount)
+        type(self).mount = self.mounter.remount(self.mount)
+        self.check_tree("after remount")
+
+
+# ---- the tests ---------------------------------------------------------------------------
+
+
+def model_settings(examples: int) -> settings:
+    return settings(max_examples=examples, stateful_step_count=STEPS, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much],
+                    report_multiple_bugs=False)
+
+
+@pytest.fixture
+def model_mount(mounter: Mounter, store: Path) -> Mount:
+    return mounter.mount(store, *MOUNT_OPTIONS)
+
+
+def test_model_matches_local_directory(model_mount: Mount, tmp_path: Path) -> None:
+    ref_root = tmp_path / "ref"
+    ref_root.mkdir()
+    machine = type("Model", (FsModel,), {"mount": model_mount, "ref_root": ref_root})
+    run_state_machine_as_test(machine, settings=model_settings(EXAMPLES))
+
+
+def test_model_persists_through_remount(mounter: Mounter, model_mount: Mount,
+                                        tmp_path: Path) -> None:
+    """Fewer examples, with unmount/remount as an operation; at the end the whole bucket,
+    every example of the run, must come back from the store after a last remount."""
+    ref_root = tmp_path / "ref"
+    ref_root.mkdir()
+    machine = type("RemountModel", (RemountingModel,),
+                   {"mount": model_mount, "ref_root": ref_root, "mounter": mounter})
+    run_state_machine_as_test(machine, settings=model_settings(max(5, EXAMPLES // 4)))
+    mount = machine.mount
+    compare_trees(mount.bucket, ref_root, "whole bucket before the final unmount")
+    mounter.umount(mount)
+    mount = mounter.remount(mount)
+    compare_trees(mount.bucket, ref_root, "whole bucket after remount")
