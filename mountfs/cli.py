@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT")
-    m.add_argument("source", help="local:/path (or a directory path)")
+    m.add_argument("source", help="local:/path (or a directory path), s3://")
     m.add_argument("mountpoint")
     m.add_argument("--foreground", "-f", action="store_true", help="stay attached")
     m.add_argument("--cache-dir", type=Path, help="default: $XDG_CACHE_HOME/mountfs/<source>")
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FUSE mount options, comma separated")
     m.add_argument("--log-file", type=Path, help="default: <cache-dir>/mountfs.log")
     m.add_argument("-v", "--verbose", action="count", default=0)
+    s3 = m.add_argument_group("S3 (credentials come from the environment or AWS config files)")
+    s3.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS)")
+    s3.add_argument("--region")
+    s3.add_argument("--profile", help="AWS profile of the shared config files")
+    s3.add_argument("--path-style", action="store_true", help="path-style bucket addressing")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     u = sub.add_parser("umount", help="upload what is queued, then unmount")
@@ -113,6 +118,7 @@ def canonical_source(source: str) -> str:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from mountfs.backends import BackendOptions
     from mountfs.mount import MountConfig, check_mountpoint, serve
 
     if shutil.which("fusermount3") is None:
@@ -128,6 +134,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         block_size=args.block_size, read_only=args.read_only, uid=args.uid, gid=args.gid,
         umask=args.umask, allow_other=args.allow_other, writeback_delay=args.writeback_delay,
         metadata_ttl=args.metadata_ttl, workers=args.workers,
+        backend_options=BackendOptions(args.endpoint_url, args.region, args.profile,
+                                       args.path_style),
         fuse_options=[o for opt in args.fuse_options for o in opt.split(",") if o])
     setup_logging(args.log_file, args.verbose)
     ready_fd = args.ready_fd

@@ -22,7 +22,7 @@ import trio
 from cache.blocks import BlockCache
 from cache.writeback import WritebackQueue
 from mountfs.attrs import Defaults
-from mountfs.backends import open_backend
+from mountfs.backends import BackendOptions, open_backend
 from mountfs.errors import ConfigError
 from mountfs.namespace import Namespace
 from mountfs.operations import Operations
@@ -46,6 +46,7 @@ class MountConfig:
     writeback_delay: float
     metadata_ttl: float
     workers: int = 4
+    backend_options: BackendOptions = BackendOptions()
     fuse_options: list[str] = field(default_factory=list)
 
     def options(self) -> set[str]:
@@ -73,7 +74,7 @@ def lock_cache_dir(directory: Path) -> int:
 
 
 async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
-    backend = open_backend(config.source)
+    backend = open_backend(config.source, config.backend_options)
     await backend.check()
     lock_fd = lock_cache_dir(config.cache_dir)
     cache = BlockCache(config.cache_dir, backend, config.cache_size, config.block_size)

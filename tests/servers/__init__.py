@@ -1,0 +1,1 @@
+"""Local servers speaking the real wire protocols of the services mountfs mounts."""

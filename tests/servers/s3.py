@@ -1,0 +1,75 @@
+"""A real S3-compatible server for the tests: moto's standalone server, as its own process.
+
+`python -m tests.servers.s3 --port N` runs it in the foreground; `S3Server` starts it on a free
+port of 127.0.0.1 for a fixture and stops it afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(port: int) -> list[str]:
+    exe = shutil.which("moto_server")
+    if exe is None:
+        raise RuntimeError("moto_server not found: pip install 'moto[server]'")
+    return [exe, "-H", "127.0.0.1", "-p", str(port)]
+
+
+class S3Server:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> S3Server:
+        self.proc = subprocess.Popen(command(self.port), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env={**os.environ, **CREDENTIALS})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/moto-api/", timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto_server did not start on {self.url}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args()
+    print(f"S3 endpoint http://127.0.0.1:{args.port}  credentials: "
+          + " ".join(f"{k}={v}" for k, v in CREDENTIALS.items()), flush=True)
+    os.execvpe(command(args.port)[0], command(args.port), {**os.environ, **CREDENTIALS})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
