@@ -11,9 +11,14 @@ generation *before* touching a block, and the upload reader (in a worker thread)
 generation *after* each read, so an upload either reads a consistent snapshot or gives up
 (Superseded) and is queued again.
 
-Eviction: blocks of clean objects sit in an LRU; dirty objects are pinned whole. Above the cap,
-the least recently used clean blocks go first; when only dirty data is left, writers wait for
-uploads to free room (or, if no upload could, go on over the cap rather than fail).
+Eviction: blocks of clean objects sit in an LRU; dirty objects are pinned whole, and a writer
+pins its object while it fetches the blocks it writes into part of. Above the cap, the least
+recently used clean blocks go first; when only dirty data is left, writers wait for uploads to
+free room (or, if no upload could, go on over the cap rather than fail). A block fetched for a
+dirty object never waits: its upload may be what needs it.
+
+A fetch that a write, a truncate or another server version overtook while it was under way
+(reading, or waiting for room) is thrown away: the block on disk is always the newest.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ class CachedObject:
     generation: int = 0
     uploaded_generation: int = -1
     open_count: int = 0
+    pins: int = 0  # writers between fetching blocks and writing them: not evictable
     detached: bool = False  # unlinked: never uploaded, deleted once closed
     last_error: BaseException | None = None
     attempt_done: trio.Event = field(default_factory=trio.Event)
@@ -238,7 +244,7 @@ class BlockCache:
         self.used -= obj.blocks.pop(n)
         self._lru.pop((obj, n), None)
         obj.block_path(n).unlink(missing_ok=True)
-        self._room.set()
+        self.room_changed()
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -297,12 +303,16 @@ class BlockCache:
         etag, start = rec.etag, n * self.block_size
         want = min(self.block_size, rec.remote_size - start)
         data = await self.storage.read_object(rec.bucket, rec.key, start, want)
-        if len(data) != want:
+        if len(data) != want and rec.etag == etag:
             raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + len(data)} bytes on the "
                                 f"server, expected {rec.remote_size}")
-        if rec.etag != etag or n in obj.blocks or obj.detached and obj.open_count == 0:
-            return  # superseded while fetching: a write or truncate got there first
-        await self._wait_for_room(len(data))
+        if obj.dirty:
+            self._evict(len(data))
+        else:
+            await self._wait_for_room(len(data))
+        if (rec.etag != etag or n in obj.blocks or start + len(data) > rec.remote_size
+                or obj.detached and obj.open_count == 0):
+            return  # superseded: a write, a truncate or another version got there first
         tmp = obj.path / f"{n}.fetch"
         obj.path.mkdir(mode=0o700, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -334,11 +344,15 @@ class BlockCache:
         bs = self.block_size
         end = offset + len(data)
         first, last = offset // bs, (end - 1) // bs
-        for n in (first, last):
-            partial = offset > n * bs or end < min((n + 1) * bs, max(obj.size, end))
-            if partial:
-                await self.ensure_block(obj, n)
-        await self._wait_for_room(len(data))
+        obj.pins += 1  # the blocks fetched here must stay until they are written
+        try:
+            for n in (first, last):
+                partial = offset > n * bs or end < min((n + 1) * bs, max(obj.size, end))
+                if partial:
+                    await self.ensure_block(obj, n)
+            await self._wait_for_room(len(data))
+        finally:
+            obj.pins -= 1
         self._mark_dirty(obj)
         obj.path.mkdir(mode=0o700, exist_ok=True)
         for n in range(first, last + 1):
@@ -372,8 +386,9 @@ class BlockCache:
     # ---- committing and uploading ----------------------------------------------------------
 
     def commit(self, obj: CachedObject) -> None:
-        """A program closed the object: record that its data is promised to the server."""
-        if obj.dirty and not obj.record.committed and not obj.detached:
+        """A program closed the object: record that its data, as it is now (size included),
+        is promised to the server."""
+        if obj.dirty and not obj.detached:
             obj.record.committed = True
             self._save(obj)
 
@@ -385,14 +400,17 @@ class BlockCache:
                  size: int) -> None:
         """Record a finished upload of `generation`; clean unless written since."""
         rec = obj.record
-        rec.etag, rec.mtime_ns, rec.remote_size, rec.on_server = etag, mtime_ns, size, True
+        rec.etag, rec.mtime_ns, rec.on_server = etag, mtime_ns, True
         obj.uploaded_generation = generation
         obj.last_error = None
+        # Written since the snapshot: the upload filled every block first, so the blocks absent
+        # now are holes a truncate made, and the server's copy must not stand behind them.
         if generation == obj.generation:
+            rec.remote_size = size
             rec.dirty = rec.committed = False
             for n in obj.blocks:
                 self._lru[(obj, n)] = None
-            self._room.set()
+            self.room_changed()
         self._save(obj)
 
     # ---- room ------------------------------------------------------------------------------
@@ -404,18 +422,29 @@ class BlockCache:
         return k[0].blocks.get(k[1], 0)
 
     def _evict(self, need: int) -> None:
-        while self._lru and self.used + need > self.cap:
-            (obj, n), _ = self._lru.popitem(last=False)
-            if n in obj.blocks:
-                self.used -= obj.blocks.pop(n)
-                obj.block_path(n).unlink(missing_ok=True)
+        """Remove the least recently used clean, unpinned blocks until `need` more bytes fit."""
+        excess = self.used + need - self.cap
+        victims = []
+        for obj, n in self._lru:
+            if excess <= 0:
+                break
+            if not obj.pins:
+                victims.append((obj, n))
+                excess -= obj.blocks[n]
+        for obj, n in victims:
+            self._remove_block(obj, n)
+
+    def room_changed(self) -> None:
+        """Wake waiting writers to look again (room was freed, or uploads_pending changed)."""
+        self._room.set()
 
     async def _wait_for_room(self, need: int) -> None:
         while True:
             self._evict(need)
             if self.used + need <= self.cap or not self.uploads_pending():
                 return
-            self._room = trio.Event()
+            if self._room.is_set():  # a fresh event, unless others already wait on this one
+                self._room = trio.Event()
             await self._room.wait()
 
 

@@ -47,7 +47,7 @@ class WritebackQueue:
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._send, self._recv = trio.open_memory_channel[CachedObject](math.inf)
-        cache.uploads_pending = lambda: bool(self._entries)
+        cache.uploads_pending = self._uploads_pending
         cache.on_write = self._written
 
     # ---- what the filesystem calls ---------------------------------------------------------
@@ -60,7 +60,8 @@ class WritebackQueue:
             if entry is None:
                 wait = self.delay if delay is None else delay
                 self._entries[obj] = Entry(obj, trio.current_time() + wait)
-                self._idle = trio.Event()
+                if self._idle.is_set():  # a drain() already waiting keeps its event
+                    self._idle = trio.Event()
                 self._wake.set()
 
     async def sync(self, obj: CachedObject) -> None:
@@ -112,6 +113,12 @@ class WritebackQueue:
 
     # ---- the machinery ---------------------------------------------------------------------
 
+    def _uploads_pending(self) -> bool:
+        """Whether an upload could free room: one not tried yet, or failed only for now."""
+        return any(entry.tries == 0 or entry.obj.last_error is not None
+                   and self.storage.is_temp_failure(entry.obj.last_error)
+                   for entry in self._entries.values())
+
     def _written(self, obj: CachedObject) -> None:
         entry = self._entries.get(obj)
         if entry is not None and not entry.sent:
@@ -159,6 +166,7 @@ class WritebackQueue:
                 done.set()
                 self._wake.set()
                 self._check_idle()
+                self.cache.room_changed()  # a failure may leave no upload that could free room
 
     async def _upload(self, entry: Entry) -> None:
         obj = entry.obj

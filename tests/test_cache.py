@@ -6,14 +6,19 @@ Everything runs on real parts: a `LocalBackend` store in tmp_path, a cache direc
 block boundaries.
 
 Time: tests that depend on the queue's delays take the `clock` fixture, a MockClock that jumps
-to the next deadline once the run loop has been idle for a moment of real time. (With a zero
-threshold it would also jump while a backend call runs in a worker thread, past timeouts the
-test did not mean to reach.)
+to the next deadline once the run loop has been idle for a moment of real time. Waiting for a
+backend call in a worker thread is idle too, so a slow machine may jump the clock while one runs:
+the tests assert on mock times only where no thread is under way, and guard against hangs with
+`real_time_limit` rather than `trio.fail_after`, whose deadline the clock would jump to.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -61,21 +66,16 @@ def new_cache(cache_dir: Path, storage: FaultyStorage,
     return cache, cache.load()
 
 
-async def start_queue(nursery: trio.Nursery, cache: BlockCache, storage: FaultyStorage,
-                      delay: float = DELAY) -> WritebackQueue:
-    queue = WritebackQueue(cache, storage, delay, workers=2)  # type: ignore[arg-type]
+async def start_queue(nursery: trio.Nursery, cache: BlockCache,
+                      storage: FaultyStorage) -> WritebackQueue:
+    queue = WritebackQueue(cache, storage, DELAY, workers=2)  # type: ignore[arg-type]
     await nursery.start(queue.run)
     return queue
 
 
 async def put(backend: LocalBackend, key: str, data: bytes) -> ObjectInfo:
     """Store an object on the server directly (another client wrote it)."""
-    tmp = Path(backend.root) / "upload.tmp"
-    tmp.write_bytes(data)
-    with open(tmp, "rb") as f:
-        info = await backend.write_object(BUCKET, key, f, len(data), {})
-    tmp.unlink()
-    return info
+    return await backend.write_object(BUCKET, key, io.BytesIO(data), len(data), {})
 
 
 async def on_server(backend: LocalBackend, key: str) -> bytes:
@@ -99,6 +99,19 @@ async def contents(cache: BlockCache, obj: CachedObject) -> bytes:
 
 def patched(data: bytes, offset: int, new: bytes) -> bytes:
     return data[:offset] + new + data[offset + len(new):]
+
+
+@asynccontextmanager
+async def real_time_limit(seconds: float = 10) -> AsyncIterator[None]:
+    """Fail the block if it runs `seconds` of real time: a hang fails, whatever the clock does."""
+    async def watchdog() -> None:
+        await trio.to_thread.run_sync(time.sleep, seconds, cancellable=True)
+        raise AssertionError(f"still waiting after {seconds}s of real time")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 # ---- fixtures --------------------------------------------------------------------------------
@@ -216,7 +229,7 @@ async def test_read_of_server_object_fetches_ranges_and_counts_hits(
     info, data = remote
     obj = open_remote(cache, info)
 
-    assert await cache.read(obj, BS - 10, 2 * BS + 20) == data[BS - 10:3 * BS + 10]
+    assert await cache.read(obj, BS - 10, 2 * BS) == data[BS - 10:3 * BS - 10]
     assert storage.reads == [("remote", 0, BS), ("remote", BS, BS), ("remote", 2 * BS, BS)]
     assert (cache.hits, cache.misses) == (0, 3)
 
@@ -303,11 +316,13 @@ async def test_dirty_blocks_are_never_evicted(
     info, data = remote
     clean = open_remote(cache, info)
 
-    # Nothing clean to evict and no upload that could make room: reads go over the cap.
+    # Each fetch evicts the clean blocks before it, never the dirty ones; with nothing else to
+    # evict and no upload that could make room, it goes over the cap.
     assert await contents(cache, clean) == data
     assert await contents(cache, dirty) == dirty_data
     assert block_files(cache_dir)[dirty.id] == {0: BS, 1: BS}
-    assert cache.used == disk_usage(cache_dir) == len(dirty_data) + len(data)
+    assert block_files(cache_dir)[clean.id] == {3: BS // 2}
+    assert cache.used == disk_usage(cache_dir) == len(dirty_data) + BS // 2
     assert cache.dirty_bytes() == len(dirty_data)
 
 
@@ -319,22 +334,27 @@ async def test_used_equals_the_block_files_on_disk(
     a = open_remote(cache, info)
     b = await create(cache, "b", pattern(BS + 10))
 
-    async def step(action: object) -> None:
-        if hasattr(action, "__await__"):
-            await action  # type: ignore[misc]
-        assert cache.used == disk_usage(cache_dir)
+    def accounted() -> bool:
+        return cache.used == disk_usage(cache_dir)
 
-    await step(cache.read(a, 0, 2 * BS))
-    await step(cache.write(b, 5 * BS, b"x"))  # sparse
-    await step(cache.write(b, 10, pattern(BS)))  # overwrite inside
-    await step(cache.truncate(b, BS + 3))
-    await step(cache.truncate(b, 7 * BS))
-    await step(cache.read(a, 0, info.size))  # over the cap: evicts a's oldest blocks
-    await step(cache.write(a, BS + 1, b"yy"))
-    await step(cache.discard(b))
-    newer = await put(backend, "remote", b"newer")
-    await step(open_remote(cache, newer))  # another version: the old blocks go
-    assert cache.used == 0
+    await cache.read(a, 0, 2 * BS)
+    assert accounted()
+    await cache.write(b, 5 * BS, b"x")  # sparse
+    assert accounted()
+    await cache.write(b, 10, pattern(BS))  # overwrite inside
+    assert accounted()
+    await cache.truncate(b, BS + 3)
+    assert accounted()
+    await cache.truncate(b, 7 * BS)
+    assert accounted()
+    await cache.read(a, 0, info.size)  # over the cap: evicts a's oldest blocks
+    assert accounted()
+    cache.discard(b)
+    assert accounted()
+    a = open_remote(cache, await put(backend, "remote", b"newer"))  # the old blocks go
+    assert accounted() and cache.used == 0
+    await cache.write(a, BS + 1, b"yy")  # block 1: a hole byte, then the write
+    assert accounted() and cache.used == 3
 
 
 async def test_writer_waits_for_uploads_when_dirty_data_fills_the_cap(
@@ -348,22 +368,40 @@ async def test_writer_waits_for_uploads_when_dirty_data_fills_the_cap(
     done: list[float] = []
 
     async def writer(key: str) -> None:
-        await create(cache, key, pattern(BS, seed=hash(key)))
+        await create(cache, key, pattern(BS))
         done.append(trio.current_time())
 
-    async with trio.open_nursery() as writers:
-        for key in ("second", "third"):  # two writers waiting at once: both must resume
-            writers.start_soon(writer, key)
-        await trio.sleep(DELAY / 2)
-        assert done == []  # waiting, not failing and not going over the cap
-        with trio.fail_after(10 * DELAY):
-            await queue.drain()
+    async with real_time_limit():
+        async with trio.open_nursery() as writers:
+            for key in ("second", "third"):  # two writers waiting at once: both must resume
+                writers.start_soon(writer, key)
+            await trio.sleep(DELAY / 2)
+            assert done == []  # waiting, not failing and not going over the cap
 
-    assert storage.write_times == [start + DELAY]
+    assert storage.write_times == [pytest.approx(start + DELAY)]
     assert len(done) == 2 and min(done) >= start + DELAY
     assert await on_server(backend, "first") == pattern(2 * BS)
     assert block_files(cache_dir)[first.id] == {}  # uploaded, so clean, so evicted
     assert cache.used == disk_usage(cache_dir) == 2 * BS
+
+
+async def test_writer_goes_over_the_cap_when_no_upload_could_make_room(
+        clock: trio.testing.MockClock, cache_dir: Path, storage: FaultyStorage,
+        nursery: trio.Nursery) -> None:
+    cache, _ = new_cache(cache_dir, storage, cap=2 * BS)
+    queue = await start_queue(nursery, cache, storage)
+    stuck = await create(cache, "stuck", pattern(2 * BS))
+    storage.fail_writes(PermissionDenied("read-only bucket"), times=100)
+    queue.commit(stuck)
+    start = trio.current_time()
+
+    with trio.fail_after(DELAY + 1):  # well before the failed upload's next try
+        obj = await create(cache, "next", b"data")
+
+    assert trio.current_time() == pytest.approx(start + DELAY)  # after the first try failed
+    assert await contents(cache, obj) == b"data"
+    assert cache.used == disk_usage(cache_dir) == 2 * BS + 4
+    assert stuck.dirty and queue.status()[0]["tries"] == 1
 
 
 async def test_upload_of_an_object_larger_than_the_cap_completes(
@@ -377,7 +415,7 @@ async def test_upload_of_an_object_larger_than_the_cap_completes(
     await cache.write(obj, 10, b"edit")
     queue.commit(obj)
 
-    with trio.fail_after(10 * DELAY):
+    async with real_time_limit():
         await queue.drain()
 
     assert await on_server(backend, "remote") == patched(data, 10, b"edit")
@@ -394,12 +432,20 @@ async def test_fetch_waiting_for_room_does_not_undo_a_write(
     obj = open_remote(cache, await put(backend, "f", b"old" * 10))
     new = b"NEW" * 10
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(cache.read, obj, 0, 1)
-        await trio.testing.wait_all_tasks_blocked()  # the fetched block waits for room
-        queue.discard(pending)  # no upload pending now: writes go on over the cap
-        await cache.write(obj, 0, new)
-        cache.discard(pending)  # room: the fetch goes on
+    fetched = trio.Event()
+
+    async def on_fetch() -> None:
+        fetched.set()
+
+    storage.during_read = on_fetch
+    async with real_time_limit():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.read, obj, 0, 1)
+            await fetched.wait()
+            await trio.testing.wait_all_tasks_blocked()  # the fetched block waits for room
+            queue.discard(pending)  # no upload pending now: writes go on over the cap
+            await cache.write(obj, 0, new)
+            cache.discard(pending)  # room: the fetch goes on
 
     assert await contents(cache, obj) == new
     assert cache.used == disk_usage(cache_dir)
@@ -427,14 +473,14 @@ async def test_remount_drops_blocks_of_another_version(
         cache: BlockCache, cache_dir: Path, storage: FaultyStorage, backend: LocalBackend,
         remote: tuple[ObjectInfo, bytes]) -> None:
     info, data = remote
-    old_id = open_remote(cache, info).id
-    await cache.read(open_remote(cache, info), 0, len(data))
+    old = open_remote(cache, info)
+    await cache.read(old, 0, len(data))
 
     newer = await put(backend, "remote", b"newer data")
     again, _ = new_cache(cache_dir, storage)
     obj = open_remote(again, newer)
 
-    assert block_files(cache_dir)[old_id] == {}
+    assert block_files(cache_dir)[old.id] == {}
     assert again.used == 0
     assert await contents(again, obj) == b"newer data"
     assert storage.reads[-1] == ("remote", 0, len(b"newer data"))
@@ -454,7 +500,7 @@ async def test_committed_dirty_object_is_replayed_and_uploaded(
     assert [(o.record.key, o.size, o.record.committed) for o in dirty] == [("f", len(data), True)]
     queue = await start_queue(nursery, again, storage)
     for o in dirty:
-        queue.commit(o)
+        queue.commit(o, delay=0)  # as a mount replays its journal
     await queue.drain()
 
     assert await on_server(backend, "f") == data
@@ -644,6 +690,7 @@ async def test_discarded_object_is_never_uploaded(
     await trio.sleep(DELAY / 2)
     queue.discard(obj)
     cache.discard(obj)
+    assert queue.status() == []
 
     await trio.sleep(3 * DELAY)
     await queue.drain()
@@ -654,17 +701,17 @@ async def test_discarded_object_is_never_uploaded(
     assert new_cache(cache_dir, storage)[1] == []  # and not after a restart either
 
 
-INTERFERENCE = {
-    "write": lambda cache, obj: cache.write(obj, BS - 2, b"#" * 5),
-    "extend": lambda cache, obj: cache.write(obj, obj.size, b"more"),
-    "shrink-grow": lambda cache, obj: _shrink_grow(cache, obj),
-}
-
-
 async def _shrink_grow(cache: BlockCache, obj: CachedObject) -> None:
     size = obj.size
     await cache.truncate(obj, 100)
     await cache.truncate(obj, size)
+
+
+INTERFERENCE = {
+    "write": lambda cache, obj: cache.write(obj, BS - 2, b"#" * 5),
+    "extend": lambda cache, obj: cache.write(obj, obj.size, b"more"),
+    "shrink-grow": _shrink_grow,
+}
 
 
 @pytest.mark.parametrize("when", ["mid_upload", "after_write"])
@@ -682,10 +729,12 @@ async def test_change_during_an_upload_is_uploaded_again(
         await cache.write(obj, 2 * BS, b"edit")  # block 2 is cached; blocks 0 and 1 are not
         data = patched(data, 2 * BS, b"edit")
     final: list[bytes] = []
+    changed_at: list[float] = []
 
     async def interfere() -> None:
         await INTERFERENCE[change](cache, obj)
         final.append(await contents(cache, obj))
+        changed_at.append(trio.current_time())
 
     setattr(storage, when, interfere)
     queue.commit(obj)
@@ -698,32 +747,31 @@ async def test_change_during_an_upload_is_uploaded_again(
     # Every version ever stored is one the file really had: never a mix.
     assert set(storage.stored) <= {data, final[0]}
     assert storage.stored[-1] == final[0]
+    # The change restarted the delay, as any write does: one more upload, a delay later.
+    assert storage.write_times[1:] == [pytest.approx(changed_at[0] + DELAY)]
 
 
 async def test_drain_returns_once_the_queue_is_empty(
         clock: trio.testing.MockClock, cache: BlockCache, queue: WritebackQueue,
-        storage: FaultyStorage, backend: LocalBackend) -> None:
+        storage: FaultyStorage) -> None:
     await queue.drain()  # nothing queued: returns at once
-    a = await create(cache, "a", b"a")
-    queue.commit(a)
-    drained: list[float] = []
+    queue.commit(await create(cache, "a", b"a"))
+    stored_when_drained: list[bytes] = []
 
     async def drain() -> None:
         await queue.drain()
-        drained.append(trio.current_time())
+        stored_when_drained.extend(storage.stored)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain)
-        await trio.sleep(DELAY / 2)
-        b = await create(cache, "b", b"b")  # queued while drain() waits: it waits for b too
-        queue.commit(b)
-        with trio.fail_after(10 * DELAY):
-            await trio.sleep(DELAY)
-            assert drained == [] and queue.status()[0]["key"] == "b"
+    async with real_time_limit():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await trio.sleep(DELAY / 2)
+            assert storage.write_times == [] and not stored_when_drained
+            # Queued while drain() waits: it waits for this one too.
+            queue.commit(await create(cache, "b", b"b"))
 
-    assert drained and drained[0] >= max(storage.write_times)
+    assert sorted(stored_when_drained) == [b"a", b"b"]
     assert queue.status() == []
-    assert await on_server(backend, "b") == b"b"
 
 
 # ---- 6. BlockReader --------------------------------------------------------------------------
