@@ -1,7 +1,8 @@
 """The block cache: objects held as fixed-size block files on disk, under a size cap.
 
-Layout: `<dir>/objects/<id>/state.json` (the journal record, see cache.journal) and
-`<dir>/objects/<id>/<n>`, block n of the object, bytes [n*B, n*B + len). A block file shorter
+Layout: `<dir>/journal` (the records, see cache.journal) and `<dir>/blocks/<id>.<n>`, block n
+of object <id>, bytes [n*B, n*B + len); flat, because creating a directory per object costs
+as much as the file itself. A block file shorter
 than B, or a block past `remote_size` that is absent, reads as zeros up to the object's size.
 An absent block below `remote_size` is fetched from the server version named by the record.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections import OrderedDict
@@ -35,8 +35,7 @@ from typing import BinaryIO
 
 import trio
 
-from cache import journal
-from cache.journal import ObjectRecord
+from cache.journal import Journal, ObjectRecord
 from cache.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class ObjectChanged(Exception):
 @dataclass(eq=False)
 class CachedObject:
     record: ObjectRecord
-    path: Path
+    blocks_dir: Path
     blocks: dict[int, int] = field(default_factory=dict)  # block number -> bytes on disk
     generation: int = 0
     uploaded_generation: int = -1
@@ -78,14 +77,15 @@ class CachedObject:
         return self.record.dirty
 
     def block_path(self, n: int) -> Path:
-        return self.path / str(n)
+        return self.blocks_dir / f"{self.record.id}.{n}"
 
 
 class BlockCache:
     def __init__(self, directory: Path, storage: Storage, cap_bytes: int,
                  block_size: int = DEFAULT_BLOCK_SIZE) -> None:
         self.dir = directory
-        self.objects_dir = directory / "objects"
+        self.blocks_dir = directory / "blocks"
+        self.journal = Journal(directory / "journal")
         self.storage = storage
         self.cap = cap_bytes
         self.block_size = block_size
@@ -107,19 +107,18 @@ class BlockCache:
         """Read every record on disk; return the dirty objects, which must be uploaded."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        self.objects_dir.mkdir(mode=0o700, exist_ok=True)
-        for object_dir in sorted(self.objects_dir.iterdir()):
-            record = journal.load(object_dir)
-            if record is None:
-                shutil.rmtree(object_dir, ignore_errors=True)
+        self.blocks_dir.mkdir(mode=0o700, exist_ok=True)
+        objects = {r.id: CachedObject(r, self.blocks_dir) for r in self.journal.load()}
+        for entry in os.scandir(self.blocks_dir):
+            obj_id, _, n = entry.name.partition(".")
+            obj = objects.get(obj_id)
+            if obj is None or not n.isdigit():
+                os.unlink(entry.path)  # no record, or a fetch's tmp file cut short by a kill
                 continue
-            obj = CachedObject(record, object_dir)
-            for entry in os.scandir(object_dir):
-                if entry.name.isdigit():
-                    obj.blocks[int(entry.name)] = entry.stat().st_size
-                    self.used += obj.blocks[int(entry.name)]
-                elif entry.name != journal.RECORD_NAME:
-                    os.unlink(entry.path)  # a fetch's tmp file, cut short by a kill
+            obj.blocks[int(n)] = entry.stat().st_size
+            self.used += obj.blocks[int(n)]
+        for obj in objects.values():
+            record = obj.record
             if record.dirty and not record.committed:
                 # The file was open when the process died: keep what was written.
                 end = max((n * self.block_size + ln for n, ln in obj.blocks.items()), default=0)
@@ -136,7 +135,7 @@ class BlockCache:
         if other is not None:
             keep_new = (obj.dirty, obj.record.saved_ns) > (other.dirty, other.record.saved_ns)
             loser = other if keep_new else obj
-            self._drop_files(loser)
+            self._forget(loser)
             if not keep_new:
                 return
         self._by_key[k] = obj
@@ -178,7 +177,7 @@ class BlockCache:
                                       metadata=dict(metadata), dirty=True))
 
     def _new(self, record: ObjectRecord) -> CachedObject:
-        obj = CachedObject(record, self.objects_dir / record.id)
+        obj = CachedObject(record, self.blocks_dir)
         self._by_key[(record.bucket, record.key)] = obj
         self._save(obj)
         return obj
@@ -187,7 +186,9 @@ class BlockCache:
         if obj.detached:
             return
         obj.record.saved_ns = time.time_ns()
-        journal.save(obj.path, obj.record)
+        self.journal.save(obj.record)
+        if self.journal.needs_compaction(len(self._by_key)):
+            self.journal.compact(o.record for o in self._by_key.values())
 
     def rename(self, obj: CachedObject, bucket: str, key: str) -> None:
         """Point the object at a new name; one record write makes the move crash-safe."""
@@ -220,9 +221,9 @@ class BlockCache:
             del self._by_key[(obj.record.bucket, obj.record.key)]
         obj.detached = True
         obj.record.dirty = False
-        (obj.path / journal.RECORD_NAME).unlink(missing_ok=True)
+        self.journal.remove(obj.id)
         if obj.open_count == 0:
-            self._drop_files(obj)
+            self._drop_blocks(obj)
 
     def opened(self, obj: CachedObject) -> None:
         obj.open_count += 1
@@ -230,15 +231,16 @@ class BlockCache:
     def closed(self, obj: CachedObject) -> None:
         obj.open_count -= 1
         if obj.open_count == 0 and obj.detached:
-            self._drop_files(obj)
+            self._drop_blocks(obj)
 
     def _drop_blocks(self, obj: CachedObject) -> None:
         for n in list(obj.blocks):
             self._remove_block(obj, n)
 
-    def _drop_files(self, obj: CachedObject) -> None:
+    def _forget(self, obj: CachedObject) -> None:
+        """Remove a loaded object that lost its key to another record."""
         self._drop_blocks(obj)
-        shutil.rmtree(obj.path, ignore_errors=True)
+        self.journal.remove(obj.id)
 
     def _remove_block(self, obj: CachedObject, n: int) -> None:
         self.used -= obj.blocks.pop(n)
@@ -313,8 +315,7 @@ class BlockCache:
         if (rec.etag != etag or n in obj.blocks or start + len(data) > rec.remote_size
                 or obj.detached and obj.open_count == 0):
             return  # superseded: a write, a truncate or another version got there first
-        tmp = obj.path / f"{n}.fetch"
-        obj.path.mkdir(mode=0o700, exist_ok=True)
+        tmp = obj.block_path(n).with_suffix(f".{n}.fetch")
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, obj.block_path(n))
@@ -354,7 +355,6 @@ class BlockCache:
         finally:
             obj.pins -= 1
         self._mark_dirty(obj)
-        obj.path.mkdir(mode=0o700, exist_ok=True)
         for n in range(first, last + 1):
             lo = max(offset, n * bs)
             hi = min(end, (n + 1) * bs)
@@ -433,6 +433,13 @@ class BlockCache:
                 excess -= obj.blocks[n]
         for obj, n in victims:
             self._remove_block(obj, n)
+            if not obj.blocks and obj.open_count == 0 and not obj.dirty:
+                self._untrack(obj)  # nothing cached: no record needed, and none kept
+
+    def _untrack(self, obj: CachedObject) -> None:
+        if self._by_key.get((obj.record.bucket, obj.record.key)) is obj:
+            del self._by_key[(obj.record.bucket, obj.record.key)]
+        self.journal.remove(obj.id)
 
     def room_changed(self) -> None:
         """Wake waiting writers to look again (room was freed, or uploads_pending changed)."""

@@ -1,23 +1,25 @@
-"""Crash-safe records of cached objects: one small JSON file per object, replaced atomically.
+"""Crash-safe records of cached objects: an append-only log of JSON lines, one per change.
 
-A record says which object (bucket, key) a directory of block files holds, which server version
-its clean blocks came from, and whether it holds data not yet uploaded (dirty) and whether a
-program closed it (committed). Records are written with tmp + rename, so a kill of the process
-at any moment leaves the old record or the new one, never a torn one. Data blocks are not
-fsynced here: a killed process loses nothing the kernel has, and a program that needs the data
-on stable storage calls fsync, which waits for the upload.
+A record says which object (bucket, key) a set of block files holds, which server version its
+clean blocks came from, and whether it holds data not yet uploaded (dirty) and whether a
+program closed it (committed). Each change appends one line with a single write(2), which a
+kill of the process cannot cut in half; the last line for an id wins, and a `removed` line
+forgets it. Loading compacts the log (tmp + rename), and so does a log grown far past the
+live records. Nothing here is fsynced: a killed process loses nothing the kernel has, and a
+program that needs its data on stable storage calls fsync, which waits for the upload. A line
+torn by a power cut is skipped.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
-
-RECORD_NAME = "state.json"
 
 
 @dataclass
@@ -36,22 +38,65 @@ class ObjectRecord:
     saved_ns: int = 0  # orders two records that claim one key after a crash
 
 
-def save(object_dir: Path, record: ObjectRecord) -> None:
-    object_dir.mkdir(mode=0o700, exist_ok=True)
-    tmp = object_dir / (RECORD_NAME + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(record), f)
-    os.replace(tmp, object_dir / RECORD_NAME)
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._lines = 0
+
+    def load(self) -> list[ObjectRecord]:
+        """The live records, in the order they were last written; the log is compacted."""
+        records: dict[str, ObjectRecord] = {}
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                raw = json.loads(line)
+                if raw.get("removed"):
+                    records.pop(raw["id"], None)
+                    continue
+                record = ObjectRecord(**raw)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warning("skipping an unreadable journal line in %s: %s", self.path, exc)
+                continue
+            records.pop(record.id, None)
+            records[record.id] = record
+        self.compact(records.values())
+        return list(records.values())
+
+    def save(self, record: ObjectRecord) -> None:
+        self._append(asdict(record))
+
+    def remove(self, record_id: str) -> None:
+        self._append({"id": record_id, "removed": True})
+
+    def needs_compaction(self, live: int) -> bool:
+        return self._lines > 4 * live + 10_000
+
+    def compact(self, records: Iterable[ObjectRecord]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            count = 0
+            for record in records:
+                f.write(_line(asdict(record)))
+                count += 1
+        os.replace(tmp, self.path)
+        self.close()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._lines = count
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _append(self, raw: dict[str, Any]) -> None:
+        os.write(self._fd, _line(raw))
+        self._lines += 1
 
 
-def load(object_dir: Path) -> ObjectRecord | None:
-    """The record in `object_dir`, or None where there is none or it cannot be read."""
-    try:
-        raw = json.loads((object_dir / RECORD_NAME).read_text())
-        return ObjectRecord(**raw)
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError) as exc:
-        log.warning("ignoring unreadable cache record in %s: %s", object_dir, exc)
-        return None
+def _line(raw: dict[str, Any]) -> bytes:
+    return json.dumps(raw, separators=(",", ":")).encode() + b"\n"

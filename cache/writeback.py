@@ -70,7 +70,9 @@ class WritebackQueue:
         target = obj.generation
         failures_seen = 0
         while obj.dirty and obj.uploaded_generation < target and not obj.detached:
-            entry = self._entries[obj]
+            entry = self._entries.get(obj)
+            if entry is None:
+                return  # discarded: nothing left to wait for
             if not entry.sent:
                 entry.due = trio.current_time()
                 self._wake.set()
@@ -92,7 +94,9 @@ class WritebackQueue:
             await obj.attempt_done.wait()
 
     def discard(self, obj: CachedObject) -> None:
-        self._entries.pop(obj, None)
+        if self._entries.pop(obj, None) is not None:
+            done, obj.attempt_done = obj.attempt_done, trio.Event()
+            done.set()  # a sync() waiting on this object learns it is gone
         self._check_idle()
 
     async def drain(self) -> None:

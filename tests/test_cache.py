@@ -17,6 +17,7 @@ import io
 import os
 import random
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +26,6 @@ import pytest
 import trio
 import trio.testing
 
-from cache import journal
 from cache.blocks import BlockCache, BlockReader, CachedObject, Superseded
 from cache.journal import ObjectRecord
 from cache.writeback import FSYNC_TEMP_TRIES, WritebackQueue
@@ -46,12 +46,13 @@ def pattern(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def block_files(cache_dir: Path) -> dict[str, dict[int, int]]:
+def block_files(cache_dir: Path) -> defaultdict[str, dict[int, int]]:
     """{object id: {block number: bytes}} of the block files on disk."""
-    out: dict[str, dict[int, int]] = {}
-    for object_dir in (cache_dir / "objects").iterdir():
-        out[object_dir.name] = {int(f.name): f.stat().st_size
-                                for f in object_dir.iterdir() if f.name.isdigit()}
+    out: defaultdict[str, dict[int, int]] = defaultdict(dict)
+    for f in (cache_dir / "blocks").iterdir():
+        obj_id, _, n = f.name.partition(".")
+        if n.isdigit():
+            out[obj_id][int(n)] = f.stat().st_size
     return out
 
 
@@ -533,16 +534,19 @@ async def test_uncommitted_dirty_object_is_recovered_as_written(
 
 
 @pytest.mark.parametrize("garbage", [b"", b"{not json", b'{"id": "x"}', b"[1, 2]"])
-async def test_unreadable_record_is_ignored(cache: BlockCache, cache_dir: Path,
+async def test_torn_journal_line_is_ignored(cache: BlockCache, cache_dir: Path,
                                             storage: FaultyStorage, garbage: bytes) -> None:
     good = await create(cache, "good", b"good data")
     bad = await create(cache, "bad", pattern(BS))
-    (bad.path / journal.RECORD_NAME).write_bytes(garbage)
+    journal_file = cache_dir / "journal"
+    lines = journal_file.read_bytes().splitlines(keepends=True)
+    assert b'"bad"' in lines[-1]  # the bad object's one record is the last line
+    journal_file.write_bytes(b"".join(lines[:-1]) + garbage)  # torn, as by a power cut
 
     again, dirty = new_cache(cache_dir, storage)
 
     assert [o.record.key for o in dirty] == ["good"]
-    assert not bad.path.exists()
+    assert not block_files(cache_dir)[bad.id]
     assert again.get(BUCKET, "bad") is None
     assert again.used == disk_usage(cache_dir) == len(b"good data")
     assert await contents(again, dirty[0]) == b"good data" and dirty[0].id == good.id
@@ -562,7 +566,7 @@ async def test_of_two_records_for_one_key_the_dirty_or_newer_wins(
         # Point both at one key, as a crash in the middle of a replace could leave them.
         record = ObjectRecord(obj.id, BUCKET, "f", len(name), 0, "", 0, dirty=dirty,
                               saved_ns=saved_ns)
-        journal.save(obj.path, record)
+        cache.journal.save(record)
         objs[name] = obj
 
     again, _ = new_cache(cache_dir, storage)
@@ -571,7 +575,7 @@ async def test_of_two_records_for_one_key_the_dirty_or_newer_wins(
     assert kept is not None and kept.id == objs[winner].id
     assert await contents(again, kept) == winner.encode()
     loser = objs["older" if winner == "newer" else "newer"]
-    assert not loser.path.exists()
+    assert not block_files(cache_dir)[loser.id]
     assert again.used == disk_usage(cache_dir) == len(winner)
 
 
@@ -697,7 +701,7 @@ async def test_discarded_object_is_never_uploaded(
 
     assert storage.write_times == []
     assert os.listdir(Path(backend.root) / BUCKET) == []
-    assert not obj.path.exists() and cache.used == 0
+    assert not block_files(cache_dir)[obj.id] and cache.used == 0
     assert new_cache(cache_dir, storage)[1] == []  # and not after a restart either
 
 
