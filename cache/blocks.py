@@ -41,6 +41,8 @@ from cache.storage import Storage
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 1024 * 1024
+READAHEAD_MAX_BLOCKS = 8  # the window doubles per sequential read up to this
+READAHEAD_PARALLEL = 4  # block fetches under way at once for read-ahead
 
 
 class Superseded(Exception):
@@ -63,6 +65,9 @@ class CachedObject:
     detached: bool = False  # unlinked: never uploaded, deleted once closed
     last_error: BaseException | None = None
     attempt_done: trio.Event = field(default_factory=trio.Event)
+    next_read: int = -1  # where a sequential reader reads next
+    streak: int = 0  # sequential reads in a row
+    readahead_to: int = 0  # first block no read-ahead has been started for
 
     @property
     def id(self) -> str:
@@ -96,6 +101,8 @@ class BlockCache:
         self._lru: OrderedDict[tuple[CachedObject, int], None] = OrderedDict()
         self._fetching: dict[tuple[CachedObject, int], trio.Event] = {}
         self._room = trio.Event()
+        self._background: trio.Nursery | None = None
+        self._readahead_slots = trio.CapacityLimiter(READAHEAD_PARALLEL)
         # Set by the write-back queue: whether waiting could free room.
         self.uploads_pending: Callable[[], bool] = lambda: False
         # Set by the write-back queue: a write restarts an object's upload delay.
@@ -250,10 +257,18 @@ class BlockCache:
 
     # ---- reading ---------------------------------------------------------------------------
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host read-ahead fetches until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
     async def read(self, obj: CachedObject, offset: int, length: int) -> bytes:
         end = min(offset + length, obj.size)
         if offset >= end:
             return b""
+        self._read_ahead(obj, offset, end)
         bs = self.block_size
         parts = []
         for n in range(offset // bs, (end - 1) // bs + 1):
@@ -262,6 +277,31 @@ class BlockCache:
             hi = min(end, (n + 1) * bs) - n * bs
             parts.append(self.read_block(obj, n, lo, hi))
         return b"".join(parts)
+
+    def _read_ahead(self, obj: CachedObject, offset: int, end: int) -> None:
+        """A sequential reader gets the next blocks fetched in parallel, in a growing window."""
+        sequential, obj.next_read = offset == obj.next_read, end
+        if not sequential:
+            obj.streak = 0
+            return
+        obj.streak += 1
+        if self._background is None:
+            return
+        bs = self.block_size
+        window = min(READAHEAD_MAX_BLOCKS, 1 << min(obj.streak, 3))
+        first = max(end // bs, obj.readahead_to)
+        last = min((end - 1) // bs + window, (obj.size - 1) // bs)
+        for n in range(first, last + 1):
+            if not self.has_block(obj, n):
+                self._background.start_soon(self._prefetch, obj, n)
+        obj.readahead_to = max(obj.readahead_to, last + 1)
+
+    async def _prefetch(self, obj: CachedObject, n: int) -> None:
+        async with self._readahead_slots:
+            try:
+                await self.ensure_block(obj, n)
+            except Exception as exc:  # the reader fetches it again and gets the error itself
+                log.debug("read-ahead of %s block %d failed: %s", obj.record.key, n, exc)
 
     def read_block(self, obj: CachedObject, n: int, lo: int, hi: int) -> bytes:
         have = obj.blocks.get(n, 0)

@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ def lock_cache_dir(directory: Path) -> int:
 
 
 async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
+    # Worker threads (block fetches, uploads, blocking clients) release the GIL for I/O and
+    # then queue behind the FUSE thread for up to the switch interval; at the default 5 ms that
+    # convoy cut parallel read-ahead to a third. 0.2 ms measured best here.
+    sys.setswitchinterval(0.0002)
     backend = open_backend(config.source, config.backend_options)
     await backend.check()
     lock_fd = lock_cache_dir(config.cache_dir)
@@ -91,6 +96,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     stop = Stop()
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(cache.run)
             await nursery.start(queue.run)
             for obj in dirty:
                 queue.commit(obj, delay=0)  # closed long ago: no reason to wait
