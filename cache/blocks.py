@@ -231,6 +231,9 @@ class BlockCache:
         self.journal.remove(obj.id)
         if obj.open_count == 0:
             self._drop_blocks(obj)
+        else:  # its server copy is going away: what the open handles read must stay
+            for n in obj.blocks:
+                self._lru.pop((obj, n), None)
 
     def opened(self, obj: CachedObject) -> None:
         obj.open_count += 1
@@ -361,7 +364,7 @@ class BlockCache:
         os.replace(tmp, obj.block_path(n))
         obj.blocks[n] = len(data)
         self.used += len(data)
-        if not obj.dirty:
+        if not obj.dirty and not obj.detached:
             self._lru[(obj, n)] = None
 
     async def fill(self, obj: CachedObject) -> None:

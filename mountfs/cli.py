@@ -35,11 +35,14 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * SIZE_UNITS[m.group(2).upper()])
 
 
-def parse_octal(text: str) -> int:
+def parse_umask(text: str) -> int:
     try:
-        return int(text, 8)
+        value = int(text, 8)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+        value = -1
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"not a umask (octal, 000 to 777): {text!r}")
+    return value
 
 
 def non_negative(text: str) -> float:
@@ -73,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--read-only", action="store_true")
     m.add_argument("--uid", type=int, default=os.getuid(), help="owner of files without one")
     m.add_argument("--gid", type=int, default=os.getgid(), help="group of files without one")
-    m.add_argument("--umask", type=parse_octal, default=0o022,
+    m.add_argument("--umask", type=parse_umask, default=0o022,
                    help="mode mask for files without a mode (octal, default 022)")
     m.add_argument("--allow-other", action="store_true", help="let other users in")
     m.add_argument("--writeback-delay", type=non_negative, default=1.0, metavar="SECONDS",
@@ -156,7 +159,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def spawn_background(args: argparse.Namespace, cache_dir: Path) -> int:
     """Run this same command in the foreground, detached, and wait until it is mounted."""
-    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cache dir {cache_dir}: {exc.strerror}") from None
     log_file = args.log_file or cache_dir / "mountfs.log"
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-m", "mountfs", *sys.argv[1:], "--foreground",

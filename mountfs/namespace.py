@@ -7,11 +7,14 @@ children (or the kernel or an open handle holds them); a directory's children ar
 authoritative for lookups (positive and negative) while its listing is younger than the TTL.
 
 Files being written live in the block cache until uploaded; such "pending" nodes are kept in
-listings even though the server does not list them yet.
+listings even though the server does not list them yet. A listing is as old as its request:
+what this mount created, moved in or uploaded while it ran stays, and what this mount removed
+meanwhile is not brought back by it.
 
-A listing need not carry metadata (S3 lists none; no store lists it for a common prefix), so
-entries listed without it are stat'ed before the listing is served: a directory's marker holds
-its mode and owner, and an object's metadata says whether it is a symlink.
+A listing need not carry metadata (S3 lists none; no store lists it for a common prefix). Its
+entries then have default attributes until `complete` stats them, which the FUSE layer calls
+before it shows a node's attributes (a directory's marker holds its mode and owner; an object's
+metadata says whether it is a symlink); listing alone, as `ls` and `find` do, costs no stats.
 """
 from __future__ import annotations
 
@@ -21,9 +24,7 @@ import logging
 import stat
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
-import trio
+from dataclasses import dataclass, field
 
 from cache.blocks import BlockCache, CachedObject
 from cache.writeback import WritebackQueue
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 NAME_MAX = 255
-METADATA_FETCHES = 16  # stat requests in flight while completing one listing
 
 
 @dataclass(eq=False)
@@ -57,7 +57,9 @@ class Node:
     listed_at: float = -1e18
     obj: CachedObject | None = None
     link_target: bytes | None = None
-    meta_known: bool = True  # False: attributes are defaults until the metadata is read
+    meta_known: bool = True  # False: attributes are defaults until `complete` reads them
+    listings: int = 0  # listings of this directory under way
+    removed: dict[str, float] = field(default_factory=dict)  # name -> when, while listings run
 
     @property
     def is_dir(self) -> bool:
@@ -155,7 +157,13 @@ class Namespace:
         if parent is not None and parent.children is not None \
                 and parent.children.get(node.name) is node:
             del parent.children[node.name]
+            self._note_removed(parent, node.name)
         self._maybe_drop(node)
+
+    def _note_removed(self, parent: Node, name: str) -> None:
+        """`name` left `parent`: a listing under way may have read it from the server before."""
+        if parent.listings:
+            parent.removed[name] = time.monotonic()
 
     def _fresh(self, stamp: float) -> bool:
         return time.monotonic() - stamp < self.ttl
@@ -263,38 +271,33 @@ class Namespace:
         if self._fresh(node.listed_at):
             return
         assert node.children is not None
+        started = time.monotonic()
+        was_pending = {child for child in node.children.values() if child.pending}
         seen: set[str] = set()
-        async for name, info, is_dir in self._list_server(node):
-            if name in seen:
-                if is_dir:  # a file `a` beside keys `a/...`: the directory wins
-                    self._child_from_info(node, name, info, True)
-                self._warn_once(node, name, "is both a file and a directory; showing the directory")
-                continue
-            seen.add(name)
-            self._child_from_info(node, name, info, is_dir)
+        node.listings += 1
+        try:
+            async for name, info, is_dir in self._list_server(node):
+                if node.removed.get(name, -1.0) >= started:
+                    continue  # removed here since the listing began: the server said so before
+                if name in seen:
+                    if is_dir:  # a file `a` beside keys `a/...`: the directory wins
+                        self._child_from_info(node, name, info, True)
+                    self._warn_once(node, name,
+                                    "is both a file and a directory; showing the directory")
+                    continue
+                seen.add(name)
+                self._child_from_info(node, name, info, is_dir)
+        finally:
+            node.listings -= 1
+            if not node.listings:
+                node.removed.clear()
         for name, child in list(node.children.items()):
-            if name not in seen and not child.pending:
+            # Kept although not listed: what only this mount has, and what changed here since
+            # the listing began (an upload finished, a file was created or moved in).
+            if name not in seen and not child.pending and child not in was_pending \
+                    and child.refreshed_at < started:
                 self._detach(child)
-        await self._load_metadata([c for c in node.children.values() if not c.meta_known])
-        node.listed_at = time.monotonic()
-
-    async def _load_metadata(self, nodes: list[Node]) -> None:
-        """Stat listed entries that came without metadata, a few at a time."""
-        limit = trio.CapacityLimiter(METADATA_FETCHES)
-
-        async def load(node: Node) -> None:
-            async with limit:
-                bucket, key = node.location()
-                try:
-                    info = await self.backend.stat_object(bucket, key)
-                except NoSuchObject:  # a directory without a marker, or gone since listed
-                    node.meta_known = True
-                    return
-                self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG)
-
-        async with trio.open_nursery() as nursery:
-            for node in nodes:
-                nursery.start_soon(load, node)
+        node.listed_at = started  # the server's answer is as old as the request
 
     def _warn_once(self, node: Node, name: str, what: str) -> None:
         tag = f"{node.inode}/{name}"
@@ -319,8 +322,23 @@ class Namespace:
                 if self._name_ok(prefix, name):
                     yield name, info, is_dir
 
+    async def complete(self, node: Node) -> Node:
+        """The node with the attributes its metadata gives, read now if a listing left them out.
+        Call before attributes are shown or changed."""
+        if not node.meta_known:
+            bucket, key = node.location()
+            try:
+                info = await self.backend.stat_object(bucket, key)
+            except NoSuchObject:
+                pass  # a directory without a marker, or gone since listed: the defaults hold
+            else:
+                self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG)
+            node.meta_known = True  # (a pending node's own attributes win over the server's)
+        return node
+
     async def getattr(self, node: Node) -> Node:
         """The node, its attributes re-read from the server once the TTL has passed."""
+        await self.complete(node)
         node.settle()
         if node.is_dir or node.pending or node.unlinked or self._fresh(node.refreshed_at) \
                 or not node.exists_on_server:
@@ -405,14 +423,21 @@ class Namespace:
         on_server = node.exists_on_server
         obj = node.obj or self.cache.get(bucket, key)
         if obj is not None:
-            await self.queue.cancel_inflight(obj)
+            await self._stop_upload(obj)
             on_server = on_server or obj.record.on_server
             self.queue.discard(obj)
             self.cache.discard(obj)
+            await self._keep_for_readers(obj)
         if on_server:
             await self.backend.delete_object(bucket, key)
         node.unlinked = True
         self._detach(node)
+
+    async def _keep_for_readers(self, obj: CachedObject) -> None:
+        """The server copy of `obj`, just discarded, is about to be deleted or replaced: while
+        a program still has it open, fetch what is not cached yet, so it reads on to the end."""
+        if obj.open_count > 0:
+            await self.cache.fill(obj)
 
     async def rmdir(self, parent: Node, name: str) -> None:
         self._writable()
@@ -467,14 +492,17 @@ class Namespace:
         if node.is_dir:
             await self._move_tree(src_bucket, src_key, dst_bucket, dst_key)
         else:
-            await self._move_object(node, src_bucket, src_key, dst_bucket, dst_key)
+            await self._move_object(node, src_bucket, src_key, dst_bucket, dst_key,
+                                    target is not None and target.exists_on_server)
         if target is not None:
             target.unlinked = True
             self._detach(target)
         assert old_parent.children is not None and new_parent.children is not None
         del old_parent.children[old_name]
+        self._note_removed(old_parent, old_name)
         node.parent, node.name = new_parent, new_name
         new_parent.children[new_name] = node
+        node.refreshed_at = time.monotonic()  # newer than any listing of new_parent under way
 
     def _is_under(self, node: Node, ancestor: Node) -> bool:
         walk: Node | None = node
@@ -485,20 +513,29 @@ class Namespace:
         return False
 
     async def _move_object(self, node: Node, src_bucket: str, src_key: str, dst_bucket: str,
-                           dst_key: str) -> None:
-        """Copy, then delete: a crash in between leaves both names, never neither."""
+                           dst_key: str, replaces_on_server: bool) -> None:
+        """Copy, then delete: a crash in between leaves both names, never neither.
+        `replaces_on_server`: the server holds an object by the new name, now replaced."""
         obj = node.obj or self.cache.get(src_bucket, src_key)
         old = self.cache.get(dst_bucket, dst_key)
         if old is not None and old is not obj:
-            await self.queue.cancel_inflight(old)
+            await self._stop_upload(old)
             self.queue.discard(old)
+            self.cache.discard(old)
+            await self._keep_for_readers(old)
         if obj is not None and obj.dirty:
-            await self.queue.cancel_inflight(obj)
-            await self.cache.fill(obj)  # its unchanged blocks are about to leave the server
-            self.cache.rename(obj, dst_bucket, dst_key)
+            await self._stop_upload(obj)
+            if obj.dirty:
+                await self.cache.fill(obj)  # its unchanged blocks are about to leave the server
+                await self._stop_upload(obj)  # one may have started during the fill
+        # No checkpoint from here to the cache rename: no upload can start under the old name.
+        if obj is not None and obj.dirty:
             on_server = obj.record.on_server
-            obj.record.on_server = node.on_server = False
-        else:
+            # The replaced object stays on the server until the upload overwrites it: so that
+            # an unlink before then deletes it, the new name counts as being on the server.
+            obj.record.on_server = node.on_server = replaces_on_server
+            self.cache.rename(obj, dst_bucket, dst_key)
+        else:  # on the server, perhaps uploaded just now: copy it there
             info = await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key)
             if obj is not None:
                 self.cache.rename(obj, dst_bucket, dst_key)
@@ -508,35 +545,69 @@ class Namespace:
         if on_server:
             await self.backend.delete_object(src_bucket, src_key)
 
+    async def _stop_upload(self, obj: CachedObject) -> None:
+        """Return once no upload of `obj` is under way. When none was, this returns without a
+        checkpoint (cancel_inflight only awaits an upload in flight, and every finished attempt
+        replaces `attempt_done`), so the caller can rename or drop the object before the
+        queue starts another upload under its old name."""
+        while True:
+            attempt = obj.attempt_done
+            await self.queue.cancel_inflight(obj)
+            if obj.attempt_done is attempt:
+                return
+
     async def _move_tree(self, src_bucket: str, src_prefix: str, dst_bucket: str,
                          dst_prefix: str) -> None:
         """Every object below, copied first and deleted after, so a crash leaves one whole tree.
         Objects still being written here move in the cache and upload under the new name."""
+        # Taken before the listing: an upload that ends during it leaves an object neither
+        # listed nor dirty, yet still to move.
+        local = self.cache.dirty_under(src_bucket, src_prefix)
         keys: list[str] = []
         async for page in self.backend.list_objects(src_bucket, src_prefix, delimiter=None):
-            keys.extend(info.key for info in page)
-        keys = [k for k in keys if k != src_prefix]
+            keys.extend(info.key for info in page if info.key != src_prefix)
+        for key in keys:
+            skipped = await self._copy_object(src_bucket, key, dst_bucket,
+                                              dst_prefix + key[len(src_prefix):])
+            if skipped is not None and skipped not in local:
+                local.append(skipped)
         # Markers of non-empty subdirectories need not be listed (the local store lists a
         # directory as its marker only while it is empty), yet they hold the directory's
         # attributes and, left behind, would bring the old tree back: handle each one.
-        markers = {key[:i + 1] for key in keys for i in range(len(src_prefix), len(key) - 1)
-                   if key[i] == "/"}
-        markers.difference_update(keys)
-        for key in keys:
-            await self._copy_object(src_bucket, key, dst_bucket, dst_prefix + key[len(src_prefix):])
-        for marker in sorted(markers) + [src_prefix]:
+        markers = self._dirs_below(src_prefix, keys)
+        for marker in sorted(markers.difference(keys)) + [src_prefix]:
             await self._copy_marker(src_bucket, marker, dst_bucket,
                                     dst_prefix + marker[len(src_prefix):])
-        for obj in self.cache.dirty_under(src_bucket, src_prefix):
-            await self.queue.cancel_inflight(obj)
-            await self.cache.fill(obj)
-            self.cache.rename(obj, dst_bucket, dst_prefix + obj.record.key[len(src_prefix):])
-            obj.record.on_server = False
+        local += [o for o in self.cache.dirty_under(src_bucket, src_prefix) if o not in local]
+        for obj in local:
+            await self._stop_upload(obj)
+            if obj.dirty:
+                await self.cache.fill(obj)
+                await self._stop_upload(obj)
+            rec = obj.record
+            if obj.detached or rec.bucket != src_bucket or not rec.key.startswith(src_prefix):
+                continue  # removed or moved meanwhile
+            if rec.on_server and rec.key not in keys:
+                keys.append(rec.key)  # uploaded since the listing: delete it with the rest
+            new_key = dst_prefix + rec.key[len(src_prefix):]
+            if obj.dirty:
+                rec.on_server = False
+                self.cache.rename(obj, dst_bucket, new_key)
+            else:  # its upload finished meanwhile: the server copy moves like the others
+                await self._copy_object(src_bucket, rec.key, dst_bucket, new_key)
         for key in keys:
-            await self.backend.delete_object(src_bucket, key)
-        # Deepest first, so each directory is empty by the time its marker goes.
+            if not key.endswith("/"):
+                await self.backend.delete_object(src_bucket, key)
+        # Then the markers, deepest first, so each directory is empty when its marker goes.
+        markers = self._dirs_below(src_prefix, keys)
         for marker in sorted(markers, key=lambda k: k.count("/"), reverse=True) + [src_prefix]:
             await self.backend.delete_object(src_bucket, marker)
+
+    @staticmethod
+    def _dirs_below(prefix: str, keys: list[str]) -> set[str]:
+        """The directory prefixes strictly below `prefix` that `keys` are in or are."""
+        return {key[:i + 1] for key in keys for i in range(len(prefix), len(key))
+                if key[i] == "/"}
 
     async def _copy_marker(self, src_bucket: str, src_prefix: str, dst_bucket: str,
                            dst_prefix: str) -> None:
@@ -546,14 +617,17 @@ class Namespace:
             pass  # an implicit directory: its objects carry it
 
     async def _copy_object(self, src_bucket: str, key: str, dst_bucket: str,
-                           dst_key: str) -> None:
+                           dst_key: str) -> CachedObject | None:
+        """Copy one object of a tree on the server; one being written here is left to the
+        caller to move in the cache, and returned."""
         obj = self.cache.get(src_bucket, key)
         if obj is not None and obj.dirty:
-            return  # moved in the cache below, with the rest of the local objects
+            return obj
         info = await self.backend.copy_object(src_bucket, key, dst_bucket, dst_key)
         if obj is not None:
             self.cache.rename(obj, dst_bucket, dst_key)
             self.cache.set_server_version(obj, info.etag, info.mtime_ns)
+        return None
 
     # ---- attributes ------------------------------------------------------------------------
 
@@ -603,6 +677,7 @@ class Namespace:
 
     async def open_data(self, node: Node) -> CachedObject:
         """The cached object behind a file, revalidated against the server (close-to-open)."""
+        await self.complete(node)  # its metadata goes with the next upload
         node.settle()
         if node.obj is None or not node.obj.dirty:
             if not self._fresh(node.refreshed_at) and node.exists_on_server:

@@ -65,7 +65,8 @@ class Operations(pyfuse3.Operations):
         a = node.attrs
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.inode
-        e.entry_timeout = e.attr_timeout = self.ns.ttl
+        # Defaults from a listing without metadata: the kernel must ask again, and get them.
+        e.entry_timeout = e.attr_timeout = self.ns.ttl if node.meta_known else 0
         e.st_mode = a.mode
         e.st_nlink = 1
         e.st_uid, e.st_gid = a.uid, a.gid
@@ -74,6 +75,10 @@ class Operations(pyfuse3.Operations):
         e.st_blocks = (e.st_size + 511) // 512
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.mtime_ns
         return e
+
+    async def _node(self, inode: int) -> Node:
+        """The node, with the attributes of its metadata (see Namespace.complete)."""
+        return await self.ns.complete(self.ns.get(inode))
 
     def _lookup_reply(self, node: Node) -> pyfuse3.EntryAttributes:
         node.lookups += 1
@@ -86,7 +91,8 @@ class Operations(pyfuse3.Operations):
             text = decode_name(name)
         except InvalidArgument:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
-        return self._lookup_reply(await self.ns.lookup(self.ns.get(parent_inode), text))
+        node = await self.ns.lookup(self.ns.get(parent_inode), text)
+        return self._lookup_reply(await self.ns.complete(node))
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, count in inode_list:
@@ -100,7 +106,7 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = self.ns.get(inode)
+        node = await self._node(inode)  # the attributes not changed here are stored too
         if fields.update_size:
             if fh is not None:
                 handle = self.handles.file(fh)
@@ -169,8 +175,8 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise InvalidArgument("RENAME_EXCHANGE is not supported")
+        if flags & ~pyfuse3.RENAME_NOREPLACE:  # RENAME_EXCHANGE, RENAME_WHITEOUT
+            raise InvalidArgument(f"rename flags {flags:#x} are not supported")
         await self.ns.rename(self.ns.get(parent_inode_old), decode_name(name_old),
                              self.ns.get(parent_inode_new), decode_name(name_new),
                              bool(flags & pyfuse3.RENAME_NOREPLACE))
@@ -276,17 +282,17 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if inode == pyfuse3.ROOT_INODE and name == STATUS_XATTR:
             return json.dumps(self.status.snapshot()).encode()
-        return self.ns.getxattr(self.ns.get(inode), name.decode(errors="surrogateescape"))
+        return self.ns.getxattr(await self._node(inode), name.decode(errors="surrogateescape"))
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return [n.encode() for n in self.ns.get(inode).attrs.xattrs]
+        return [n.encode() for n in (await self._node(inode)).attrs.xattrs]
 
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
-        await self.ns.setxattr(self.ns.get(inode), decode_name(name), value)
+        await self.ns.setxattr(await self._node(inode), decode_name(name), value)
 
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.ns.removexattr(self.ns.get(inode), decode_name(name))
+        await self.ns.removexattr(await self._node(inode), decode_name(name))

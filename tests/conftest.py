@@ -75,18 +75,20 @@ class Mounter:
     def umount(self, m: Mount) -> None:
         run_cli("umount", str(m.path), timeout=120)
         assert not is_mounted(m.path)
+        m.pid = 0  # gone: its number may soon belong to another process
 
     def kill(self, m: Mount) -> None:
         """kill -9 the mount process, then clear the dead mount point."""
         os.kill(m.pid, signal.SIGKILL)
         wait_gone(m.pid)
+        m.pid = 0
         subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
 
     def cleanup(self) -> None:
         for m in self.mounts:
             if is_mounted(m.path):
                 subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
-            if m.pid and pid_alive(m.pid):
+            if m.pid and pid_alive(m.pid) and serves(m.pid, m.path):
                 os.kill(m.pid, signal.SIGKILL)
                 wait_gone(m.pid)
 
@@ -97,6 +99,14 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def serves(pid: int, path: Path) -> bool:
+    """Whether `pid` is still the mount process of `path` (pids are reused)."""
+    try:
+        return str(path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def wait_gone(pid: int, timeout: float = 30) -> None:

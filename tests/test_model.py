@@ -15,6 +15,10 @@ Deliberately not compared (documented differences of an object store, not bugs):
   * timestamps (the store keeps one mtime, with its own granularity) and modes/owners;
   * mknod/FIFOs/sockets (only files, directories and symlinks are stored).
 
+A failure message lists the operations of the example as they ran (Hypothesis cannot always
+replay a failure that depends on the timing of an upload). At the end of the file, the
+discrepancies the model found are reproduced deterministically.
+
 Run longer with MOUNTFS_MODEL_EXAMPLES=500 (and MOUNTFS_MODEL_STEPS=60) for a soak.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ import ctypes
 import errno
 import hashlib
 import itertools
+import json
 import mmap
 import os
 import random
@@ -36,8 +41,10 @@ from typing import TYPE_CHECKING, Any, Union
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, precondition, rule,
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition, rule,
                                  run_state_machine_as_test)
+
+from mountfs.status import STATUS_XATTR
 
 if TYPE_CHECKING:
     from conftest import Mount, Mounter
@@ -46,7 +53,7 @@ pytestmark = pytest.mark.mounted
 
 BS = 4096  # the mount's --block-size here, so small data crosses block boundaries
 MAX_SIZE = 3 * BS
-EXAMPLES = int(os.environ.get("MOUNTFS_MODEL_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("MOUNTFS_MODEL_EXAMPLES", "35"))
 STEPS = int(os.environ.get("MOUNTFS_MODEL_STEPS", "30"))
 MAX_FDS = 4
 MOUNT_OPTIONS = ("--block-size", str(BS), "--writeback-delay", "0.05", "--metadata-ttl", "0")
@@ -56,7 +63,6 @@ _BUF = random.Random(1234).randbytes(MAX_SIZE + 1024)
 _example_ids = itertools.count()
 
 # ---- strategies --------------------------------------------------------------------------
-
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,13 @@ class ExistingFile:
     i: int
 
 
-PathSpec = Union[str, Existing, Inside, ExistingFile]
+@dataclass(frozen=True)
+class ExistingDir:
+    """The i-th (mod count) directory of the reference tree, if there is one."""
+    i: int
+
+
+PathSpec = Union[str, Existing, Inside, ExistingFile, ExistingDir]
 # A random path of 1-3 names, an existing entry, a name in an existing directory; rules on
 # file data mostly pick an existing file.
 new_paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
@@ -86,6 +98,7 @@ existing = st.builds(Existing, st.integers(0, 63))
 paths = st.one_of(new_paths, existing, existing,
                   st.builds(Inside, st.integers(0, 63), st.sampled_from(NAMES)))
 file_paths = st.one_of(st.builds(ExistingFile, st.integers(0, 63)), paths)
+dir_paths = st.one_of(st.builds(ExistingDir, st.integers(0, 63)), paths)
 boundaries = [0, 1, BS - 1, BS, BS + 1, 2 * BS - 1, 2 * BS, 2 * BS + 1, 3 * BS - 1, 3 * BS]
 offsets = st.one_of(st.sampled_from(boundaries), st.integers(0, MAX_SIZE))
 lengths = st.one_of(st.sampled_from([0, 1, BS - 1, BS, BS + 1, 2 * BS]), st.integers(0, BS + 1))
@@ -243,6 +256,7 @@ class FsModel(RuleBasedStateMachine):
         self.m = Side("mount", self.mount.bucket / name)
         self.r = Side("ref", self.ref_root / name)
         self.fd_info: dict[int, tuple[str, str]] = {}  # slot -> (path, mode) for messages
+        self.log: list[str] = []
         for side in (self.m, self.r):
             os.makedirs(side.work)
 
@@ -267,6 +281,10 @@ class FsModel(RuleBasedStateMachine):
             if files:
                 return files[spec.i % len(files)]
             spec = Existing(spec.i)
+        if isinstance(spec, ExistingDir):
+            if len(dirs) > 1:
+                return dirs[1:][spec.i % (len(dirs) - 1)]
+            spec = Existing(spec.i)
         if isinstance(spec, Existing):
             return entries[spec.i % len(entries)] if entries else NAMES[spec.i % len(NAMES)]
         base = dirs[spec.i % len(dirs)]
@@ -277,11 +295,37 @@ class FsModel(RuleBasedStateMachine):
     def both(self, what: str, fn: Callable[[Side], Any]) -> tuple[str, Any]:
         got = outcome(lambda: fn(self.m))
         want = outcome(lambda: fn(self.r))
-        assert got == want, f"{what}: mount -> {short(got)}, reference -> {short(want)}"
+        self.log.append(f"{what} -> {short(want)}")
+        assert got == want, (f"{what}: mount -> {short(got)}, reference -> {short(want)}"
+                             f"{self.history()}")
         return got
 
+    def history(self) -> str:
+        """The operations so far, as run: a timing-dependent failure may not replay, so
+        Hypothesis's own report of the steps can be missing or differ."""
+        return "\noperations in this example (relative to {}):\n  {}".format(
+            self.r.work, "\n  ".join(self.log))
+
     def check_tree(self, where: str) -> None:
-        compare_trees(self.m.base, self.r.base, where)
+        try:
+            compare_trees(self.m.base, self.r.base, where)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}{self.history()}") from None
+
+    # -- a starting tree, so that the rules meet existing entries from the first step --
+
+    @initialize(entries=st.lists(st.tuples(new_paths, st.sampled_from(["dir", "file", "file"]),
+                                           datas), max_size=8))
+    def seed_tree(self, entries: list[tuple[str, str, bytes]]) -> None:
+        for path, kind, data in entries:
+            if kind == "dir":
+                self.both(f"makedirs({path!r})",
+                          lambda s: os.makedirs(s.p(path), exist_ok=True))
+            else:
+                self.both(f"makedirs({os.path.dirname(path)!r}) + write({path!r}, "
+                          f"len={len(data)})",
+                          lambda s: (os.makedirs(os.path.dirname(s.p(path)), exist_ok=True),
+                                     Path(s.p(path)).write_bytes(data)))
 
     # -- whole-path operations --
 
@@ -342,13 +386,21 @@ class FsModel(RuleBasedStateMachine):
         path = self.path(path)
         self.both(f"mkdir({path!r})", lambda s: os.mkdir(s.p(path)))
 
-    @rule(path=paths)
+    @rule(path=dir_paths)
     def rmdir(self, path: PathSpec) -> None:
         path = self.path(path)
         self.both(f"rmdir({path!r})", lambda s: os.rmdir(s.p(path)))
 
     @rule(src=paths, dst=paths)
     def rename(self, src: PathSpec, dst: PathSpec) -> None:
+        src = self.path(src)
+        dst = self.path(dst)
+        self.both(f"rename({src!r}, {dst!r})", lambda s: os.rename(s.p(src), s.p(dst)))
+
+    @rule(src=dir_paths, dst=paths)
+    def rename_dir(self, src: PathSpec, dst: PathSpec) -> None:
+        """rename, its source mostly a directory: over files and directories (empty or not),
+        into itself, into a subdirectory, onto itself."""
         src = self.path(src)
         dst = self.path(dst)
         self.both(f"rename({src!r}, {dst!r})", lambda s: os.rename(s.p(src), s.p(dst)))
@@ -419,6 +471,7 @@ class FsModel(RuleBasedStateMachine):
         flags = OPEN_FLAGS[mode]
         got = outcome(lambda: os.open(self.m.p(path), flags, 0o644))
         want = outcome(lambda: os.open(self.r.p(path), flags, 0o644))
+        self.log.append(f"fd#{slot} = open({path!r}, {mode}) -> {want[0]}")
         if got[0] == want[0] == "ok":
             self.m.fds[slot], self.r.fds[slot] = got[1], want[1]
             self.fd_info[slot] = (path, mode)
@@ -427,7 +480,7 @@ class FsModel(RuleBasedStateMachine):
             if fd[0] == "ok":
                 os.close(fd[1])
         assert got == want, (f"open({path!r}, {mode}): mount -> {short(got)}, "
-                             f"reference -> {short(want)}")
+                             f"reference -> {short(want)}{self.history()}")
 
     def _slot(self, slot: int) -> int:
         keys = sorted(self.m.fds)
@@ -507,6 +560,7 @@ class FsModel(RuleBasedStateMachine):
         """Pause past the write-back delay: later operations then meet uploaded (clean)
         objects instead of ones still pending in the cache."""
         time.sleep(0.15)
+        self.log.append("sleep 0.15 s")
 
     # -- checkpoints --
 
@@ -542,12 +596,21 @@ class RemountingModel(FsModel):
         assert self.mounter is not None
         self.close_all()
         self.check_tree("before unmount")
-        self.mounter.umount(self.mount)
-        type(self).mount = self.mounter.remount(self.mount)
+        type(self).mount = umount_remount(self.mounter, self.mount)
+        self.log.append("unmount + remount")
         self.check_tree("after remount")
 
 
 # ---- the tests ---------------------------------------------------------------------------
+
+
+def umount_remount(mounter: Mounter, m: Mount) -> Mount:
+    """Unmount (which waits for the process to exit), then mount the same store again.
+    The old Mount is taken off the Mounter's list: its teardown would SIGKILL `m.pid` if
+    alive, and once the process is gone that pid may be reused by any other process."""
+    mounter.umount(m)
+    mounter.mounts.remove(m)
+    return mounter.remount(m)
 
 
 def model_settings(examples: int) -> settings:
@@ -577,9 +640,95 @@ def test_model_persists_through_remount(mounter: Mounter, model_mount: Mount,
     ref_root.mkdir()
     machine = type("RemountModel", (RemountingModel,),
                    {"mount": model_mount, "ref_root": ref_root, "mounter": mounter})
-    run_state_machine_as_test(machine, settings=model_settings(max(5, EXAMPLES // 4)))
+    run_state_machine_as_test(machine, settings=model_settings(max(5, EXAMPLES // 5)))
     mount = machine.mount
     compare_trees(mount.bucket, ref_root, "whole bucket before the final unmount")
-    mounter.umount(mount)
-    mount = mounter.remount(mount)
+    mount = umount_remount(mounter, mount)
     compare_trees(mount.bucket, ref_root, "whole bucket after remount")
+
+
+# ---- discrepancies the model found, as deterministic reproductions ------------------------
+# The model meets these only now and then (they depend on the timing of an upload); these
+# tests hit the same windows on purpose, so a bug (or its return) shows on every run.
+
+
+def queue_status(m: Mount) -> dict:
+    return json.loads(os.getxattr(m.path, STATUS_XATTR))
+
+
+def wait_until(what: str, cond: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def test_listing_keeps_a_file_whose_upload_finishes_during_the_listing(model_mount: Mount
+                                                                        ) -> None:
+    """A file written and closed here is pending until uploaded; a listing that read the
+    server just before the upload finished must not drop it (with a TTL > 0 it then stays
+    out of every listing for the whole TTL)."""
+    d = model_mount.bucket / "listing"
+    d.mkdir()
+    for batch in range(25):
+        names = [f"f{batch}-{i}" for i in range(8)]
+        for name in names:
+            (d / name).write_bytes(b"x")
+        closed = time.monotonic()
+        while time.monotonic() - closed < 0.12:  # uploads start 0.05 s after each close
+            listed = os.listdir(d)
+            missing = sorted(set(names) - set(listed))
+            assert not missing, (f"{missing}, written and closed at most "
+                                 f"{time.monotonic() - closed:.3f} s ago, are missing from a "
+                                 f"listing of their directory")
+
+
+def test_rename_during_upload_keeps_the_data(mounter: Mounter, store: Path) -> None:
+    """Rename a file while its upload is under way (still filling the blocks it needs from the
+    server): the data must reach the store under the new name."""
+    m = mounter.mount(store, *MOUNT_OPTIONS, "--cache-size", "64K", name="small-cache")
+    d = m.bucket
+    data = random.Random(7).randbytes(1 << 20)
+    (d / "big").write_bytes(data)
+    wait_until("big is uploaded", lambda: queue_status(m)["queued"] == 0)
+    (d / "other").write_bytes(bytes(1 << 20))  # in a 64 KiB cache: evicts big's blocks
+    wait_until("other is uploaded", lambda: queue_status(m)["queued"] == 0)
+    with open(d / "big", "r+b") as f:
+        f.write(b"X")  # dirty again: its upload must fetch 255 blocks back first
+    wait_until("big's upload has started", lambda: any(
+        e["key"] == "big" and e["state"] == "uploading" for e in queue_status(m)["queue"]))
+    os.rename(d / "big", d / "big2")
+    wait_until("the queue is empty", lambda: queue_status(m)["queued"] == 0)
+    want = b"X" + data[1:]
+    assert sorted(os.listdir(d)) == ["big2", "other"]
+    assert (d / "big2").read_bytes() == want
+    m = umount_remount(mounter, m)
+    assert (m.bucket / "big2").read_bytes() == want
+
+
+def test_directory_rename_during_an_upload_below_moves_everything(mounter: Mounter,
+                                                                   store: Path) -> None:
+    """Rename a directory while a file in a subdirectory of it is being uploaded (the rename
+    lists the old tree, then copies 200 objects: the upload ends in between). Afterwards the
+    whole tree is under the new name, and nothing is left under the old one."""
+    m = mounter.mount(store, *MOUNT_OPTIONS)
+    d = m.bucket
+    (d / "b" / "a").mkdir(parents=True)
+    for i in range(200):
+        (d / "b" / f"f{i}").write_bytes(b"x")
+    wait_until("the files are uploaded", lambda: queue_status(m)["queued"] == 0)
+    (d / "b" / "a" / "new").write_bytes(b"new")  # its upload starts 0.05 s after this close
+    time.sleep(0.04)
+    os.rename(d / "b", d / "x")
+    wait_until("the queue is empty", lambda: queue_status(m)["queued"] == 0)
+
+    def check(root: Path, where: str) -> None:
+        left = sorted(str(p.relative_to(root)) for p in (root / "b").rglob("*"))
+        assert not (root / "b").exists(), f"{where}: b/ is still there, holding {left}"
+        assert os.listdir(root / "x" / "a") == ["new"], where
+        assert (root / "x" / "a" / "new").read_bytes() == b"new", where
+        assert len(os.listdir(root / "x")) == 201, where
+
+    check(d, "on the mount")
+    m = umount_remount(mounter, m)
+    check(m.bucket, "after a remount")

@@ -3,20 +3,25 @@
 Every test mounts a fresh `local` store through /dev/fuse (fixtures in conftest.py), acts on
 the mount point, and checks exact results and exact errno values; where data or metadata must
 reach the store, it polls the store directory (the write-back delay is 0.2 s) or unmounts and
-mounts again.
+mounts again. Permission tests run a subprocess as uid 65534 against a mount below a directory
+that user can reach; the last tests are an fsx-like random exerciser of one file.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import mmap
 import os
+import random
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +159,20 @@ def test_file_at_root_is_refused(mounted: Mount) -> None:
     assert oserror(open, mounted.path / "file", "wb") == errno.EPERM
     assert oserror(os.symlink, "t", mounted.path / "link") == errno.EPERM
     assert sorted(os.listdir(mounted.path)) == [BUCKET]
+
+
+def test_mkdir_reserved_bucket_name(mounted: Mount) -> None:
+    """Names starting with '.' at the store's top are reserved (documented local limit)."""
+    assert oserror(os.mkdir, mounted.path / ".hidden") == errno.EINVAL
+    assert not (mounted.store / ".hidden").exists()
+
+
+def test_listing_larger_than_a_page(mounted: Mount) -> None:
+    names = {f"obj{i:05d}" for i in range(2500)}
+    for name in names:
+        (mounted.store / BUCKET / name).write_bytes(name.encode())
+    assert set(os.listdir(mounted.bucket)) == names
+    assert (mounted.bucket / "obj02499").read_bytes() == b"obj02499"
 
 
 # ---- create, open, read, write -------------------------------------------------------------
@@ -367,6 +386,44 @@ def test_unlink_while_open_uploaded_file(mounted: Mount) -> None:
         assert f.read() == data
     time.sleep(0.6)
     assert not (mounted.store / BUCKET / "f").exists()
+
+
+def test_unlink_while_open_not_cached(mounted: Mount) -> None:
+    """An object read only in part before its unlink still reads whole through the fd."""
+    data = pattern(3 * 1024 * 1024 + 99, seed=7)
+    (mounted.store / BUCKET / "srv").write_bytes(data)
+    with open(mounted.bucket / "srv", "rb", buffering=0) as f:
+        assert f.read(10) == data[:10]  # only the first block is fetched
+        os.unlink(mounted.bucket / "srv")
+        assert not (mounted.store / BUCKET / "srv").exists()
+        assert f.read() == data[10:]
+
+
+def test_unlink_while_open_small_cache(mounter: Mounter, store: Path) -> None:
+    """The blocks an unlinked open file still needs are not evicted to make room."""
+    m = mounter.mount(store, "--cache-size", "2M")
+    data = pattern(3 * 1024 * 1024 + 5, seed=9)
+    (store / BUCKET / "srv").write_bytes(data)
+    (store / BUCKET / "other").write_bytes(pattern(2 * 1024 * 1024, seed=10))
+    with open(m.bucket / "srv", "rb", buffering=0) as f:
+        assert f.read(10) == data[:10]
+        os.unlink(m.bucket / "srv")
+        assert (m.bucket / "other").read_bytes() == pattern(2 * 1024 * 1024, seed=10)
+        assert f.read() == data[10:]
+
+
+def test_rename_over_open_file(mounted: Mount) -> None:
+    """A program reading the file an editor's save replaces keeps reading the old version."""
+    old = pattern(3 * 1024 * 1024 + 1, seed=8)
+    (mounted.store / BUCKET / "doc").write_bytes(old)
+    with open(mounted.bucket / "doc", "rb", buffering=0) as reader:
+        assert reader.read(10) == old[:10]
+        write_file(mounted.bucket / "doc.tmp", b"new version")
+        os.rename(mounted.bucket / "doc.tmp", mounted.bucket / "doc")
+        assert (mounted.bucket / "doc").read_bytes() == b"new version"
+        wait_store(mounted.store / BUCKET / "doc", b"new version")  # the old one is gone
+        assert reader.read() == old[10:]
+    assert (mounted.bucket / "doc").read_bytes() == b"new version"
 
 
 def test_name_reused_after_unlink_while_open(mounted: Mount) -> None:
@@ -640,6 +697,26 @@ def test_rename_before_upload(mounter: Mounter, store: Path) -> None:
     assert os.listdir(m.bucket) == ["b"]
 
 
+def test_rename_pending_over_uploaded_then_unlink(mounter: Mounter, store: Path) -> None:
+    """The replaced target must not come back when the renamed file is removed before its
+    upload (found by the model test: a symlink target reappeared)."""
+    m = mounter.mount(store, "--writeback-delay", "1")
+    os.symlink("elsewhere", m.bucket / "c")
+    write_file(m.bucket / "b", b"on the server")
+    wait_store(store / BUCKET / "b", b"on the server")
+    write_file(m.bucket / "a", b"pending")
+    os.rename(m.bucket / "a", m.bucket / "c")
+    os.unlink(m.bucket / "c")
+    with open(m.bucket / "p", "wb") as f:  # the same while the file is still open
+        f.write(b"pending too")
+        os.rename(m.bucket / "p", m.bucket / "b")
+        os.unlink(m.bucket / "b")
+    assert os.listdir(m.bucket) == []
+    assert os.listdir(store / BUCKET) == []
+    mounter.umount(m)
+    assert os.listdir(mounter.remount(m).bucket) == []
+
+
 def test_rename_open_file_then_write(mounted: Mount) -> None:
     path = mounted.bucket / "a"
     with open(path, "wb") as f:
@@ -653,8 +730,38 @@ def test_rename_open_file_then_write(mounted: Mount) -> None:
     assert not (mounted.store / BUCKET / "a").exists()
 
 
+def test_rename_dir_with_open_file(mounted: Mount) -> None:
+    os.mkdir(mounted.bucket / "d")
+    with open(mounted.bucket / "d" / "f", "wb") as f:
+        f.write(b"written before, ")
+        f.flush()
+        os.rename(mounted.bucket / "d", mounted.bucket / "e")
+        f.write(b"and after the rename")
+    assert (mounted.bucket / "e" / "f").read_bytes() == b"written before, and after the rename"
+    wait_store(mounted.store / BUCKET / "e" / "f", b"written before, and after the rename")
+    wait_idle(mounted)
+    assert not (mounted.store / BUCKET / "d").exists()
+    assert os.listdir(mounted.bucket) == ["e"]
+
+
+def test_rename_across_buckets(mounted: Mount) -> None:
+    os.mkdir(mounted.path / "other")
+    write_file(mounted.bucket / "f", b"file")
+    os.makedirs(mounted.bucket / "d" / "sub")
+    write_file(mounted.bucket / "d" / "sub" / "g", b"deep")
+    wait_store(mounted.store / BUCKET / "d" / "sub" / "g", b"deep")
+    os.rename(mounted.bucket / "f", mounted.path / "other" / "f")
+    os.rename(mounted.bucket / "d", mounted.path / "other" / "d")
+    assert (mounted.path / "other" / "f").read_bytes() == b"file"
+    assert (mounted.path / "other" / "d" / "sub" / "g").read_bytes() == b"deep"
+    wait_store(mounted.store / "other" / "f", b"file")
+    wait_store(mounted.store / "other" / "d" / "sub" / "g", b"deep")
+    wait_idle(mounted)
+    assert os.listdir(mounted.bucket) == []
+    assert os.listdir(mounted.store / BUCKET) == []
+
+
 def test_rename_noreplace(mounted: Mount) -> None:
-    import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     write_file(mounted.bucket / "a", b"a")
     write_file(mounted.bucket / "b", b"b")
@@ -667,7 +774,6 @@ def test_rename_noreplace(mounted: Mount) -> None:
 
 def test_rename_exchange_unsupported(mounted: Mount) -> None:
     """RENAME_EXCHANGE cannot be done atomically on an object store (documented limit)."""
-    import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     write_file(mounted.bucket / "a", b"a")
     write_file(mounted.bucket / "b", b"b")
@@ -677,6 +783,17 @@ def test_rename_exchange_unsupported(mounted: Mount) -> None:
     assert rc == -1 and ctypes.get_errno() == errno.EINVAL
     assert (mounted.bucket / "a").read_bytes() == b"a"
     assert (mounted.bucket / "b").read_bytes() == b"b"
+
+
+def test_rename_whiteout_unsupported(mounted: Mount) -> None:
+    """RENAME_WHITEOUT (for overlayfs) would leave a whiteout device node: not stored."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    write_file(mounted.bucket / "a", b"a")
+    AT_FDCWD, RENAME_WHITEOUT = -100, 4
+    rc = libc.renameat2(AT_FDCWD, bytes(mounted.bucket / "a"), AT_FDCWD,
+                        bytes(mounted.bucket / "b"), RENAME_WHITEOUT)
+    assert rc == -1 and ctypes.get_errno() == errno.EINVAL
+    assert os.listdir(mounted.bucket) == ["a"]
 
 
 def test_rename_bucket_is_refused(mounted: Mount) -> None:
@@ -789,6 +906,24 @@ def test_utime_then_write_while_open(mounted: Mount) -> None:
     with open(f, "ab") as fh:
         fh.write(b"y")
     assert os.stat(f).st_mtime_ns >= before - 10**9
+
+
+def test_touch_sets_current_time(mounted: Mount) -> None:
+    f = mounted.bucket / "f"
+    write_file(f, b"x")
+    os.utime(f, ns=(0, 10**18))
+    before = time.time_ns()
+    run("touch", f)  # utimensat(UTIME_NOW)
+    assert before - 10**9 <= os.stat(f).st_mtime_ns <= time.time_ns() + 10**9
+
+
+def test_non_utf8_name(mounted: Mount) -> None:
+    """Keys are UTF-8: other byte strings cannot be names (documented limit)."""
+    bad = os.fsencode(mounted.bucket) + b"/\xff\xfe"
+    assert oserror(os.open, bad, os.O_CREAT | os.O_WRONLY) == errno.EINVAL
+    assert oserror(os.stat, bad) == errno.ENOENT
+    assert oserror(os.mkdir, bad) == errno.EINVAL
+    assert os.listdir(mounted.bucket) == []
 
 
 def test_mtime_updates_on_write(mounted: Mount) -> None:
@@ -934,12 +1069,13 @@ def test_find(mounted: Mount, tmp_path: Path) -> None:
     make_tree(src)
     os.symlink("README", src / "link")
     run("cp", "-a", src, mounted.bucket / "t")
-    assert run("find", ".", "-type", "f", cwd=mounted.bucket / "t").split() \
-        and sorted(run("find", ".", "-type", "f", cwd=mounted.bucket / "t").split()) \
-        == sorted(run("find", ".", "-type", "f", cwd=src).split())
-    for kind in ("d", "l"):
-        assert sorted(run("find", ".", "-type", kind, cwd=mounted.bucket / "t").split()) \
-            == sorted(run("find", ".", "-type", kind, cwd=src).split())
+    for kind, count in (("f", 5), ("d", 8), ("l", 1)):
+        found = sorted(run("find", ".", "-type", kind, cwd=mounted.bucket / "t").split())
+        assert found == sorted(run("find", ".", "-type", kind, cwd=src).split())
+        assert len(found) == count, found
+    # cp -a kept the modes and times
+    st_src, st_mnt = os.stat(src / "src" / "main.py"), os.stat(mounted.bucket / "t/src/main.py")
+    assert (st_mnt.st_mode, st_mnt.st_mtime_ns) == (st_src.st_mode, st_src.st_mtime_ns)
     assert run("find", ".", "-name", "deep.txt", cwd=mounted.bucket).split() \
         == ["./t/docs/a/b/c/deep.txt"]
 
@@ -1023,13 +1159,36 @@ def test_ln_s_program(mounted: Mount) -> None:
 
 # ---- permissions (default_permissions) ---------------------------------------------------------
 
-def test_other_users_need_allow_other(mounted: Mount) -> None:
-    write_file(mounted.bucket / "f", b"x")
-    os.chmod(mounted.bucket / "f", 0o644)
-    assert errno_as_nobody(f"os.stat({str(mounted.bucket / 'f')!r})") == errno.EACCES
+@pytest.fixture
+def open_mounter() -> Iterator[Mounter]:
+    """Mounts below a directory other users can reach (pytest's tmp_path is root's alone)."""
+    top = Path(tempfile.mkdtemp(prefix="mountfs-posix-"))
+    top.chmod(0o755)
+    mounter = Mounter(top)
+    try:
+        yield mounter
+    finally:
+        mounter.cleanup()
+        shutil.rmtree(top, ignore_errors=True)
 
 
-def test_permissions(mounter: Mounter, store: Path) -> None:
+@pytest.fixture
+def open_store(open_mounter: Mounter) -> Path:
+    store = open_mounter.tmp / "store"
+    (store / BUCKET).mkdir(parents=True)
+    return store
+
+
+def test_other_users_need_allow_other(open_mounter: Mounter, open_store: Path) -> None:
+    m = open_mounter.mount(open_store)
+    write_file(m.bucket / "f", b"x")
+    os.chmod(m.bucket / "f", 0o644)
+    assert errno_as_nobody(f"os.stat({str(m.path.parent)!r})") == 0  # the way there is open
+    assert errno_as_nobody(f"os.stat({str(m.bucket / 'f')!r})") == errno.EACCES
+
+
+def test_permissions(open_mounter: Mounter, open_store: Path) -> None:
+    mounter, store = open_mounter, open_store
     m = mounter.mount(store, "--allow-other", "--writeback-delay", "0.2")
     pub, priv = m.bucket / "public", m.bucket / "private"
     write_file(pub, b"everyone")
@@ -1088,3 +1247,65 @@ def test_read_only(mounter: Mounter, store: Path) -> None:
     assert (store / BUCKET / "f").read_bytes() == b"content"
     assert sorted(os.listdir(store / BUCKET)) == ["d", "f"]
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o644
+
+
+# ---- a random read/write/truncate/mmap exerciser (fsx-like) ------------------------------
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_io_against_model(mounter: Mounter, store: Path, seed: int) -> None:
+    """Random pwrite/pread/truncate/mmap on one file, with reopens and uploads in between,
+    checked step by step against a bytearray; at the end the store and a remount agree."""
+    rng = random.Random(seed)
+    bs = 4096  # small blocks, so random offsets cross block boundaries often
+    m = mounter.mount(store, "--block-size", str(bs), "--writeback-delay", "0.05")
+    path = m.bucket / "fsx"
+    model = bytearray()
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        for step in range(300):
+            op = rng.choice(["write", "write", "read", "truncate", "ftruncate", "mmap_read",
+                             "mmap_write", "reopen", "settle"])
+            where = f"seed {seed} step {step} {op}"
+            if op == "write":
+                off, n = rng.randrange(0, 6 * bs), rng.randrange(1, 2 * bs)
+                data = rng.randbytes(n)
+                assert os.pwrite(fd, data, off) == n, where
+                if off > len(model):
+                    model.extend(bytes(off - len(model)))
+                model[off:off + n] = data
+            elif op == "read":
+                off, n = rng.randrange(0, 7 * bs), rng.randrange(1, 3 * bs)
+                assert os.pread(fd, n, off) == bytes(model[off:off + n]), where
+            elif op in ("truncate", "ftruncate"):
+                size = rng.randrange(0, 6 * bs)
+                if op == "truncate":
+                    os.truncate(path, size)
+                else:
+                    os.ftruncate(fd, size)
+                model = model[:size] + bytearray(max(0, size - len(model)))
+            elif op in ("mmap_read", "mmap_write") and model:
+                with mmap.mmap(fd, len(model), mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE) as mm:
+                    if op == "mmap_read":
+                        assert mm[:] == bytes(model), where
+                    else:
+                        off = rng.randrange(0, len(model))
+                        data = rng.randbytes(min(rng.randrange(1, bs), len(model) - off))
+                        mm[off:off + len(data)] = data
+                        model[off:off + len(data)] = data
+                        mm.flush()
+            elif op == "reopen":
+                os.close(fd)
+                fd = os.open(path, os.O_RDWR)
+            elif op == "settle":
+                os.close(fd)
+                wait_store(store / BUCKET / "fsx", bytes(model))
+                fd = os.open(path, os.O_RDWR)
+            assert os.fstat(fd).st_size == len(model), where
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(model)
+    wait_store(store / BUCKET / "fsx", bytes(model))
+    mounter.umount(m)
+    m = mounter.remount(m)
+    assert (m.bucket / "fsx").read_bytes() == bytes(model)
