@@ -87,9 +87,10 @@ class WritebackQueue:
                 raise err
 
     async def cancel_inflight(self, obj: CachedObject) -> None:
-        """Stop an upload of `obj` under way (its name is about to change or vanish)."""
-        entry = self._entries.get(obj)
-        if entry is not None and entry.sent:
+        """Return once no upload of `obj` is under way, stopping any (its name is about to
+        change or vanish). When none is, return without a checkpoint, so the caller can rename
+        or drop the object before the queue starts another upload under the old name."""
+        while (entry := self._entries.get(obj)) is not None and entry.sent:
             obj.generation += 1
             await obj.attempt_done.wait()
 

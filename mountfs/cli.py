@@ -246,12 +246,13 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if done.returncode:
         raise ConfigError(done.stderr.strip() or f"fusermount3 -u {mountpoint} failed")
     pid = status["pid"]
-    while Path(f"/proc/{pid}").exists() and _is_running(pid):
+    while pid_alive(pid):
         time.sleep(0.05)
     return 0
 
 
-def _is_running(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie does not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):

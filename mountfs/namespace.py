@@ -423,7 +423,7 @@ class Namespace:
         on_server = node.exists_on_server
         obj = node.obj or self.cache.get(bucket, key)
         if obj is not None:
-            await self._stop_upload(obj)
+            await self.queue.cancel_inflight(obj)
             on_server = on_server or obj.record.on_server
             self.queue.discard(obj)
             self.cache.discard(obj)
@@ -519,15 +519,15 @@ class Namespace:
         obj = node.obj or self.cache.get(src_bucket, src_key)
         old = self.cache.get(dst_bucket, dst_key)
         if old is not None and old is not obj:
-            await self._stop_upload(old)
+            await self.queue.cancel_inflight(old)
             self.queue.discard(old)
             self.cache.discard(old)
             await self._keep_for_readers(old)
         if obj is not None and obj.dirty:
-            await self._stop_upload(obj)
+            await self.queue.cancel_inflight(obj)
             if obj.dirty:
                 await self.cache.fill(obj)  # its unchanged blocks are about to leave the server
-                await self._stop_upload(obj)  # one may have started during the fill
+                await self.queue.cancel_inflight(obj)  # one may have started during the fill
         # No checkpoint from here to the cache rename: no upload can start under the old name.
         if obj is not None and obj.dirty:
             on_server = obj.record.on_server
@@ -544,17 +544,6 @@ class Namespace:
             on_server = True
         if on_server:
             await self.backend.delete_object(src_bucket, src_key)
-
-    async def _stop_upload(self, obj: CachedObject) -> None:
-        """Return once no upload of `obj` is under way. When none was, this returns without a
-        checkpoint (cancel_inflight only awaits an upload in flight, and every finished attempt
-        replaces `attempt_done`), so the caller can rename or drop the object before the
-        queue starts another upload under its old name."""
-        while True:
-            attempt = obj.attempt_done
-            await self.queue.cancel_inflight(obj)
-            if obj.attempt_done is attempt:
-                return
 
     async def _move_tree(self, src_bucket: str, src_prefix: str, dst_bucket: str,
                          dst_prefix: str) -> None:
@@ -580,10 +569,10 @@ class Namespace:
                                     dst_prefix + marker[len(src_prefix):])
         local += [o for o in self.cache.dirty_under(src_bucket, src_prefix) if o not in local]
         for obj in local:
-            await self._stop_upload(obj)
+            await self.queue.cancel_inflight(obj)
             if obj.dirty:
                 await self.cache.fill(obj)
-                await self._stop_upload(obj)
+                await self.queue.cancel_inflight(obj)
             rec = obj.record
             if obj.detached or rec.bucket != src_bucket or not rec.key.startswith(src_prefix):
                 continue  # removed or moved meanwhile

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from mountfs.cli import pid_alive
+
 BUCKET = "bucket"
 
 
@@ -91,14 +93,6 @@ class Mounter:
             if m.pid and pid_alive(m.pid) and serves(m.pid, m.path):
                 os.kill(m.pid, signal.SIGKILL)
                 wait_gone(m.pid)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def serves(pid: int, path: Path) -> bool:
