@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from mountfs.cli import pid_alive
+
 
 class BenchError(RuntimeError):
     """A failed measurement: recorded as "error" in its cell, the run continues."""
@@ -64,14 +66,6 @@ def is_mounted(path: Path) -> bool:
 def lazy_unmount(path: Path) -> None:
     if is_mounted(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def stop_pid(pid: int, grace: float = 10) -> None:
