@@ -10,8 +10,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from mountfs.cli import pid_alive
-
 
 class BenchError(RuntimeError):
     """A failed measurement: recorded as "error" in its cell, the run continues."""
@@ -66,6 +64,13 @@ def is_mounted(path: Path) -> bool:
 def lazy_unmount(path: Path) -> None:
     if is_mounted(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30)
+
+
+def pid_alive(pid: int) -> bool:
+    # Imported late: the bench starts on machines where it still has to install mountfs.
+    from mountfs.cli import pid_alive as alive
+
+    return alive(pid)
 
 
 def stop_pid(pid: int, grace: float = 10) -> None:
