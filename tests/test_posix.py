@@ -761,38 +761,38 @@ def test_rename_across_buckets(mounted: Mount) -> None:
     assert os.listdir(mounted.store / BUCKET) == []
 
 
-def test_rename_noreplace(mounted: Mount) -> None:
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+
+def renameat2(src: Path, dst: Path, flags: int) -> int:
+    """renameat2(2) with `flags`: 0 on success, else the errno."""
     libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, bytes(src), at_fdcwd, bytes(dst), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def test_rename_noreplace(mounted: Mount) -> None:
     write_file(mounted.bucket / "a", b"a")
     write_file(mounted.bucket / "b", b"b")
-    AT_FDCWD, RENAME_NOREPLACE = -100, 1
-    rc = libc.renameat2(AT_FDCWD, bytes(mounted.bucket / "a"), AT_FDCWD,
-                        bytes(mounted.bucket / "b"), RENAME_NOREPLACE)
-    assert rc == -1 and ctypes.get_errno() == errno.EEXIST
+    assert renameat2(mounted.bucket / "a", mounted.bucket / "b", RENAME_NOREPLACE) == errno.EEXIST
     assert (mounted.bucket / "b").read_bytes() == b"b"
 
 
 def test_rename_exchange_unsupported(mounted: Mount) -> None:
     """RENAME_EXCHANGE cannot be done atomically on an object store (documented limit)."""
-    libc = ctypes.CDLL(None, use_errno=True)
     write_file(mounted.bucket / "a", b"a")
     write_file(mounted.bucket / "b", b"b")
-    AT_FDCWD, RENAME_EXCHANGE = -100, 2
-    rc = libc.renameat2(AT_FDCWD, bytes(mounted.bucket / "a"), AT_FDCWD,
-                        bytes(mounted.bucket / "b"), RENAME_EXCHANGE)
-    assert rc == -1 and ctypes.get_errno() == errno.EINVAL
+    assert renameat2(mounted.bucket / "a", mounted.bucket / "b", RENAME_EXCHANGE) == errno.EINVAL
     assert (mounted.bucket / "a").read_bytes() == b"a"
     assert (mounted.bucket / "b").read_bytes() == b"b"
 
 
 def test_rename_whiteout_unsupported(mounted: Mount) -> None:
     """RENAME_WHITEOUT (for overlayfs) would leave a whiteout device node: not stored."""
-    libc = ctypes.CDLL(None, use_errno=True)
     write_file(mounted.bucket / "a", b"a")
-    AT_FDCWD, RENAME_WHITEOUT = -100, 4
-    rc = libc.renameat2(AT_FDCWD, bytes(mounted.bucket / "a"), AT_FDCWD,
-                        bytes(mounted.bucket / "b"), RENAME_WHITEOUT)
-    assert rc == -1 and ctypes.get_errno() == errno.EINVAL
+    assert renameat2(mounted.bucket / "a", mounted.bucket / "b", RENAME_WHITEOUT) == errno.EINVAL
     assert os.listdir(mounted.bucket) == ["a"]
 
 
