@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT")
-    m.add_argument("source", help="local:/path (or a directory path), s3://")
+    m.add_argument("source", help="local:/path (or a directory path), s3:// or s3://BUCKET[/PREFIX]")
     m.add_argument("mountpoint")
     m.add_argument("--foreground", "-f", action="store_true", help="stay attached")
     m.add_argument("--cache-dir", type=Path, help="default: $XDG_CACHE_HOME/mountfs/<source>")

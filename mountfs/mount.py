@@ -23,7 +23,7 @@ import trio
 from cache.blocks import BlockCache
 from cache.writeback import WritebackQueue
 from mountfs.attrs import Defaults
-from mountfs.backends import BackendOptions, open_backend
+from mountfs.backends import BackendOptions, open_source
 from mountfs.errors import ConfigError
 from mountfs.namespace import Namespace
 from mountfs.operations import Operations
@@ -79,15 +79,17 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     # then queue behind the FUSE thread for up to the switch interval; at the default 5 ms that
     # convoy cut parallel read-ahead to a third. 0.2 ms measured best here.
     sys.setswitchinterval(0.0002)
-    backend = open_backend(config.source, config.backend_options)
-    await backend.check()
+    source = open_source(config.source, config.backend_options)
+    await source.check()
+    backend = source.backend
     lock_fd = lock_cache_dir(config.cache_dir)
     cache = BlockCache(config.cache_dir, backend, config.cache_size, config.block_size)
     dirty = cache.load()
     queue = WritebackQueue(cache, backend, config.writeback_delay, config.workers)
-    ns = Namespace(backend, cache, queue, Defaults(config.uid, config.gid, config.umask),
-                   config.metadata_ttl, config.read_only)
-    ops = Operations(ns, Status(backend.describe(), config.mountpoint, cache, queue),
+    ns = Namespace(backend, source.scope, cache, queue,
+                   Defaults(config.uid, config.gid, config.umask), config.metadata_ttl,
+                   config.read_only)
+    ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue),
                      config.block_size)
     try:
         pyfuse3.init(ops, config.mountpoint, config.options())

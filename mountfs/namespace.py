@@ -1,7 +1,8 @@
 """The tree the kernel sees: inodes <-> (bucket, key), attributes, listings and their TTLs.
 
-The root lists buckets; below a bucket, directories are key prefixes (an empty one is a `dir/`
-marker object) and files are objects. A node knows its parent and name, so renaming a directory
+The root lists buckets (or, scoped to one bucket, that bucket from a key prefix on); below a
+bucket, directories are key prefixes (an empty one is a `dir/` marker object) and files are
+objects. A node knows its parent and name, so renaming a directory
 moves its whole subtree at once. Nodes stay in the table while they are in their parent's
 children (or the kernel or an open handle holds them); a directory's children are
 authoritative for lookups (positive and negative) while its listing is younger than the TTL.
@@ -30,6 +31,7 @@ from cache.blocks import BlockCache, CachedObject
 from cache.writeback import WritebackQueue
 from mountfs import attrs as attrs_mod
 from mountfs.attrs import Attributes, Defaults
+from mountfs.backends import Scope
 from mountfs.backends.base import Backend, ObjectInfo
 from mountfs.errors import (InvalidArgument, NameTooLong, NoSuchAttribute, NoSuchObject,
                             NotEmpty, NotPermitted, ReadOnly)
@@ -89,12 +91,6 @@ class Node:
             node = node.parent
         return names[::-1]
 
-    def location(self) -> tuple[str, str]:
-        """(bucket, key); a directory's key is its prefix, ending in '/'."""
-        parts = self.path()
-        key = "/".join(parts[1:])
-        return parts[0], key + "/" if self.is_dir and key else key
-
 
 def check_name(name: str) -> None:
     if len(name.encode()) > NAME_MAX:
@@ -104,9 +100,10 @@ def check_name(name: str) -> None:
 
 
 class Namespace:
-    def __init__(self, backend: Backend, cache: BlockCache, queue: WritebackQueue,
+    def __init__(self, backend: Backend, scope: Scope, cache: BlockCache, queue: WritebackQueue,
                  defaults: Defaults, ttl: float, read_only: bool) -> None:
         self.backend = backend
+        self.scope = scope
         self.cache = cache
         self.queue = queue
         self.defaults = defaults
@@ -131,6 +128,19 @@ class Namespace:
         if parent is not None and parent.children is not None:
             parent.children[name] = node
         return node
+
+    def location(self, node: Node) -> tuple[str, str]:
+        """(bucket, key) of a node; a directory's key is its prefix, ending in '/'."""
+        parts = node.path()
+        bucket = self.scope.bucket
+        if bucket is None:
+            bucket, parts = parts[0], parts[1:]
+        key = "/".join(parts)
+        return bucket, self.scope.prefix + (key + "/" if node.is_dir and key else key)
+
+    def lists_buckets(self, node: Node) -> bool:
+        """The root of a mount of every bucket: its entries are buckets, not objects."""
+        return node is self.root and self.scope.bucket is None
 
     def get(self, inode: int) -> Node:
         try:
@@ -206,7 +216,7 @@ class Namespace:
         if node is not None:
             self._detach(node)
         node = self._new_node(parent, name, self._attrs(info, kind), info.size, info.etag)
-        node.meta_known = info.metadata is not None or parent is self.root  # buckets have none
+        node.meta_known = info.metadata is not None or self.lists_buckets(parent)
         return node
 
     def _name_ok(self, where: str, name: str) -> bool:
@@ -242,12 +252,12 @@ class Namespace:
 
     async def _probe(self, parent: Node, name: str) -> Node | None:
         """Ask the server what `name` is under `parent`: object, marker, prefix, or nothing."""
-        if parent is self.root:
+        if self.lists_buckets(parent):
             if name in await self.backend.list_buckets():
                 info = ObjectInfo(name, "")
                 return self._child_from_info(parent, name, info, True)
             return None
-        bucket, prefix = parent.location()
+        bucket, prefix = self.location(parent)
         key = prefix + name
         try:
             info = await self.backend.stat_object(bucket, key)
@@ -306,12 +316,12 @@ class Namespace:
             log.warning("%r in %s %s", name, "/".join(node.path()) or "/", what)
 
     async def _list_server(self, node: Node) -> AsyncIterator[tuple[str, ObjectInfo, bool]]:
-        if node is self.root:
+        if self.lists_buckets(node):
             for bucket in await self.backend.list_buckets():
                 if self._name_ok("/", bucket):
                     yield bucket, ObjectInfo(bucket, ""), True
             return
-        bucket, prefix = node.location()
+        bucket, prefix = self.location(node)
         async for page in self.backend.list_objects(bucket, prefix):
             for info in page:
                 rest = info.key[len(prefix):]
@@ -326,7 +336,7 @@ class Namespace:
         """The node with the attributes its metadata gives, read now if a listing left them out.
         Call before attributes are shown or changed."""
         if not node.meta_known:
-            bucket, key = node.location()
+            bucket, key = self.location(node)
             try:
                 info = await self.backend.stat_object(bucket, key)
             except NoSuchObject:
@@ -343,7 +353,7 @@ class Namespace:
         if node.is_dir or node.pending or node.unlinked or self._fresh(node.refreshed_at) \
                 or not node.exists_on_server:
             return node
-        bucket, key = node.location()
+        bucket, key = self.location(node)
         try:
             self._apply(node, await self.backend.stat_object(bucket, key), stat.S_IFREG)
         except NoSuchObject:
@@ -364,12 +374,12 @@ class Namespace:
 
     async def create(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
         self._writable()
-        if parent is self.root:
+        if self.lists_buckets(parent):
             raise NotPermitted("files cannot live at the root, only buckets")
         await self._check_absent(parent, name)
         node = self._new_node(parent, name, self._new_attrs(stat.S_IFREG | stat.S_IMODE(mode),
                                                             uid, gid), on_server=False)
-        bucket, key = node.location()
+        bucket, key = self.location(node)
         node.obj = self.cache.create_object(bucket, key, attrs_mod.encode(node.attrs))
         return node
 
@@ -377,10 +387,10 @@ class Namespace:
         self._writable()
         await self._check_absent(parent, name)
         attrs = self._new_attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
-        if parent is self.root:
+        if self.lists_buckets(parent):
             await self.backend.create_bucket(name)
         else:
-            bucket, prefix = parent.location()
+            bucket, prefix = self.location(parent)
             await self._put_small(bucket, prefix + name + "/", b"", attrs)
         node = self._new_node(parent, name, attrs)
         node.listed_at = time.monotonic()  # new and empty: nothing to list
@@ -388,11 +398,11 @@ class Namespace:
 
     async def symlink(self, parent: Node, name: str, target: bytes, uid: int, gid: int) -> Node:
         self._writable()
-        if parent is self.root:
+        if self.lists_buckets(parent):
             raise NotPermitted("symlinks cannot live at the root, only buckets")
         await self._check_absent(parent, name)
         attrs = self._new_attrs(stat.S_IFLNK | 0o777, uid, gid)
-        bucket, prefix = parent.location()
+        bucket, prefix = self.location(parent)
         info = await self._put_small(bucket, prefix + name, target, attrs)
         node = self._new_node(parent, name, attrs, len(target), info.etag)
         node.link_target = target
@@ -407,7 +417,7 @@ class Namespace:
         if not stat.S_ISLNK(node.attrs.mode):
             raise InvalidArgument("not a symlink")
         if node.link_target is None:
-            bucket, key = node.location()
+            bucket, key = self.location(node)
             node.link_target = await self.backend.read_object(bucket, key, 0, node.size)
         return node.link_target
 
@@ -419,7 +429,7 @@ class Namespace:
         await self._remove_file(node)
 
     async def _remove_file(self, node: Node) -> None:
-        bucket, key = node.location()
+        bucket, key = self.location(node)
         on_server = node.exists_on_server
         obj = node.obj or self.cache.get(bucket, key)
         if obj is not None:
@@ -445,8 +455,8 @@ class Namespace:
         if not node.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, name)
         await self._check_empty(node)
-        bucket, prefix = node.location()
-        if parent is self.root:
+        bucket, prefix = self.location(node)
+        if self.lists_buckets(parent):
             await self.backend.delete_bucket(bucket)
         else:
             await self.backend.delete_object(bucket, prefix)
@@ -467,7 +477,7 @@ class Namespace:
         self._writable()
         check_name(new_name)
         node = await self.lookup(old_parent, old_name)
-        if old_parent is self.root or new_parent is self.root:
+        if self.lists_buckets(old_parent) or self.lists_buckets(new_parent):
             raise NotPermitted("buckets cannot be renamed")
         if node.is_dir and self._is_under(new_parent, node):
             raise InvalidArgument("cannot move a directory into itself")
@@ -486,8 +496,8 @@ class Namespace:
                 raise IsADirectoryError(errno.EISDIR, new_name)
             if target.is_dir:
                 await self._check_empty(target)
-        src_bucket, src_key = node.location()
-        dst_bucket, dst_prefix = new_parent.location()
+        src_bucket, src_key = self.location(node)
+        dst_bucket, dst_prefix = self.location(new_parent)
         dst_key = dst_prefix + new_name + ("/" if node.is_dir else "")
         if node.is_dir:
             await self._move_tree(src_bucket, src_key, dst_bucket, dst_key)
@@ -624,13 +634,14 @@ class Namespace:
         """Store changed mode/owner/times/xattrs: with the data if it is pending, else now."""
         self._writable()
         node.refreshed_at = time.monotonic()
-        if node is self.root or (node.parent is self.root):
-            return  # buckets carry no metadata: their attributes live as long as the mount
+        if node.parent is None or self.lists_buckets(node.parent):
+            # The root and buckets carry no metadata: their attributes live as long as the mount.
+            return
         meta = attrs_mod.encode(node.attrs)
         if node.obj is not None and node.obj.dirty:
             self.cache.set_metadata(node.obj, meta)
             return
-        bucket, key = node.location()
+        bucket, key = self.location(node)
         try:
             info = await self.backend.set_metadata(bucket, key, meta)
         except NoSuchObject:
@@ -671,7 +682,7 @@ class Namespace:
         if node.obj is None or not node.obj.dirty:
             if not self._fresh(node.refreshed_at) and node.exists_on_server:
                 await self.getattr(node)
-            bucket, key = node.location()
+            bucket, key = self.location(node)
             node.obj = self.cache.open_object(bucket, key, node.size, node.etag,
                                               node.attrs.mtime_ns)
         node.open_count += 1
