@@ -27,6 +27,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import trio
+
 from cache.blocks import BlockCache, CachedObject
 from cache.writeback import WritebackQueue
 from mountfs import attrs as attrs_mod
@@ -40,6 +42,15 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 NAME_MAX = 255
+# A directory whose last listing fit one page of the server's answer is listed again to answer
+# a lookup once its listing is stale: one request answers for every name, new ones included,
+# where probing costs two per name.
+SMALL_DIR = 1000
+# Attributes a listing left out are read for this many entries of a directory at once, in
+# parallel: `ls -l` asks for each in turn, and one round trip each would dominate.
+METADATA_BATCH = 64
+# Negative lookups remembered per directory (for the TTL) before the stale ones are dropped.
+ABSENT_KEPT = 4096
 
 
 @dataclass(eq=False)
@@ -62,6 +73,8 @@ class Node:
     meta_known: bool = True  # False: attributes are defaults until `complete` reads them
     listings: int = 0  # listings of this directory under way
     removed: dict[str, float] = field(default_factory=dict)  # name -> when, while listings run
+    listed_size: int | None = None  # entries in the last listing; None: never listed
+    absent: dict[str, float] = field(default_factory=dict)  # name -> when the server lacked it
 
     @property
     def is_dir(self) -> bool:
@@ -127,6 +140,7 @@ class Namespace:
         self.nodes[node.inode] = node
         if parent is not None and parent.children is not None:
             parent.children[name] = node
+            parent.absent.pop(name, None)
         return node
 
     def location(self, node: Node) -> tuple[str, str]:
@@ -239,7 +253,12 @@ class Namespace:
         child = parent.children.get(name)
         if child is not None and (child.pending or self._fresh(child.refreshed_at)):
             return child
+        if child is None and self._fresh(parent.absent.get(name, -1e18)):
+            raise FileNotFoundError(errno.ENOENT, name)
+        if self._small(parent):
+            await self.refresh_listing(parent)
         if self._fresh(parent.listed_at):
+            child = parent.children.get(name)
             if child is None:
                 raise FileNotFoundError(errno.ENOENT, name)
             return child
@@ -247,8 +266,19 @@ class Namespace:
         if found is None:
             if child is not None:
                 self._detach(child)
+            self._remember_absent(parent, name)
             raise FileNotFoundError(errno.ENOENT, name)
         return found
+
+    def _small(self, node: Node) -> bool:
+        """Listing it answers a lookup as cheaply as probing for the name would."""
+        return self.lists_buckets(node) or \
+            node.listed_size is not None and node.listed_size < SMALL_DIR
+
+    def _remember_absent(self, parent: Node, name: str) -> None:
+        if len(parent.absent) >= ABSENT_KEPT:
+            parent.absent = {n: t for n, t in parent.absent.items() if self._fresh(t)}
+        parent.absent[name] = time.monotonic()
 
     async def _probe(self, parent: Node, name: str) -> Node | None:
         """Ask the server what `name` is under `parent`: object, marker, prefix, or nothing."""
@@ -264,15 +294,13 @@ class Namespace:
             return self._child_from_info(parent, name, info, False)
         except NoSuchObject:
             pass
-        try:
-            info = await self.backend.stat_object(bucket, key + "/")
-            return self._child_from_info(parent, name, info, True)
-        except NoSuchObject:
-            pass
+        # One listing finds a directory both by its marker and by the objects below it.
         async for page in self.backend.list_objects(bucket, key + "/", page_size=1):
             if page:
                 node = self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True)
-                node.meta_known = True  # no marker, just checked: the defaults are its attributes
+                # Its marker, if it has one, holds its attributes (read by `complete`); without
+                # one, the defaults are its attributes.
+                node.meta_known = page[0].key != key + "/"
                 return node
         return None
 
@@ -301,6 +329,7 @@ class Namespace:
             node.listings -= 1
             if not node.listings:
                 node.removed.clear()
+        node.absent = {n: t for n, t in node.absent.items() if t > started}
         for name, child in list(node.children.items()):
             # Kept although not listed: what only this mount has, and what changed here since
             # the listing began (an upload finished, a file was created or moved in).
@@ -308,6 +337,7 @@ class Namespace:
                     and child.refreshed_at < started:
                 self._detach(child)
         node.listed_at = started  # the server's answer is as old as the request
+        node.listed_size = len(seen)
 
     def _warn_once(self, node: Node, name: str, what: str) -> None:
         tag = f"{node.inode}/{name}"
@@ -334,17 +364,43 @@ class Namespace:
 
     async def complete(self, node: Node) -> Node:
         """The node with the attributes its metadata gives, read now if a listing left them out.
-        Call before attributes are shown or changed."""
-        if not node.meta_known:
-            bucket, key = self.location(node)
+        Call before attributes are shown or changed. Siblings the listing also left incomplete
+        are read with it, in parallel: whoever asks for one entry's attributes (`ls -l`,
+        a file manager) is about to ask for the others'."""
+        if node.meta_known:
+            return node
+        siblings: list[Node] = []
+        if node.parent is not None and node.parent.children is not None:
+            siblings = [sibling for sibling in node.parent.children.values()
+                        if not sibling.meta_known and sibling is not node][:METADATA_BATCH - 1]
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            for sibling in siblings:
+                nursery.start_soon(self._read_metadata_if_can, sibling)
             try:
-                info = await self.backend.stat_object(bucket, key)
-            except NoSuchObject:
-                pass  # a directory without a marker, or gone since listed: the defaults hold
-            else:
-                self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG)
-            node.meta_known = True  # (a pending node's own attributes win over the server's)
+                await self._read_metadata(node)
+            except Exception as exc:  # raised past the nursery, not wrapped in a group by it
+                failure = exc
+        if failure is not None:
+            raise failure
         return node
+
+    async def _read_metadata_if_can(self, node: Node) -> None:
+        """A sibling read on speculation: a failure leaves it for its own turn to report."""
+        try:
+            await self._read_metadata(node)
+        except Exception as exc:
+            log.debug("metadata of %s not read ahead: %s", "/".join(node.path()), exc)
+
+    async def _read_metadata(self, node: Node) -> None:
+        bucket, key = self.location(node)
+        try:
+            info = await self.backend.stat_object(bucket, key)
+        except NoSuchObject:
+            pass  # a directory without a marker, or gone since listed: the defaults hold
+        else:
+            self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG)
+        node.meta_known = True  # (a pending node's own attributes win over the server's)
 
     async def getattr(self, node: Node) -> Node:
         """The node, its attributes re-read from the server once the TTL has passed."""
@@ -512,6 +568,7 @@ class Namespace:
         self._note_removed(old_parent, old_name)
         node.parent, node.name = new_parent, new_name
         new_parent.children[new_name] = node
+        new_parent.absent.pop(new_name, None)
         node.refreshed_at = time.monotonic()  # newer than any listing of new_parent under way
 
     def _is_under(self, node: Node, ancestor: Node) -> bool:

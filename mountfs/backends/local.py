@@ -20,7 +20,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from itertools import islice
+from itertools import chain, islice
 from typing import BinaryIO, TypeVar
 
 import trio
@@ -75,12 +75,22 @@ def _write_meta(path: str, metadata: dict[str, str]) -> None:
 def _info(bucket: str, key: str, path: str) -> ObjectInfo:
     st = os.stat(path, follow_symlinks=False)
     marker = key.endswith("/")
-    if not (stat.S_ISDIR(st.st_mode) if marker else stat.S_ISREG(st.st_mode)):
+    if not (_is_marker(path) if marker else stat.S_ISREG(st.st_mode)):
         raise NoSuchObject(f"{bucket}/{key}")
     # The inode changes on every put (temp file + rename), so the etag does too.
     etag = f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
     size = 0 if marker else st.st_size
     return ObjectInfo(bucket, key, size, st.st_mtime_ns, etag, _read_meta(path))
+
+
+def _is_marker(path: str) -> bool:
+    """A directory stands for a marker object `dir/` when it is empty or holds metadata: a
+    directory made only to hold the objects below it stands for none, as in S3."""
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None or bool(_read_meta(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _copy_exact(src: BinaryIO, path: str, size: int) -> None:
@@ -201,7 +211,10 @@ class LocalBackend(Backend):
         def start() -> Iterator[ObjectInfo]:
             bucket_dir = self._bucket_dir(bucket)
             dir_path = self._key_path(bucket_dir, head + "/") if slash else bucket_dir
-            return self._walk(bucket, dir_path, head + slash, name_prefix, delimiter is None)
+            walk = self._walk(bucket, dir_path, head + slash, name_prefix, delimiter is None)
+            if slash and not name_prefix and _is_marker(dir_path):
+                return chain([_info(bucket, prefix, dir_path)], walk)  # as S3 lists a marker
+            return walk
 
         # One lazy walk, advanced a page at a time in worker threads.
         walk = await self._call(start)
@@ -229,16 +242,18 @@ class LocalBackend(Backend):
                 if not recursive:
                     yield ObjectInfo(bucket, key, is_prefix=True)
                     continue
-                children = self._walk(bucket, path, key, "", True)
-                first = next(children, None)
-                if first is not None:  # only an empty directory is listed as its marker
-                    yield first
-                    yield from children
-                    continue
-            try:
-                yield _info(bucket, key, path)
-            except (FileNotFoundError, NoSuchObject):  # removed since the scan
-                pass
+                if _is_marker(path):
+                    yield from self._info_if_there(bucket, key, path)
+                yield from self._walk(bucket, path, key, "", True)
+                continue
+            yield from self._info_if_there(bucket, key, path)
+
+    @staticmethod
+    def _info_if_there(bucket: str, key: str, path: str) -> Iterator[ObjectInfo]:
+        try:
+            yield _info(bucket, key, path)
+        except (FileNotFoundError, NoSuchObject):  # removed since the scan
+            pass
 
     async def stat_object(self, bucket: str, key: str) -> ObjectInfo:
         return await self._call(lambda: _info(bucket, key, self._object_path(bucket, key)))
@@ -308,9 +323,11 @@ class LocalBackend(Backend):
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 pass  # no object by that key: deleting it is a success
             except OSError as exc:
-                # Children keep a prefix alive in S3, so a non-empty marker is not an error.
+                # Children keep a prefix alive in S3, so a non-empty marker is not an error;
+                # the marker goes, and with it the metadata the directory held for it.
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
+                _write_meta(path, {})
 
         await self._call(delete)
 
