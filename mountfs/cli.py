@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quiet time after close before uploading (default 1)")
     m.add_argument("--metadata-ttl", type=non_negative, default=5.0, metavar="SECONDS",
                    help="how long listings and attributes are trusted (default 5)")
-    m.add_argument("--workers", type=int, default=4, help=argparse.SUPPRESS)
+    m.add_argument("--workers", type=int, default=8, help=argparse.SUPPRESS)
     m.add_argument("-o", dest="fuse_options", action="append", default=[],
                    help="FUSE mount options, comma separated")
     m.add_argument("--log-file", type=Path, help="default: <cache-dir>/mountfs.log")

@@ -46,7 +46,7 @@ class MountConfig:
     allow_other: bool
     writeback_delay: float
     metadata_ttl: float
-    workers: int = 4
+    workers: int = 8  # uploads at once: many small files go up at the pace of 8 PUTs in flight
     backend_options: BackendOptions = BackendOptions()
     fuse_options: list[str] = field(default_factory=list)
 
