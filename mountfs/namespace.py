@@ -449,7 +449,7 @@ class Namespace:
             bucket, prefix = self.location(parent)
             await self._put_small(bucket, prefix + name + "/", b"", attrs)
         node = self._new_node(parent, name, attrs)
-        node.listed_at = time.monotonic()  # new and empty: nothing to list
+        node.listed_at, node.listed_size = time.monotonic(), 0  # new and empty: nothing to list
         return node
 
     async def symlink(self, parent: Node, name: str, target: bytes, uid: int, gid: int) -> Node:
