@@ -1,18 +1,33 @@
-"""The S3 driver on a real S3 server process (moto_server on 127.0.0.1), mounted for real."""
+"""The S3 driver on a real S3 server process (moto_server on 127.0.0.1): mounted for real, and
+driven directly where a test needs what the command line does not set (copy threshold, page
+size) or a server without some feature (moto behind tests/servers/s3_proxy.py)."""
 from __future__ import annotations
 
+import io
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
 from conftest import Mount, Mounter, is_mounted, run_cli
+from mountfs.backends.base import ObjectInfo
+from mountfs.backends.s3 import S3Backend, resume_marker
+from mountfs.errors import PermissionDenied
 from servers.s3 import CREDENTIALS, S3Server
+from servers.s3_proxy import S3Proxy
 from test_durability import assert_same_tree, stdlib_sample
+
+MiB = 1024 * 1024
+# Three parts of 8 MiB (the driver's smallest): above the 6 MiB copy threshold tests set.
+BIG = 17 * MiB + 4321
+Proxies = Callable[..., S3Proxy]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +65,9 @@ def mount_s3(mounter: Mounter, server: S3Server, *options: str, name: str = "mnt
 
 @pytest.fixture
 def bucket_name(client, request: pytest.FixtureRequest) -> str:  # type: ignore[no-untyped-def]
-    name = "t-" + request.node.name.lower().replace("_", "-")[:50].strip("-")
+    # Valid and unique also for parametrized tests, whose names end in "[param]".
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-")
+    name = f"t-{slug}-{zlib.crc32(request.node.name.encode()):08x}"
     client.create_bucket(Bucket=name)
     return name
 
@@ -153,3 +170,187 @@ def test_bad_credentials_are_one_line(tmp_path: Path, s3_env: S3Server,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.count("\n") == 1 and "credentials" in proc.stderr
+
+
+# ---- the driver itself ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_proxy(s3_env: S3Server) -> Iterator[Proxies]:
+    """Starts proxies to the moto server (S3Proxy's options), stopped after the test."""
+    proxies: list[S3Proxy] = []
+
+    def start(**options: Any) -> S3Proxy:
+        proxies.append(S3Proxy(s3_env.url, **options).start())
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()
+
+
+def put_source(client, bucket: str, size: int) -> bytes:  # type: ignore[no-untyped-def]
+    data = os.urandom(size)
+    client.put_object(Bucket=bucket, Key="src", Body=data, Metadata={"mode": "33188"},
+                      ContentType="text/csv")
+    return data
+
+
+async def assert_as_head(s3: S3Backend, info: ObjectInfo) -> None:
+    """What a write returned is what a HEAD says now (the time: within the HEAD's second)."""
+    head = await s3.stat_object(info.bucket, info.key)
+    assert (info.size, info.etag, info.metadata) == (head.size, head.etag, head.metadata)
+    assert abs(info.mtime_ns - head.mtime_ns) < 2 * 10**9
+
+
+def assert_copied(client, bucket: str, key: str, data: bytes,  # type: ignore[no-untyped-def]
+                  parts: int = 0) -> None:
+    """bucket/key holds `data` with the source's metadata, uploaded in `parts` (0: one PUT)."""
+    head = client.head_object(Bucket=bucket, Key=key)
+    assert body(client, bucket, key) == data
+    assert head["Metadata"] == {"mode": "33188"} and head["ContentType"] == "text/csv"
+    assert head["ETag"].strip('"').endswith(f"-{parts}") == bool(parts)
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_copy_above_the_threshold_goes_in_parts(s3_env: S3Server, client,
+                                                      bucket_name: str) -> None:
+    data = put_source(client, bucket_name, BIG)
+    s3 = S3Backend(s3_env.url, copy_threshold=6 * MiB)
+    info = await s3.copy_object(bucket_name, "src", bucket_name, "dst")
+    assert_copied(client, bucket_name, "dst", data, parts=3)
+    await assert_as_head(s3, info)
+
+
+async def test_copy_below_the_threshold_is_one_copy_object(s3_proxy: Proxies, client,
+                                                           bucket_name: str) -> None:
+    data = put_source(client, bucket_name, 3 * MiB)
+    proxy = s3_proxy()
+    s3 = S3Backend(proxy.url, copy_threshold=6 * MiB)
+    info = await s3.copy_object(bucket_name, "src", bucket_name, "dst")
+    assert_copied(client, bucket_name, "dst", data)
+    assert (proxy.seen["CopyObject"], proxy.seen["UploadPartCopy"]) == (1, 0)
+    await assert_as_head(s3, info)
+
+
+async def test_copy_streams_where_the_server_refuses_part_copy(s3_proxy: Proxies, client,
+                                                               bucket_name: str) -> None:
+    data = put_source(client, bucket_name, BIG)
+    proxy = s3_proxy(refuse={"UploadPartCopy"})
+    s3 = S3Backend(proxy.url, copy_threshold=6 * MiB)
+    info = await s3.copy_object(bucket_name, "src", bucket_name, "dst")
+    assert_copied(client, bucket_name, "dst", data, parts=3)
+    await assert_as_head(s3, info)
+    tried = proxy.seen["UploadPartCopy"]
+    assert 1 <= tried <= 3  # the parts sent before the first refusal came back
+    await s3.copy_object(bucket_name, "src", bucket_name, "again")
+    assert_copied(client, bucket_name, "again", data, parts=3)
+    assert proxy.seen["UploadPartCopy"] == tried, "the fallback is remembered"
+    client.put_object(Bucket=bucket_name, Key="small", Body=b"s")
+    await s3.copy_object(bucket_name, "small", bucket_name, "small2")
+    assert proxy.seen["CopyObject"] == 1, "below the threshold CopyObject still serves"
+
+
+async def test_copy_and_set_metadata_stream_without_copy_object(s3_proxy: Proxies, client,
+                                                                bucket_name: str) -> None:
+    data = put_source(client, bucket_name, 100_000)
+    proxy = s3_proxy(refuse={"CopyObject", "UploadPartCopy"})
+    s3 = S3Backend(proxy.url)
+    info = await s3.copy_object(bucket_name, "src", bucket_name, "dst")
+    assert_copied(client, bucket_name, "dst", data)
+    await assert_as_head(s3, info)
+    info = await s3.set_metadata(bucket_name, "dst", {"mode": "33152"})
+    head = client.head_object(Bucket=bucket_name, Key="dst")
+    assert head["Metadata"] == {"mode": "33152"} and head["ContentType"] == "text/csv"
+    assert body(client, bucket_name, "dst") == data
+    await assert_as_head(s3, info)
+    assert proxy.seen["CopyObject"] == 1 and proxy.seen["UploadPartCopy"] == 0
+
+
+async def test_a_failed_part_copy_aborts_the_upload(s3_proxy: Proxies, client,
+                                                    bucket_name: str) -> None:
+    put_source(client, bucket_name, BIG)
+    proxy = s3_proxy(refuse={"UploadPartCopy"}, status=403, code="AccessDenied")
+    s3 = S3Backend(proxy.url, copy_threshold=6 * MiB)
+    for _ in range(2):  # refused, not unsupported: no fallback, the next copy tries again
+        tried = proxy.seen["UploadPartCopy"]
+        with pytest.raises(PermissionDenied):
+            await s3.copy_object(bucket_name, "src", bucket_name, "dst")
+        assert proxy.seen["UploadPartCopy"] > tried
+    assert not client.list_multipart_uploads(Bucket=bucket_name).get("Uploads")
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket_name, Prefix="dst")
+
+
+async def test_writes_return_what_head_says_without_asking(s3_proxy: Proxies, client,
+                                                           bucket_name: str) -> None:
+    proxy = s3_proxy()
+    s3 = S3Backend(proxy.url)
+    meta = {"mode": "33188", "mtime": "1600000000.5"}
+    small = await s3.write_object(bucket_name, "small", io.BytesIO(b"tiny"), 4, meta)
+    big = await s3.write_object(bucket_name, "big", io.BytesIO(os.urandom(9 * MiB)), 9 * MiB,
+                                meta)
+    assert proxy.seen["HeadObject"] == 0
+    assert big.etag.endswith("-2") and big.size == 9 * MiB
+    changed = await s3.set_metadata(bucket_name, "small", {"mode": "33152"})
+    copied = await s3.copy_object(bucket_name, "big", bucket_name, "big2")
+    assert proxy.seen["HeadObject"] == 2, "one HEAD of the source per copy, none after"
+    for info in (big, changed, copied):
+        await assert_as_head(s3, info)
+    assert (small.size, small.etag) == (changed.size, changed.etag)  # same bytes
+
+
+LISTED = ["a/1", "b1", "b2", "c/1", "c/2", "k1", "k2", "k3", "m/1", "n1", "z/1"]
+
+
+def put_keys(client, bucket: str, keys: list[str]) -> None:  # type: ignore[no-untyped-def]
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+
+
+async def listing(s3: S3Backend, bucket: str, delimiter: str | None) -> list[list[str]]:
+    """The pages of a listing, each as its names, small pages to make many."""
+    return [[info.key for info in page]
+            async for page in s3.list_objects(bucket, "", delimiter, page_size=2)]
+
+
+def expected(keys: list[str], delimiter: str | None) -> list[str]:
+    if not delimiter:
+        return sorted(keys)
+    return sorted({key.split("/")[0] + "/" if "/" in key else key for key in keys})
+
+
+@pytest.mark.parametrize("delimiter", ["/", None])
+async def test_listing_falls_back_to_v1_where_v2_is_refused(
+        s3_proxy: Proxies, client, bucket_name: str, delimiter: str | None) -> None:
+    put_keys(client, bucket_name, LISTED)
+    proxy = s3_proxy(refuse={"ListObjectsV2"})
+    s3 = S3Backend(proxy.url)
+    for _ in range(2):
+        pages = await listing(s3, bucket_name, delimiter)
+        assert len(pages) > 1
+        assert sorted(sum(pages, [])) == expected(LISTED, delimiter)  # all, each once
+    assert proxy.seen["ListObjectsV2"] == 1, "the fallback is remembered"
+
+
+@pytest.mark.parametrize("delimiter", ["/", None])
+async def test_listing_goes_on_as_v1_where_v2_is_answered_as_v1(
+        s3_proxy: Proxies, client, bucket_name: str, delimiter: str | None) -> None:
+    # moto's v1 listing gives every common prefix on every page and counts only keys against
+    # max-keys, so the marker S3 prescribes (the greater of last key and last prefix) skips
+    # keys there when a prefix sorts after them: these prefixes sort first.
+    keys = ["a/1", "b/1", "b/2", "k1", "k2", "k3", "k4", "k5"]
+    put_keys(client, bucket_name, keys)
+    proxy = s3_proxy(ignore_list_type=True)
+    s3 = S3Backend(proxy.url)
+    for _ in range(2):
+        pages = await listing(s3, bucket_name, delimiter)
+        assert len(pages) > 1
+        assert sorted(sum(pages, [])) == expected(keys, delimiter)
+    assert proxy.seen["ListObjectsV2"] == 1, "the fallback is remembered"
+
+
+def test_v1_paging_goes_on_after_the_greater_of_last_key_and_last_prefix() -> None:
+    page = {"Contents": [{"Key": "a"}, {"Key": "k"}], "CommonPrefixes": [{"Prefix": "m/"}]}
+    assert resume_marker(page) == "m/"
+    assert resume_marker({**page, "CommonPrefixes": [{"Prefix": "c/"}]}) == "k"
+    assert resume_marker({**page, "NextMarker": "n"}) == "n"

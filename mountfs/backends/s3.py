@@ -1,29 +1,44 @@
 """The S3 driver: any S3-compatible store through boto3, run in trio worker threads.
 
-Owns the S3 wire details: SigV4 and XML (botocore), ListObjectsV2 paging with a delimiter,
-ranged GETs, multipart uploads with parts sent in parallel, CopyObject, and the mapping of S3
-error codes to mountfs errors. Credentials are found the way AWS tools find them (environment,
-shared files, profile); none ever comes from the command line.
+Owns the S3 wire details: SigV4 and XML (botocore), listing (ListObjectsV2, or ListObjects v1
+where a server lacks V2), ranged GETs, multipart uploads with parts sent in parallel, copies
+(CopyObject, UploadPartCopy above `copy_threshold`, or a streamed copy where the server lacks
+either), and the mapping of S3 error codes to mountfs errors. Credentials are found the way AWS
+tools find them (environment, shared files, profile); none ever comes from the command line.
 """
 from __future__ import annotations
 
+import email.utils
+import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
 import trio
 
 from mountfs.backends.base import Backend, Features, ObjectInfo
 from mountfs.errors import (AlreadyExists, BackendError, ConfigError, NoSuchBucket, NoSuchObject,
-                            NotEmpty, PermissionDenied, QuotaExceeded, TemporaryFailure, TooLarge)
+                            NotEmpty, NotSupported, PermissionDenied, QuotaExceeded,
+                            TemporaryFailure, TooLarge)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MIN_PART = 8 * 1024 * 1024
 MAX_PARTS = 10_000
-PARALLEL_PARTS = 4
+# Parts in flight at once, over all uploads and copies of one driver: the boto3 baseline's 8
+# threads. Bounds the memory of uploads and streamed copies to PARALLEL_PARTS x part size.
+PARALLEL_PARTS = 8
+MAX_COPY = 5 * 1024**3  # the largest object CopyObject takes
+# Request headers kept when an object is rewritten by a multipart or streamed copy (CopyObject
+# keeps them itself); HEAD answers with them under the same names.
+CARRIED_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
+                   "CacheControl")
+
+# Sends one part of a multipart upload: (upload id, part number, offset, length) -> its ETag.
+PartSender = Callable[[str, int, int, int], Awaitable[str]]
 
 _BY_CODE: dict[str, type[BackendError]] = {
     "NoSuchBucket": NoSuchBucket,
@@ -39,6 +54,9 @@ _BY_CODE: dict[str, type[BackendError]] = {
     "BucketNotEmpty": NotEmpty,
     "EntityTooLarge": TooLarge,
     "QuotaExceeded": QuotaExceeded,
+    "NotImplemented": NotSupported,
+    # An If-Match failed: the object changed since we looked at it; a retry sees the new one.
+    "PreconditionFailed": TemporaryFailure,
     "SlowDown": TemporaryFailure,
     "Throttling": TemporaryFailure,
     "ThrottlingException": TemporaryFailure,
@@ -58,21 +76,81 @@ def part_size_for(size: int) -> int:
     return max(MIN_PART, -(-need // mib) * mib)
 
 
+def error_code(exc: BaseException) -> str:
+    """The S3 error code behind an error `_call` translated ('' when there is none)."""
+    response = getattr(exc.__cause__, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+def etag_of(reply: dict[str, Any]) -> str:
+    """The ETag without its quotes, the one form the cache compares."""
+    return str(reply.get("ETag", "")).strip('"')
+
+
+def resume_marker(reply: dict[str, Any]) -> str:
+    """Where a truncated v1 listing goes on: NextMarker, which servers need send only with a
+    delimiter, else (as the S3 docs say) the greater of the last key and last common prefix."""
+    if reply.get("NextMarker"):
+        return str(reply["NextMarker"])
+    names = [c["Key"] for c in reply.get("Contents", [])[-1:]]
+    names += [p["Prefix"] for p in reply.get("CommonPrefixes", [])[-1:]]
+    if not names:
+        raise BackendError("truncated listing page without keys: cannot page on")
+    return str(max(names))
+
+
+def reply_time_ns(reply: dict[str, Any]) -> int:
+    """When the server stored what a write reply is about: its LastModified (copies), else the
+    reply's Date header; 0 (unknown) without either."""
+    stamp = reply.get("LastModified")
+    if stamp is None:
+        date = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        stamp = email.utils.parsedate_to_datetime(date) if date else None
+    return int(stamp.timestamp() * 1e9) if stamp else 0
+
+
+@dataclass(frozen=True)
+class Source:
+    """The object a copy reads, as one HEAD saw it; copies are conditional on its ETag so that
+    its size and metadata hold for what is copied."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str  # as the server sent it, quotes included: for If-Match headers
+    metadata: dict[str, str]
+    headers: dict[str, Any]  # CARRIED_HEADERS it has
+
+    @classmethod
+    def from_head(cls, bucket: str, key: str, head: dict[str, Any]) -> Source:
+        return cls(bucket, key, int(head.get("ContentLength", 0)), str(head.get("ETag", "")),
+                   dict(head.get("Metadata", {})),
+                   {name: head[name] for name in CARRIED_HEADERS if head.get(name)})
+
+
 class S3Backend(Backend):
     features = Features()
 
     def __init__(self, endpoint_url: str | None = None, region: str | None = None,
-                 profile: str | None = None, path_style: bool = False, workers: int = 8) -> None:
+                 profile: str | None = None, path_style: bool = False, workers: int = 8,
+                 copy_threshold: int = MAX_COPY) -> None:
         import boto3
         import botocore.config
 
         self.endpoint_url = endpoint_url
+        # Larger objects are copied in parts (UploadPartCopy); at most MAX_COPY.
+        self.copy_threshold = min(copy_threshold, MAX_COPY)
         try:
             session = boto3.session.Session(profile_name=profile, region_name=region)
         except Exception as exc:  # ProfileNotFound and friends
             raise ConfigError(f"S3 credentials: {exc}") from None
+        # Every request runs in a thread of `_limiter`, so botocore never has more requests
+        # under way than pooled connections (else it warns "Connection pool is full" and
+        # serialises). Parts take at most PARALLEL_PARTS of the threads, leaving `workers`
+        # for reads and listings while a large file goes up.
+        threads = workers + PARALLEL_PARTS
         config = botocore.config.Config(
-            max_pool_connections=workers + PARALLEL_PARTS,
+            max_pool_connections=threads,
             retries={"mode": "standard", "max_attempts": 3},
             s3={"addressing_style": "path" if path_style else "auto"},
             connect_timeout=10, read_timeout=60,
@@ -81,7 +159,10 @@ class S3Backend(Backend):
         )
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
         self.region = session.region_name
-        self._limiter = trio.CapacityLimiter(workers + PARALLEL_PARTS)
+        self._limiter = trio.CapacityLimiter(threads)
+        self._part_slots = trio.Semaphore(PARALLEL_PARTS)
+        # Operations this server answered NotImplemented (or the like): not asked again.
+        self._unsupported: set[str] = set()
 
     def describe(self) -> str:
         return f"s3:{self.endpoint_url or 'aws'}"
@@ -90,8 +171,9 @@ class S3Backend(Backend):
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
-            return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs),
-                                                 limiter=self._limiter)
+            result: T = await trio.to_thread.run_sync(lambda: fn(*args, **kwargs),
+                                                      limiter=self._limiter)
+            return result
         except Exception as exc:
             raise self.translate(exc) from exc
 
@@ -103,6 +185,8 @@ class S3Backend(Backend):
             code = str(err.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             cls = _BY_CODE.get(code)
+            if cls is None and status == 501:  # Not Implemented, whatever the code says
+                cls = NotSupported
             if cls is None and status >= 500:
                 cls = TemporaryFailure
             return (cls or BackendError)(f"{code or status}: {err.get('Message', '')}".strip())
@@ -114,14 +198,29 @@ class S3Backend(Backend):
             return PermissionDenied("no S3 credentials found")
         return exc
 
+    def _lacks(self, operation: str, exc: BackendError) -> None:
+        """Remember that the server does not do `operation`, and say so in the log."""
+        self._unsupported.add(operation)
+        log.info("%s does not do %s (%s): using a fallback from now on", self.describe(),
+                 operation, exc)
+
     def _info(self, bucket: str, key: str, meta: dict[str, Any]) -> ObjectInfo:
         mtime = meta.get("LastModified")
         return ObjectInfo(
             bucket, key, int(meta.get("ContentLength", meta.get("Size", 0))),
             int(mtime.timestamp() * 1e9) if mtime else 0,
-            str(meta.get("ETag", "")).strip('"'),
+            etag_of(meta),
             meta.get("Metadata"),
         )
+
+    @staticmethod
+    def _written(bucket: str, key: str, size: int, metadata: dict[str, str],
+                 reply: dict[str, Any]) -> ObjectInfo:
+        """What a later HEAD would say of an object just written, from the write's own reply:
+        PutObject, CompleteMultipartUpload or CopyObject (which nests it in CopyObjectResult)."""
+        result = reply.get("CopyObjectResult", {})
+        return ObjectInfo(bucket, key, size, reply_time_ns(result) or reply_time_ns(reply),
+                          etag_of(result or reply), dict(metadata))
 
     # ---- buckets ---------------------------------------------------------------------------
 
@@ -145,24 +244,72 @@ class S3Backend(Backend):
     async def delete_bucket(self, bucket: str) -> None:
         await self._call(self.client.delete_bucket, Bucket=bucket)
 
-    # ---- objects ---------------------------------------------------------------------------
+    # ---- listings --------------------------------------------------------------------------
 
     async def list_objects(self, bucket: str, prefix: str, delimiter: str | None = "/",
                            page_size: int = 1000) -> AsyncIterator[list[ObjectInfo]]:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
         if delimiter:
             kwargs["Delimiter"] = delimiter
-        while True:
-            reply = await self._call(self.client.list_objects_v2, **kwargs)
-            page = [self._info(bucket, c["Key"], c) for c in reply.get("Contents", [])]
-            page += [ObjectInfo(bucket, p["Prefix"], is_prefix=True)
-                     for p in reply.get("CommonPrefixes", [])]
-            page.sort(key=lambda info: info.key)
-            yield page
-            token = reply.get("NextContinuationToken")
-            if not reply.get("IsTruncated") or not token:
+        last: dict[str, Any] | None = None
+        if "ListObjectsV2" not in self._unsupported:
+            async for last in self._replies_v2(kwargs):
+                yield self._page(bucket, last)
+            if last is not None and not last.get("IsTruncated"):
                 return
-            kwargs["ContinuationToken"] = token
+        # V2 is unsupported: from the start, or on from a V1 answer to a V2 request.
+        marker = resume_marker(last) if last is not None else None
+        seen = {p["Prefix"] for p in (last or {}).get("CommonPrefixes", [])}
+        async for reply in self._replies_v1(kwargs, marker):
+            # moto repeats every common prefix on every v1 page; S3 does not.
+            page = [info for info in self._page(bucket, reply)
+                    if not (info.is_prefix and info.key in seen)]
+            seen.update(info.key for info in page if info.is_prefix)
+            yield page
+
+    def _page(self, bucket: str, reply: dict[str, Any]) -> list[ObjectInfo]:
+        page = [self._info(bucket, c["Key"], c) for c in reply.get("Contents", [])]
+        page += [ObjectInfo(bucket, p["Prefix"], is_prefix=True)
+                 for p in reply.get("CommonPrefixes", [])]
+        page.sort(key=lambda info: info.key)
+        return page
+
+    async def _replies_v2(self, kwargs: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """ListObjectsV2 pages; none where the server refuses V2, and the last one truncated
+        where it answered as V1. What is detectable: a 501 / NotImplemented or a 400
+        InvalidArgument to the first request (servers that reject list-type=2), or a truncated
+        page without NextContinuationToken (servers that ignore list-type=2 and answer V1).
+        An untruncated V1 answer looks like a complete V2 one, and is one."""
+        try:
+            reply = await self._call(self.client.list_objects_v2, **kwargs)
+        except BackendError as exc:
+            if not isinstance(exc, NotSupported) and error_code(exc) != "InvalidArgument":
+                raise
+            self._lacks("ListObjectsV2", exc)
+            return
+        while True:
+            yield reply
+            token = reply.get("NextContinuationToken")
+            if not reply.get("IsTruncated"):
+                return
+            if not token:
+                self._lacks("ListObjectsV2", BackendError("truncated page without a token"))
+                return
+            reply = await self._call(self.client.list_objects_v2, ContinuationToken=token,
+                                     **kwargs)
+
+    async def _replies_v1(self, kwargs: dict[str, Any],
+                          marker: str | None) -> AsyncIterator[dict[str, Any]]:
+        """ListObjects (v1) pages from after `marker` (None: from the start)."""
+        while True:
+            extra = {"Marker": marker} if marker is not None else {}
+            reply = await self._call(self.client.list_objects, **kwargs, **extra)
+            yield reply
+            if not reply.get("IsTruncated"):
+                return
+            marker = resume_marker(reply)
+
+    # ---- reads -----------------------------------------------------------------------------
 
     async def stat_object(self, bucket: str, key: str) -> ObjectInfo:
         reply = await self._call(self.client.head_object, Bucket=bucket, Key=key)
@@ -171,19 +318,25 @@ class S3Backend(Backend):
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
-
-        def get() -> bytes:
-            reply = self.client.get_object(Bucket=bucket, Key=key,
-                                           Range=f"bytes={offset}-{offset + length - 1}")
-            with reply["Body"] as body:
-                return body.read()
-
         try:
-            return await self._call(get)
+            return await self._get(bucket, key, offset, length)
         except BackendError as exc:
-            if "InvalidRange" in str(exc):
+            if error_code(exc) == "InvalidRange":
                 return b""
             raise
+
+    async def _get(self, bucket: str, key: str, offset: int, length: int,
+                   **conditions: str) -> bytes:
+        def get() -> bytes:
+            reply = self.client.get_object(Bucket=bucket, Key=key, **conditions,
+                                           Range=f"bytes={offset}-{offset + length - 1}")
+            with reply["Body"] as body:
+                data: bytes = body.read()
+                return data
+
+        return await self._call(get)
+
+    # ---- writes ----------------------------------------------------------------------------
 
     async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
                            metadata: dict[str, str]) -> ObjectInfo:
@@ -191,47 +344,46 @@ class S3Backend(Backend):
             body = data.read(size)
             if len(body) != size:
                 raise BackendError(f"short read of {key}: {len(body)} of {size} bytes")
-            await self._call(self.client.put_object, Bucket=bucket, Key=key, Body=body,
-                             Metadata=metadata)
+            reply = await self._call(self.client.put_object, Bucket=bucket, Key=key, Body=body,
+                                     Metadata=metadata)
         else:
-            await self._multipart(bucket, key, data, size, metadata)
-        return await self.stat_object(bucket, key)
+            reply = await self._multipart(bucket, key, size, {"Metadata": metadata},
+                                          self._file_parts(bucket, key, data))
+        return self._written(bucket, key, size, metadata, reply)
 
-    async def _multipart(self, bucket: str, key: str, data: BinaryIO, size: int,
-                         metadata: dict[str, str]) -> None:
-        """Parts read one at a time from `data` (it is one stream), sent in parallel; the
-        object appears only when CompleteMultipartUpload succeeds, else the upload is aborted."""
-        part = part_size_for(size)
-        upload = await self._call(self.client.create_multipart_upload, Bucket=bucket, Key=key,
-                                  Metadata=metadata)
-        upload_id = upload["UploadId"]
-        etags: dict[int, str] = {}
+    def _file_parts(self, bucket: str, key: str, data: BinaryIO) -> PartSender:
+        """Parts read from `data`, one read at a time (it is one stream)."""
         read_lock = threading.Lock()
-        sem = trio.Semaphore(PARALLEL_PARTS)
 
-        async def send(number: int, offset: int, length: int) -> None:
-            def read() -> bytes:
-                with read_lock:
-                    data.seek(offset)
-                    return data.read(length)
-            try:
-                body = await trio.to_thread.run_sync(read)
-                if len(body) != length:
-                    raise BackendError(f"short read of {key} at {offset}")
-                reply = await self._call(self.client.upload_part, Bucket=bucket, Key=key,
-                                         UploadId=upload_id, PartNumber=number, Body=body)
-                etags[number] = reply["ETag"]
-            finally:
-                sem.release()
+        def read(offset: int, length: int) -> bytes:
+            with read_lock:
+                data.seek(offset)
+                return data.read(length)
 
+        async def send(upload_id: str, number: int, offset: int, length: int) -> str:
+            body = await trio.to_thread.run_sync(read, offset, length)
+            if len(body) != length:
+                raise BackendError(f"short read of {key} at {offset}")
+            reply = await self._call(self.client.upload_part, Bucket=bucket, Key=key,
+                                     UploadId=upload_id, PartNumber=number, Body=body)
+            return str(reply["ETag"])
+
+        return send
+
+    async def _multipart(self, bucket: str, key: str, size: int, create: dict[str, Any],
+                         send: PartSender) -> dict[str, Any]:
+        """A multipart upload of `size` bytes whose parts `send` supplies, in parallel; the
+        object appears only when CompleteMultipartUpload succeeds, else the upload is aborted.
+        `create`: CreateMultipartUpload's metadata and headers. Returns Complete's reply."""
+        upload = await self._call(self.client.create_multipart_upload, Bucket=bucket, Key=key,
+                                  **create)
+        upload_id = upload["UploadId"]
         try:
-            async with trio.open_nursery() as nursery:
-                for i, offset in enumerate(range(0, size, part)):
-                    await sem.acquire()
-                    nursery.start_soon(send, i + 1, offset, min(part, size - offset))
+            etags = await self._send_parts(size, functools.partial(send, upload_id))
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-            await self._call(self.client.complete_multipart_upload, Bucket=bucket, Key=key,
-                             UploadId=upload_id, MultipartUpload={"Parts": parts})
+            return await self._call(self.client.complete_multipart_upload, Bucket=bucket,
+                                    Key=key, UploadId=upload_id,
+                                    MultipartUpload={"Parts": parts})
         except BaseException:
             with trio.CancelScope(shield=True):
                 try:
@@ -241,17 +393,128 @@ class S3Backend(Backend):
                     log.warning("could not abort multipart upload of %s: %s", key, exc)
             raise
 
+    async def _send_parts(self, size: int,
+                          send: Callable[[int, int, int], Awaitable[str]]) -> dict[int, str]:
+        """Every part of `size` bytes through `send(number, offset, length)`, each while it
+        holds one of the driver's part slots; their ETags by part number. The first failure
+        stops the rest and is raised alone: parts in flight tend to fail together, and a group
+        of errors would hide what `is_temp_failure` and the fallbacks look for."""
+        part = part_size_for(size)
+        etags: dict[int, str] = {}
+        failures: list[Exception] = []
+
+        async def one(number: int, offset: int, length: int) -> None:
+            try:
+                etags[number] = await send(number, offset, length)
+            except Exception as exc:
+                failures.append(exc)
+                nursery.cancel_scope.cancel()
+            finally:
+                self._part_slots.release()
+
+        async with trio.open_nursery() as nursery:
+            for i, offset in enumerate(range(0, size, part)):
+                await self._part_slots.acquire()
+                nursery.start_soon(one, i + 1, offset, min(part, size - offset))
+        if failures:
+            raise failures[0]
+        return etags
+
     async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:
-        await self._call(self.client.copy_object, Bucket=bucket, Key=key,
-                         CopySource={"Bucket": bucket, "Key": key}, Metadata=metadata,
-                         MetadataDirective="REPLACE")
-        return await self.stat_object(bucket, key)
+        """A copy onto itself with the new metadata (S3 has no other way), headers kept."""
+        source = await self._source(bucket, key)
+        return await self._copy(source, bucket, key, metadata)
 
     async def delete_object(self, bucket: str, key: str) -> None:
         await self._call(self.client.delete_object, Bucket=bucket, Key=key)
 
+    # ---- copies ----------------------------------------------------------------------------
+
     async def copy_object(self, bucket: str, key: str, dst_bucket: str,
                           dst_key: str) -> ObjectInfo:
-        await self._call(self.client.copy_object, Bucket=dst_bucket, Key=dst_key,
-                         CopySource={"Bucket": bucket, "Key": key}, MetadataDirective="COPY")
-        return await self.stat_object(dst_bucket, dst_key)
+        source = await self._source(bucket, key)
+        return await self._copy(source, dst_bucket, dst_key, None)
+
+    async def _source(self, bucket: str, key: str) -> Source:
+        """One HEAD tells the copy its size (which way to copy), metadata and headers."""
+        head = await self._call(self.client.head_object, Bucket=bucket, Key=key)
+        return Source.from_head(bucket, key, head)
+
+    async def _copy(self, source: Source, bucket: str, key: str,
+                    metadata: dict[str, str] | None) -> ObjectInfo:
+        """`source` to bucket/key, on the server where it can; `metadata` None keeps the
+        source's."""
+        reply = await self._server_side_copy(source, bucket, key, metadata)
+        kept = source.metadata if metadata is None else metadata
+        if reply is None:
+            reply = await self._streamed_copy(source, bucket, key, kept)
+        return self._written(bucket, key, source.size, kept, reply)
+
+    async def _server_side_copy(self, source: Source, bucket: str, key: str,
+                                metadata: dict[str, str] | None) -> dict[str, Any] | None:
+        """CopyObject, or above `copy_threshold` a multipart copy; None (remembered) where the
+        server does not do the one needed."""
+        whole = source.size <= self.copy_threshold
+        operation = "CopyObject" if whole else "UploadPartCopy"
+        if operation in self._unsupported:
+            return None
+        try:
+            if whole:
+                return await self._copy_whole(source, bucket, key, metadata)
+            create = {"Metadata": source.metadata if metadata is None else metadata,
+                      **source.headers}
+            return await self._multipart(bucket, key, source.size, create,
+                                         self._copied_parts(source, bucket, key))
+        except NotSupported as exc:
+            self._lacks(operation, exc)
+            return None
+
+    async def _copy_whole(self, source: Source, bucket: str, key: str,
+                          metadata: dict[str, str] | None) -> dict[str, Any]:
+        replace = {} if metadata is None else {"Metadata": metadata, **source.headers}
+        return await self._call(self.client.copy_object, Bucket=bucket, Key=key,
+                                CopySource={"Bucket": source.bucket, "Key": source.key},
+                                CopySourceIfMatch=source.etag,
+                                MetadataDirective="COPY" if metadata is None else "REPLACE",
+                                **replace)
+
+    def _copied_parts(self, source: Source, bucket: str, key: str) -> PartSender:
+        """Parts copied on the server (UploadPartCopy)."""
+        async def send(upload_id: str, number: int, offset: int, length: int) -> str:
+            reply = await self._call(self.client.upload_part_copy, Bucket=bucket, Key=key,
+                                     UploadId=upload_id, PartNumber=number,
+                                     CopySource={"Bucket": source.bucket, "Key": source.key},
+                                     CopySourceRange=f"bytes={offset}-{offset + length - 1}",
+                                     CopySourceIfMatch=source.etag)
+            return str(reply["CopyPartResult"]["ETag"])
+
+        return send
+
+    async def _streamed_copy(self, source: Source, bucket: str, key: str,
+                             metadata: dict[str, str]) -> dict[str, Any]:
+        """The copy through this client, for servers without server-side copies: ranged GETs
+        fed to an upload, never more in memory than the parts in flight."""
+        create = {"Metadata": metadata, **source.headers}
+        if source.size > MIN_PART:
+            return await self._multipart(bucket, key, source.size, create,
+                                         self._streamed_parts(source, bucket, key))
+        body = await self._source_range(source, 0, source.size) if source.size else b""
+        return await self._call(self.client.put_object, Bucket=bucket, Key=key, Body=body,
+                                **create)
+
+    def _streamed_parts(self, source: Source, bucket: str, key: str) -> PartSender:
+        """Parts read from the source by ranged GETs, then uploaded."""
+        async def send(upload_id: str, number: int, offset: int, length: int) -> str:
+            body = await self._source_range(source, offset, length)
+            reply = await self._call(self.client.upload_part, Bucket=bucket, Key=key,
+                                     UploadId=upload_id, PartNumber=number, Body=body)
+            return str(reply["ETag"])
+
+        return send
+
+    async def _source_range(self, source: Source, offset: int, length: int) -> bytes:
+        body = await self._get(source.bucket, source.key, offset, length, IfMatch=source.etag)
+        if len(body) != length:
+            raise TemporaryFailure(f"short read of {source.key} at {offset}: {len(body)} of "
+                                   f"{length} bytes")
+        return body
