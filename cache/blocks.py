@@ -20,11 +20,26 @@ dirty object never waits: its upload may be what needs it.
 
 A fetch that a write, a truncate or another server version overtook while it was under way
 (reading, or waiting for room) is thrown away: the block on disk is always the newest.
+
+Hot paths (every FUSE read and write lands here, on the one trio thread):
+- Block files stay open in a bounded LRU of descriptors (`_FdCache`), so a read or write is
+  one pread/pwrite instead of building a path and open + pread/pwrite + close. A descriptor
+  exists only while its block is in `obj.blocks`: removing a block (eviction, discard, a new
+  server version, truncate) closes it before the unlink, and a fetched block replaces a path
+  that no descriptor is open on, so no descriptor ever points at a stale file. Block files
+  are named by object id, which rename does not change, so a rename leaves them valid.
+- A read whose blocks are all cached (or holes) never awaits: one pread per block.
+- A fetched block is written to its tmp file in a worker thread; only the rename into place
+  and the bookkeeping run on the trio thread, after the checks that it was not overtaken.
+- The upload reader runs in a worker thread and opens block files by path, never through the
+  descriptor LRU, which only the trio thread may touch (a descriptor closed there and its
+  number reused by another open would make the thread read the wrong file).
 """
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 import uuid
 from collections import OrderedDict
@@ -41,8 +56,13 @@ from cache.storage import Storage
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 1024 * 1024
-READAHEAD_MAX_BLOCKS = 8  # the window doubles per sequential read up to this
-READAHEAD_PARALLEL = 4  # block fetches under way at once for read-ahead
+# The read-ahead window doubles per sequential read up to this many blocks. A server answers
+# each ranged GET after a round trip, so throughput is (fetches in flight) x (block size) per
+# round trip: 8 in flight is what boto3's own parallel reads use to fill the link.
+READAHEAD_MAX_BLOCKS = 32
+READAHEAD_PARALLEL = 8  # block fetches under way at once for read-ahead (the default)
+# Block files kept open; at most a quarter of the process's descriptor limit (see _FdCache).
+MAX_OPEN_FDS = 1024
 
 
 class Superseded(Exception):
@@ -85,9 +105,81 @@ class CachedObject:
         return self.blocks_dir / f"{self.record.id}.{n}"
 
 
+def _fd_limit(wanted: int) -> int:
+    """`wanted`, but at most a quarter of RLIMIT_NOFILE: sockets, the FUSE device and worker
+    threads' files need the rest."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        soft = 1024
+    if soft == resource.RLIM_INFINITY:
+        return max(1, wanted)
+    return max(1, min(wanted, soft // 4))
+
+
+class _FdCache:
+    """Open descriptors of block files, least recently used first, at most `limit` of them.
+
+    Used only on the trio thread. The descriptors are O_RDWR and created on demand (a write to
+    a new block creates its file); the cache never decides whether a block exists, its callers
+    do (see the module docstring for when a descriptor must be closed).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._fds: OrderedDict[tuple[CachedObject, int], int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def __contains__(self, key: tuple[CachedObject, int]) -> bool:
+        return key in self._fds
+
+    def get(self, obj: CachedObject, n: int) -> int:
+        key = (obj, n)
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        fd = os.open(f"{obj.blocks_dir}/{obj.record.id}.{n}", os.O_RDWR | os.O_CREAT, 0o600)
+        self._fds[key] = fd
+        if len(self._fds) > self.limit:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def close(self, obj: CachedObject, n: int) -> None:
+        fd = self._fds.pop((obj, n), None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Create `path` holding `data` (a worker thread writes fetched blocks with this)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _pwrite_all(fd, data, 0)
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """pwrite every byte of `data` (a regular file writes short only when the disk is full,
+    and then the retry raises ENOSPC instead of losing the tail silently)."""
+    done = os.pwrite(fd, data, offset)
+    while done < len(data):
+        done += os.pwrite(fd, memoryview(data)[done:], offset + done)
+
+
 class BlockCache:
     def __init__(self, directory: Path, storage: Storage, cap_bytes: int,
-                 block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+                 block_size: int = DEFAULT_BLOCK_SIZE, *,
+                 readahead_parallel: int = READAHEAD_PARALLEL,
+                 readahead_max_blocks: int = READAHEAD_MAX_BLOCKS,
+                 max_open_fds: int = MAX_OPEN_FDS) -> None:
         self.dir = directory
         self.blocks_dir = directory / "blocks"
         self.journal = Journal(directory / "journal")
@@ -102,7 +194,9 @@ class BlockCache:
         self._fetching: dict[tuple[CachedObject, int], trio.Event] = {}
         self._room = trio.Event()
         self._background: trio.Nursery | None = None
-        self._readahead_slots = trio.CapacityLimiter(READAHEAD_PARALLEL)
+        self.readahead_max_blocks = readahead_max_blocks
+        self._readahead_slots = trio.CapacityLimiter(readahead_parallel)
+        self._fds = _FdCache(_fd_limit(max_open_fds))
         # Set by the write-back queue: whether waiting could free room.
         self.uploads_pending: Callable[[], bool] = lambda: False
         # Set by the write-back queue: a write restarts an object's upload delay.
@@ -255,8 +349,13 @@ class BlockCache:
     def _remove_block(self, obj: CachedObject, n: int) -> None:
         self.used -= obj.blocks.pop(n)
         self._lru.pop((obj, n), None)
+        self._fds.close(obj, n)  # before the unlink: a kept descriptor would outlive the file
         obj.block_path(n).unlink(missing_ok=True)
         self.room_changed()
+
+    def close(self) -> None:
+        """Close the kept block file descriptors (the cache stays usable: they reopen)."""
+        self._fds.close_all()
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -273,13 +372,35 @@ class BlockCache:
             return b""
         self._read_ahead(obj, offset, end)
         bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        if first == last and first in obj.blocks:
+            # The fast path, e.g. every small random read of a cached file: no await, no path,
+            # one pread. It does what the loop below does for a cached block.
+            self._hit(obj, first)
+            return self._pread(obj, first, offset - first * bs, end - first * bs)
         parts = []
-        for n in range(offset // bs, (end - 1) // bs + 1):
+        for n in range(first, last + 1):
             await self.ensure_block(obj, n)
             lo = max(offset, n * bs) - n * bs
             hi = min(end, (n + 1) * bs) - n * bs
-            parts.append(self.read_block(obj, n, lo, hi))
+            parts.append(self._pread(obj, n, lo, hi))
         return b"".join(parts)
+
+    def _hit(self, obj: CachedObject, n: int) -> None:
+        self.hits += 1
+        if (obj, n) in self._lru:
+            self._lru.move_to_end((obj, n))
+
+    def _pread(self, obj: CachedObject, n: int, lo: int, hi: int) -> bytes:
+        """Bytes [lo, hi) of block n through its kept descriptor; zeros past the file's end
+        (a short block, or a hole). Trio thread only."""
+        have = obj.blocks.get(n, 0)
+        if lo >= have:
+            return bytes(hi - lo)
+        data = os.pread(self._fds.get(obj, n), min(hi, have) - lo, lo)
+        if len(data) < hi - lo:
+            data += bytes(hi - lo - len(data))
+        return data
 
     def _read_ahead(self, obj: CachedObject, offset: int, end: int) -> None:
         """A sequential reader gets the next blocks fetched in parallel, in a growing window."""
@@ -291,7 +412,7 @@ class BlockCache:
         if self._background is None:
             return
         bs = self.block_size
-        window = min(READAHEAD_MAX_BLOCKS, 1 << min(obj.streak, 3))
+        window = min(self.readahead_max_blocks, 1 << min(obj.streak, 20))
         first = max(end // bs, obj.readahead_to)
         last = min((end - 1) // bs + window, (obj.size - 1) // bs)
         for n in range(first, last + 1):
@@ -300,13 +421,16 @@ class BlockCache:
         obj.readahead_to = max(obj.readahead_to, last + 1)
 
     async def _prefetch(self, obj: CachedObject, n: int) -> None:
-        async with self._readahead_slots:
-            try:
-                await self.ensure_block(obj, n)
-            except Exception as exc:  # the reader fetches it again and gets the error itself
-                log.debug("read-ahead of %s block %d failed: %s", obj.record.key, n, exc)
+        slot = _Slot(self._readahead_slots)
+        try:
+            await self.ensure_block(obj, n, slot)
+        except Exception as exc:  # the reader fetches it again and gets the error itself
+            log.debug("read-ahead of %s block %d failed: %s", obj.record.key, n, exc)
+        finally:
+            slot.release()
 
     def read_block(self, obj: CachedObject, n: int, lo: int, hi: int) -> bytes:
+        """Bytes [lo, hi) of block n, opened by path: safe in a worker thread (the upload)."""
         have = obj.blocks.get(n, 0)
         data = b""
         if lo < have:
@@ -321,46 +445,69 @@ class BlockCache:
         """True when block n needs no fetch: cached, or a hole past the server's data."""
         return n in obj.blocks or n * self.block_size >= obj.record.remote_size
 
-    async def ensure_block(self, obj: CachedObject, n: int) -> None:
-        """Make block n readable from disk, fetching it from the server if needed."""
+    async def ensure_block(self, obj: CachedObject, n: int, slot: _Slot | None = None) -> None:
+        """Make block n readable from disk, fetching it from the server if needed.
+
+        A read-ahead passes a `slot`: its fetch starts only once the slot is held, and holds
+        it only while the request is on the wire (a fetch waiting for room must not keep
+        others, maybe the upload that would make that room, from fetching). A reader's own
+        fetch takes no slot: it never queues behind read-ahead."""
         while True:
             if n in obj.blocks:
-                self.hits += 1
-                if (obj, n) in self._lru:
-                    self._lru.move_to_end((obj, n))
+                self._hit(obj, n)
                 return
             if n * self.block_size >= obj.record.remote_size:
                 return
             pending = self._fetching.get((obj, n))
             if pending is None:
-                break
+                if slot is None or slot.held:
+                    break
+                await slot.acquire()  # a checkpoint: look again
+                continue
+            if slot is not None:
+                slot.release()
             await pending.wait()
         self.misses += 1
         done = self._fetching[(obj, n)] = trio.Event()
         try:
-            await self._fetch(obj, n)
+            await self._fetch(obj, n, slot)
         finally:
             del self._fetching[(obj, n)]
             done.set()
 
-    async def _fetch(self, obj: CachedObject, n: int) -> None:
+    async def _fetch(self, obj: CachedObject, n: int, slot: _Slot | None = None) -> None:
         rec = obj.record
         etag, start = rec.etag, n * self.block_size
         want = min(self.block_size, rec.remote_size - start)
-        data = await self.storage.read_object(rec.bucket, rec.key, start, want)
+        try:
+            data = await self.storage.read_object(rec.bucket, rec.key, start, want)
+        finally:
+            if slot is not None:
+                slot.release()
         if len(data) != want and rec.etag == etag:
             raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + len(data)} bytes on the "
                                 f"server, expected {rec.remote_size}")
-        if obj.dirty:
-            self._evict(len(data))
-        else:
-            await self._wait_for_room(len(data))
+        # Copying a block into the page cache takes about a millisecond: a worker thread does
+        # it, to a tmp name (`<id>.<n>.fetch`, which load() sweeps). Only one fetch of a block
+        # runs at a time (`_fetching`), so the name is the fetch's own.
+        tmp = f"{self.blocks_dir}/{obj.id}.{n}.fetch"
+        try:
+            await trio.to_thread.run_sync(_write_file, tmp, data)
+            if obj.dirty:
+                self._evict(len(data))
+            else:
+                await self._wait_for_room(len(data))
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        # From here to the end nothing awaits: the checks hold when the block goes in.
         if (rec.etag != etag or n in obj.blocks or start + len(data) > rec.remote_size
                 or obj.detached and obj.open_count == 0):
+            _unlink_quietly(tmp)
             return  # superseded: a write, a truncate or another version got there first
-        tmp = obj.block_path(n).with_suffix(f".{n}.fetch")
-        with open(tmp, "wb") as f:
-            f.write(data)
+        # A descriptor exists only for a block in obj.blocks, so none can be open here; were
+        # one, it would point at the file being replaced.
+        self._fds.close(obj, n)
         os.replace(tmp, obj.block_path(n))
         obj.blocks[n] = len(data)
         self.used += len(data)
@@ -398,14 +545,12 @@ class BlockCache:
         finally:
             obj.pins -= 1
         self._mark_dirty(obj)
+        view = memoryview(data) if first != last else data  # slices of a view copy nothing
         for n in range(first, last + 1):
             lo = max(offset, n * bs)
             hi = min(end, (n + 1) * bs)
-            fd = os.open(obj.block_path(n), os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.pwrite(fd, data[lo - offset:hi - offset], lo - n * bs)
-            finally:
-                os.close(fd)
+            piece = view if first == last else view[lo - offset:hi - offset]
+            _pwrite_all(self._fds.get(obj, n), piece, lo - n * bs)
             new_len = max(obj.blocks.get(n, 0), hi - n * bs)
             self.used += new_len - obj.blocks.get(n, 0)
             obj.blocks[n] = new_len
@@ -420,7 +565,7 @@ class BlockCache:
             self._remove_block(obj, n)
         tail = size // bs
         if tail in obj.blocks and obj.blocks[tail] > size - tail * bs:
-            os.truncate(obj.block_path(tail), size - tail * bs)
+            os.ftruncate(self._fds.get(obj, tail), size - tail * bs)
             self.used -= obj.blocks[tail] - (size - tail * bs)
             obj.blocks[tail] = size - tail * bs
         obj.record.remote_size = min(obj.record.remote_size, size)
@@ -496,6 +641,30 @@ class BlockCache:
             if self._room.is_set():  # a fresh event, unless others already wait on this one
                 self._room = trio.Event()
             await self._room.wait()
+
+
+class _Slot:
+    """One read-ahead's claim on the limiter of fetches in flight; release() is idempotent."""
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self.limiter = limiter
+        self.held = False
+
+    async def acquire(self) -> None:
+        await self.limiter.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.limiter.release()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class BlockReader:
