@@ -4,7 +4,8 @@
 can make the next write_object calls fail, or run its own code at the moments a real service
 leaves open to races: while a ranged read is on the wire, halfway through reading the data of
 an upload, and after an upload was stored but before the caller hears of it. It records what
-was asked of it, so tests can assert on fetches, upload times and every version ever stored.
+was asked of it, so tests can assert on fetches (and how many ran at once), upload times and
+every version ever stored.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class FaultyStorage:
         self.during_read: Hook | None = None  # once, while a read_object is "on the wire"
         self.mid_upload: Hook | None = None  # once, halfway through reading an upload's data
         self.after_write: Hook | None = None  # once, after an upload was stored
+        self.read_delay = 0.0  # trio seconds every read_object takes, to overlap fetches
+        self.reads_in_flight = 0
+        self.max_reads_in_flight = 0  # the most read_object calls under way at once
 
     def fail_writes(self, exc: BaseException, times: int = 1) -> None:
         """The next `times` write_object calls raise `exc` and store nothing."""
@@ -38,7 +42,14 @@ class FaultyStorage:
 
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
         self.reads.append((key, offset, length))
-        data = await self.inner.read_object(bucket, key, offset, length)
+        self.reads_in_flight += 1
+        self.max_reads_in_flight = max(self.max_reads_in_flight, self.reads_in_flight)
+        try:
+            if self.read_delay:
+                await trio.sleep(self.read_delay)
+            data = await self.inner.read_object(bucket, key, offset, length)
+        finally:
+            self.reads_in_flight -= 1
         hook, self.during_read = self.during_read, None
         if hook is not None:
             await hook()

@@ -822,3 +822,184 @@ async def test_reader_raises_superseded_after_a_change(
 
     with pytest.raises(Superseded):
         reader.read(10)
+
+
+# ---- 7. hot paths: kept descriptors, the fast path, read-ahead -------------------------------
+
+def block_fds(cache_dir: Path) -> list[str]:
+    """Where this process's open descriptors on block files point ('... (deleted)' once the
+    file was unlinked or replaced under them)."""
+    blocks = os.path.realpath(cache_dir / "blocks") + "/"
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(blocks):
+            out.append(target)
+    return out
+
+
+def assert_no_stale_fds(cache_dir: Path) -> None:
+    stale = [t for t in block_fds(cache_dir) if t.endswith(" (deleted)")]
+    assert stale == [], "descriptors kept on block files that are gone"
+
+
+async def test_kept_descriptors_are_bounded(cache_dir: Path, storage: FaultyStorage) -> None:
+    cache = BlockCache(cache_dir, storage, BIG, BS, max_open_fds=3)  # type: ignore[arg-type]
+    cache.load()
+    data = pattern(10 * BS + 7)
+    obj = await create(cache, "f", data)
+    assert len(block_fds(cache_dir)) <= 3
+
+    for n in random.Random(5).sample(range(11), 11):
+        assert await cache.read(obj, n * BS + 3, 100) == data[n * BS + 3:n * BS + 103]
+        assert len(block_fds(cache_dir)) <= 3
+    assert await contents(cache, obj) == data
+
+    cache.close()
+    assert block_fds(cache_dir) == []
+    await cache.write(obj, 5, b"again")  # closed descriptors open again on demand
+    assert await contents(cache, obj) == patched(data, 5, b"again")
+
+
+@pytest.mark.parametrize("change", ["evict", "discard", "discard_open", "truncate",
+                                    "new_version", "rename", "rename_over"])
+async def test_no_descriptor_outlives_its_block_file(
+        cache_dir: Path, storage: FaultyStorage, backend: LocalBackend,
+        remote: tuple[ObjectInfo, bytes], change: str) -> None:
+    cache, _ = new_cache(cache_dir, storage, cap=2 * BS if change == "evict" else BIG)
+    info, data = remote
+    obj = open_remote(cache, info)
+    assert await contents(cache, obj) == data  # every block fetched and its descriptor kept
+    other_data = pattern(2 * BS, seed=9)
+    other = await create(cache, "other", other_data)
+    expect = data
+
+    if change == "evict":
+        assert await contents(cache, obj) == data  # fetched again, evicting as it goes
+    elif change == "discard":
+        cache.discard(obj)
+        assert len(block_fds(cache_dir)) == 2  # only `other`'s
+        obj, expect = other, other_data
+    elif change == "discard_open":
+        cache.opened(obj)
+        cache.discard(obj)  # unlinked while open: its blocks stay for the open handle
+        assert await contents(cache, obj) == data
+        cache.closed(obj)
+        assert len(block_fds(cache_dir)) == 2
+        obj, expect = other, other_data
+    elif change == "truncate":
+        await cache.truncate(obj, BS + 10)
+        await cache.write(obj, 2 * BS, b"tail")
+        expect = data[:BS + 10] + bytes(BS - 10) + b"tail"
+    elif change == "new_version":
+        expect = pattern(2 * BS + 1, seed=7)
+        new = await put(backend, "remote", expect)
+        obj = open_remote(cache, new)
+    elif change == "rename":
+        cache.rename(obj, BUCKET, "renamed")  # block files are named by id: they stay valid
+        await cache.write(obj, 1, b"x")
+        expect = patched(data, 1, b"x")
+    elif change == "rename_over":
+        cache.rename(other, BUCKET, "remote")  # replaces obj, whose blocks are dropped
+        obj, expect = other, other_data
+
+    assert_no_stale_fds(cache_dir)
+    assert await contents(cache, obj) == expect
+    # What the kept descriptors read is what the files on disk hold.
+    for n, length in obj.blocks.items():
+        assert cache.read_block(obj, n, 0, length) == expect[n * BS:n * BS + length]
+    assert cache.used == disk_usage(cache_dir)
+    assert_no_stale_fds(cache_dir)
+
+
+async def test_reads_match_the_data_under_concurrent_writes(
+        cache: BlockCache, remote: tuple[ObjectInfo, bytes]) -> None:
+    """Reads of cached blocks (the fast path, no await) and of blocks still to fetch (the slow
+    path) interleaved with writes and truncates: every read that no change overlapped returns
+    exactly the model's bytes."""
+    info, data = remote
+    obj = open_remote(cache, info)
+    model = bytearray(data)
+    changes = 0
+    checked = [0]
+    rng = random.Random(11)
+
+    async def writer() -> None:
+        nonlocal changes, model
+        for i in range(150):
+            if i % 25 == 24:
+                size = rng.randrange(0, 5 * BS)
+                await cache.truncate(obj, size)
+                model = model[:size] + bytearray(max(0, size - len(model)))
+            else:
+                off, new = rng.randrange(0, 5 * BS), rng.randbytes(rng.randrange(1, 2 * BS))
+                await cache.write(obj, off, new)
+                model.extend(bytes(max(0, off - len(model))))
+                model[off:off + len(new)] = new
+            changes += 1
+            await trio.sleep(0)
+
+    async def reader() -> None:
+        for _ in range(400):
+            off, length = rng.randrange(0, 5 * BS), rng.choice([1, 100, BS // 2, BS, 3 * BS])
+            before = changes
+            got = await cache.read(obj, off, length)
+            if changes == before:
+                assert got == bytes(model[off:off + length])
+                checked[0] += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        nursery.start_soon(reader)
+        nursery.start_soon(reader)
+
+    assert checked[0] > 400
+    assert obj.size == len(model)
+    assert await contents(cache, obj) == bytes(model)
+
+
+async def test_read_ahead_is_bounded_and_its_window_grows(
+        cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
+    cache = BlockCache(cache_dir, storage, BIG, BS,  # type: ignore[arg-type]
+                       readahead_parallel=3, readahead_max_blocks=16)
+    cache.load()
+    data = pattern(40 * BS + 5, seed=4)
+    info = await put(backend, "big", data)
+    storage.read_delay = 0.005
+    farthest = 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        obj = open_remote(cache, info)
+        got = []
+        for off in range(0, len(data), BS // 2):
+            got.append(await cache.read(obj, off, BS // 2))
+            farthest = max(farthest, obj.readahead_to - off // BS)
+        nursery.cancel_scope.cancel()
+
+    assert b"".join(got) == data
+    # Three read-ahead fetches at most, and the reader's own fetch of the block it waits for.
+    assert 3 <= storage.max_reads_in_flight <= 3 + 1
+    assert farthest > 8  # the window grew past the old fixed 8 blocks, up to 16
+    assert farthest <= 16 + 1
+    assert sorted(off for _, off, _ in storage.reads) == [n * BS for n in range(41)]
+
+
+async def test_fetch_overtaken_by_a_truncate_leaves_no_tmp_file(
+        cache: BlockCache, cache_dir: Path, storage: FaultyStorage,
+        remote: tuple[ObjectInfo, bytes]) -> None:
+    info, data = remote
+    obj = open_remote(cache, info)
+
+    async def cut() -> None:
+        await cache.truncate(obj, BS)
+
+    storage.during_read = cut
+    await cache.read(obj, 2 * BS, 10)
+    assert await contents(cache, obj) == data[:BS]
+    assert [f.name for f in (cache_dir / "blocks").iterdir() if not f.name.split(".")[-1]
+            .isdigit()] == []
+    assert cache.used == disk_usage(cache_dir)
