@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from itertools import count
 
 from cache.blocks import CachedObject
@@ -19,8 +20,26 @@ class FileHandle:
 
 @dataclass(eq=False)
 class DirHandle:
+    """A listing being read: the entries so far, kept so that readdir offsets hold, and the
+    pages still to come from the server."""
+
     node: Node
-    entries: list[tuple[str, Node]]  # the listing as of opendir, so readdir offsets hold
+    pages: AsyncGenerator[list[tuple[str, Node]], None]
+    entries: list[tuple[str, Node]] = field(default_factory=list)
+    done: bool = False
+
+    async def more(self) -> bool:
+        """Take the next page; False at the end of the listing."""
+        if not self.done:
+            page = await anext(self.pages, None)
+            if page is None:
+                self.done = True
+            else:
+                self.entries.extend(page)
+        return not self.done
+
+    async def aclose(self) -> None:
+        await self.pages.aclose()
 
 
 class HandleTable:

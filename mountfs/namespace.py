@@ -24,7 +24,7 @@ import io
 import logging
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import trio
@@ -305,26 +305,25 @@ class Namespace:
         return None
 
     async def refresh_listing(self, node: Node) -> None:
-        """Read the directory from the server, merge it with what only this mount has."""
-        if self._fresh(node.listed_at):
-            return
+        """Read the directory from the server, unless its listing is fresh."""
+        async for _ in self.list_dir(node):
+            pass
+
+    async def list_dir(self, node: Node) -> AsyncGenerator[list[tuple[str, Node]], None]:
+        """The directory's entries, a page at a time as the server sends them, then what only
+        this mount has; from the last listing, if it is fresh. Merged into `node.children`:
+        the listing is complete (and fresh) only when the iteration ran to its end."""
         assert node.children is not None
+        if self._fresh(node.listed_at):
+            yield sorted(node.children.items())
+            return
         started = time.monotonic()
         was_pending = {child for child in node.children.values() if child.pending}
         seen: set[str] = set()
         node.listings += 1
         try:
-            async for name, info, is_dir in self._list_server(node):
-                if node.removed.get(name, -1.0) >= started:
-                    continue  # removed here since the listing began: the server said so before
-                if name in seen:
-                    if is_dir:  # a file `a` beside keys `a/...`: the directory wins
-                        self._child_from_info(node, name, info, True)
-                    self._warn_once(node, name,
-                                    "is both a file and a directory; showing the directory")
-                    continue
-                seen.add(name)
-                self._child_from_info(node, name, info, is_dir)
+            async for page in self._list_server(node):
+                yield self._merge_page(node, page, seen, started)
         finally:
             node.listings -= 1
             if not node.listings:
@@ -338,6 +337,26 @@ class Namespace:
                 self._detach(child)
         node.listed_at = started  # the server's answer is as old as the request
         node.listed_size = len(seen)
+        yield sorted((name, child) for name, child in node.children.items() if name not in seen)
+
+    def _merge_page(self, node: Node, page: list[tuple[str, ObjectInfo, bool]], seen: set[str],
+                    started: float) -> list[tuple[str, Node]]:
+        """Apply one page of a listing begun at `started`; its entries, as nodes."""
+        assert node.children is not None
+        names: list[str] = []
+        for name, info, is_dir in page:
+            if node.removed.get(name, -1.0) >= started:
+                continue  # removed here since the listing began: the server said so before
+            if name in seen:
+                if is_dir:  # a file `a` beside keys `a/...`: the directory wins
+                    self._child_from_info(node, name, info, True)
+                self._warn_once(node, name,
+                                "is both a file and a directory; showing the directory")
+                continue
+            seen.add(name)
+            names.append(name)
+            self._child_from_info(node, name, info, is_dir)
+        return [(name, node.children[name]) for name in names if name in node.children]
 
     def _warn_once(self, node: Node, name: str, what: str) -> None:
         tag = f"{node.inode}/{name}"
@@ -345,14 +364,17 @@ class Namespace:
             self._warned.add(tag)
             log.warning("%r in %s %s", name, "/".join(node.path()) or "/", what)
 
-    async def _list_server(self, node: Node) -> AsyncIterator[tuple[str, ObjectInfo, bool]]:
+    async def _list_server(self, node: Node
+                           ) -> AsyncIterator[list[tuple[str, ObjectInfo, bool]]]:
+        """Pages of (name, info, is_dir) as the server lists them; names that cannot be file
+        names are left out (and logged once)."""
         if self.lists_buckets(node):
-            for bucket in await self.backend.list_buckets():
-                if self._name_ok("/", bucket):
-                    yield bucket, ObjectInfo(bucket, ""), True
+            yield [(bucket, ObjectInfo(bucket, ""), True)
+                   for bucket in await self.backend.list_buckets() if self._name_ok("/", bucket)]
             return
         bucket, prefix = self.location(node)
         async for page in self.backend.list_objects(bucket, prefix):
+            entries: list[tuple[str, ObjectInfo, bool]] = []
             for info in page:
                 rest = info.key[len(prefix):]
                 is_dir = info.is_prefix or rest.endswith("/")
@@ -360,7 +382,8 @@ class Namespace:
                 if not rest or "/" in name:
                     continue  # the directory's own marker, or a key with '//' inside
                 if self._name_ok(prefix, name):
-                    yield name, info, is_dir
+                    entries.append((name, info, is_dir))
+            yield entries
 
     async def complete(self, node: Node) -> Node:
         """The node with the attributes its metadata gives, read now if a listing left them out.

@@ -248,21 +248,29 @@ class Operations(pyfuse3.Operations):
         node = self.ns.get(inode)
         if not node.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, node.name)
-        await self.ns.refresh_listing(node)
-        assert node.children is not None
-        return self.handles.add(DirHandle(node, sorted(node.children.items())))
+        handle = DirHandle(node, self.ns.list_dir(node))
+        try:
+            await handle.more()  # the first page now, so that opendir reports a failure
+        except BaseException:
+            await handle.aclose()
+            raise
+        return self.handles.add(handle)
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self.handles.dir(fh).entries
-        for i in range(start_id, len(entries)):
-            name, node = entries[i]
+        handle = self.handles.dir(fh)
+        i = start_id
+        while i < len(handle.entries) or await handle.more():
+            if i >= len(handle.entries):
+                continue  # an empty page
+            name, node = handle.entries[i]
             if not pyfuse3.readdir_reply(token, name.encode(), self.entry(node), i + 1):
                 break
             node.lookups += 1
+            i += 1
 
     async def releasedir(self, fh: int) -> None:
-        self.handles.pop_dir(fh)
+        await self.handles.pop_dir(fh).aclose()
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         pass  # directory changes reach the server as they happen
