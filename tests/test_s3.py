@@ -51,13 +51,14 @@ def client(s3_env: S3Server):  # type: ignore[no-untyped-def]
     return boto3.client("s3", endpoint_url=s3_env.url)
 
 
-def mount_s3(mounter: Mounter, server: S3Server, *options: str, name: str = "mnt") -> Mount:
+def mount_s3(mounter: Mounter, server: S3Server, *options: str, name: str = "mnt",
+             source: str = "s3://") -> Mount:
     path = mounter.tmp / name
     path.mkdir(exist_ok=True)
     cache = mounter.tmp / f"cache-{name}"
-    m = Mount("s3://", path, cache, Path("/nonexistent"),
+    m = Mount(source, path, cache, Path("/nonexistent"),
               options=["--endpoint-url", server.url, *options])
-    run_cli("mount", "s3://", str(path), "--cache-dir", str(cache), "-v", *m.options)
+    run_cli("mount", source, str(path), "--cache-dir", str(cache), "-v", *m.options)
     mounter.mounts.append(m)
     m.pid = m.status()["pid"]
     return m
@@ -145,6 +146,58 @@ def test_tree_copy_rename_and_remount(mounter: Mounter, s3_env: S3Server, client
     assert "json2/decoder.py" in keys
     m = mount_s3(mounter, s3_env, name="fresh")
     assert_same_tree(src / "json", m.path / bucket_name / "json2")
+
+
+def keys_of(client, bucket: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_mount_of_a_bucket_prefix_shows_and_writes_only_below_it(
+        mounter: Mounter, s3_env: S3Server, client, bucket_name: str) -> None:
+    for key in ("top.txt", "pre/other.txt", "pre/fix/a.txt", "pre/fix/sub/b.txt"):
+        client.put_object(Bucket=bucket_name, Key=key, Body=key.encode())
+    m = mount_s3(mounter, s3_env, source=f"s3://{bucket_name}/pre/fix")
+    assert sorted(os.listdir(m.path)) == ["a.txt", "sub"]
+    assert (m.path / "sub" / "b.txt").read_bytes() == b"pre/fix/sub/b.txt"
+    (m.path / "new.txt").write_bytes(b"new")  # files may live at the root of a bucket mount
+    os.mkdir(m.path / "d")
+    os.rename(m.path / "a.txt", m.path / "d" / "a.txt")
+    os.unlink(m.path / "sub" / "b.txt")
+    mounter.umount(m)
+    assert keys_of(client, bucket_name) == ["pre/fix/d/", "pre/fix/d/a.txt", "pre/fix/new.txt",
+                                            "pre/other.txt", "top.txt"]
+    assert body(client, bucket_name, "pre/fix/d/a.txt") == b"pre/fix/a.txt"
+    assert body(client, bucket_name, "pre/fix/new.txt") == b"new"
+
+
+def test_mount_of_a_bucket_has_the_bucket_as_root(mounter: Mounter, s3_env: S3Server, client,
+                                                  bucket_name: str) -> None:
+    client.put_object(Bucket=bucket_name, Key="f", Body=b"f")
+    buckets = client.list_buckets()["Buckets"]
+    m = mount_s3(mounter, s3_env, source=f"s3://{bucket_name}")
+    assert os.listdir(m.path) == ["f"]
+    os.mkdir(m.path / "d")  # a directory, not a bucket
+    os.symlink("f", m.path / "link")
+    assert os.readlink(m.path / "link") == "f"
+    os.rmdir(m.path / "d")
+    mounter.umount(m)
+    assert client.list_buckets()["Buckets"] == buckets
+    assert keys_of(client, bucket_name) == ["f", "link"]
+
+
+@pytest.mark.parametrize("source, message", [
+    ("s3://no-such-bucket", "no bucket 'no-such-bucket'"),
+    ("s3://b//x", "the prefix must be names separated by single '/'"),
+    ("s3:b", "an S3 source is s3://[BUCKET[/PREFIX]]"),
+])
+def test_bad_bucket_source_is_one_line(tmp_path: Path, s3_env: S3Server, source: str,
+                                       message: str) -> None:
+    (tmp_path / "mnt").mkdir()
+    proc = run_cli("mount", source, str(tmp_path / "mnt"), "--endpoint-url", s3_env.url,
+                   "--cache-dir", str(tmp_path / "c"), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr
+    assert not is_mounted(tmp_path / "mnt")
 
 
 def test_bad_endpoint_is_one_line(tmp_path: Path, s3_env: S3Server) -> None:
