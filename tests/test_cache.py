@@ -14,6 +14,7 @@ the tests assert on mock times only where no thread is under way, and guard agai
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 import time
@@ -962,12 +963,12 @@ async def test_reads_match_the_data_under_concurrent_writes(
     assert await contents(cache, obj) == bytes(model)
 
 
-async def test_read_ahead_is_bounded_and_its_window_grows(
+async def test_read_ahead_is_bounded_coalesced_and_its_window_grows(
         cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
     cache = BlockCache(cache_dir, storage, BIG, BS,  # type: ignore[arg-type]
-                       readahead_parallel=3, readahead_max_blocks=16)
+                       readahead_parallel=3, readahead_max_blocks=16, readahead_run_blocks=4)
     cache.load()
-    data = pattern(40 * BS + 5, seed=4)
+    data = pattern(60 * BS + 5, seed=4)
     info = await put(backend, "big", data)
     storage.read_delay = 0.005
     farthest = 0
@@ -981,11 +982,16 @@ async def test_read_ahead_is_bounded_and_its_window_grows(
         nursery.cancel_scope.cancel()
 
     assert b"".join(got) == data
-    # Three read-ahead fetches at most, and the reader's own fetch of the block it waits for.
+    # Three read-ahead GETs at most, and the reader's own fetch of the block it waits for.
     assert 3 <= storage.max_reads_in_flight <= 3 + 1
-    assert farthest > 8  # the window grew past the old fixed 8 blocks, up to 16
-    assert farthest <= 16 + 1
-    assert sorted(off for _, off, _ in storage.reads) == [n * BS for n in range(41)]
+    assert 8 < farthest <= 16 + 1  # the window grew past the old fixed 8 blocks, up to 16
+    # Every byte fetched once; read-ahead in runs of up to 4 blocks, mostly whole ones.
+    ranges = sorted((off, length) for _, off, length in storage.reads)
+    assert [off for off, _ in ranges] == list(itertools.accumulate(
+        [0] + [length for _, length in ranges[:-1]]))
+    assert sum(min(length, len(data) - off) for off, length in ranges) == len(data)
+    assert all(length <= 4 * BS for _, length in ranges)
+    assert sum(length == 4 * BS for _, length in ranges) >= 10
 
 
 async def test_fetch_overtaken_by_a_truncate_leaves_no_tmp_file(
@@ -1003,3 +1009,37 @@ async def test_fetch_overtaken_by_a_truncate_leaves_no_tmp_file(
     assert [f.name for f in (cache_dir / "blocks").iterdir() if not f.name.split(".")[-1]
             .isdigit()] == []
     assert cache.used == disk_usage(cache_dir)
+
+
+async def test_write_into_a_read_ahead_run_under_way_wins(
+        cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
+    """A run of blocks fetched with one GET installs each block unless a write overtook it."""
+    cache = BlockCache(cache_dir, storage, BIG, BS,  # type: ignore[arg-type]
+                       readahead_run_blocks=4)
+    cache.load()
+    data = pattern(8 * BS, seed=6)
+    info = await put(backend, "remote", data)
+    new = pattern(BS, seed=8)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        obj = open_remote(cache, info)
+        await cache.read(obj, 0, BS // 2)  # block 0, not sequential yet: no read-ahead
+
+        async def overwrite() -> None:
+            await cache.write(obj, 2 * BS, new)  # a whole block: nothing to fetch first
+
+        storage.during_read = overwrite
+        await cache.read(obj, BS // 2, BS // 2)  # sequential: a run of blocks 1 and 2
+        await trio.testing.wait_all_tasks_blocked()  # the run's GET is under way
+        assert await contents(cache, obj) == patched(data, 2 * BS, new)
+        nursery.cancel_scope.cancel()
+    assert ("remote", BS, 2 * BS) in storage.reads
+
+
+async def test_a_block_file_gone_from_disk_is_an_error_not_zeros(
+        cache: BlockCache, cache_dir: Path) -> None:
+    obj = await create(cache, "f", pattern(2 * BS))
+    cache.close()
+    (cache_dir / "blocks" / f"{obj.id}.1").unlink()
+    with pytest.raises(FileNotFoundError):
+        await cache.read(obj, BS, 10)
