@@ -15,8 +15,7 @@ meanwhile is not brought back by it.
 A listing need not carry metadata (S3 lists none; no store lists it for a common prefix). Its
 entries then have default attributes until `complete` stats them, which the FUSE layer calls
 before it shows a node's attributes (a directory's marker holds its mode and owner; an object's
-metadata says whether it is a symlink), for a batch of siblings at once. Listing alone, as `ls`
-and `find` do, stats only objects small enough to be symlinks: a directory entry has a type.
+metadata says whether it is a symlink); listing alone, as `ls` and `find` do, costs no stats.
 """
 from __future__ import annotations
 
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 NAME_MAX = 255
-PATH_MAX = 4096
 # A directory whose last listing fit one page of the server's answer is listed again to answer
 # a lookup once its listing is stale: one request answers for every name, new ones included,
 # where probing costs two per name.
@@ -325,13 +323,7 @@ class Namespace:
         node.listings += 1
         try:
             async for page in self._list_server(node):
-                entries = self._merge_page(node, page, seen, started)
-                # A directory entry carries its type, and only metadata tells a symlink from a
-                # file: read it for the objects small enough to be one (they hold their target).
-                await self._read_metadata_of([child for _, child in entries
-                                              if not child.meta_known and not child.is_dir
-                                              and child.size <= PATH_MAX])
-                yield entries
+                yield self._merge_page(node, page, seen, started)
         finally:
             node.listings -= 1
             if not node.listings:
@@ -404,25 +396,20 @@ class Namespace:
         if node.parent is not None and node.parent.children is not None:
             siblings = [sibling for sibling in node.parent.children.values()
                         if not sibling.meta_known and sibling is not node][:METADATA_BATCH - 1]
-        await self._read_metadata_of(siblings, node)
-        return node
-
-    async def _read_metadata_of(self, nodes: list[Node], needed: Node | None = None) -> None:
-        """Read the metadata of `nodes` and of `needed` in parallel; only a failure for
-        `needed` is raised (the others are read on speculation, and are left incomplete)."""
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
-            for node in nodes:
-                nursery.start_soon(self._read_metadata_if_can, node)
-            if needed is not None:
-                try:
-                    await self._read_metadata(needed)
-                except Exception as exc:  # raised past the nursery, not wrapped in a group
-                    failure = exc
+            for sibling in siblings:
+                nursery.start_soon(self._read_metadata_if_can, sibling)
+            try:
+                await self._read_metadata(node)
+            except Exception as exc:  # raised past the nursery, not wrapped in a group by it
+                failure = exc
         if failure is not None:
             raise failure
+        return node
 
     async def _read_metadata_if_can(self, node: Node) -> None:
+        """A sibling read on speculation: a failure leaves it for its own turn to report."""
         try:
             await self._read_metadata(node)
         except Exception as exc:
