@@ -10,20 +10,27 @@ thread and forwards every request unchanged (Host header and signature included)
   (a server older than ListObjectsV2).
 
 `seen` counts the requests by operation (those three, "HeadObject", and "other"), refused or not.
+Subclasses change what is answered by overriding `S3Proxy.handle` (tests/servers/faults.py
+injects faults there); `ProxyHandler` offers the ways to answer: forward, answer, answer part
+of a body, reset the connection.
 """
 from __future__ import annotations
 
 import collections
 import http.client
 import http.server
+import socket
+import struct
 import threading
 import urllib.parse
 from xml.sax.saxutils import escape
 
-from servers.s3 import free_port
+from .s3 import free_port
 
 # Hop-by-hop headers, and Expect (the proxy has the whole body before it forwards).
 NOT_FORWARDED = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection"}
+
+Reply = tuple[int, dict[str, str], bytes]  # status, headers, body
 
 
 def operation(method: str, query: dict[str, list[str]], copy: bool) -> str:
@@ -37,28 +44,103 @@ def operation(method: str, query: dict[str, list[str]], copy: bool) -> str:
     return "other"
 
 
-def error_body(code: str, resource: str) -> bytes:
+def error_body(code: str, resource: str, message: str = "refused by the test proxy") -> bytes:
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{escape(code)}</Code><Message>refused by the test proxy</Message>"
+            f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
             f"<Resource>{escape(resource)}</Resource><RequestId>s3-proxy</RequestId></Error>"
             ).encode()
+
+
+class ProxyHandler(http.server.BaseHTTPRequestHandler):
+    """One client connection; `proxy` (set per server) decides what each request gets."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects
+    proxy: S3Proxy
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_any(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        op = operation(self.command, query, "x-amz-copy-source" in self.headers)
+        with self.proxy.lock:
+            self.proxy.seen[op] += 1
+        self.proxy.handle(self, op, body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_any
+
+    @property
+    def url_path(self) -> str:
+        return urllib.parse.urlsplit(self.path).path
+
+    def forward(self, body: bytes, path: str | None = None) -> Reply:
+        """Send the request upstream as it came (to `path` if given); the whole reply."""
+        upstream = self.proxy.upstream
+        conn = http.client.HTTPConnection(upstream.hostname or "127.0.0.1", upstream.port,
+                                          timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in NOT_FORWARDED}
+            conn.request(self.command, path or self.path, body if body else None, headers)
+            reply = conn.getresponse()
+            data = reply.read()
+            return reply.status, {k: v for k, v in reply.getheaders()
+                                  if k.lower() not in NOT_FORWARDED}, data
+        finally:
+            conn.close()
+
+    def answer(self, status: int, headers: dict[str, str], data: bytes,
+               send: int | None = None, length: int | None = None) -> None:
+        """Reply with `data`, or only its first `send` bytes under a Content-Length of
+        `length` (default: what `data` is) — a body cut short, after which the connection is
+        closed, as a server that died mid-reply leaves it."""
+        self.send_response_only(status)  # no Date and Server of its own: upstream's
+        for name, value in headers.items():
+            if name.lower() != "content-length":
+                self.send_header(name, value)
+        if length is None:
+            # HEAD: the length of the body a GET would have, sent by the server.
+            given = headers.get("Content-Length", headers.get("content-length"))
+            length = int(given) if self.command == "HEAD" and given else len(data)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data if send is None else data[:send])
+        if send is not None:
+            self.wfile.flush()
+            self.close_connection = True
+
+    def reset(self) -> None:
+        """Abort the connection with a TCP RST (SO_LINGER 0), after whatever was written."""
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # detach + close: the fd closes now (RST), though rfile and wfile still refer to it.
+        fd = self.connection.detach()
+        socket.close(fd)
+        self.close_connection = True
+
+    def drop(self) -> None:
+        """Close the connection without answering (FIN)."""
+        self.close_connection = True
 
 
 class S3Proxy:
     def __init__(self, upstream: str, refuse: frozenset[str] | set[str] = frozenset(),
                  ignore_list_type: bool = False, status: int = 501,
-                 code: str = "NotImplemented") -> None:
+                 code: str = "NotImplemented", port: int | None = None) -> None:
         self.upstream = urllib.parse.urlsplit(upstream)
         self.refuse, self.ignore_list_type = set(refuse), ignore_list_type
         self.status, self.code = status, code
         self.seen: collections.Counter[str] = collections.Counter()
-        self.port = free_port()
+        self.lock = threading.Lock()  # handlers run in threads of their own
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> S3Proxy:
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port),
-                                                       self._handler())
+        handler = type("Handler", (ProxyHandler,), {"proxy": self})
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -69,58 +151,16 @@ class S3Proxy:
             self._server.server_close()
             self._server = None
 
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_any(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                url = urllib.parse.urlsplit(self.path)
-                query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-                op = operation(self.command, query, "x-amz-copy-source" in self.headers)
-                proxy.seen[op] += 1
-                if op in proxy.refuse:
-                    self.answer(proxy.status, {"Content-Type": "application/xml"},
-                                error_body(proxy.code, url.path))
-                    return
-                path = self.path
-                if op == "ListObjectsV2" and proxy.ignore_list_type:
-                    del query["list-type"]
-                    path = url._replace(query=urllib.parse.urlencode(query, doseq=True)).geturl()
-                self.forward(path, body)
-
-            def forward(self, path: str, body: bytes) -> None:
-                conn = http.client.HTTPConnection(proxy.upstream.hostname or "127.0.0.1",
-                                                  proxy.upstream.port, timeout=60)
-                try:
-                    headers = {k: v for k, v in self.headers.items()
-                               if k.lower() not in NOT_FORWARDED}
-                    conn.request(self.command, path, body if body else None, headers)
-                    reply = conn.getresponse()
-                    data = reply.read()
-                    self.answer(reply.status, {k: v for k, v in reply.getheaders()
-                                               if k.lower() not in NOT_FORWARDED}, data)
-                finally:
-                    conn.close()
-
-            def answer(self, status: int, headers: dict[str, str], data: bytes) -> None:
-                self.send_response_only(status)  # no Date and Server of its own: upstream's
-                for name, value in headers.items():
-                    if name.lower() != "content-length":
-                        self.send_header(name, value)
-                # HEAD: the length of the body a GET would have, sent by the server.
-                length = headers.get("Content-Length", headers.get("content-length"))
-                self.send_header("Content-Length",
-                                 str(length if self.command == "HEAD" and length else len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_any
-
-        return Handler
+    def handle(self, h: ProxyHandler, op: str, body: bytes) -> None:
+        """Answer one request: refused, or forwarded (a V2 listing maybe as V1)."""
+        if op in self.refuse:
+            h.answer(self.status, {"Content-Type": "application/xml"},
+                     error_body(self.code, h.url_path))
+            return
+        path = h.path
+        if op == "ListObjectsV2" and self.ignore_list_type:
+            url = urllib.parse.urlsplit(path)
+            query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+            del query["list-type"]
+            path = url._replace(query=urllib.parse.urlencode(query, doseq=True)).geturl()
+        h.answer(*h.forward(body, path))
