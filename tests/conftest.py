@@ -1,29 +1,41 @@
-"""Fixtures that mount mountfs for real: a store directory, a cache, a mount point.
+"""Fixtures that mount mountfs for real: a store, a cache, a mount point.
 
-`mounted` yields a running mount of a fresh `local` store with one bucket; every mount made
+`store` is a fresh store with one bucket, `mounted` a running mount of it; every mount made
 through a `Mounter` is unmounted and its process killed in teardown, also when a test fails.
+
+The store's backend is the fixture `backend`: `local` (a directory) unless the test is marked
+`@pytest.mark.backends("local", "s3")`, which runs it once per backend named (ids `[local]`,
+`[s3]`); the `s3` store is a moto_server process shared by the session and reset for every
+test. `@pytest.mark.backend_bug("s3", reason=...)` makes that one case a strict xfail.
+Tests look at a store directly through `stores.StorePath`, the same for both backends.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from mountfs.cli import pid_alive
+from mountfs.status import STATUS_XATTR
+from servers.s3 import S3Server
+from stores import AnyStore, empty_s3_store, mount_args
 
 BUCKET = "bucket"
+BACKENDS = ("local", "s3")
 
 
-def run_cli(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, check: bool = True, timeout: float = 60,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([sys.executable, "-m", "mountfs", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode:
         raise AssertionError(f"mountfs {' '.join(args)} failed: {proc.stderr}")
     return proc
@@ -40,7 +52,7 @@ class Mount:
     source: str
     path: Path
     cache: Path
-    store: Path
+    store: AnyStore
     pid: int = 0
     options: list[str] = field(default_factory=list)
 
@@ -49,8 +61,12 @@ class Mount:
         return self.path / BUCKET
 
     def status(self) -> dict:
-        import json
+        """What `mountfs status --json` prints."""
         return json.loads(run_cli("status", "--json", str(self.path)).stdout)
+
+    def served_status(self) -> dict:
+        """The same document read straight from the root's xattr: no process to start."""
+        return json.loads(os.getxattr(self.path, STATUS_XATTR))
 
 
 class Mounter:
@@ -60,15 +76,17 @@ class Mounter:
         self.tmp = tmp
         self.mounts: list[Mount] = []
 
-    def mount(self, store: Path, *options: str, name: str = "mnt",
+    def mount(self, store: AnyStore, *options: str, name: str = "mnt",
               cache: Path | None = None) -> Mount:
         path = self.tmp / name
         path.mkdir(exist_ok=True)
         cache = cache or self.tmp / f"cache-{name}"
-        m = Mount(f"local:{store}", path, cache, store, options=list(options))
-        run_cli("mount", m.source, str(path), "--cache-dir", str(cache), "-v", *options)
+        source, backend_options, env = mount_args(store)
+        m = Mount(source, path, cache, store, options=list(options))
+        run_cli("mount", source, str(path), "--cache-dir", str(cache), "-v", *backend_options,
+                *options, env=env)
         self.mounts.append(m)
-        m.pid = m.status()["pid"]
+        m.pid = m.served_status()["pid"]
         return m
 
     def remount(self, m: Mount) -> Mount:
@@ -120,13 +138,50 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
         m.cleanup()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    s = tmp_path / "store"
-    (s / BUCKET).mkdir(parents=True)
-    return s
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*names): run once per backend named")
+    config.addinivalue_line("markers", "backend_bug(name, reason): a strict xfail on that "
+                                       "backend, for a known bug of mountfs")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is None or "backend" not in metafunc.fixturenames:
+        return
+    bugs = {m.args[0]: m.kwargs["reason"] for m in metafunc.definition.iter_markers("backend_bug")}
+    metafunc.parametrize("backend", [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=bugs[name]))
+        if name in bugs else name for name in marker.args], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def mounted(mounter: Mounter, store: Path) -> Mount:
+def backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "local")
+
+
+def make_store(request: pytest.FixtureRequest, backend: str, directory: Path) -> AnyStore:
+    """A fresh store with the one bucket BUCKET; `directory` holds a `local` store."""
+    if backend == "s3":
+        return empty_s3_store(request.getfixturevalue("s3_server"), BUCKET)
+    assert backend == "local", backend
+    (directory / BUCKET).mkdir(parents=True)
+    return directory
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> AnyStore:
+    return make_store(request, backend, tmp_path / "store")
+
+
+@pytest.fixture
+def mounted(mounter: Mounter, store: AnyStore) -> Mount:
     return mounter.mount(store, "--writeback-delay", "0.2")

@@ -19,6 +19,10 @@ A failure message lists the operations of the example as they ran (Hypothesis ca
 replay a failure that depends on the timing of an upload). At the end of the file, the
 discrepancies the model found are reproduced deterministically.
 
+Each test runs once per backend (`[local]`, `[s3]`, see conftest.py). A step on `s3` costs
+~30 times one on `local` (moto answers a request in ~10 ms, and with --metadata-ttl 0 a step
+makes several), so `s3` runs a tenth of the examples.
+
 Run longer with MOUNTFS_MODEL_EXAMPLES=500 (and MOUNTFS_MODEL_STEPS=60) for a soak.
 """
 from __future__ import annotations
@@ -27,7 +31,6 @@ import ctypes
 import errno
 import hashlib
 import itertools
-import json
 import mmap
 import os
 import random
@@ -44,12 +47,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition, rule,
                                  run_state_machine_as_test)
 
-from mountfs.status import STATUS_XATTR
+from conftest import BACKENDS
 
 if TYPE_CHECKING:
     from conftest import Mount, Mounter
+    from stores import AnyStore
 
-pytestmark = pytest.mark.mounted
+pytestmark = [pytest.mark.mounted, pytest.mark.backends(*BACKENDS)]
 
 BS = 4096  # the mount's --block-size here, so small data crosses block boundaries
 MAX_SIZE = 3 * BS
@@ -613,34 +617,38 @@ def umount_remount(mounter: Mounter, m: Mount) -> Mount:
     return mounter.remount(m)
 
 
-def model_settings(examples: int) -> settings:
-    return settings(max_examples=examples, stateful_step_count=STEPS, deadline=None,
+def model_settings(examples: int, backend: str) -> settings:
+    """`examples` on the local backend, a tenth of them on a network one (see the top)."""
+    return settings(max_examples=examples if backend == "local" else max(1, examples // 10),
+                    stateful_step_count=STEPS, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much],
                     report_multiple_bugs=False)
 
 
 @pytest.fixture
-def model_mount(mounter: Mounter, store: Path) -> Mount:
+def model_mount(mounter: Mounter, store: AnyStore) -> Mount:
     return mounter.mount(store, *MOUNT_OPTIONS)
 
 
-def test_model_matches_local_directory(model_mount: Mount, tmp_path: Path) -> None:
+def test_model_matches_local_directory(model_mount: Mount, tmp_path: Path, backend: str
+                                       ) -> None:
     ref_root = tmp_path / "ref"
     ref_root.mkdir()
     machine = type("Model", (FsModel,), {"mount": model_mount, "ref_root": ref_root})
-    run_state_machine_as_test(machine, settings=model_settings(EXAMPLES))
+    run_state_machine_as_test(machine, settings=model_settings(EXAMPLES, backend))
 
 
 def test_model_persists_through_remount(mounter: Mounter, model_mount: Mount,
-                                        tmp_path: Path) -> None:
+                                        tmp_path: Path, backend: str) -> None:
     """Fewer examples, with unmount/remount as an operation; at the end the whole bucket,
     every example of the run, must come back from the store after a last remount."""
     ref_root = tmp_path / "ref"
     ref_root.mkdir()
     machine = type("RemountModel", (RemountingModel,),
                    {"mount": model_mount, "ref_root": ref_root, "mounter": mounter})
-    run_state_machine_as_test(machine, settings=model_settings(max(5, EXAMPLES // 5)))
+    run_state_machine_as_test(machine,
+                              settings=model_settings(max(5, EXAMPLES // 5), backend))
     mount = machine.mount
     compare_trees(mount.bucket, ref_root, "whole bucket before the final unmount")
     mount = umount_remount(mounter, mount)
@@ -650,10 +658,6 @@ def test_model_persists_through_remount(mounter: Mounter, model_mount: Mount,
 # ---- discrepancies the model found, as deterministic reproductions ------------------------
 # The model meets these only now and then (they depend on the timing of an upload); these
 # tests hit the same windows on purpose, so a bug (or its return) shows on every run.
-
-
-def queue_status(m: Mount) -> dict:
-    return json.loads(os.getxattr(m.path, STATUS_XATTR))
 
 
 def wait_until(what: str, cond: Callable[[], bool], timeout: float = 20) -> None:
@@ -683,22 +687,22 @@ def test_listing_keeps_a_file_whose_upload_finishes_during_the_listing(model_mou
                                  f"listing of their directory")
 
 
-def test_rename_during_upload_keeps_the_data(mounter: Mounter, store: Path) -> None:
+def test_rename_during_upload_keeps_the_data(mounter: Mounter, store: AnyStore) -> None:
     """Rename a file while its upload is under way (still filling the blocks it needs from the
     server): the data must reach the store under the new name."""
     m = mounter.mount(store, *MOUNT_OPTIONS, "--cache-size", "64K", name="small-cache")
     d = m.bucket
     data = random.Random(7).randbytes(1 << 20)
     (d / "big").write_bytes(data)
-    wait_until("big is uploaded", lambda: queue_status(m)["queued"] == 0)
+    wait_until("big is uploaded", lambda: m.served_status()["queued"] == 0)
     (d / "other").write_bytes(bytes(1 << 20))  # in a 64 KiB cache: evicts big's blocks
-    wait_until("other is uploaded", lambda: queue_status(m)["queued"] == 0)
+    wait_until("other is uploaded", lambda: m.served_status()["queued"] == 0)
     with open(d / "big", "r+b") as f:
         f.write(b"X")  # dirty again: its upload must fetch 255 blocks back first
     wait_until("big's upload has started", lambda: any(
-        e["key"] == "big" and e["state"] == "uploading" for e in queue_status(m)["queue"]))
+        e["key"] == "big" and e["state"] == "uploading" for e in m.served_status()["queue"]))
     os.rename(d / "big", d / "big2")
-    wait_until("the queue is empty", lambda: queue_status(m)["queued"] == 0)
+    wait_until("the queue is empty", lambda: m.served_status()["queued"] == 0)
     want = b"X" + data[1:]
     assert sorted(os.listdir(d)) == ["big2", "other"]
     assert (d / "big2").read_bytes() == want
@@ -707,7 +711,7 @@ def test_rename_during_upload_keeps_the_data(mounter: Mounter, store: Path) -> N
 
 
 def test_directory_rename_during_an_upload_below_moves_everything(mounter: Mounter,
-                                                                   store: Path) -> None:
+                                                                   store: AnyStore) -> None:
     """Rename a directory while a file in a subdirectory of it is being uploaded (the rename
     lists the old tree, then copies 200 objects: the upload ends in between). Afterwards the
     whole tree is under the new name, and nothing is left under the old one."""
@@ -716,11 +720,11 @@ def test_directory_rename_during_an_upload_below_moves_everything(mounter: Mount
     (d / "b" / "a").mkdir(parents=True)
     for i in range(200):
         (d / "b" / f"f{i}").write_bytes(b"x")
-    wait_until("the files are uploaded", lambda: queue_status(m)["queued"] == 0)
+    wait_until("the files are uploaded", lambda: m.served_status()["queued"] == 0)
     (d / "b" / "a" / "new").write_bytes(b"new")  # its upload starts 0.05 s after this close
     time.sleep(0.04)
     os.rename(d / "b", d / "x")
-    wait_until("the queue is empty", lambda: queue_status(m)["queued"] == 0)
+    wait_until("the queue is empty", lambda: m.served_status()["queued"] == 0)
 
     def check(root: Path, where: str) -> None:
         left = sorted(str(p.relative_to(root)) for p in (root / "b").rglob("*"))

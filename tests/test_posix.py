@@ -1,10 +1,11 @@
 """POSIX semantics of a real mount, driven with ordinary programs and syscalls.
 
-Every test mounts a fresh `local` store through /dev/fuse (fixtures in conftest.py), acts on
-the mount point, and checks exact results and exact errno values; where data or metadata must
-reach the store, it polls the store directory (the write-back delay is 0.2 s) or unmounts and
-mounts again. Permission tests run a subprocess as uid 65534 against a mount below a directory
-that user can reach; the last tests are an fsx-like random exerciser of one file.
+Every test runs once per backend (`[local]`, `[s3]`): it mounts a fresh store through
+/dev/fuse (fixtures in conftest.py), acts on the mount point, and checks exact results and exact
+errno values; where data or metadata must reach the store, it polls the store itself (a
+`stores.StorePath`; the write-back delay is 0.2 s) or unmounts and mounts again. Permission
+tests run a subprocess as uid 65534 against a mount below a directory that user can reach; the
+last tests are an fsx-like random exerciser of one file.
 """
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import BUCKET, Mount, Mounter
+from conftest import BACKENDS, BUCKET, Mount, Mounter, make_store
+from stores import AnyStore, StorePath, names, tree
 
-pytestmark = pytest.mark.mounted
+pytestmark = [pytest.mark.mounted, pytest.mark.backends(*BACKENDS)]
 
 NOBODY = 65534
 
@@ -44,24 +47,24 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
         time.sleep(0.02)
 
 
-def read_or_none(path: Path) -> bytes | None:
+def read_or_none(path: StorePath) -> bytes | None:
     try:
         return path.read_bytes()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
 
 
-def wait_store(path: Path, data: bytes | None, timeout: float = 10.0) -> None:
-    """Poll a store file until it holds exactly `data` (None: until it is absent)."""
+def wait_store(path: StorePath, data: bytes | None, timeout: float = 10.0) -> None:
+    """Poll a store object until it holds exactly `data` (None: until it is absent)."""
     if data is None:
-        wait_until(lambda: not os.path.lexists(path), timeout, f"{path} to disappear")
+        wait_until(lambda: not path.exists(), timeout, f"{path} to disappear")
     else:
         wait_until(lambda: read_or_none(path) == data, timeout, f"{path} to hold the data")
 
 
 def wait_idle(m: Mount, timeout: float = 10.0) -> None:
     """Until the mount has nothing left to upload."""
-    wait_until(lambda: m.status()["queued"] == 0, timeout, "the upload queue to drain")
+    wait_until(lambda: m.served_status()["queued"] == 0, timeout, "the upload queue to drain")
 
 
 def oserror(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
@@ -118,7 +121,7 @@ def errno_as_nobody(action: str) -> int:
 
 # ---- the root: buckets ---------------------------------------------------------------------
 
-def test_root_lists_buckets(mounter: Mounter, store: Path) -> None:
+def test_root_lists_buckets(mounter: Mounter, store: AnyStore) -> None:
     (store / "second").mkdir()
     (store / "second" / "obj").write_bytes(b"x")
     m = mounter.mount(store)
@@ -161,17 +164,24 @@ def test_file_at_root_is_refused(mounted: Mount) -> None:
     assert sorted(os.listdir(mounted.path)) == [BUCKET]
 
 
-def test_mkdir_reserved_bucket_name(mounted: Mount) -> None:
-    """Names starting with '.' at the store's top are reserved (documented local limit)."""
-    assert oserror(os.mkdir, mounted.path / ".hidden") == errno.EINVAL
-    assert not (mounted.store / ".hidden").exists()
+# A bucket name each store refuses: the local store reserves names starting with '.' at its
+# top (documented local limit); S3 wants 3 to 63 characters (moto allows a leading '.').
+REFUSED_BUCKET = {"local": ".hidden", "s3": "ab"}
+
+
+@pytest.mark.backend_bug("s3", reason="mkdir of a bucket name S3 refuses fails with EIO, not "
+                         "EINVAL: S3Backend.translate maps no InvalidBucketName (_BY_CODE)")
+def test_mkdir_refused_bucket_name(mounted: Mount, backend: str) -> None:
+    name = REFUSED_BUCKET[backend]
+    assert oserror(os.mkdir, mounted.path / name) == errno.EINVAL
+    assert name not in names(mounted.store)
 
 
 def test_listing_larger_than_a_page(mounted: Mount) -> None:
-    names = {f"obj{i:05d}" for i in range(2500)}
-    for name in names:
-        (mounted.store / BUCKET / name).write_bytes(name.encode())
-    assert set(os.listdir(mounted.bucket)) == names
+    keys = {f"obj{i:05d}" for i in range(2500)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: (mounted.store / BUCKET / k).write_bytes(k.encode()), keys))
+    assert set(os.listdir(mounted.bucket)) == keys
     assert (mounted.bucket / "obj02499").read_bytes() == b"obj02499"
 
 
@@ -399,7 +409,7 @@ def test_unlink_while_open_not_cached(mounted: Mount) -> None:
         assert f.read() == data[10:]
 
 
-def test_unlink_while_open_small_cache(mounter: Mounter, store: Path) -> None:
+def test_unlink_while_open_small_cache(mounter: Mounter, store: AnyStore) -> None:
     """The blocks an unlinked open file still needs are not evicted to make room."""
     m = mounter.mount(store, "--cache-size", "2M")
     data = pattern(3 * 1024 * 1024 + 5, seed=9)
@@ -641,7 +651,7 @@ def test_rename_to_itself(mounted: Mount) -> None:
     assert (mounted.bucket / "f").read_bytes() == b"x"
 
 
-def test_rename_tree(mounter: Mounter, store: Path) -> None:
+def test_rename_tree(mounter: Mounter, store: AnyStore) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
     files = {"top": b"t", "a/one": b"1" * 5000, "a/b/two": pattern(1024 * 1024 + 7),
              "a/b/c/three": b"3"}
@@ -664,7 +674,7 @@ def test_rename_tree(mounter: Mounter, store: Path) -> None:
     mounter.umount(m)
     m = mounter.remount(m)
     assert os.listdir(m.bucket) == ["new"]
-    assert tree_of(m.bucket / "new") == {"top", "empty/", "a/", "a/one", "a/b/", "a/b/two",
+    assert tree(m.bucket / "new") == {"top", "empty/", "a/", "a/one", "a/b/", "a/b/two",
                                          "a/b/c/", "a/b/c/three"}
     assert stat.S_IMODE(os.stat(m.bucket / "new" / "a").st_mode) == 0o700
 
@@ -685,7 +695,7 @@ def test_rename_tree_with_pending_files(mounted: Mount) -> None:
     assert not (m.store / BUCKET / "old").exists()
 
 
-def test_rename_before_upload(mounter: Mounter, store: Path) -> None:
+def test_rename_before_upload(mounter: Mounter, store: AnyStore) -> None:
     m = mounter.mount(store, "--writeback-delay", "1")
     write_file(m.bucket / "a", b"just written")
     os.rename(m.bucket / "a", m.bucket / "b")
@@ -697,7 +707,7 @@ def test_rename_before_upload(mounter: Mounter, store: Path) -> None:
     assert os.listdir(m.bucket) == ["b"]
 
 
-def test_rename_pending_over_uploaded_then_unlink(mounter: Mounter, store: Path) -> None:
+def test_rename_pending_over_uploaded_then_unlink(mounter: Mounter, store: AnyStore) -> None:
     """The replaced target must not come back when the renamed file is removed before its
     upload (found by the model test: a symlink target reappeared)."""
     m = mounter.mount(store, "--writeback-delay", "1")
@@ -712,7 +722,7 @@ def test_rename_pending_over_uploaded_then_unlink(mounter: Mounter, store: Path)
         os.rename(m.bucket / "p", m.bucket / "b")
         os.unlink(m.bucket / "b")
     assert os.listdir(m.bucket) == []
-    assert os.listdir(store / BUCKET) == []
+    assert names(store / BUCKET) == []
     mounter.umount(m)
     assert os.listdir(mounter.remount(m).bucket) == []
 
@@ -758,7 +768,7 @@ def test_rename_across_buckets(mounted: Mount) -> None:
     wait_store(mounted.store / "other" / "d" / "sub" / "g", b"deep")
     wait_idle(mounted)
     assert os.listdir(mounted.bucket) == []
-    assert os.listdir(mounted.store / BUCKET) == []
+    assert names(mounted.store / BUCKET) == []
 
 
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
@@ -803,7 +813,7 @@ def test_rename_bucket_is_refused(mounted: Mount) -> None:
 
 # ---- symlinks ----------------------------------------------------------------------------------
 
-def test_symlink_readlink(mounter: Mounter, store: Path) -> None:
+def test_symlink_readlink(mounter: Mounter, store: AnyStore) -> None:
     m = mounter.mount(store)
     write_file(m.bucket / "target", b"through the link")
     os.symlink("target", m.bucket / "link")
@@ -834,7 +844,7 @@ def test_rename_symlink(mounted: Mount) -> None:
 
 # ---- attributes, persisted -------------------------------------------------------------------
 
-def test_chmod_chown_utime_persist(mounter: Mounter, store: Path) -> None:
+def test_chmod_chown_utime_persist(mounter: Mounter, store: AnyStore) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
     f, d = m.bucket / "f", m.bucket / "d"
     write_file(f, b"x")
@@ -862,7 +872,7 @@ def test_chmod_chown_utime_persist(mounter: Mounter, store: Path) -> None:
     check(mounter.remount(m))
 
 
-def test_directory_attributes_seen_through_listing(mounter: Mounter, store: Path) -> None:
+def test_directory_attributes_seen_through_listing(mounter: Mounter, store: AnyStore) -> None:
     """After a remount, `ls -l` of the parent shows a directory's own mode and owner."""
     m = mounter.mount(store, "--writeback-delay", "0.2")
     os.mkdir(m.bucket / "private", 0o700)
@@ -880,7 +890,7 @@ def test_directory_attributes_seen_through_listing(mounter: Mounter, store: Path
     assert line[0].split()[:4] == ["drwx------", "1", "1000", "1000"]
 
 
-def test_attributes_of_pending_file_persist(mounter: Mounter, store: Path) -> None:
+def test_attributes_of_pending_file_persist(mounter: Mounter, store: AnyStore) -> None:
     """chmod/chown/utime on a file not uploaded yet travel with its upload."""
     m = mounter.mount(store, "--writeback-delay", "1")
     f = m.bucket / "f"
@@ -938,7 +948,7 @@ def test_mtime_updates_on_write(mounted: Mount) -> None:
     assert before - 10**9 <= mtime <= time.time_ns() + 10**9
 
 
-def test_xattrs(mounter: Mounter, store: Path) -> None:
+def test_xattrs(mounter: Mounter, store: AnyStore) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
     f, d = m.bucket / "f", m.bucket / "d"
     write_file(f, b"x")
@@ -999,7 +1009,7 @@ def test_mmap_read(mounted: Mount) -> None:
             assert mm[:] == data
 
 
-def test_mmap_write_shared(mounter: Mounter, store: Path) -> None:
+def test_mmap_write_shared(mounter: Mounter, store: AnyStore) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
     path = m.bucket / "m"
     size = 3 * 4096 + 100
@@ -1039,26 +1049,15 @@ def make_tree(root: Path) -> dict[str, bytes]:
     return files
 
 
-def tree_of(root: Path) -> set[str]:
-    out = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for name in dirnames:
-            out.add(os.path.normpath(os.path.join(rel, name)) + "/")
-        for name in filenames:
-            out.add(os.path.normpath(os.path.join(rel, name)))
-    return out
-
-
 def test_cp_r_and_diff(mounted: Mount, tmp_path: Path) -> None:
     src = tmp_path / "src-tree"
     files = make_tree(src)
     run("cp", "-r", src, mounted.bucket / "copy")
     run("diff", "-r", src, mounted.bucket / "copy")
-    assert tree_of(mounted.bucket / "copy") == tree_of(src)
+    assert tree(mounted.bucket / "copy") == tree(src)
     for rel, data in files.items():
         wait_store(mounted.store / BUCKET / "copy" / rel, data)
-    assert tree_of(mounted.store / BUCKET / "copy") == tree_of(src)
+    assert tree(mounted.store / BUCKET / "copy") == tree(src)
     # and back out again
     run("cp", "-r", mounted.bucket / "copy", tmp_path / "back")
     run("diff", "-r", src, tmp_path / "back")
@@ -1091,7 +1090,7 @@ def test_mv_within_and_into_mount(mounted: Mount, tmp_path: Path) -> None:
     assert os.listdir(mounted.bucket) == ["moved"]
     wait_store(mounted.store / BUCKET / "moved" / "inside.txt", b"from outside")
     wait_idle(mounted)
-    assert sorted(os.listdir(mounted.store / BUCKET)) == ["moved"]
+    assert names(mounted.store / BUCKET) == ["moved"]
 
 
 def test_rm_r(mounted: Mount, tmp_path: Path) -> None:
@@ -1102,10 +1101,10 @@ def test_rm_r(mounted: Mount, tmp_path: Path) -> None:
         wait_store(mounted.store / BUCKET / "t" / rel, data)
     run("rm", "-r", mounted.bucket / "t")
     assert os.listdir(mounted.bucket) == []
-    assert os.listdir(mounted.store / BUCKET) == []
+    assert names(mounted.store / BUCKET) == []
 
 
-def test_rm_r_before_upload(mounter: Mounter, store: Path, tmp_path: Path) -> None:
+def test_rm_r_before_upload(mounter: Mounter, store: AnyStore, tmp_path: Path) -> None:
     m = mounter.mount(store, "--writeback-delay", "1")
     make_tree(tmp_path / "src-tree")
     run("cp", "-r", tmp_path / "src-tree", m.bucket / "t")
@@ -1113,7 +1112,7 @@ def test_rm_r_before_upload(mounter: Mounter, store: Path, tmp_path: Path) -> No
     assert os.listdir(m.bucket) == []
     time.sleep(1.5)
     wait_idle(m)
-    assert os.listdir(store / BUCKET) == []
+    assert names(store / BUCKET) == []
 
 
 def test_ls_l_chmod_touch_stat(mounted: Mount) -> None:
@@ -1173,13 +1172,11 @@ def open_mounter() -> Iterator[Mounter]:
 
 
 @pytest.fixture
-def open_store(open_mounter: Mounter) -> Path:
-    store = open_mounter.tmp / "store"
-    (store / BUCKET).mkdir(parents=True)
-    return store
+def open_store(request: pytest.FixtureRequest, backend: str, open_mounter: Mounter) -> AnyStore:
+    return make_store(request, backend, open_mounter.tmp / "store")
 
 
-def test_other_users_need_allow_other(open_mounter: Mounter, open_store: Path) -> None:
+def test_other_users_need_allow_other(open_mounter: Mounter, open_store: AnyStore) -> None:
     m = open_mounter.mount(open_store)
     write_file(m.bucket / "f", b"x")
     os.chmod(m.bucket / "f", 0o644)
@@ -1187,7 +1184,7 @@ def test_other_users_need_allow_other(open_mounter: Mounter, open_store: Path) -
     assert errno_as_nobody(f"os.stat({str(m.bucket / 'f')!r})") == errno.EACCES
 
 
-def test_permissions(open_mounter: Mounter, open_store: Path) -> None:
+def test_permissions(open_mounter: Mounter, open_store: AnyStore) -> None:
     mounter, store = open_mounter, open_store
     m = mounter.mount(store, "--allow-other", "--writeback-delay", "0.2")
     pub, priv = m.bucket / "public", m.bucket / "private"
@@ -1216,7 +1213,7 @@ def test_permissions(open_mounter: Mounter, open_store: Path) -> None:
 
 # ---- read-only mount ---------------------------------------------------------------------------
 
-def test_read_only(mounter: Mounter, store: Path) -> None:
+def test_read_only(mounter: Mounter, store: AnyStore) -> None:
     (store / BUCKET / "f").write_bytes(b"content")
     (store / BUCKET / "d").mkdir()
     m = mounter.mount(store, "--read-only")
@@ -1245,14 +1242,14 @@ def test_read_only(mounter: Mounter, store: Path) -> None:
     codes = {name: oserror(fn) for name, fn in attempts.items()}
     assert codes == {name: errno.EROFS for name in attempts}
     assert (store / BUCKET / "f").read_bytes() == b"content"
-    assert sorted(os.listdir(store / BUCKET)) == ["d", "f"]
+    assert names(store / BUCKET) == ["d", "f"]
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o644
 
 
 # ---- a random read/write/truncate/mmap exerciser (fsx-like) ------------------------------
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_io_against_model(mounter: Mounter, store: Path, seed: int) -> None:
+def test_random_io_against_model(mounter: Mounter, store: AnyStore, seed: int) -> None:
     """Random pwrite/pread/truncate/mmap on one file, with reopens and uploads in between,
     checked step by step against a bytearray; at the end the store and a remount agree."""
     rng = random.Random(seed)

@@ -1,0 +1,190 @@
+"""The store behind a mount, seen directly (not through the mount), the same way for every backend.
+
+A test looks at its store through a `StorePath`: for `local` that is the store directory itself
+(a `pathlib.Path`); for `s3` an `S3Path`, which offers the same few `pathlib` methods over boto3.
+The first component below the store's root is a bucket, the rest a key, as on the mount:
+
+    store / "bucket" / "dir" / "f"      the object `dir/f` of bucket `bucket`
+    (...).read_bytes(), .write_bytes()  get and put it (FileNotFoundError when it is absent)
+    (...).is_dir(), .exists()           a directory is a `dir/` marker or a prefix of keys
+    (...).mkdir(), .iterdir()           at the root: create a bucket, list the buckets
+
+`mount_args` says how to mount a store, `leftovers` what an interrupted upload left in it.
+"""
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, Union
+
+import boto3
+from botocore.exceptions import ClientError
+
+from servers.s3 import CREDENTIALS, S3Server
+
+LOCAL_TMP = ".mountfs-tmp"  # where the local backend writes objects before renaming them in
+
+
+class StorePath(Protocol):
+    """The part of `pathlib.Path` the tests use on a store."""
+
+    @property
+    def name(self) -> str: ...
+    def __truediv__(self, name: str) -> StorePath: ...
+    def read_bytes(self) -> bytes: ...
+    def write_bytes(self, data: bytes) -> int: ...
+    def exists(self) -> bool: ...
+    def is_dir(self) -> bool: ...
+    def mkdir(self) -> None: ...
+    def iterdir(self) -> Iterator[StorePath]: ...
+
+
+def names(path: StorePath) -> list[str]:
+    """The sorted names in a store directory (at the root: the buckets)."""
+    return sorted(p.name for p in path.iterdir())
+
+
+def tree(path: StorePath) -> set[str]:
+    """Every entry below `path`, relative to it, directories with a trailing '/'. Works for a
+    store and for a mounted or plain directory alike."""
+    out: set[str] = set()
+
+    def walk(p: StorePath, rel: str) -> None:
+        for child in p.iterdir():
+            if child.is_dir():
+                out.add(f"{rel}{child.name}/")
+                walk(child, f"{rel}{child.name}/")
+            else:
+                out.add(rel + child.name)
+
+    walk(path, "")
+    return out
+
+
+class S3Path:
+    """A bucket, a key or a key prefix on an S3 server: `StorePath` over boto3."""
+
+    def __init__(self, client: Any, url: str, bucket: str = "", key: str = "") -> None:
+        self.client, self.url, self.bucket, self.key = client, url, bucket, key
+
+    def __repr__(self) -> str:
+        return f"S3Path({self.url}/{self.bucket}/{self.key})"
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1] if self.key else self.bucket
+
+    def __truediv__(self, name: str) -> S3Path:
+        parts = [p for p in f"{self.bucket}/{self.key}/{name}".split("/") if p]
+        return S3Path(self.client, self.url, parts[0], "/".join(parts[1:]))
+
+    def _missing(self, exc: ClientError) -> bool:
+        code = exc.response.get("Error", {}).get("Code", "")
+        return code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
+
+    def is_file(self) -> bool:
+        if not self.key:
+            return False
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as exc:
+            if self._missing(exc):
+                return False
+            raise
+        return True
+
+    def is_dir(self) -> bool:
+        if not self.bucket:
+            return True
+        try:
+            if not self.key:
+                self.client.head_bucket(Bucket=self.bucket)
+                return True
+            listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key + "/",
+                                                  MaxKeys=1)
+        except ClientError as exc:
+            if self._missing(exc):
+                return False
+            raise
+        return listing.get("KeyCount", 0) > 0
+
+    def exists(self) -> bool:
+        return self.is_file() or self.is_dir()
+
+    def read_bytes(self) -> bytes:
+        if not self.key:
+            raise IsADirectoryError(repr(self))
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+        except ClientError as exc:
+            if not self._missing(exc):
+                raise
+        if self.is_dir():
+            raise IsADirectoryError(repr(self))
+        raise FileNotFoundError(repr(self))
+
+    def write_bytes(self, data: bytes) -> int:
+        """A put by another tool: an object without mountfs's metadata."""
+        self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data)
+        return len(data)
+
+    def mkdir(self) -> None:
+        """At the root a bucket, below it an empty-directory marker `key/`."""
+        if not self.key:
+            self.client.create_bucket(Bucket=self.bucket)
+        else:
+            self.client.put_object(Bucket=self.bucket, Key=self.key + "/", Body=b"")
+
+    def iterdir(self) -> Iterator[S3Path]:
+        if not self.bucket:
+            for b in self.client.list_buckets()["Buckets"]:
+                yield self / b["Name"]
+            return
+        prefix = self.key + "/" if self.key else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+        for page in pages:
+            for p in page.get("CommonPrefixes", []):
+                yield self / p["Prefix"][len(prefix):]
+            for o in page.get("Contents", []):
+                if o["Key"] != prefix:  # the directory's own marker
+                    yield self / o["Key"][len(prefix):]
+
+    def multipart_uploads(self) -> list[str]:
+        """`bucket/key` of every multipart upload begun and neither completed nor aborted."""
+        return [f"{b.name}/{u['Key']}" for b in self.iterdir() if isinstance(b, S3Path)
+                for u in self.client.list_multipart_uploads(Bucket=b.bucket).get("Uploads", [])]
+
+
+AnyStore = Union[Path, S3Path]
+
+
+def empty_s3_store(server: S3Server, bucket: str) -> S3Path:
+    """Clear the server of everything (buckets of earlier tests too), then make `bucket`."""
+    urllib.request.urlopen(urllib.request.Request(server.url + "/moto-api/reset",
+                                                  method="POST"), timeout=30).close()
+    client = boto3.client("s3", endpoint_url=server.url,
+                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                          region_name=CREDENTIALS["AWS_DEFAULT_REGION"])
+    root = S3Path(client, server.url)
+    (root / bucket).mkdir()
+    return root
+
+
+def mount_args(store: AnyStore) -> tuple[str, list[str], dict[str, str]]:
+    """The SOURCE, the backend's options and the environment to mount `store` with."""
+    if isinstance(store, S3Path):
+        return "s3://", ["--endpoint-url", store.url], dict(CREDENTIALS)
+    return f"local:{store}", [], {}
+
+
+def leftovers(store: AnyStore) -> list[str]:
+    """What unfinished uploads left in the store: the local backend's temporary files, or
+    multipart uploads never completed nor aborted."""
+    if isinstance(store, S3Path):
+        return store.multipart_uploads()
+    tmp = store / LOCAL_TMP
+    return sorted(os.listdir(tmp)) if tmp.exists() else []
