@@ -271,9 +271,10 @@ class Namespace:
         return found
 
     def _small(self, node: Node) -> bool:
-        """Listing it answers a lookup as cheaply as probing for the name would."""
-        return self.lists_buckets(node) or \
-            node.listed_size is not None and node.listed_size < SMALL_DIR
+        """Listing it answers a lookup as cheaply as probing for the name would (and a listing
+        answers lookups at all: not with a zero TTL)."""
+        return self.ttl > 0 and (self.lists_buckets(node) or
+                                 node.listed_size is not None and node.listed_size < SMALL_DIR)
 
     def _remember_absent(self, parent: Node, name: str) -> None:
         if len(parent.absent) >= ABSENT_KEPT:

@@ -30,15 +30,6 @@ BIG = 17 * MiB + 4321
 Proxies = Callable[..., S3Proxy]
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
-    server = S3Server().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for name, value in CREDENTIALS.items():

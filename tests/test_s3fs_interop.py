@@ -13,7 +13,7 @@ import pytest
 
 from conftest import Mounter, is_mounted
 from servers.s3 import S3Server
-from test_s3 import bucket_name, client, mount_s3, s3_env, s3_server  # noqa: F401  (fixtures)
+from test_s3 import bucket_name, client, mount_s3, s3_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(shutil.which("s3fs") is None, reason="s3fs is not installed")
 
