@@ -115,6 +115,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         # main() also returns when the kernel unmounted us (fusermount3 -u): then there is
         # nothing left to unmount.
         pyfuse3.close(unmount=stop.requested)
+        cache.close()
         await backend.aclose()
         os.close(lock_fd)
 
