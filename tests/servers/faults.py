@@ -1,0 +1,140 @@
+"""A fault-injecting HTTP proxy between a client and an S3 server (moto_server in the tests).
+
+`FaultProxy(upstream, rate=0.2, seed=1).start()` (or `python -m tests.servers.faults --port N
+--upstream URL --rate 0.2`) forwards requests like `S3Proxy`, and answers a share `rate` of
+them with a fault instead, drawn from `kinds`:
+
+| kind      | what the client gets                                                     | upstream |
+| --------- | ------------------------------------------------------------------------ | -------- |
+| 500       | 500 InternalError (S3 XML)                                               | not sent |
+| 503       | 503 ServiceUnavailable                                                   | not sent |
+| slowdown  | 503 SlowDown                                                             | not sent |
+| 429       | 429 TooManyRequests                                                      | not sent |
+| stall     | nothing for `stall` seconds (past the client's read timeout), then FIN  | either   |
+| reset     | the reply's headers and half its body, then a TCP RST                    | applied  |
+| truncate  | the reply's headers (Content-Length of the whole) and half its body, FIN | applied  |
+
+"applied": the request reached the server and took effect, only the reply is lost — the case a
+client must survive by retrying idempotently (a PUT stored twice, a multipart upload completed
+whose Complete reply never came back). A stall is half the time before forwarding, half after.
+A reply without a body (a PUT's) is cut by claiming a body it does not send; a HEAD's reply is
+cut off whole (reset before any byte).
+
+Decisions come from `random.Random(seed)`, one draw per request in arrival order: the same seed
+gives the same sequence of faults (which request gets which depends on the client's order).
+`injected` counts the faults by kind, `seen` (from S3Proxy) the requests.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterable
+
+from .s3_proxy import ProxyHandler, S3Proxy, error_body
+
+KINDS = ("500", "503", "slowdown", "429", "stall", "reset", "truncate")
+# kind -> (status, S3 error code) of the faults that are an error reply
+ERRORS = {"500": (500, "InternalError"), "503": (503, "ServiceUnavailable"),
+          "slowdown": (503, "SlowDown"), "429": (429, "TooManyRequests")}
+
+
+class FaultProxy(S3Proxy):
+    def __init__(self, upstream: str, rate: float = 0.2, seed: int = 0,
+                 kinds: Iterable[str] = KINDS, stall: float = 3.0,
+                 port: int | None = None) -> None:
+        super().__init__(upstream, port=port)
+        self.kinds = tuple(kinds)
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown or not self.kinds:
+            raise ValueError(f"fault kinds are {', '.join(KINDS)}; not {sorted(unknown)}")
+        self.rate, self.stall = rate, stall
+        self.random = random.Random(seed)
+        self.injected: collections.Counter[str] = collections.Counter()
+        self.requests = 0
+        # A permanent fault, on top of the random ones: every PUT or POST to a key (uploads,
+        # copies, multipart steps; not bucket creation) is answered 403 AccessDenied.
+        self.deny_writes = False
+
+    def draw(self) -> tuple[str | None, bool]:
+        """The fault for the next request (None: forward it), and whether a stall comes after
+        forwarding. Always three draws, so the sequence depends on the seed alone."""
+        with self.lock:
+            self.requests += 1
+            hit, kind, after = self.random.random(), self.random.choice(self.kinds), \
+                self.random.random() < 0.5
+            if hit >= self.rate:
+                return None, False
+            self.injected[kind] += 1
+            return kind, after
+
+    def handle(self, h: ProxyHandler, op: str, body: bytes) -> None:
+        if self.deny_writes and h.command in ("PUT", "POST") and "/" in h.url_path.strip("/"):
+            with self.lock:
+                self.injected["denied"] += 1
+            h.answer(403, {"Content-Type": "application/xml"},
+                     error_body("AccessDenied", h.url_path, "Access Denied (fault proxy)"))
+            return
+        kind, after = self.draw()
+        if kind is None:
+            super().handle(h, op, body)
+        elif kind in ERRORS:
+            status, code = ERRORS[kind]
+            h.answer(status, {"Content-Type": "application/xml"},
+                     error_body(code, h.url_path, "injected by the fault proxy"))
+        elif kind == "stall":
+            if after:
+                h.forward(body)
+            time.sleep(self.stall)
+            h.drop()
+        else:
+            status, headers, data = h.forward(body)
+            if h.command == "HEAD":
+                # No body to cut short, and its Content-Length is the object's size, which must
+                # not be altered (that would be a server lying, not failing): cut off the reply.
+                h.reset()
+            elif kind == "reset":
+                h.answer(status, headers, data, send=len(data) // 2, length=len(data))
+                h.reset()
+            else:  # truncate: half the body, or a body claimed that never comes
+                h.answer(status, headers, data, send=len(data) // 2,
+                         length=len(data) if data else 64)
+
+    def report(self) -> str:
+        total = sum(self.injected.values())
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.injected.items()))
+        return f"{total} faults injected in {self.requests} requests ({kinds or 'none'})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.faults",
+                                     description="A fault-injecting proxy in front of S3.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True, help="the S3 server, e.g. http://127.0.0.1:5000")
+    parser.add_argument("--rate", type=float, default=0.2, help="share of requests faulted")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma separated: " + ",".join(KINDS))
+    parser.add_argument("--stall", type=float, default=3.0, help="seconds a stall lasts")
+    args = parser.parse_args(argv)
+    proxy = FaultProxy(args.upstream, args.rate, args.seed, args.kinds.split(","), args.stall,
+                       port=args.port).start()
+    print(f"fault proxy on {proxy.url} -> {args.upstream}, rate {args.rate}, seed {args.seed}",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(10)
+            print(proxy.report(), flush=True)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        print(proxy.report(), flush=True)
+        proxy.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

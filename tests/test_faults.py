@@ -1,0 +1,255 @@
+"""Faults between mountfs and the store: real mounts of moto_server through a fault-injecting
+proxy (tests/servers/faults.py) that answers ~20% of requests with 500, 503, SlowDown, 429, a
+stall past the client's read timeout, a reset or a cut-off body.
+
+What must hold: every file a program wrote and closed reaches the server byte for byte; a read
+returns the right bytes or an error, never wrong bytes, and an error does not stick; a permanent
+failure (403 AccessDenied, the bucket deleted) reaches the program through fsync and close,
+stays visible in `mountfs status`, keeps the data in the cache until a retry succeeds or the
+user discards it.
+
+The mounts get short S3 timeouts through the environment (MOUNTFS_S3_READ_TIMEOUT), so a stall
+costs seconds, not a minute. The long variant (1,000 files up to 50 MiB) is marked slow and run
+by scripts/soak.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import re
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+
+from conftest import Mount, Mounter, run_cli
+from servers.faults import FaultProxy
+from servers.s3 import CREDENTIALS, S3Server
+
+MiB = 1024 * 1024
+RATE = 0.2
+READ_TIMEOUT = 2.0  # the mount's S3 read timeout; a stall lasts longer
+STALL = 3.0
+MOUNT_ENV = {**CREDENTIALS, "MOUNTFS_S3_READ_TIMEOUT": str(READ_TIMEOUT),
+             "MOUNTFS_S3_CONNECT_TIMEOUT": str(READ_TIMEOUT)}
+# Errors a program may see while the store fails for a while (not ENOENT: a name that exists
+# must never be reported missing because a request failed).
+TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT}
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def client(s3_env: S3Server):  # type: ignore[no-untyped-def]
+    """boto3 straight to moto, never through the proxy: what the server really holds."""
+    return boto3.client("s3", endpoint_url=s3_env.url)
+
+
+@pytest.fixture
+def bucket(client, request: pytest.FixtureRequest) -> str:  # type: ignore[no-untyped-def]
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"f-{slug}-{zlib.crc32(request.node.name.encode()):08x}"
+    client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def proxy(s3_env: S3Server) -> Iterator[FaultProxy]:
+    """The fault proxy in front of moto, faults off until a test turns them on."""
+    p = FaultProxy(s3_env.url, rate=0.0, seed=20261122, stall=STALL).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def mount_via(mounter: Mounter, proxy: FaultProxy, bucket: str, name: str,
+              *options: str) -> Mount:
+    """Mount s3://bucket through the proxy. Faults are paused while mounting: the mount's own
+    check of the endpoint is not what these tests are about."""
+    rate, proxy.rate = proxy.rate, 0.0
+    try:
+        path = mounter.tmp / name
+        path.mkdir(exist_ok=True)
+        cache = mounter.tmp / f"cache-{name}"
+        m = Mount(f"s3://{bucket}", path, cache, Path("/nonexistent"),
+                  options=["--endpoint-url", proxy.url, *options])
+        run_cli("mount", m.source, str(path), "--cache-dir", str(cache), "-v", *m.options,
+                env=MOUNT_ENV)
+        mounter.mounts.append(m)
+        m.pid = m.served_status()["pid"]
+        return m
+    finally:
+        proxy.rate = rate
+
+
+# ---- many files through a faulty store -----------------------------------------------------
+
+
+@dataclass
+class FileSet:
+    """Files made from a seed: their bytes are made again on demand, so a soak of gigabytes
+    keeps only checksums in memory."""
+
+    seed: int
+    sizes: list[int]
+
+    def name(self, i: int) -> str:
+        return f"d{i % 7}/f{i:04d}.bin"
+
+    def data(self, i: int) -> bytes:
+        return random.Random(self.seed * 1_000_003 + i).randbytes(self.sizes[i])
+
+    def digest(self, i: int) -> str:
+        return hashlib.md5(self.data(i)).hexdigest()
+
+
+def ci_sizes() -> list[int]:
+    """0 B to a few MiB, block and part edges, one multipart upload (over 8 MiB)."""
+    rng = random.Random(5)
+    edges = [0, 1, 4095, 4096, 4097, 65536, 1 * MiB - 1, 1 * MiB, 1 * MiB + 1, 3 * MiB + 17,
+             8 * MiB + 3]
+    return edges + [rng.randrange(0, 256 * 1024) for _ in range(40)]
+
+
+def soak_sizes(count: int = 1000) -> list[int]:
+    """Mostly small files, some of MiBs, 1% up to 50 MiB (about 0.7 GiB in all)."""
+    rng = random.Random(6)
+    out = []
+    for _ in range(count):
+        r = rng.random()
+        top = 50 * MiB if r < 0.01 else 8 * MiB if r < 0.1 else 256 * 1024
+        out.append(rng.randrange(0, top + 1))
+    return out
+
+
+@dataclass
+class Tally:
+    """What the program saw: errno values of failed tries, and of reads."""
+
+    write_errors: list[int] = field(default_factory=list)
+    read_errors: list[int] = field(default_factory=list)
+    failed_uploads: set[str] = field(default_factory=set)
+
+
+def retrying(what: str, tally: list[int], fn, tries: int = 8):  # type: ignore[no-untyped-def]
+    """Run `fn` until it does not raise OSError, at most `tries` times (a program that tries
+    again after an error, as a user would); only transient errors are acceptable."""
+    for attempt in range(tries):
+        try:
+            return fn()
+        except OSError as exc:
+            assert exc.errno in TRANSIENT, f"{what}: {exc!r} is not a transient error"
+            tally.append(exc.errno)
+            time.sleep(0.2 * attempt)
+    raise AssertionError(f"{what}: still failing after {tries} tries at a {RATE:.0%} fault rate")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def wait_uploaded(m: Mount, tally: Tally, timeout: float) -> None:
+    """Until the queue is empty; no upload may ever be shown as failed for good, since every
+    injected fault is temporary."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = m.served_status()
+        tally.failed_uploads |= {f"{e['key']}: {e['error']}" for e in status["queue"]
+                                 if e["state"] == "failed"}
+        if not status["queued"]:
+            return
+        assert time.monotonic() < deadline, f"uploads still queued: {status['queue'][:5]}"
+        time.sleep(0.2)
+
+
+def server_digests(client, bucket: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/"):  # directory markers
+                body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                out[obj["Key"]] = hashlib.md5(body).hexdigest()
+    return out
+
+
+def copy_verify_read_back(mounter: Mounter, proxy: FaultProxy, client, bucket: str,
+                          files: FileSet, drain_timeout: float) -> None:
+    """Copy `files` into a mount through the faulty proxy, unmount, compare every object on
+    the server with what was written, then read each back through a fresh mount."""
+    tally = Tally()
+    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "0.2")
+    proxy.rate = RATE
+    for d in sorted({files.name(i).split("/")[0] for i in range(len(files.sizes))}):
+        retrying(f"mkdir {d}", tally.write_errors,
+                 lambda: os.makedirs(m.path / d, exist_ok=True))
+    for i in range(len(files.sizes)):
+        target = m.path / files.name(i)
+        data = files.data(i)
+        retrying(f"write {target}", tally.write_errors, lambda: write_file(target, data))
+    wait_uploaded(m, tally, drain_timeout)
+    written_faults = sum(proxy.injected.values())
+    proxy.rate = 0.0  # `mountfs umount` itself is not under test here
+    mounter.umount(m)
+
+    expected = {files.name(i): files.digest(i) for i in range(len(files.sizes))}
+    actual = server_digests(client, bucket)
+    wrong = sorted(k for k in expected if actual.get(k) != expected[k])
+    assert not wrong, f"{len(wrong)} objects missing or different on the server: {wrong[:10]}"
+    assert set(actual) == set(expected), f"unexpected objects: {set(actual) - set(expected)}"
+    assert not tally.failed_uploads, f"temporary faults taken as permanent: {tally.failed_uploads}"
+
+    before = sum(proxy.injected.values())
+    again = mount_via(mounter, proxy, bucket, "again")
+    proxy.rate = RATE
+    pending = list(range(len(files.sizes)))
+    for round_ in range(6):
+        still = []
+        for i in pending:
+            try:
+                got = (again.path / files.name(i)).read_bytes()
+            except OSError as exc:
+                assert exc.errno in TRANSIENT, f"read {files.name(i)}: {exc!r}"
+                tally.read_errors.append(exc.errno)
+                still.append(i)
+                continue
+            # Never wrong bytes: a short, long or altered read is the one thing not allowed.
+            assert hashlib.md5(got).hexdigest() == expected[files.name(i)], \
+                f"{files.name(i)}: wrong bytes read ({len(got)} of {files.sizes[i]})"
+        pending = still
+        if not pending:
+            break
+        time.sleep(0.5 * round_)
+    read_faults = sum(proxy.injected.values()) - before
+    proxy.rate = 0.0
+    assert not pending, f"reads kept failing: {[files.name(i) for i in pending]}"
+    # The test means something only if faults were actually met in both halves.
+    assert written_faults > 0 and read_faults > 0, proxy.report()
+    print(f"\n{len(files.sizes)} files, {sum(files.sizes) / MiB:.1f} MiB checked on the server "
+          f"and read back; {proxy.report()}; the program saw {len(tally.write_errors)} write "
+          f"and {len(tally.read_errors)} read errors (tried again)")
+
+
+def test_files_copied_through_faults_arrive_exact_and_read_back_exact(
+        mounter: Mounter, proxy: FaultProxy, client, bucket: str) -> None:
+    copy_verify_read_back(mounter, proxy, client, bucket, FileSet(1, ci_sizes()),
+                          drain_timeout=120)
+
+
+@pytest.mark.slow
+def test_soak_thousand_files_up_to_50_mib_through_faults(
+        mounter: Mounter, proxy: FaultProxy, client, bucket: str) -> None:
+    copy_verify_read_back(mounter, proxy, client, bucket, FileSet(2, soak_sizes()),
+                          drain_timeout=3600)
