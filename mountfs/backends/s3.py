@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import hashlib
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -67,7 +69,49 @@ _BY_CODE: dict[str, type[BackendError]] = {
     "ServiceUnavailable": TemporaryFailure,
     "503": TemporaryFailure,
     "500": TemporaryFailure,
+    # 429: what S3-compatible stores (Ceph RGW, MinIO, gateways) answer when they throttle.
+    "429": TemporaryFailure,
+    "TooManyRequests": TemporaryFailure,
+    "TooManyRequestsException": TemporaryFailure,
+    "RequestLimitExceeded": TemporaryFailure,
+    "RequestThrottled": TemporaryFailure,
+    "BandwidthLimitExceeded": TemporaryFailure,
 }
+# Statuses worth retrying whatever the code says: 408 Request Timeout, 429 Too Many Requests.
+TEMPORARY_STATUSES = {408, 429}
+# Tries of a GET whose body broke off after the headers (botocore retries a request only until
+# its headers arrive; s3transfer retries a broken download the same way).
+GET_TRIES = 3
+# Client timeouts, in seconds; the environment may set others (tests use short ones to make a
+# stalled server cost little).
+CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV = "MOUNTFS_S3_CONNECT_TIMEOUT", "MOUNTFS_S3_READ_TIMEOUT"
+
+
+def body_broke_off(exc: BaseException) -> bool:
+    """Whether `_call` raised `exc` for a reply body that broke off after its headers."""
+    import botocore.exceptions as bx
+
+    return isinstance(exc.__cause__, (bx.ResponseStreamingError, bx.IncompleteReadError))
+
+
+def multipart_etag(part_etags: list[str]) -> str:
+    """The ETag S3 gives a multipart upload: the MD5 of its parts' binary MD5s, "-" count."""
+    digests = b"".join(bytes.fromhex(e.strip('"')) for e in part_etags)
+    return f"{hashlib.md5(digests).hexdigest()}-{len(part_etags)}"
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable `name`, else `default`."""
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def part_size_for(size: int) -> int:
@@ -154,7 +198,8 @@ class S3Backend(Backend):
             max_pool_connections=threads,
             retries={"mode": "standard", "max_attempts": 3},
             s3={"addressing_style": "path" if path_style else "auto"},
-            connect_timeout=10, read_timeout=60,
+            connect_timeout=env_seconds(CONNECT_TIMEOUT_ENV, 10),
+            read_timeout=env_seconds(READ_TIMEOUT_ENV, 60),
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
@@ -188,7 +233,7 @@ class S3Backend(Backend):
             cls = _BY_CODE.get(code)
             if cls is None and status == 501:  # Not Implemented, whatever the code says
                 cls = NotSupported
-            if cls is None and status >= 500:
+            if cls is None and (status >= 500 or status in TEMPORARY_STATUSES):
                 cls = TemporaryFailure
             return (cls or BackendError)(f"{code or status}: {err.get('Message', '')}".strip())
         if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError,
@@ -331,11 +376,24 @@ class S3Backend(Backend):
         def get() -> bytes:
             reply = self.client.get_object(Bucket=bucket, Key=key, **conditions,
                                            Range=f"bytes={offset}-{offset + length - 1}")
-            with reply["Body"] as body:
+            # Not `with reply["Body"] as body`: that yields urllib3's raw stream, whose errors
+            # (a reset or a cut body mid-read) botocore then neither translates into its own
+            # (ResponseStreamingError, IncompleteReadError) nor checks against Content-Length.
+            body = reply["Body"]
+            try:
                 data: bytes = body.read()
                 return data
+            finally:
+                body.close()
 
-        return await self._call(get)
+        for tries_left in reversed(range(GET_TRIES)):
+            try:
+                return await self._call(get)
+            except TemporaryFailure as exc:
+                if not tries_left or not body_broke_off(exc):
+                    raise
+                log.info("GET %s/%s broke off (%s); trying again", bucket, key, exc)
+        raise AssertionError("unreachable")
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -382,9 +440,15 @@ class S3Backend(Backend):
         try:
             etags = await self._send_parts(size, functools.partial(send, upload_id))
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-            return await self._call(self.client.complete_multipart_upload, Bucket=bucket,
-                                    Key=key, UploadId=upload_id,
-                                    MultipartUpload={"Parts": parts})
+            try:
+                return await self._call(self.client.complete_multipart_upload, Bucket=bucket,
+                                        Key=key, UploadId=upload_id,
+                                        MultipartUpload={"Parts": parts})
+            except BackendError as exc:
+                if error_code(exc) != "NoSuchUpload":
+                    raise
+                return await self._completed_before(bucket, key, [p["ETag"] for p in parts],
+                                                    exc)
         except BaseException:
             with trio.CancelScope(shield=True):
                 try:
@@ -393,6 +457,22 @@ class S3Backend(Backend):
                 except Exception as exc:
                     log.warning("could not abort multipart upload of %s: %s", key, exc)
             raise
+
+    async def _completed_before(self, bucket: str, key: str, part_etags: list[str],
+                                exc: BackendError) -> dict[str, Any]:
+        """A Complete answered NoSuchUpload: a try of it whose reply was lost (botocore retries
+        it) may have completed the upload. Then the object's ETag is the one these parts make,
+        and the upload is done; else nothing says the object is ours: a temporary failure, so
+        the queue uploads it again (the upload is gone, the error is no reason to give up)."""
+        try:
+            head = await self._call(self.client.head_object, Bucket=bucket, Key=key)
+        except NoSuchObject:
+            head = {}
+        if etag_of(head) == multipart_etag(part_etags):
+            log.info("multipart upload of %s/%s was completed by a try whose reply was lost",
+                     bucket, key)
+            return head
+        raise TemporaryFailure(f"multipart upload of {key} vanished: {exc}") from exc
 
     async def _send_parts(self, size: int,
                           send: Callable[[int, int, int], Awaitable[str]]) -> dict[int, str]:
