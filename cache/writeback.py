@@ -4,8 +4,10 @@ A close commits an object and queues it `delay` seconds ahead; a new write resta
 so an editor's save-rename dance or a program writing in bursts uploads once. Workers upload
 consistent snapshots (see cache.blocks); a failed upload stays queued with backoff and its
 error is kept on the object for the next fsync or close to report. fsync waits for the upload
-of everything written before it. Nothing leaves the queue except by a successful upload or by
-the object being discarded (unlinked, replaced).
+of everything written before it. Nothing leaves the queue except by a successful upload, by
+the object being discarded (unlinked, replaced), or by the user abandoning it (`abandon`, what
+`mountfs discard` asks for). A permanent failure (access denied, no such bucket) stays queued,
+is shown as "failed", and is tried again every MAX_BACKOFF seconds and at every fsync.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class Entry:
     sent: bool = False  # handed to a worker, not finished yet
     reader: BlockReader | None = None
     error: str = ""
+    permanent: bool = False  # the last try failed in a way retrying alone will not cure
 
 
 class WritebackQueue:
@@ -104,15 +107,31 @@ class WritebackQueue:
         """Wait until every queued object is uploaded."""
         await self._idle.wait()
 
+    async def abandon(self, bucket: str, key: str) -> bool:
+        """Give up the queued upload of bucket/key and drop its data from the cache (the user
+        chose to lose it, e.g. after a permanent failure). False: nothing of that name queued."""
+        for obj in list(self._entries):
+            if (obj.record.bucket, obj.record.key) == (bucket, key):
+                await self.cancel_inflight(obj)
+                log.warning("upload of %s/%s abandoned by the user: its data is dropped",
+                            bucket, key)
+                self.discard(obj)
+                self.cache.discard(obj)
+                return True
+        return False
+
     def status(self) -> list[dict[str, Any]]:
         out = []
+        now = trio.current_time()
         for entry in self._entries.values():
             rec = entry.obj.record
+            state = ("uploading" if entry.sent else "failed" if entry.permanent
+                     else "retrying" if entry.tries else "waiting")
             out.append({
                 "bucket": rec.bucket, "key": rec.key, "size": entry.obj.size,
                 "done": entry.reader.pos if entry.sent and entry.reader else 0,
-                "state": "uploading" if entry.sent else ("retrying" if entry.tries else "waiting"),
-                "tries": entry.tries, "error": entry.error,
+                "state": state, "tries": entry.tries, "error": entry.error,
+                "next_try": None if entry.sent else round(max(0.0, entry.due - now), 1),
             })
         return out
 
@@ -196,7 +215,10 @@ class WritebackQueue:
             entry.error = f"{type(exc).__name__}: {exc}"
             obj.last_error = exc
             backoff = min(MAX_BACKOFF, 0.5 * 2 ** (entry.tries - 1))
-            if not self.storage.is_temp_failure(exc):
+            # A permanent failure (access denied, no such bucket) is still tried again, at the
+            # longest interval: the user may fix the cause; fsync tries at once.
+            entry.permanent = not self.storage.is_temp_failure(exc)
+            if entry.permanent:
                 backoff = MAX_BACKOFF
             entry.due = trio.current_time() + backoff
             log.warning("upload of %s/%s failed (try %d, next in %.1fs): %s", rec.bucket,
@@ -204,6 +226,7 @@ class WritebackQueue:
             return
         self.cache.uploaded(obj, generation, version.etag, version.mtime_ns, reader.size)
         self.uploaded_count += 1
+        entry.error, entry.permanent = "", False
         if obj.dirty:
             entry.due = trio.current_time() + self.delay
             entry.tries = 0

@@ -7,6 +7,7 @@ still reach the terminal as one line and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ import trio
 
 from cache.blocks import DEFAULT_BLOCK_SIZE
 from mountfs.errors import ConfigError
-from mountfs.status import STATUS_XATTR
+from mountfs.status import DISCARD_XATTR, STATUS_XATTR
 
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="the upload queue and the cache")
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("discard", help="give up queued uploads and drop their data")
+    d.add_argument("mountpoint")
+    d.add_argument("entries", nargs="+", metavar="BUCKET/KEY",
+                   help="an upload as `mountfs status` lists it")
     return parser
 
 
@@ -219,8 +225,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     for e in status["queue"]:
         line = (f"  {e['state']:9} {e['bucket']}/{e['key']}  {human(e['done'])}/"
                 f"{human(e['size'])}  tries {e['tries']}")
+        if e.get("next_try") is not None and e["tries"]:
+            line += f"  next try in {e['next_try']:.0f}s"
         print(line + (f"  last error: {e['error']}" if e["error"] else ""))
+    if any(e["state"] == "failed" for e in status["queue"]):
+        print("failed uploads stay in the cache and are tried again (at once by an fsync of the "
+              "file); to give one up and drop its data: "
+              f"mountfs discard {status['mountpoint']} BUCKET/KEY")
     return 0
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    """Ask the mount to give up each upload (the root's DISCARD_XATTR), then check it did."""
+    mountpoint = os.path.abspath(args.mountpoint)
+    failed = 0
+    for entry in args.entries:
+        if entry not in queued(mountpoint):
+            print(f"mountfs: {entry}: not in the upload queue (see mountfs status)",
+                  file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            os.setxattr(mountpoint, DISCARD_XATTR, entry.encode())
+        except OSError as exc:
+            print(f"mountfs: {entry}: {os.strerror(exc.errno or errno.EIO)}", file=sys.stderr)
+            failed += 1
+            continue
+        if entry in queued(mountpoint):  # a mount that took the request for a plain xattr
+            print(f"mountfs: {entry}: the mount did not discard it", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"discarded {entry}")
+    return 1 if failed else 0
+
+
+def queued(mountpoint: str) -> set[str]:
+    """The uploads queued on a mount, as BUCKET/KEY."""
+    return {f"{e['bucket']}/{e['key']}" for e in read_status(mountpoint)["queue"]}
 
 
 def human(n: int) -> str:
@@ -237,6 +278,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
     shown = None
     while status["queued"]:
         waiting = ", ".join(f"{e['bucket']}/{e['key']}" for e in status["queue"][:5])
+        failed = [e for e in status["queue"] if e["state"] == "failed"]
+        if failed:  # each retried every minute; say why and how to give up
+            waiting += "; failing: " + ", ".join(
+                f"{e['bucket']}/{e['key']} ({e['error']})" for e in failed[:5])
+            waiting += f"; to give up one: mountfs discard {mountpoint} BUCKET/KEY"
         if waiting != shown:
             print(f"waiting for {status['queued']} uploads: {waiting}", file=sys.stderr)
             shown = waiting
@@ -262,7 +308,8 @@ def pid_alive(pid: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status}
+    commands = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
+                "discard": cmd_discard}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

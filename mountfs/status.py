@@ -12,6 +12,9 @@ from cache.blocks import BlockCache
 from cache.writeback import WritebackQueue
 
 STATUS_XATTR = b"user.mountfs.status"
+# Setting this extended attribute of the root to "BUCKET/KEY" (an entry as the status lists it)
+# abandons that upload and drops its data: what `mountfs discard` does.
+DISCARD_XATTR = b"user.mountfs.discard"
 MAX_LISTED = 200  # keeps the document well under the 64 KiB an xattr may hold
 
 
@@ -20,6 +23,11 @@ class Status:
                  queue: WritebackQueue) -> None:
         self.source, self.mountpoint = source, mountpoint
         self.cache, self.queue = cache, queue
+
+    async def discard(self, entry: str) -> bool:
+        """Abandon the queued upload `entry` ("BUCKET/KEY"); False when none is queued."""
+        bucket, sep, key = entry.partition("/")
+        return bool(sep) and await self.queue.abandon(bucket, key)
 
     def snapshot(self) -> dict[str, Any]:
         c = self.cache
