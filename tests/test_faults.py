@@ -10,7 +10,7 @@ user discards it.
 
 The mounts get short S3 timeouts through the environment (MOUNTFS_S3_READ_TIMEOUT), so a stall
 costs seconds, not a minute. The long variant (1,000 files up to 50 MiB) is marked slow and run
-by scripts/soak.
+by scripts/soak (FAULT_SEED=N for another sequence of faults).
 """
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def bucket(client, request: pytest.FixtureRequest) -> str:  # type: ignore[no-un
 @pytest.fixture
 def proxy(s3_env: S3Server) -> Iterator[FaultProxy]:
     """The fault proxy in front of moto, faults off until a test turns them on."""
-    p = FaultProxy(s3_env.url, rate=0.0, seed=20261122, stall=STALL).start()
+    seed = int(os.environ.get("FAULT_SEED", "20261122"))  # scripts/soak may pick another
+    p = FaultProxy(s3_env.url, rate=0.0, seed=seed, stall=STALL).start()
     try:
         yield p
     finally:
