@@ -679,7 +679,7 @@ async def test_permanent_failure_is_raised_by_sync_and_kept_queued(
 
     assert len(storage.write_times) == 1  # not retried at once
     [status] = queue.status()
-    assert status["key"] == "f" and status["tries"] == 1 and status["state"] == "retrying"
+    assert status["key"] == "f" and status["tries"] == 1 and status["state"] == "failed"
     assert "PermissionDenied" in status["error"] and "read-only" in status["error"]
     assert obj.dirty and isinstance(obj.last_error, PermissionDenied)
     assert [o.record.key for o in cache.dirty_under(BUCKET, "")] == ["f"]

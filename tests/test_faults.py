@@ -18,50 +18,36 @@ import errno
 import hashlib
 import os
 import random
-import re
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import pytest
 
 from conftest import Mount, Mounter, run_cli
 from servers.faults import FaultProxy
-from servers.s3 import CREDENTIALS, S3Server
+from servers.s3 import S3Server
+from test_s3 import bucket_name, client, mount_s3, s3_env  # noqa: F401 (fixtures)
 
 MiB = 1024 * 1024
 RATE = 0.2
 READ_TIMEOUT = 2.0  # the mount's S3 read timeout; a stall lasts longer
 STALL = 3.0
-MOUNT_ENV = {**CREDENTIALS, "MOUNTFS_S3_READ_TIMEOUT": str(READ_TIMEOUT),
-             "MOUNTFS_S3_CONNECT_TIMEOUT": str(READ_TIMEOUT)}
+TIMEOUTS = {"MOUNTFS_S3_READ_TIMEOUT": str(READ_TIMEOUT),
+            "MOUNTFS_S3_CONNECT_TIMEOUT": str(READ_TIMEOUT)}
 # Errors a program may see while the store fails for a while (not ENOENT: a name that exists
 # must never be reported missing because a request failed).
 TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT}
 
 
 @pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    for name, value in CREDENTIALS.items():
+def bucket(bucket_name: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket (made straight on moto), and short S3 timeouts for the mounts started
+    meanwhile (they inherit the environment)."""
+    for name, value in TIMEOUTS.items():
         monkeypatch.setenv(name, value)
-    return s3_server
-
-
-@pytest.fixture
-def client(s3_env: S3Server):  # type: ignore[no-untyped-def]
-    """boto3 straight to moto, never through the proxy: what the server really holds."""
-    return boto3.client("s3", endpoint_url=s3_env.url)
-
-
-@pytest.fixture
-def bucket(client, request: pytest.FixtureRequest) -> str:  # type: ignore[no-untyped-def]
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
-    name = f"f-{slug}-{zlib.crc32(request.node.name.encode()):08x}"
-    client.create_bucket(Bucket=name)
-    return name
+    return bucket_name
 
 
 @pytest.fixture
@@ -81,16 +67,8 @@ def mount_via(mounter: Mounter, proxy: FaultProxy, bucket: str, name: str,
     check of the endpoint is not what these tests are about."""
     rate, proxy.rate = proxy.rate, 0.0
     try:
-        path = mounter.tmp / name
-        path.mkdir(exist_ok=True)
-        cache = mounter.tmp / f"cache-{name}"
-        m = Mount(f"s3://{bucket}", path, cache, Path("/nonexistent"),
-                  options=["--endpoint-url", proxy.url, *options])
-        run_cli("mount", m.source, str(path), "--cache-dir", str(cache), "-v", *m.options,
-                env=MOUNT_ENV)
-        mounter.mounts.append(m)
-        m.pid = m.served_status()["pid"]
-        return m
+        return mount_s3(mounter, proxy, *options, name=name,  # type: ignore[arg-type]
+                        source=f"s3://{bucket}")
     finally:
         proxy.rate = rate
 
