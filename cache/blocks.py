@@ -487,17 +487,15 @@ class BlockCache:
         finally:
             slot.release()
 
-    def read_block(self, obj: CachedObject, n: int, lo: int, hi: int) -> bytes:
-        """Bytes [lo, hi) of block n, opened by path: safe in a worker thread (the upload)."""
-        have = obj.blocks.get(n, 0)
-        data = b""
-        if lo < have:
-            fd = os.open(obj.block_path(n), os.O_RDONLY)
-            try:
-                data = os.pread(fd, min(hi, have) - lo, lo)
-            finally:
-                os.close(fd)
-        return data + bytes(hi - lo - len(data))
+    def read_block_into(self, obj: CachedObject, n: int, lo: int, out: memoryview) -> None:
+        """Bytes [lo, lo + len(out)) of block n into `out` (a hole reads as zeros), opened by
+        path: safe in a worker thread (the upload)."""
+        got = 0
+        if lo < obj.blocks.get(n, 0):
+            with open(obj.block_path(n), "rb", buffering=0) as f:
+                f.seek(lo)
+                got = f.readinto(out[:obj.blocks[n] - lo]) or 0
+        out[got:] = bytes(len(out) - got)
 
     def has_block(self, obj: CachedObject, n: int) -> bool:
         """True when block n needs no fetch: cached, or a hole past the server's data."""
@@ -757,22 +755,28 @@ class BlockReader:
 
     def read(self, n: int = -1) -> bytes:
         end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
-        if self.pos >= end:
-            return b""
+        buf = bytearray(max(0, end - self.pos))
+        return bytes(buf[:self.readinto(buf)])
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        """Fill `buf` from the snapshot: one copy, where read() of a large part holds two."""
+        out = memoryview(buf)
+        start = self.pos
+        end = min(self.size, start + len(out))
         bs = self.cache.block_size
-        parts = []
         try:
             while self.pos < end:
                 b = self.pos // bs
                 hi = min(end, (b + 1) * bs)
-                parts.append(self.cache.read_block(self.obj, b, self.pos - b * bs, hi - b * bs))
+                self.cache.read_block_into(self.obj, b, self.pos - b * bs,
+                                           out[self.pos - start:hi - start])
                 self.pos = hi
         except OSError:
             if self.obj.generation == self.generation:
                 raise
         if self.obj.generation != self.generation:
             raise Superseded(self.obj.record.key)
-        return b"".join(parts)
+        return end - start
 
     def close(self) -> None:
         pass

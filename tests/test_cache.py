@@ -911,7 +911,9 @@ async def test_no_descriptor_outlives_its_block_file(
     assert await contents(cache, obj) == expect
     # What the kept descriptors read is what the files on disk hold.
     for n, length in obj.blocks.items():
-        assert cache.read_block(obj, n, 0, length) == expect[n * BS:n * BS + length]
+        on_disk = bytearray(length)
+        cache.read_block_into(obj, n, 0, memoryview(on_disk))
+        assert on_disk == expect[n * BS:n * BS + length]
     assert cache.used == disk_usage(cache_dir)
     assert_no_stale_fds(cache_dir)
 

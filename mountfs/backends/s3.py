@@ -414,15 +414,18 @@ class S3Backend(Backend):
         """Parts read from `data`, one read at a time (it is one stream)."""
         read_lock = threading.Lock()
 
-        def read(offset: int, length: int) -> bytes:
+        def read(offset: int, length: int) -> bytearray:
+            # Into one buffer: a part is held once in memory, not once per block and joined.
+            body = bytearray(length)
             with read_lock:
                 data.seek(offset)
-                return data.read(length)
+                got = data.readinto(body)
+            if got != length:
+                raise BackendError(f"short read of {key} at {offset}")
+            return body
 
         async def send(upload_id: str, number: int, offset: int, length: int) -> str:
             body = await trio.to_thread.run_sync(read, offset, length)
-            if len(body) != length:
-                raise BackendError(f"short read of {key} at {offset}")
             reply = await self._call(self.client.upload_part, Bucket=bucket, Key=key,
                                      UploadId=upload_id, PartNumber=number, Body=body)
             return str(reply["ETag"])
