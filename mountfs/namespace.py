@@ -778,6 +778,24 @@ class Namespace:
         node.settle()
         self._maybe_drop(node)
 
+    async def discard_upload(self, entry: str) -> None:
+        """Give up the queued upload of `entry` ("BUCKET/KEY"), the user's choice after it
+        failed: its data leaves the cache, and the file shows what the server has, if any."""
+        bucket, _, key = entry.partition("/")
+        obj = self.cache.get(bucket, key)
+        holders = [node for node in self.nodes.values() if obj is not None and node.obj is obj]
+        if any(node.open_count for node in holders):
+            raise OSError(errno.EBUSY, f"{entry} is open")
+        if obj is None or not await self.queue.abandon(bucket, key):
+            raise FileNotFoundError(errno.ENOENT, f"{entry}: not in the upload queue")
+        for node in holders:
+            node.obj = None
+            if obj.record.on_server:  # an older version stays: read it anew
+                node.on_server, node.etag, node.refreshed_at = True, "", -1e18
+            else:
+                node.unlinked = True
+                self._detach(node)
+
     def commit(self, node: Node) -> None:
         """A program closed the file: its metadata goes with the upload queued now."""
         obj = node.obj

@@ -24,11 +24,6 @@ class Status:
         self.source, self.mountpoint = source, mountpoint
         self.cache, self.queue = cache, queue
 
-    async def discard(self, entry: str) -> bool:
-        """Abandon the queued upload `entry` ("BUCKET/KEY"); False when none is queued."""
-        bucket, sep, key = entry.partition("/")
-        return bool(sep) and await self.queue.abandon(bucket, key)
-
     def snapshot(self) -> dict[str, Any]:
         c = self.cache
         lookups = c.hits + c.misses

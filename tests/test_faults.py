@@ -340,9 +340,6 @@ def test_upload_to_a_deleted_bucket_fails_until_it_is_back(
     mounter.umount(m)
 
 
-@pytest.mark.xfail(strict=True, reason="mountfs/operations.py must pass the root's setxattr of "
-                   "DISCARD_XATTR to Status.discard (the lead's file); until then the mount "
-                   "stores it as a plain xattr and `mountfs discard` says it did not discard")
 def test_a_failed_upload_is_given_up_by_mountfs_discard(
         mounter: Mounter, proxy: FaultProxy, client, bucket: str) -> None:
     m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "0.2")
