@@ -199,7 +199,34 @@ def setup_logging(log_file: Path | None, verbose: int) -> None:
     else:
         handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets())
     logging.basicConfig(level=level, handlers=[handler])
+
+
+# Credential environment variables whose values must never reach a log.
+SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+# At -vv botocore logs each request's headers and canonical request: the session token (a
+# credential) and the Authorization header are in both, whatever file the credentials came from.
+# (An Authorization value, "AWS4-HMAC-SHA256 Credential=..., Signature=...", holds spaces.)
+SECRET_FIELDS = re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}]+"
+                           r"|(authorization['\"]?\s*[:=]\s*b?['\"]?)[^'\"\n]+", re.IGNORECASE)
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces credentials in every record the handler writes (found by a test of -vv)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values = [v for v in (os.environ.get(n) for n in SECRET_VARIABLES) if v]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = SECRET_FIELDS.sub(lambda m: (m.group(1) or m.group(2)) + "<redacted>", message)
+        for value in self.values:
+            clean = clean.replace(value, "<redacted>")
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 def read_status(mountpoint: str) -> dict[str, Any]:
