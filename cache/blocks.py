@@ -240,7 +240,21 @@ class BlockCache:
                 log.warning("recovering %s/%s, open at the last crash, as written", record.bucket,
                             record.key)
             self._claim(obj)
+        self._fit_cap_to_disk()
         return [obj for obj in self._by_key.values() if obj.dirty]
+
+    def _fit_cap_to_disk(self) -> None:
+        """Lower the cap to what the cache dir's filesystem holds, less a reserve for the
+        journal and its compaction: a cap the disk cannot reach never evicts, and a disk filled
+        with clean blocks failed every later write with ENOSPC (tests/test_limits.py)."""
+        st = os.statvfs(self.dir)
+        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        reserve = max(8 * self.block_size, min(64 * 1024 * 1024, total // 8))
+        fits = self.used + free - reserve
+        if fits < self.cap:
+            self.cap = max(fits, 4 * self.block_size)
+            log.warning("the cache dir's disk holds less than the cache size: capping the "
+                        "cache at %d MiB", self.cap // (1024 * 1024))
 
     def _claim(self, obj: CachedObject) -> None:
         """Index a loaded object; of two claiming one key, the dirty or newer one wins."""

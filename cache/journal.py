@@ -11,6 +11,7 @@ torn by a power cut is skipped.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -43,15 +44,19 @@ class Journal:
         self.path = path
         self._fd = -1
         self._lines = 0
+        self._torn = False  # the file may end in a line cut short: start the next on a new one
 
     def load(self) -> list[ObjectRecord]:
         """The live records, in the order they were last written; the log is compacted."""
         records: dict[str, ObjectRecord] = {}
         try:
-            lines = self.path.read_bytes().splitlines()
+            data = self.path.read_bytes()
         except FileNotFoundError:
-            lines = []
+            data = b""
+        lines = data.splitlines()
         for line in lines:
+            if not line.strip():  # the newline _append put after a torn line
+                continue
             try:
                 raw = json.loads(line)
                 if raw.get("removed"):
@@ -63,7 +68,14 @@ class Journal:
                 continue
             records.pop(record.id, None)
             records[record.id] = record
-        self.compact(records.values())
+        try:
+            self.compact(records.values())
+        except OSError as exc:  # a full disk: the records are read, go on appending to them
+            log.warning("cannot compact %s (%s); appending to it as it is", self.path, exc)
+            self.close()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._lines = len(lines)
+            self._torn = not data.endswith(b"\n") and bool(data)
         return list(records.values())
 
     def save(self, record: ObjectRecord) -> None:
@@ -78,12 +90,17 @@ class Journal:
     def compact(self, records: Iterable[ObjectRecord]) -> None:
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            count = 0
-            for record in records:
-                f.write(_line(asdict(record)))
-                count += 1
+        try:
+            with os.fdopen(fd, "wb") as f:
+                count = 0
+                for record in records:
+                    f.write(_line(asdict(record)))
+                    count += 1
+        except OSError:  # ENOSPC: the old file stays whole; do not leave the copy's space taken
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.path)
+        self._torn = False
         self.close()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self._lines = count
@@ -94,7 +111,14 @@ class Journal:
             self._fd = -1
 
     def _append(self, raw: dict[str, Any]) -> None:
-        os.write(self._fd, _line(raw))
+        # A write the disk cut short (ENOSPC) leaves part of a line; without the newline in
+        # front, the next record would be glued to it and both skipped at load.
+        line = (b"\n" if self._torn else b"") + _line(raw)
+        self._torn = True
+        written = os.write(self._fd, line)
+        if written < len(line):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        self._torn = False
         self._lines += 1
 
 
