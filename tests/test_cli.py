@@ -250,6 +250,8 @@ def test_status_json(mounter: Mounter, store: Path) -> None:
     s = m.status()
     assert s["source"] == m.source and s["mountpoint"] == str(m.path) and s["pid"] == m.pid
     assert s["queued"] == 1 and s["uploaded"] == 0
+    entry = s["queue"][0]
+    assert 0 < entry.pop("next_try") <= 30  # seconds until the upload starts
     assert s["queue"] == [{"bucket": BUCKET, "key": "queued", "size": 1000, "done": 0,
                            "state": "waiting", "tries": 0, "error": ""}]
     c = s["cache"]
