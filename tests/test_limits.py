@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from cache.journal import Journal, ObjectRecord
 from conftest import BUCKET, Mount, Mounter
 from stores import AnyStore
 from test_posix import pattern, wait_idle
@@ -139,3 +140,184 @@ def test_cache_cap_holds(mounter: Mounter, store: AnyStore, small_disk: Path) ->
           f"({usage.samples} samples)")
     assert usage.peak <= cap + WORKERS * BLOCK + MiB, usage.peak
     assert usage.peak > cap // 2, "the cache was never filled: the test says nothing"
+
+
+def test_journal_on_a_full_disk(small_disk: Path) -> None:
+    """The journal itself on a full tmpfs: an append the disk cuts short raises ENOSPC and
+    costs no record written before or after it; a load that cannot compact still loads."""
+    path = small_disk / "journal"
+    journal = Journal(path)
+    assert journal.load() == []
+    first = ObjectRecord("a" * 32, BUCKET, "first", 1, 0, "", 0, dirty=True)
+    journal.save(first)
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # fill the disk to its last byte
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * MiB)
+    with pytest.raises(OSError) as exc:  # a record of several KiB cannot fit now
+        journal.save(ObjectRecord("b" * 32, BUCKET, "lost", 1, 0, "", 0,
+                                  metadata={"pad": "x" * 8192}, dirty=True))
+    assert exc.value.errno == errno.ENOSPC
+    assert [r.key for r in Journal(path).load()] == ["first"]  # cannot compact: loads anyway
+    filler.unlink()
+    second = ObjectRecord("c" * 32, BUCKET, "second", 1, 0, "", 0, dirty=True)
+    journal.save(second)
+    journal.close()
+    assert [r.key for r in Journal(path).load()] == ["first", "second"]
+
+
+# ---- many threads at once ----------------------------------------------------------------
+
+RECORD = 64 * 1024  # one write(2)
+
+
+def record(writer: int, seq: int) -> bytes:
+    """RECORD bytes that name their writer and sequence number in every 32 bytes."""
+    return hashlib.sha256(f"{writer}:{seq}".encode()).digest() * (RECORD // 32)
+
+
+def test_concurrent_readers_and_writers(mounter: Mounter, store: AnyStore) -> None:
+    """16 threads for 3 rounds, with a cache cap (8 MiB) below the data (22 MiB), so that
+    writers wait for room while readers fetch and uploads read: 6 write their own file, 6 write the shared file (each its own
+    regions, and all of them also one contended region, record by record), 4 read a file from
+    the store. Bounded time; each own file and the shared file's own regions are exactly
+    their writer's; each record of the contended region is one writer's whole record (the
+    kernel serialises write(2) calls on a file: README, Concurrent writes)."""
+    m = mounter.mount(store, "--writeback-delay", "0.1", "--cache-size", "8M")
+    source = pattern(8 * MiB, seed=7)
+    (store / BUCKET / "source").write_bytes(source)
+    shared = m.bucket / "shared"
+    n_records = 16  # per writer and region: 1 MiB
+    own_writers, shared_writers, readers = range(0, 6), range(6, 12), range(12, 16)
+    contended = len(shared_writers)  # the region after every writer's own
+    errors: list[BaseException] = []
+    shared.write_bytes(b"")  # exists before the threads open it
+
+    def own(w: int) -> None:
+        for _ in range(3):
+            with open(m.bucket / f"own{w}", "wb") as f:
+                for s in range(n_records):
+                    f.write(record(w, s))
+
+    def share(w: int, slot: int) -> None:
+        fd = os.open(shared, os.O_WRONLY)
+        try:
+            for _ in range(3):
+                for s in range(n_records):
+                    os.pwrite(fd, record(w, s), (slot * n_records + s) * RECORD)
+                    os.pwrite(fd, record(w, 1000 + s), (contended * n_records + s) * RECORD)
+        finally:
+            os.close(fd)
+
+    def read(_: int) -> None:
+        for _ in range(3):
+            assert (m.bucket / "source").read_bytes() == source
+
+    def run(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    jobs: list[Callable[[], None]] = (
+        [lambda w=w: own(w) for w in own_writers]
+        + [lambda w=w, i=i: share(w, i) for i, w in enumerate(shared_writers)]
+        + [lambda r=r: read(r) for r in readers])
+    threads = [threading.Thread(target=run, args=(job,), daemon=True) for job in jobs]
+    assert len(threads) == 16
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.0, 90 - (time.monotonic() - start)))
+    assert not any(t.is_alive() for t in threads), "threads still running after 90 s: a deadlock"
+    assert not errors, errors
+    print(f"\n16 threads: {time.monotonic() - start:.1f} s")
+    wait_idle(m, timeout=60)
+    for w in own_writers:
+        want = b"".join(record(w, s) for s in range(n_records))
+        assert (m.bucket / f"own{w}").read_bytes() == want
+        assert (store / BUCKET / f"own{w}").read_bytes() == want
+    for got in (shared.read_bytes(), (store / BUCKET / "shared").read_bytes()):
+        assert len(got) == (contended + 1) * n_records * RECORD
+        for i, w in enumerate(shared_writers):
+            region = got[i * n_records * RECORD:(i + 1) * n_records * RECORD]
+            assert region == b"".join(record(w, s) for s in range(n_records)), f"region of {w}"
+        for s in range(n_records):
+            at = (contended * n_records + s) * RECORD
+            assert got[at:at + RECORD] in {record(w, 1000 + s) for w in shared_writers}, \
+                f"record {s} of the contended region is torn"
+
+
+# ---- memory --------------------------------------------------------------------------------
+
+def chunk(base: bytes, i: int) -> bytes:
+    """1 MiB chunk i of a copied file: `base` headed by its own number, so misplaced or
+    repeated blocks show, with no cost of generating gigabytes of pattern."""
+    return i.to_bytes(8, "little") + base[8:]
+
+
+def copy_through(m: Mount, files: int, mib_each: int) -> tuple[int, float]:
+    """Write `files` files of `mib_each` MiB into the mount, wait for their uploads, read each
+    back through the mount and compare; (peak RSS of the mount process, seconds)."""
+    base = os.urandom(MiB)
+    start = time.monotonic()
+    with Sampler(lambda: rss(m.pid), interval=0.05) as memory:
+        for f in range(files):
+            with open(m.bucket / f"big{f}", "wb") as out:
+                for i in range(mib_each):
+                    out.write(chunk(base, f * mib_each + i))
+        wait_idle(m, timeout=600)
+        for f in range(files):
+            with open(m.bucket / f"big{f}", "rb") as src:
+                for i in range(mib_each):
+                    assert src.read(MiB) == chunk(base, f * mib_each + i), (f, i)
+                assert src.read(1) == b""
+    return memory.peak, time.monotonic() - start
+
+
+def test_memory_of_a_512_mib_copy(mounter: Mounter, store: AnyStore) -> None:
+    """512 MiB written and read back through a mount of a local store: the mount process's
+    RSS, sampled every 50 ms, stays under 300 MiB."""
+    m = mounter.mount(store, "--writeback-delay", "0")
+    peak, took = copy_through(m, files=1, mib_each=512)
+    print(f"\n512 MiB copy: peak RSS {peak / MiB:.0f} MiB, {took:.1f} s")
+    assert peak < RSS_LIMIT, f"peak RSS {peak / MiB:.0f} MiB"
+    size = (store / BUCKET / "big0").stat().st_size  # type: ignore[union-attr]
+    assert size == 512 * MiB
+
+
+@pytest.mark.slow
+@pytest.mark.backends("local", "s3")
+def test_memory_of_a_4_gib_copy(mounter: Mounter, store: AnyStore, backend: str) -> None:
+    """4 GiB (8 files of 512 MiB) through a mount with a 1 GiB cache, so reads come back from
+    the store: the mount process's RSS stays under 300 MiB."""
+    m = mounter.mount(store, "--writeback-delay", "0", "--cache-size", "1G")
+    peak, took = copy_through(m, files=8, mib_each=512)
+    print(f"\n4 GiB copy [{backend}]: peak RSS {peak / MiB:.0f} MiB, {took:.0f} s")
+    assert peak < RSS_LIMIT, f"peak RSS {peak / MiB:.0f} MiB"
+
+
+def test_memory_of_a_large_listing(mounter: Mounter, store: AnyStore) -> None:
+    """A directory of 20,000 objects (local store) listed through the mount, `ls` and then
+    `ls -l` (lookups, attributes): the listing arrives whole and the mount process's RSS
+    grows by less than 48 MiB while it is listed."""
+    n = 20_000
+    big = store / BUCKET / "many"
+    big.mkdir()
+    for i in range(n):
+        (big / f"object-{i:06d}").write_bytes(b"")  # type: ignore[union-attr]
+    m = mounter.mount(store)
+    os.listdir(m.bucket)  # the mount's own start-up allocations are not the listing's
+    before = rss(m.pid)
+    with Sampler(lambda: rss(m.pid), interval=0.05) as memory:
+        plain = subprocess.run(["ls", "-f", str(m.bucket / "many")], capture_output=True,
+                               text=True, check=True, timeout=120).stdout.split()
+        long = subprocess.run(["ls", "-l", str(m.bucket / "many")], capture_output=True,
+                              text=True, check=True, timeout=120).stdout.splitlines()
+    assert sorted(set(plain) - {".", ".."}) == [f"object-{i:06d}" for i in range(n)]
+    assert len(long) == n + 1  # "total" and one line per object
+    growth = memory.peak - before
+    print(f"\nlisting {n} objects: RSS {before / MiB:.0f} MiB, +{growth / MiB:.1f} MiB")
+    assert growth < 48 * MiB, f"RSS grew by {growth / MiB:.0f} MiB"
