@@ -193,8 +193,10 @@ def setup_logging(log_file: Path | None, verbose: int) -> None:
     handler: logging.Handler
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        # created 0600 before the handler opens it: no moment at the umask's mode
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         handler = logging.FileHandler(log_file)
-        os.chmod(log_file, 0o600)
+        os.chmod(log_file, 0o600)  # a log file that existed before
         level = min(level, logging.INFO)
     else:
         handler = logging.StreamHandler()
