@@ -106,9 +106,13 @@ class Node:
 
 
 def check_name(name: str) -> None:
-    if len(name.encode()) > NAME_MAX:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a store's name that is not UTF-8 (the local store's bytes)
+        raise InvalidArgument(repr(name[:40])) from None
+    if size > NAME_MAX:
         raise NameTooLong(name[:40])
-    if not name or "/" in name or name in (".", ".."):
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
         raise InvalidArgument(name)
 
 
@@ -345,9 +349,17 @@ class Namespace:
         """Apply one page of a listing begun at `started`; its entries, as nodes."""
         assert node.children is not None
         names: list[str] = []
+        # A file `a` sorts before the prefix `a/` of one page: skip the file outright, or every
+        # listing would replace the directory's node by a file's and back (new inodes each
+        # time; the kernel's `a` then is a file). Across a page boundary `seen` decides below.
+        dirs = {name for name, _, is_dir in page if is_dir}
         for name, info, is_dir in page:
             if node.removed.get(name, -1.0) >= started:
                 continue  # removed here since the listing began: the server said so before
+            if not is_dir and name in dirs:
+                self._warn_once(node, name,
+                                "is both a file and a directory; showing the directory")
+                continue
             if name in seen:
                 if is_dir:  # a file `a` beside keys `a/...`: the directory wins
                     self._child_from_info(node, name, info, True)
