@@ -26,6 +26,7 @@ from typing import BinaryIO, TypeVar
 import trio
 
 from mountfs.backends.base import Backend, ObjectInfo
+from mountfs.cli import pid_alive  # a zombie is dead: its temporary files are orphans
 from mountfs.errors import (
     AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket, NoSuchObject, NotEmpty,
     NotSupported, PermissionDenied, QuotaExceeded, TooLarge,
@@ -157,9 +158,27 @@ class LocalBackend(Backend):
     def _tmp_file(self) -> str:
         tmp_dir = os.path.join(self._root, TMP_DIR)
         os.makedirs(tmp_dir, exist_ok=True)
-        fd, path = tempfile.mkstemp(dir=tmp_dir)
+        # The writer's pid in the name: a mount killed mid-put leaves its temporary file, and
+        # the next mount of the store removes those whose writer is gone (`_remove_orphans`).
+        fd, path = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}.")
         os.close(fd)
         return path
+
+    def _remove_orphans(self) -> None:
+        """Remove temporary files of puts whose process died (kill -9 mid-put); those of live
+        processes, other mounts of this store among them, are theirs."""
+        tmp_dir = os.path.join(self._root, TMP_DIR)
+        try:
+            names = os.listdir(tmp_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            pid = name.split(".", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                try:
+                    os.unlink(os.path.join(tmp_dir, name))
+                except FileNotFoundError:
+                    pass
 
     # -- checks and buckets --
 
@@ -182,6 +201,7 @@ class LocalBackend(Backend):
                 reason = ("filesystem does not support user extended attributes"
                           if exc.errno == errno.ENOTSUP else exc.strerror)
                 raise ConfigError(f"{self.root}: {reason}") from exc
+            self._remove_orphans()
 
         await trio.to_thread.run_sync(probe)
 
