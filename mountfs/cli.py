@@ -24,6 +24,7 @@ import trio
 
 from cache.blocks import DEFAULT_BLOCK_SIZE
 from mountfs.errors import ConfigError
+from mountfs.processes import pid_alive
 from mountfs.status import DISCARD_XATTR, STATUS_XATTR
 
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -324,15 +325,6 @@ def cmd_umount(args: argparse.Namespace) -> int:
     while pid_alive(pid):
         time.sleep(0.05)
     return 0
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether the process runs (a zombie does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def main(argv: list[str] | None = None) -> int:

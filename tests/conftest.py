@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from mountfs.cli import pid_alive
+from mountfs.processes import pid_alive
 from mountfs.status import STATUS_XATTR
 from servers.s3 import S3Server
 from stores import AnyStore, empty_s3_store, mount_args

@@ -26,7 +26,7 @@ from typing import BinaryIO, TypeVar
 import trio
 
 from mountfs.backends.base import Backend, ObjectInfo
-from mountfs.cli import pid_alive  # a zombie is dead: its temporary files are orphans
+from mountfs.processes import pid_alive  # a zombie is dead: its temporary files are orphans
 from mountfs.errors import (
     AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket, NoSuchObject, NotEmpty,
     NotSupported, PermissionDenied, QuotaExceeded, TooLarge,

@@ -68,7 +68,7 @@ def lazy_unmount(path: Path) -> None:
 
 def pid_alive(pid: int) -> bool:
     # Imported late: the bench starts on machines where it still has to install mountfs.
-    from mountfs.cli import pid_alive as alive
+    from mountfs.processes import pid_alive as alive
 
     return alive(pid)
 
