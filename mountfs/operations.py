@@ -227,7 +227,8 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         handle = self.handles.file(fh)
         self.ns.commit(handle.node)
-        if handle.obj.last_error is not None:
+        # A failed upload is news for whoever wrote; a reader's close has nothing to report.
+        if handle.writable and handle.obj.last_error is not None:
             raise handle.obj.last_error
 
     @fuse_errors
