@@ -26,6 +26,7 @@ import stat
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 import trio
 
@@ -356,11 +357,7 @@ class Namespace:
         for name, info, is_dir in page:
             if node.removed.get(name, -1.0) >= started:
                 continue  # removed here since the listing began: the server said so before
-            if not is_dir and name in dirs:
-                self._warn_once(node, name,
-                                "is both a file and a directory; showing the directory")
-                continue
-            if name in seen:
+            if name in seen or not is_dir and name in dirs:
                 if is_dir:  # a file `a` beside keys `a/...`: the directory wins
                     self._child_from_info(node, name, info, True)
                 self._warn_once(node, name,
@@ -407,8 +404,9 @@ class Namespace:
             return node
         siblings: list[Node] = []
         if node.parent is not None and node.parent.children is not None:
-            siblings = [sibling for sibling in node.parent.children.values()
-                        if not sibling.meta_known and sibling is not node][:METADATA_BATCH - 1]
+            siblings = list(islice((sibling for sibling in node.parent.children.values()
+                                    if not sibling.meta_known and sibling is not node),
+                                   METADATA_BATCH - 1))
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             for sibling in siblings:
