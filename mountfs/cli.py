@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT")
-    m.add_argument("source", help="local:/path (or a directory path), s3:// or s3://BUCKET[/PREFIX]")
+    m.add_argument("source", help="local:/path (or a directory path), s3:// or "
+                   "s3://BUCKET[/PREFIX], dcss: or dcss:SPACE[/PREFIX]")
     m.add_argument("mountpoint")
     m.add_argument("--foreground", "-f", action="store_true", help="stay attached")
     m.add_argument("--cache-dir", type=Path, help="default: $XDG_CACHE_HOME/mountfs/<source>")
@@ -95,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--region")
     s3.add_argument("--profile", help="AWS profile of the shared config files")
     s3.add_argument("--path-style", action="store_true", help="path-style bucket addressing")
+    dt = m.add_argument_group("DCSS (the token comes from --token-file, DT_TOKEN or "
+                              "DUCKIETOWN_TOKEN; without one, public is mounted read-only)")
+    dt.add_argument("--token-file", type=Path, help="file holding the Duckietown token")
+    dt.add_argument("--token-public-key", type=Path, metavar="PEM",
+                    help="verify tokens with this key (default: Duckietown's)")
+    dt.add_argument("--api-url", help="the authorize service (default https://hub.duckietown.com)")
+    dt.add_argument("--s3-endpoint", help="where the public space is read anonymously "
+                    "(default https://s3.amazonaws.com)")
+    dt.add_argument("--part-size", type=parse_size, metavar="SIZE",
+                    help="files over SIZE are stored as KEY.000, KEY.001, ... (default 5G)")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     u = sub.add_parser("umount", help="upload what is queued, then unmount")
@@ -136,7 +147,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     source = canonical_source(args.source)
     mountpoint = os.path.abspath(args.mountpoint)
     check_mountpoint(mountpoint)
-    cache_dir = (args.cache_dir or default_cache_dir(source)).absolute()
+    service = args.endpoint_url or args.api_url  # one cache per service a source names
+    cache_dir = (args.cache_dir or default_cache_dir(f"{source}@{service}" if service
+                                                     else source)).absolute()
     if not args.foreground:
         return spawn_background(args, cache_dir)
     config = MountConfig(
@@ -145,7 +158,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         umask=args.umask, allow_other=args.allow_other, writeback_delay=args.writeback_delay,
         metadata_ttl=args.metadata_ttl, workers=args.workers,
         backend_options=BackendOptions(args.endpoint_url, args.region, args.profile,
-                                       args.path_style),
+                                       args.path_style, args.token_file, args.token_public_key,
+                                       args.api_url, args.s3_endpoint, args.part_size),
         fuse_options=[o for opt in args.fuse_options for o in opt.split(",") if o])
     setup_logging(args.log_file, args.verbose)
     ready_fd = args.ready_fd

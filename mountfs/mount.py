@@ -7,6 +7,7 @@ unmounts at once; whatever was not uploaded stays in the journal for the next mo
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -82,6 +83,10 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     source = open_source(config.source, config.backend_options)
     await source.check()
     backend = source.backend
+    if not backend.features.writable and not config.read_only:
+        log.warning("%s cannot write (%s): mounted read-only", source.describe(),
+                    backend.features.why_read_only)
+        config = dataclasses.replace(config, read_only=True)
     lock_fd = lock_cache_dir(config.cache_dir)
     cache = BlockCache(config.cache_dir, backend, config.cache_size, config.block_size)
     dirty = cache.load()

@@ -3,11 +3,12 @@ of its store the mount shows (its `Scope`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mountfs.backends.base import Backend
 from mountfs.errors import BackendError, ConfigError, NoSuchBucket
 
-SCHEMES = ("local", "s3")
+SCHEMES = ("local", "s3", "dcss")
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,11 @@ class BackendOptions:
     region: str | None = None
     profile: str | None = None
     path_style: bool = False
+    token_file: Path | None = None
+    token_public_key: Path | None = None
+    api_url: str | None = None
+    s3_endpoint: str | None = None
+    part_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,5 +88,8 @@ def open_source(source: str, options: BackendOptions = BackendOptions()) -> Sour
         scope = Scope.parse(rest[2:], source)
         return Source(S3Backend(options.endpoint_url, options.region, options.profile,
                                 options.path_style), scope)
+    if scheme == "dcss":
+        from mountfs.backends.dcss import open_dcss
+        return open_dcss(source, rest, options)
     raise ConfigError(f"unknown storage scheme {scheme!r} in {source!r} "
                       f"(known: {', '.join(SCHEMES)})")

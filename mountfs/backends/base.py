@@ -44,6 +44,7 @@ class Features:
     ranged_reads: bool = True
     server_side_copy: bool = True
     writable: bool = True
+    why_read_only: str = ""  # for the log, when not writable: what the user can do about it
     max_object_size: int = 5 * 1024**4
 
 

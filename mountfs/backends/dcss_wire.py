@@ -1,0 +1,158 @@
+"""What DCSS says on the wire, read into plain records: the authorize service's envelope, S3
+listing XML and S3 error replies, and DCSS's multi-part convention (`KEY.000`, `KEY.001`, …).
+
+No I/O here: `mountfs.backends.dcss` sends the requests and hands the replies over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from mountfs.errors import (BackendError, NoSuchBucket, NoSuchObject, PermissionDenied,
+                            TemporaryFailure)
+
+# Object metadata of DCSS's own (x-amz-meta-<name>), written by the official client on every
+# object: how many objects the file was split into, and the uploader's user id.
+META_PARTS = "number-of-parts"
+META_OWNER = "owner-id"
+PART_NAME = re.compile(r"(?s)(.+)\.(\d{3,})")
+
+
+def part_key(key: str, index: int) -> str:
+    """The object holding part `index` of a file split by DCSS's convention."""
+    return f"{key}.{index:03d}"
+
+
+def combined_etag(etags: list[str]) -> str:
+    """One ETag for a file stored as parts: it changes whenever any part changes."""
+    digest = hashlib.md5("/".join(etags).encode()).hexdigest()
+    return f"{digest}-{len(etags)}"
+
+
+def api_error(status: int, body: bytes, what: str) -> BackendError:
+    """The error for an authorize reply that gives no URL: status mapped as the service means
+    it (401/403 refused, 404 unknown, 5xx/429 temporary), with the service's own messages."""
+    messages = envelope_messages(body)
+    text = f"DCSS authorize {what}: HTTP {status}: {messages}"
+    if status in (401, 403):
+        return PermissionDenied(text)
+    if status == 404:
+        return NoSuchObject(text)
+    if status >= 500 or status in (408, 429):
+        return TemporaryFailure(text)
+    return BackendError(text)
+
+
+def envelope_messages(body: bytes) -> str:
+    """The `messages` of a {success, messages, result} reply, else the start of the body."""
+    try:
+        reply = json.loads(body)
+        return "; ".join(str(m) for m in reply["messages"]) or "(no message)"
+    except (ValueError, KeyError, TypeError):
+        return body[:200].decode("utf-8", "replace").strip() or "(empty reply)"
+
+
+def envelope_url(body: bytes) -> str | None:
+    """The presigned URL of a successful reply; None if the reply says it failed."""
+    try:
+        reply = json.loads(body)
+        if reply.get("success") is True:
+            url = reply["result"]["url"]
+            return url if isinstance(url, str) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
+def s3_error(status: int, body: bytes, what: str) -> BackendError:
+    """The error for an S3 reply of `status` (HEAD replies have no body to read a code from)."""
+    code = ""
+    if body:
+        try:
+            root = ET.fromstring(body)
+            code = next((el.text or "" for el in root.iter() if local(el.tag) == "Code"), "")
+        except ET.ParseError:
+            pass
+    text = f"S3 {what}: HTTP {status} {code}".strip()
+    if code == "NoSuchBucket":
+        return NoSuchBucket(text)
+    if status == 404:
+        return NoSuchObject(text)
+    if status == 403:
+        return PermissionDenied(text)
+    if status >= 500 or status in (408, 429) or code == "SlowDown":
+        return TemporaryFailure(text)
+    return BackendError(text)
+
+
+def local(tag: str) -> str:
+    """An XML tag without its namespace."""
+    return tag.rpartition("}")[2]
+
+
+@dataclass
+class ListedObject:
+    key: str
+    size: int
+    last_modified: str
+    etag: str
+
+
+@dataclass
+class ListingPage:
+    objects: list[ListedObject] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+    next_token: str | None = None
+    truncated: bool = False
+    delimited: bool = False  # the server applied the delimiter asked for
+
+
+def parse_listing(body: bytes) -> ListingPage:
+    """A ListBucketResult (V2, or V1 with the same elements)."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise BackendError(f"S3 listing: not XML ({exc})") from None
+    page = ListingPage()
+    for el in root:
+        tag = local(el.tag)
+        if tag == "Contents":
+            fields = {local(child.tag): child.text or "" for child in el}
+            page.objects.append(ListedObject(fields.get("Key", ""), int(fields.get("Size") or 0),
+                                             fields.get("LastModified", ""),
+                                             fields.get("ETag", "").strip('"')))
+        elif tag == "CommonPrefixes":
+            page.prefixes += [child.text or "" for child in el if local(child.tag) == "Prefix"]
+        elif tag == "NextContinuationToken":
+            page.next_token = el.text
+        elif tag == "IsTruncated":
+            page.truncated = (el.text or "").strip().lower() == "true"
+        elif tag == "Delimiter":
+            page.delimited = bool(el.text)
+    return page
+
+
+@dataclass
+class PartRun:
+    """The objects `BASE.000`, `BASE.001`, … met so far in a listing, in order."""
+
+    base: str
+    parts: list[ListedObject] = field(default_factory=list)
+
+    def takes(self, obj: ListedObject) -> bool:
+        """Whether `obj` is this run's next part."""
+        match = PART_NAME.fullmatch(obj.key)
+        return bool(match) and match.group(1) == self.base \
+            and int(match.group(2)) == len(self.parts) and obj.key == part_key(self.base,
+                                                                                len(self.parts))
+
+
+def run_start(obj: ListedObject) -> PartRun | None:
+    """A new run if `obj` is the first part (`.000`) of a split file."""
+    match = PART_NAME.fullmatch(obj.key)
+    if match and match.group(2) == "000":
+        return PartRun(match.group(1), [obj])
+    return None
