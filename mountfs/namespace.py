@@ -24,7 +24,7 @@ import io
 import logging
 import stat
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -295,20 +295,58 @@ class Namespace:
             return None
         bucket, prefix = self.location(parent)
         key = prefix + name
-        try:
-            info = await self.backend.stat_object(bucket, key)
-            return self._child_from_info(parent, name, info, False)
-        except NoSuchObject:
-            pass
-        # One listing finds a directory both by its marker and by the objects below it.
-        async for page in self.backend.list_objects(bucket, key + "/", page_size=1):
-            if page:
-                node = self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True)
-                # Its marker, if it has one, holds its attributes (read by `complete`); without
-                # one, the defaults are its attributes.
-                node.meta_known = page[0].key != key + "/"
-                return node
+        # Both questions at once, always: a key `a` beside keys `a/...` must show the directory,
+        # as a listing does (README "Names"), so a found file is not the answer until the
+        # listing said there is no directory. In parallel, the probe costs one round trip.
+        file: list[ObjectInfo] = []
+        below: list[ObjectInfo] = []
+
+        async def head() -> None:
+            try:
+                file.append(await self.backend.stat_object(bucket, key))
+            except NoSuchObject:
+                pass
+
+        async def first_below() -> None:
+            # One listing finds a directory both by its marker and by the objects below it.
+            async for page in self.backend.list_objects(bucket, key + "/", page_size=1):
+                below.extend(page[:1])
+                if page:
+                    break
+
+        await self._both(head, first_below)
+        if below:
+            if file:
+                self._warn_once(parent, name,
+                                "is both a file and a directory; showing the directory")
+            node = self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True)
+            # Its marker, if it has one, holds its attributes (read by `complete`); without
+            # one, the defaults are its attributes.
+            node.meta_known = below[0].key != key + "/"
+            return node
+        if file:
+            return self._child_from_info(parent, name, file[0], False)
         return None
+
+    @staticmethod
+    async def _both(first: Callable[[], Awaitable[None]],
+                    second: Callable[[], Awaitable[None]]) -> None:
+        """Run both at once; the first failure is raised alone (not as a group), so callers
+        and the errno table see the backend's own error."""
+        failures: list[Exception] = []
+
+        async def run(fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except Exception as exc:
+                failures.append(exc)
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, first)
+            nursery.start_soon(run, second)
+        if failures:
+            raise failures[0]
 
     async def refresh_listing(self, node: Node) -> None:
         """Read the directory from the server, unless its listing is fresh."""

@@ -123,3 +123,38 @@ def test_hostile_names_are_hidden_or_shown_as_documented(mounter: Mounter,
         assert log.count("'both' in bucket is both a file and a directory") == 1
     assert is_mounted(m.path) and m.status()["pid"] == m.pid
     mounter.umount(m)
+
+
+def kinds_by_lookup(m: Mount, names: list[str]) -> dict[str, str]:
+    return {name: "dir" if (m.bucket / name).is_dir() else "file" for name in names}
+
+
+@pytest.mark.parametrize("ttl", ["0", "5"])
+def test_lookup_agrees_with_listing_on_file_beside_directory(mounter: Mounter, store: AnyStore,
+                                                             ttl: str) -> None:
+    # A lookup of a never-listed directory (TTL 5: the bucket was not listed yet), or of any
+    # directory with TTL 0, asks the server about the one name instead of listing; the answer
+    # must be the listing's: a key `both` beside keys `both/...` is the directory.
+    names = ["both", "plain", "dir"]
+    if isinstance(store, S3Path):
+        put_s3(store, "both", b"the file")
+        put_s3(store, "both/inner", b"inner")
+        put_s3(store, "plain", b"plain")
+        put_s3(store, "dir/x", b"x")
+        expected = {"both": "dir", "plain": "file", "dir": "dir"}
+    else:  # a directory cannot hold a file and a directory of one name: the plain cases
+        (store / BUCKET / "both").mkdir()
+        (store / BUCKET / "both" / "inner").write_bytes(b"inner")
+        (store / BUCKET / "plain").write_bytes(b"plain")
+        (store / BUCKET / "dir").mkdir()
+        (store / BUCKET / "dir" / "x").write_bytes(b"x")
+        expected = {"both": "dir", "plain": "file", "dir": "dir"}
+    m = mounter.mount(store, "--metadata-ttl", ttl)
+    assert kinds_by_lookup(m, names) == expected  # looked up by name first
+    assert (m.bucket / "both" / "inner").read_bytes() == b"inner"
+    listed = {e.name: "dir" if e.is_dir() else "file" for e in os.scandir(m.bucket)}
+    assert listed == expected
+    assert kinds_by_lookup(m, names) == expected  # and again after the listing
+    if isinstance(store, S3Path):
+        assert log_text(m).count("'both' in bucket is both a file and a directory") == 1
+    mounter.umount(m)
