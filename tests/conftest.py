@@ -185,3 +185,30 @@ def store(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> AnySt
 @pytest.fixture
 def mounted(mounter: Mounter, store: AnyStore) -> Mount:
     return mounter.mount(store, "--writeback-delay", "0.2")
+
+
+# --- DCSS: the local Duckietown Cloud Storage Service (tests/servers/dcss.py) -------------------
+
+from servers.dcss import DcssService, make_keypair  # noqa: E402  (section appended for DCSS)
+
+
+@pytest.fixture(scope="session")
+def dcss_service(s3_server: S3Server) -> Iterator[DcssService]:
+    """The DCSS service (authorize API and S3 front on one port) over the session's moto_server,
+    with a test key pair: uid 1 writes public and uses private; every uid owns `<uid>/` in user.
+    `signing_key`, `public_key_path` (the PEM), `token(uid)`, `token_file(dir, uid)`, `s3`."""
+    signing_key, pem = make_keypair()
+    service = DcssService(s3_server.url, pem, public_writers={1}, private_users={1},
+                          signing_key=signing_key).start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def dcss(dcss_service: DcssService) -> Iterator[DcssService]:
+    """The session's DCSS service with its three buckets empty (and present again: other
+    tests reset the moto_server)."""
+    dcss_service.empty()
+    yield dcss_service
