@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -117,6 +118,7 @@ def parse_listing(body: bytes) -> ListingPage:
     except ET.ParseError as exc:
         raise BackendError(f"S3 listing: not XML ({exc})") from None
     page = ListingPage()
+    encoded = False
     for el in root:
         tag = local(el.tag)
         if tag == "Contents":
@@ -132,6 +134,12 @@ def parse_listing(body: bytes) -> ListingPage:
             page.truncated = (el.text or "").strip().lower() == "true"
         elif tag == "Delimiter":
             page.delimited = bool(el.text)
+        elif tag == "EncodingType":
+            encoded = (el.text or "").strip() == "url"
+    if encoded:  # presigned listings ask for it (boto3 does): keys arrive %-encoded
+        for obj in page.objects:
+            obj.key = urllib.parse.unquote_plus(obj.key)
+        page.prefixes = [urllib.parse.unquote_plus(p) for p in page.prefixes]
     return page
 
 
