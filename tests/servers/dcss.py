@@ -56,7 +56,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from .s3 import CREDENTIALS, S3Server, free_port
+from .s3 import CREDENTIALS, S3Server, free_port, stop_process
 
 SPACES = ("public", "private", "user")
 BUCKETS = {space: f"duckietown-{space}-storage" for space in SPACES}
@@ -682,14 +682,8 @@ class DcssService:
         return True
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        stop_process(self.proc)
+        self.proc = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
     @property
