@@ -340,14 +340,21 @@ class DcssBackend(Backend):
 
     def _read(self, space: str, key: str, offset: int, length: int) -> bytes:
         sizes = self._layouts.get((space, key))
-        if sizes is None:
-            try:
+        try:
+            if sizes is None:
                 return self._read_range(space, key, offset, length)
-            except NoSuchObject:
-                self._stat(space, key)  # a file of parts, or NoSuchObject
-                sizes = self._layouts.get((space, key))
-                if sizes is None:
-                    return self._read_range(space, key, offset, length)
+            return self._read_parts(space, key, sizes, offset, length)
+        except NoSuchObject:
+            # Never read, or split or joined since we looked: look again (NoSuchObject if
+            # there is neither KEY nor KEY.000), then read what is there now.
+            self._stat(space, key)
+            sizes = self._layouts.get((space, key))
+            if sizes is None:
+                return self._read_range(space, key, offset, length)
+            return self._read_parts(space, key, sizes, offset, length)
+
+    def _read_parts(self, space: str, key: str, sizes: list[int], offset: int,
+                    length: int) -> bytes:
         chunks, start = [], 0
         for index, size in enumerate(sizes):
             lo, hi = max(offset, start), min(offset + length, start + size)
