@@ -17,6 +17,7 @@ from dt_data_api import DataClient
 
 from conftest import Mount, Mounter, run_cli
 from servers.dcss import make_token
+from servers.s3 import free_port
 from test_dcss_service import PART, finished, official  # noqa: F401 (official: a fixture)
 
 pytestmark = pytest.mark.mounted
@@ -140,26 +141,34 @@ def test_space_the_token_lacks_is_permission_denied(mounter: Mounter, dcss: Any,
     assert objects(client, "user", f"{READER}/") == {f"{READER}/ok.txt": b"fine"}
 
 
-@pytest.mark.parametrize("case", ["expired", "forged", "malformed", "private without token"])
-def test_bad_token_is_refused_at_mount_in_one_line(mounter: Mounter, dcss: Any, tmp_path: Path,
-                                                   case: str) -> None:
+@pytest.mark.parametrize("case", ["expired", "forged", "malformed", "private without token",
+                                  "unknown space", "service unreachable", "not a DCSS service"])
+def test_bad_token_or_source_is_refused_at_mount_in_one_line(
+        mounter: Mounter, dcss: Any, tmp_path: Path, case: str) -> None:
     token_file: Path | None = tmp_path / "token"
-    source = "dcss:"
-    if case == "expired":
+    source, api_url = "dcss:", dcss.url
+    token = make_token(dcss.signing_key, WRITER)
+    if case == "unknown space":
+        source = "dcss:shared"
+    elif case == "service unreachable":
+        api_url = f"http://127.0.0.1:{free_port()}"
+    elif case == "not a DCSS service":
+        api_url = f"{dcss.url}/elsewhere"
+    elif case == "expired":
         token = make_token(dcss.signing_key, WRITER,
                            expires=datetime.datetime(2024, 3, 1, 12, 0))
     elif case == "forged":
         token = make_token(ecdsa.SigningKey.generate(curve=ecdsa.NIST192p), WRITER)
     elif case == "malformed":
         token = "dt2-notatoken"
-    else:
+    elif case == "private without token":
         token, token_file, source = "", None, "dcss:private"
     if token_file is not None:
         token_file.write_text(token)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     args = ["mount", source, str(mnt), "--cache-dir", str(tmp_path / "cache"),
-            "--api-url", dcss.url, "--s3-endpoint", dcss.s3_endpoint,
+            "--api-url", api_url, "--s3-endpoint", dcss.s3_endpoint,
             "--token-public-key", str(dcss.public_key_path)]
     if token_file is not None:
         args += ["--token-file", str(token_file)]
@@ -168,7 +177,9 @@ def test_bad_token_is_refused_at_mount_in_one_line(mounter: Mounter, dcss: Any, 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     expected = {"expired": "expired on 2024-03-01 12:00 UTC", "forged": "does not verify",
-                "malformed": "not of the form", "private without token": "needs a Duckietown"}
+                "malformed": "not of the form", "private without token": "needs a Duckietown",
+                "unknown space": "not 'shared'", "service unreachable": "Connection refused",
+                "not a DCSS service": "refused"}
     assert expected[case] in lines[0]
     assert not os.path.ismount(mnt)
 

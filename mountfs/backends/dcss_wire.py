@@ -51,9 +51,10 @@ def envelope_messages(body: bytes) -> str:
     """The `messages` of a {success, messages, result} reply, else the start of the body."""
     try:
         reply = json.loads(body)
-        return "; ".join(str(m) for m in reply["messages"]) or "(no message)"
+        text = "; ".join(str(m) for m in reply["messages"])
     except (ValueError, KeyError, TypeError):
-        return body[:200].decode("utf-8", "replace").strip() or "(empty reply)"
+        text = body[:200].decode("utf-8", "replace")
+    return " ".join(text.split()) or "(no message)"  # one line in the log and on stderr
 
 
 def envelope_url(body: bytes) -> str | None:
