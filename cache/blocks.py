@@ -93,6 +93,9 @@ class CachedObject:
     next_read: int = -1  # where a sequential reader reads next
     streak: int = 0  # sequential reads in a row
     readahead_to: int = 0  # first block no read-ahead has been started for
+    # Dirty at load: an upload of it may have been under way when the last process died, and
+    # may have left an unfinished multipart upload on the server to abort.
+    recovered: bool = False
 
     @property
     def id(self) -> str:
@@ -241,7 +244,10 @@ class BlockCache:
                             record.key)
             self._claim(obj)
         self._fit_cap_to_disk()
-        return [obj for obj in self._by_key.values() if obj.dirty]
+        dirty = [obj for obj in self._by_key.values() if obj.dirty]
+        for obj in dirty:
+            obj.recovered = True
+        return dirty
 
     def _fit_cap_to_disk(self) -> None:
         """Lower the cap to what the cache dir's filesystem holds, less a reserve for the

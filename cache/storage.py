@@ -19,4 +19,7 @@ class Storage(Protocol):
         self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str]
     ) -> StoredVersion: ...
 
+    # Optional: `abort_incomplete_uploads(bucket, key, before_ns)`, what the write-back queue
+    # calls before it uploads again an object whose upload a dead process may have begun.
+
     def is_temp_failure(self, exc: BaseException) -> bool: ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,8 @@ class WritebackQueue:
         self.delay = delay
         self.workers = workers
         self.uploaded_count = 0
+        # Uploads of this process begin after this; older unfinished ones are a dead one's.
+        self.started_ns = time.time_ns()
         self._entries: dict[CachedObject, Entry] = {}
         self._wake = trio.Event()
         self._idle = trio.Event()
@@ -199,6 +202,13 @@ class WritebackQueue:
             return
         rec = obj.record
         try:
+            # A kill -9 mid-upload leaves a multipart upload neither completed nor aborted
+            # (stored, and billed, for good): abort it before uploading again. (A storage
+            # without the method leaves nothing behind.)
+            abort = getattr(self.storage, "abort_incomplete_uploads", None)
+            if obj.recovered and abort is not None:
+                await abort(rec.bucket, rec.key, self.started_ns)
+            obj.recovered = False
             await self.cache.fill(obj)
             reader, generation = self.cache.reader(obj)
             entry.reader = reader

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BACKENDS, BUCKET, Mount, Mounter
-from stores import LOCAL_TMP, AnyStore, leftovers
+from stores import LOCAL_TMP, AnyStore, S3Path, leftovers
 from test_durability import wait_for
 
 pytestmark = pytest.mark.backends(*BACKENDS)
@@ -214,4 +214,28 @@ def test_mount_removes_temporary_files_of_dead_writers(mounter: Mounter, store: 
     (tmp / f"{os.getpid()}.live").write_bytes(b"being written")
     m = mounter.mount(store)
     assert leftovers(store) == [f"{os.getpid()}.live"]
+    mounter.umount(m)
+
+
+@pytest.mark.backends("s3")
+def test_kill_during_multipart_upload(mounter: Mounter, store: AnyStore) -> None:
+    # A file over 8 MiB goes up in parts; a kill -9 between CreateMultipartUpload and its
+    # Complete leaves an upload on the server that nobody completes or aborts (S3 keeps, and
+    # bills, its parts for good). The next mount replays the file and aborts that upload.
+    assert isinstance(store, S3Path)
+    data = random.Random(SEED).randbytes(36 * 1024 * 1024)
+    m = mounter.mount(store, "--writeback-delay", "0")
+    with open(m.bucket / "big.bin", "wb") as f:
+        f.write(data)
+    # Kill once the upload is under way on the server (its parts take seconds on moto).
+    wait_for(lambda: bool(store.multipart_uploads()), timeout=60)
+    mounter.kill(m)
+    left = store.multipart_uploads()
+    assert left == [f"{BUCKET}/big.bin"], f"no unfinished upload to clean up: {left}"
+    m = remount_and_drain(mounter, m)
+    assert (store / BUCKET / "big.bin").read_bytes() == data
+    assert store.multipart_uploads() == []
+    assert (m.bucket / "big.bin").read_bytes() == data
+    assert "aborted an unfinished multipart upload of bucket/big.bin" in \
+        (m.cache / "mountfs.log").read_text()
     mounter.umount(m)

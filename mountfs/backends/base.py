@@ -104,6 +104,12 @@ class Backend(abc.ABC):
     ) -> ObjectInfo:
         """Server-side copy, data and metadata."""
 
+    async def abort_incomplete_uploads(self, bucket: str, key: str, before_ns: int) -> None:
+        """Abort what uploads of `key` begun before `before_ns` (ns since the epoch) left on the
+        service, unfinished: a process killed mid-upload cannot. Called before the journal
+        replay uploads an object again. Services whose writes leave nothing behind (the local
+        store removes its own temporary files at mount) need not do anything."""
+
     def is_temp_failure(self, exc: BaseException) -> bool:
         return isinstance(exc, TEMPORARY_FAILURES)
 

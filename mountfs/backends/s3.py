@@ -461,6 +461,37 @@ class S3Backend(Backend):
                     log.warning("could not abort multipart upload of %s: %s", key, exc)
             raise
 
+    async def abort_incomplete_uploads(self, bucket: str, key: str, before_ns: int) -> None:
+        """Abort the multipart uploads of exactly `key` begun before `before_ns` (by the
+        server's clock: a skew can only spare a dead upload, or make another mount's Complete
+        fail and be tried again, never lose data)."""
+        if "ListMultipartUploads" in self._unsupported:
+            return
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+        while True:
+            try:
+                reply = await self._call(self.client.list_multipart_uploads, **kwargs)
+            except NotSupported as exc:
+                self._lacks("ListMultipartUploads", exc)
+                return
+            for upload in reply.get("Uploads", []):
+                begun = upload.get("Initiated")
+                if upload.get("Key") != key or begun is None \
+                        or begun.timestamp() * 1e9 >= before_ns:
+                    continue
+                try:
+                    await self._call(self.client.abort_multipart_upload, Bucket=bucket,
+                                     Key=key, UploadId=upload["UploadId"])
+                except BackendError as exc:
+                    if error_code(exc) != "NoSuchUpload":  # else gone already
+                        raise
+                log.warning("aborted an unfinished multipart upload of %s/%s begun %s "
+                            "(a process killed mid-upload)", bucket, key, begun.isoformat())
+            if not reply.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = reply.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = reply.get("NextUploadIdMarker", "")
+
     async def _completed_before(self, bucket: str, key: str, part_etags: list[str],
                                 exc: BackendError) -> dict[str, Any]:
         """A Complete answered NoSuchUpload: a try of it whose reply was lost (botocore retries
