@@ -16,8 +16,8 @@ import pytest
 from dt_data_api import DataClient
 
 from conftest import Mount, Mounter, run_cli
-from servers.dcss import make_token
-from servers.s3 import free_port
+from servers.dcss import DcssService, make_token
+from servers.s3 import S3Server, free_port
 from test_dcss_service import PART, finished, official  # noqa: F401 (official: a fixture)
 
 pytestmark = pytest.mark.mounted
@@ -204,16 +204,36 @@ def test_token_from_environment_and_never_in_argv(mounter: Mounter, dcss: Any, c
 
 
 def test_listing_pages_past_1000_keys(mounter: Mounter, dcss: Any, client: Any,
-                                      tmp_path: Path) -> None:
+                                      s3_server: S3Server, tmp_path: Path) -> None:
     names = [f"frame-{i:05d}.jpg" for i in range(1234)]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda n: client.put_object(Bucket=bucket("private"), Key=f"big/{n}",
                                                    Body=n.encode()), names))
+    client.put_object(Bucket=bucket("private"), Key="small/a/b.txt", Body=b"b")
+    client.put_object(Bucket=bucket("private"), Key="small/c.txt", Body=b"c")
     m = mount_dcss(mounter, dcss, token_file=dcss.token_file(tmp_path, WRITER))
     listed = subprocess.run(["ls", "-1", str(m.path / "private" / "big")], capture_output=True,
                             text=True, check=True).stdout.split()
     assert listed == names
     assert (m.path / "private" / "big" / names[-1]).read_bytes() == names[-1].encode()
+
+    # A service that signs only the prefix (as the real one is presumed to: the official
+    # client asks for nothing else): directories are derived from the recursive listing, and
+    # a listing it cannot continue fails loudly instead of repeating its first page for ever.
+    plain = DcssService(s3_server.url, dcss.public_key_pem, private_users={WRITER},
+                        listing_params=False).start()
+    try:
+        m = mount_dcss(mounter, plain, token_file=dcss.token_file(tmp_path, WRITER),
+                       name="plain")
+        assert sorted(os.listdir(m.path / "private" / "small")) == ["a", "c.txt"]
+        assert os.listdir(m.path / "private" / "small" / "a") == ["b.txt"]
+        with pytest.raises(OSError) as caught:
+            os.listdir(m.path / "private" / "big")
+        assert caught.value.errno == errno.EIO
+        assert "the service does not continue listings" in (m.cache / "mountfs.log").read_text()
+    finally:
+        mounter.umount(m)
+        plain.stop()
 
 
 def test_file_over_part_size_is_stored_and_read_as_parts(mounter: Mounter, dcss: Any,

@@ -225,9 +225,12 @@ class DcssBackend(Backend):
         chain: list[str] = []  # listed keys, each a prefix of the next: where a run's base is
         seen_prefixes: set[str] = set()
         token: str | None = None
+        after: str | None = None  # the last key of the page before
         while True:
             page = await self._run(self._list_page, space, s3_prefix, delimiter, page_size,
                                    token)
+            self._check_progress(space, s3_prefix, page, after)
+            after = page.last()
             out: list[ObjectInfo] = []
             for obj in page.objects:
                 if delimiter and not page.delimited and delimiter in obj.key[len(s3_prefix):]:
@@ -261,6 +264,20 @@ class DcssBackend(Backend):
             if token is None:
                 return
 
+    @staticmethod
+    def _check_progress(space: str, s3_prefix: str, page: ListingPage,
+                        after: str | None) -> None:
+        """Refuse a page that does not go on from the one before: a service that does not
+        sign the continuation answers the first page again, for ever; one that gives no
+        continuation would end the listing short without a word."""
+        first = page.first()
+        if page.truncated and not page.next_token \
+                or after is not None and first is not None and first <= after:
+            error = BackendError(f"DCSS listing of {space}/{s3_prefix} cannot go on past "
+                                 "its first page: the service does not continue listings")
+            log.error("%s", error)
+            raise error
+
     def _list_page(self, space: str, s3_prefix: str, delimiter: str | None, page_size: int,
                    token: str | None) -> ListingPage:
         query = {"max-keys": str(page_size)}
@@ -273,11 +290,7 @@ class DcssBackend(Backend):
         else:
             url = self._authorize("list_objects_v2", space, self._mount_key(space, s3_prefix),
                                   query)
-        page = parse_listing(self._s3("GET", url, f"list {space}/{s3_prefix}").data)
-        if page.truncated and not page.next_token:
-            raise BackendError(f"DCSS listing of {space}/{s3_prefix} stops at "
-                               f"{len(page.objects)} keys: the service gave no continuation")
-        return page
+        return parse_listing(self._s3("GET", url, f"list {space}/{s3_prefix}").data)
 
     def _listed(self, space: str, obj: ListedObject) -> ObjectInfo:
         return ObjectInfo(space, self._mount_key(space, obj.key), obj.size,

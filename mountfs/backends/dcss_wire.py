@@ -111,6 +111,14 @@ class ListingPage:
     truncated: bool = False
     delimited: bool = False  # the server applied the delimiter asked for
 
+    def first(self) -> str | None:
+        """The least key or prefix of the page."""
+        return min([o.key for o in self.objects[:1]] + self.prefixes[:1], default=None)
+
+    def last(self) -> str | None:
+        """The greatest key or prefix of the page."""
+        return max([o.key for o in self.objects[-1:]] + self.prefixes[-1:], default=None)
+
 
 def parse_listing(body: bytes) -> ListingPage:
     """A ListBucketResult (V2, or V1 with the same elements)."""

@@ -373,8 +373,9 @@ class Dcss:
     """The service's state: who may do what, the token key, the URL signer, the S3 server."""
 
     def __init__(self, front_url: str, upstream: str, public_key_pem: str, policy: Policy,
-                 presign_expires: int = PRESIGN_EXPIRES) -> None:
+                 presign_expires: int = PRESIGN_EXPIRES, listing_params: bool = True) -> None:
         self.policy = policy
+        self.listing_params = listing_params
         self.key = ecdsa.VerifyingKey.from_pem(public_key_pem)
         self.signer = UrlSigner(front_url, presign_expires)
         self.upstream = Upstream(upstream)
@@ -399,7 +400,8 @@ class Dcss:
             if uid is None:
                 raise ApiError(401, f"A token is required to {action} in '{bucket}'")
             raise ApiError(403, f"User {uid} is not allowed to {action} '{key}' in '{bucket}'")
-        list_params = list_parameters(url.query) if action == "list_objects_v2" else {}
+        list_params = list_parameters(url.query) \
+            if action == "list_objects_v2" and self.listing_params else {}
         metadata = {name.lower()[len(META_PREFIX):]: value for name, value in headers.items()
                     if name.lower().startswith(META_PREFIX)} if action == "put_object" else {}
         return self.signer.presign(action, bucket, key, list_params=list_params,
@@ -637,8 +639,9 @@ class DcssService:
     def __init__(self, s3_endpoint: str, public_key_pem: str, *, port: int | None = None,
                  public_writers: Iterable[int] = (), private_users: Iterable[int] = (),
                  signing_key: ecdsa.SigningKey | None = None,
-                 presign_expires: int = PRESIGN_EXPIRES) -> None:
+                 presign_expires: int = PRESIGN_EXPIRES, listing_params: bool = True) -> None:
         self.upstream = s3_endpoint
+        self.listing_params = listing_params
         self.public_key_pem = public_key_pem
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -657,7 +660,8 @@ class DcssService:
                 "--s3-endpoint", self.upstream, "--public-key", str(self.public_key_path),
                 "--presign-expires", str(self.presign_expires),
                 "--public-writers", *map(str, sorted(self.public_writers)),
-                "--private-users", *map(str, sorted(self.private_users))]
+                "--private-users", *map(str, sorted(self.private_users)),
+                *([] if self.listing_params else ["--ignore-listing-params"])]
 
     def start(self, timeout: float = 30) -> DcssService:
         self._dir.mkdir(exist_ok=True)
@@ -730,6 +734,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="uids that may write the public space (default: 1)")
     parser.add_argument("--private-users", type=int, nargs="*", metavar="UID",
                         help="uids that may use the private space (default: 1)")
+    parser.add_argument("--ignore-listing-params", action="store_true",
+                        help="sign only the prefix into listing URLs, as the real service is "
+                        "presumed to (no delimiter, no continuation: one page of 1,000 keys)")
     parser.add_argument("--presign-expires", type=int, default=PRESIGN_EXPIRES,
                         metavar="SECONDS", help="lifetime of the presigned URLs")
     return parser.parse_args(argv)
@@ -786,7 +793,8 @@ def main(argv: list[str] | None = None) -> int:
             for uid in (1, 2):
                 token = make_token(signing_key, uid)
                 tokens[uid] = token, write_private(directory / f"dcss-token-{uid}", token + "\n")
-        dcss = Dcss(url, upstream, key_file.read_text(), policy, args.presign_expires)
+        dcss = Dcss(url, upstream, key_file.read_text(), policy, args.presign_expires,
+                    not args.ignore_listing_params)
         ensure_buckets(admin_client(upstream))
         server = make_server(dcss, args.port)
         stack.callback(server.server_close)
