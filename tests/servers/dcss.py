@@ -300,12 +300,22 @@ class UrlSigner:
 
 # --- the S3 server behind the front -------------------------------------------------------------
 
+def upstream_credentials() -> Credentials:
+    """The S3 server's credentials (never given to clients): moto's, unless the environment
+    names others (scripts/dcssbench runs the service over s3rver)."""
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        return Credentials(key, secret)
+    return Credentials(CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+
+
 def admin_client(endpoint: str) -> Any:
-    """A boto3 client on the S3 server itself, with its credentials (never given to clients)."""
+    """A boto3 client on the S3 server itself, with its credentials."""
+    credentials = upstream_credentials()
     return boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
-                        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                        config=Config(max_pool_connections=32))
+                        aws_access_key_id=credentials.access_key,
+                        aws_secret_access_key=credentials.secret_key,
+                        config=Config(max_pool_connections=32, s3={"addressing_style": "path"}))
 
 
 def ensure_buckets(client: Any) -> None:
@@ -324,8 +334,7 @@ class Upstream:
         self.endpoint = endpoint.rstrip("/")
         split = urllib.parse.urlsplit(self.endpoint)
         self.host, self.port = split.hostname or "127.0.0.1", split.port or 80
-        self.credentials = Credentials(CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                                       CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        self.credentials = upstream_credentials()
         self.admin = admin_client(self.endpoint)
 
     def signed_headers(self, method: str, target: str,
