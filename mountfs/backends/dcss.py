@@ -26,9 +26,8 @@ import urllib3
 from mountfs.backends.base import Backend, Features, ObjectInfo
 from mountfs.backends.dcss_token import TOKEN_ENV, Token, find_token, load_public_key, parse_token
 from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, ListingPage,
-                                        PartRun, api_error, combined_etag, envelope_messages,
-                                        envelope_url, parse_listing, part_key, run_start,
-                                        s3_error)
+                                        PartFolder, PartRun, api_error, combined_etag,
+                                        envelope_url, parse_listing, part_key, s3_error)
 from mountfs.backends.s3 import CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV, env_seconds
 from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, NoSuchObject,
                             NotSupported, PermissionDenied, ReadOnly, TemporaryFailure)
@@ -221,8 +220,7 @@ class DcssBackend(Backend):
                            page_size: int = 1000) -> AsyncIterator[list[ObjectInfo]]:
         space = bucket
         s3_prefix = self._s3_key(space, prefix)
-        run: PartRun | None = None
-        chain: list[str] = []  # listed keys, each a prefix of the next: where a run's base is
+        folder = PartFolder()
         seen_prefixes: set[str] = set()
         token: str | None = None
         after: str | None = None  # the last key of the page before
@@ -231,35 +229,22 @@ class DcssBackend(Backend):
                                    token)
             self._check_progress(space, s3_prefix, page, after)
             after = page.last()
-            out: list[ObjectInfo] = []
+            settled: list[ListedObject | PartRun] = []
             for obj in page.objects:
-                if delimiter and not page.delimited and delimiter in obj.key[len(s3_prefix):]:
+                rest = obj.key[len(s3_prefix):]
+                if delimiter and not page.delimited and delimiter in rest:
                     # The service did not apply the delimiter: derive the directory here.
-                    rest = obj.key[len(s3_prefix):]
                     page.prefixes.append(s3_prefix + rest[:rest.index(delimiter) + 1])
-                    continue
-                if run is not None:
-                    if run.takes(obj):
-                        run.parts.append(obj)
-                        continue
-                    if not obj.key.startswith(run.base + "."):
-                        out += await self._close_run(space, run, run.base in chain)
-                        run = None
-                while chain and not obj.key.startswith(chain[-1]):
-                    chain.pop()
-                started = run_start(obj) if run is None else None
-                if started is not None:
-                    run = started
-                    continue
-                chain.append(obj.key)
-                out.append(self._listed(space, obj))
+                else:
+                    settled += folder.feed(obj)
+            token = page.next_token if page.truncated else None
+            if token is None:
+                settled += folder.finish()
+            out = [info for item in settled for info in await self._settle(space, item)]
             for s3_dir in page.prefixes:
                 if s3_dir not in seen_prefixes:
                     seen_prefixes.add(s3_dir)
                     out.append(ObjectInfo(space, self._mount_key(space, s3_dir), is_prefix=True))
-            token = page.next_token if page.truncated else None
-            if token is None and run is not None:
-                out += await self._close_run(space, run, run.base in chain)
             yield sorted(out, key=lambda info: info.key)
             if token is None:
                 return
@@ -296,23 +281,25 @@ class DcssBackend(Backend):
         return ObjectInfo(space, self._mount_key(space, obj.key), obj.size,
                           iso_ns(obj.last_modified), obj.etag)
 
-    async def _close_run(self, space: str, run: PartRun, base_listed: bool) -> list[ObjectInfo]:
-        """The run's one file, if its first part says it is a file of that many parts and no
-        object of the base name hides it (the official client reads that first); else the
-        parts as they are."""
-        if not base_listed and len(run.parts) >= 2:
-            key = self._mount_key(space, run.base)
+    async def _settle(self, space: str, item: ListedObject | PartRun) -> list[ObjectInfo]:
+        """A listed object as it is; a run of parts as its one file, if the first part says
+        it is a file of that many parts and no object of the base name hides it (the official
+        client reads that first); else the parts as they are."""
+        if isinstance(item, ListedObject):
+            return [self._listed(space, item)]
+        if not item.base_listed and len(item.parts) >= 2:
+            key = self._mount_key(space, item.base)
             try:
                 first = await self._run(self._head, space, part_key(key, 0))
             except NoSuchObject:
                 first = {}
-            if first.get(AMZ_META + META_PARTS) == str(len(run.parts)):
-                sizes = [p.size for p in run.parts]
+            if first.get(AMZ_META + META_PARTS) == str(len(item.parts)):
+                sizes = [p.size for p in item.parts]
                 self._layouts[(space, key)] = sizes
                 return [ObjectInfo(space, key, sum(sizes),
-                                   max(iso_ns(p.last_modified) for p in run.parts),
-                                   combined_etag([p.etag for p in run.parts]))]
-        return [self._listed(space, p) for p in run.parts]
+                                   max(iso_ns(p.last_modified) for p in item.parts),
+                                   combined_etag([p.etag for p in item.parts]))]
+        return [self._listed(space, p) for p in item.parts]
 
     # ---- stat and read ---------------------------------------------------------------------
 

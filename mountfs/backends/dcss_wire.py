@@ -154,22 +154,52 @@ def parse_listing(body: bytes) -> ListingPage:
 
 @dataclass
 class PartRun:
-    """The objects `BASE.000`, `BASE.001`, … met so far in a listing, in order."""
+    """The objects `BASE.000`, `BASE.001`, … met in a listing, in order. `base_listed`: an
+    object named BASE itself was listed (the official client reads that, not the parts)."""
 
     base: str
     parts: list[ListedObject] = field(default_factory=list)
+    base_listed: bool = False
 
     def takes(self, obj: ListedObject) -> bool:
         """Whether `obj` is this run's next part."""
+        return obj.key == part_key(self.base, len(self.parts))
+
+
+class PartFolder:
+    """Sorts a listing's objects, fed in key order, into runs of parts and the others."""
+
+    def __init__(self) -> None:
+        self.run: PartRun | None = None
+        # Listed keys, each a prefix of the next. Every key between BASE and BASE.000 starts
+        # with BASE, so BASE, if listed, is still here when its first part comes.
+        self.chain: list[str] = []
+
+    def feed(self, obj: ListedObject) -> list[ListedObject | PartRun]:
+        """What `obj` settles: objects to list as they are, and runs that are complete."""
+        settled: list[ListedObject | PartRun] = []
+        if self.run is not None:
+            if self.run.takes(obj):
+                self.run.parts.append(obj)
+                return settled
+            if not obj.key.startswith(self.run.base + "."):  # past every key of the run
+                settled.append(self._close())
+        while self.chain and not obj.key.startswith(self.chain[-1]):
+            self.chain.pop()
         match = PART_NAME.fullmatch(obj.key)
-        return bool(match) and match.group(1) == self.base \
-            and int(match.group(2)) == len(self.parts) and obj.key == part_key(self.base,
-                                                                                len(self.parts))
+        if self.run is None and match and match.group(2) == "000":
+            self.run = PartRun(match.group(1), [obj])
+            return settled
+        self.chain.append(obj.key)
+        settled.append(obj)
+        return settled
 
+    def finish(self) -> list[ListedObject | PartRun]:
+        """The run still open when the listing ends."""
+        return [self._close()] if self.run is not None else []
 
-def run_start(obj: ListedObject) -> PartRun | None:
-    """A new run if `obj` is the first part (`.000`) of a split file."""
-    match = PART_NAME.fullmatch(obj.key)
-    if match and match.group(2) == "000":
-        return PartRun(match.group(1), [obj])
-    return None
+    def _close(self) -> PartRun:
+        run, self.run = self.run, None
+        assert run is not None
+        run.base_listed = run.base in self.chain
+        return run
