@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -93,6 +94,9 @@ class CachedObject:
     next_read: int = -1  # where a sequential reader reads next
     streak: int = 0  # sequential reads in a row
     readahead_to: int = 0  # first block no read-ahead has been started for
+    # When this cache last learned the server's version from a write of its own (an upload,
+    # a copy): server answers to requests begun before then are older news.
+    version_at: float = -1e18
     # Dirty at load: an upload of it may have been under way when the last process died, and
     # may have left an unfinished multipart upload on the server to abort.
     recovered: bool = False
@@ -337,6 +341,7 @@ class BlockCache:
     def set_server_version(self, obj: CachedObject, etag: str, mtime_ns: int) -> None:
         """The server holds this object's current data under a new version (e.g. after a copy)."""
         obj.record.etag, obj.record.mtime_ns = etag, mtime_ns
+        obj.version_at = time.monotonic()
         self._save(obj)
 
     def set_metadata(self, obj: CachedObject, metadata: dict[str, str]) -> None:
@@ -673,6 +678,7 @@ class BlockCache:
         """Record a finished upload of `generation`; clean unless written since."""
         rec = obj.record
         rec.etag, rec.mtime_ns, rec.on_server = etag, mtime_ns, True
+        obj.version_at = time.monotonic()
         obj.uploaded_generation = generation
         obj.last_error = None
         # Written since the snapshot: the upload filled every block first, so the blocks absent
@@ -758,6 +764,27 @@ class BlockReader:
         self.cache, self.obj, self.generation = cache, obj, generation
         self.size = obj.size
         self.pos = 0
+        # The ranges read so far, merged: an upload's progress whatever the driver's order of
+        # reads (parts in parallel) and however often it reads a range again (a retried part).
+        self._covered: list[tuple[int, int]] = []
+        self._covered_lock = threading.Lock()
+
+    @property
+    def done(self) -> int:
+        """Bytes of the object the upload has read: the progress `mountfs status` shows."""
+        with self._covered_lock:
+            return sum(hi - lo for lo, hi in self._covered)
+
+    def _cover(self, lo: int, hi: int) -> None:
+        with self._covered_lock:
+            kept = []
+            for a, b in self._covered:
+                if b < lo or a > hi:
+                    kept.append((a, b))
+                else:
+                    lo, hi = min(lo, a), max(hi, b)
+            kept.append((lo, hi))
+            self._covered = sorted(kept)
 
     def readable(self) -> bool:
         return True
@@ -796,6 +823,8 @@ class BlockReader:
                 raise
         if self.obj.generation != self.generation:
             raise Superseded(self.obj.record.key)
+        if end > start:
+            self._cover(start, end)
         return end - start
 
     def close(self) -> None:

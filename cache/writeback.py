@@ -14,18 +14,22 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from cache.blocks import BlockCache, BlockReader, CachedObject, Superseded
+from cache.journal import ObjectRecord
 from cache.storage import Storage
 
 log = logging.getLogger(__name__)
 
 FSYNC_TEMP_TRIES = 3  # temporary failures fsync rides out before it reports the error
 MAX_BACKOFF = 60.0
+# Longest wait before retrying a temporary failure once the queue is hurried (unmounting).
+HURRIED_BACKOFF = 2.0
 
 
 @dataclass(eq=False)
@@ -50,6 +54,13 @@ class WritebackQueue:
         # Uploads of this process begin after this; older unfinished ones are a dead one's.
         self.started_ns = time.time_ns()
         self._entries: dict[CachedObject, Entry] = {}
+        # Set by the namespace when the storage does conditional writes: each upload then
+        # states its base (the version the data was based on), and a failed condition is
+        # handed to `resolve_conflict`, which returns True once it settled it (the object
+        # renamed to a conflict copy, or its base reset); the upload is then tried again.
+        self.conditional = False
+        self.hurried = False  # unmounting: no delays, short backoffs (see `hurry`)
+        self.resolve_conflict: Callable[[CachedObject, BaseException], bool] | None = None
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._send, self._recv = trio.open_memory_channel[CachedObject](math.inf)
@@ -106,6 +117,18 @@ class WritebackQueue:
             done.set()  # a sync() waiting on this object learns it is gone
         self._check_idle()
 
+    def hurry(self) -> None:
+        """Upload everything queued now, and from now on commit without the delay and retry
+        temporary failures within HURRIED_BACKOFF: someone waits for the queue to drain
+        (`mountfs umount`). Permanent failures keep their minute: hurrying cannot cure them."""
+        self.hurried = True
+        self.delay = 0.0
+        now = trio.current_time()
+        for entry in self._entries.values():
+            if not entry.sent and not entry.permanent:
+                entry.due = min(entry.due, now)
+        self._wake.set()
+
     async def drain(self) -> None:
         """Wait until every queued object is uploaded."""
         await self._idle.wait()
@@ -130,9 +153,13 @@ class WritebackQueue:
             rec = entry.obj.record
             state = ("uploading" if entry.sent else "failed" if entry.permanent
                      else "retrying" if entry.tries else "waiting")
+            # Progress: what the driver has read of the data, which it reads as it sends (the
+            # S3 driver a MiB at a time per part; a single PUT of up to 8 MiB reads it whole).
+            size = entry.reader.size if entry.sent and entry.reader else entry.obj.size
+            done = entry.reader.done if entry.sent and entry.reader else 0
             out.append({
-                "bucket": rec.bucket, "key": rec.key, "size": entry.obj.size,
-                "done": entry.reader.pos if entry.sent and entry.reader else 0,
+                "bucket": rec.bucket, "key": rec.key, "size": size, "done": done,
+                "percent": round(100 * done / size, 1) if size else 0.0,
                 "state": state, "tries": entry.tries, "error": entry.error,
                 "next_try": None if entry.sent else round(max(0.0, entry.due - now), 1),
             })
@@ -212,8 +239,9 @@ class WritebackQueue:
             await self.cache.fill(obj)
             reader, generation = self.cache.reader(obj)
             entry.reader = reader
+            condition = {"if_match": base_version(rec)} if self.conditional else {}
             version = await self.storage.write_object(rec.bucket, rec.key, reader, reader.size,
-                                                      dict(rec.metadata))
+                                                      dict(rec.metadata), **condition)
         except Superseded:
             entry.due = trio.current_time() + self.delay
             return
@@ -221,10 +249,14 @@ class WritebackQueue:
             if obj.detached:
                 self._entries.pop(obj, None)
                 return
+            if self.resolve_conflict is not None and self.resolve_conflict(obj, exc):
+                entry.due = trio.current_time()  # settled: upload again at once
+                return
             entry.tries += 1
             entry.error = f"{type(exc).__name__}: {exc}"
             obj.last_error = exc
-            backoff = min(MAX_BACKOFF, 0.5 * 2 ** (entry.tries - 1))
+            backoff = min(HURRIED_BACKOFF if self.hurried else MAX_BACKOFF,
+                          0.5 * 2 ** (entry.tries - 1))
             # A permanent failure (access denied, no such bucket) is still tried again, at the
             # longest interval: the user may fix the cause; fsync tries at once.
             entry.permanent = not self.storage.is_temp_failure(exc)
@@ -242,3 +274,12 @@ class WritebackQueue:
             entry.tries = 0
         else:
             self._entries.pop(obj, None)
+
+
+def base_version(rec: ObjectRecord) -> str | None:
+    """What an upload of `rec` replaces: the ETag of the server version its data was based on
+    (read, or uploaded last by this cache), "" (IF_ABSENT) for an object that was not on the
+    server, None (no condition) where that ETag is unknown."""
+    if not rec.on_server:
+        return ""
+    return rec.etag or None

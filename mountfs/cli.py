@@ -25,7 +25,7 @@ import trio
 from cache.blocks import DEFAULT_BLOCK_SIZE
 from mountfs.errors import ConfigError
 from mountfs.processes import pid_alive
-from mountfs.status import DISCARD_XATTR, STATUS_XATTR
+from mountfs.status import DISCARD_XATTR, FLUSH_XATTR, STATUS_XATTR
 
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -268,7 +268,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"uploads: {status['uploaded']} done, {status['queued']} queued")
     for e in status["queue"]:
         line = (f"  {e['state']:9} {e['bucket']}/{e['key']}  {human(e['done'])}/"
-                f"{human(e['size'])}  tries {e['tries']}")
+                f"{human(e['size'])}")
+        if e["state"] == "uploading":
+            line += f" ({e.get('percent', 0):.0f}%)"
+        line += f"  tries {e['tries']}"
         if e.get("next_try") is not None and e["tries"]:
             line += f"  next try in {e['next_try']:.0f}s"
         print(line + (f"  last error: {e['error']}" if e["error"] else ""))
@@ -319,6 +322,13 @@ def human(n: int) -> str:
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     status = read_status(mountpoint)
+    if status["queued"]:
+        # Upload now, not after the write-back delay or a long backoff: else umount waits for
+        # them (10 minutes with --writeback-delay 600; a minute per backoff under faults).
+        try:
+            os.setxattr(mountpoint, FLUSH_XATTR, b"1")
+        except OSError:
+            pass  # a mount of an older mountfs: it takes the request for a plain xattr
     shown = None
     while status["queued"]:
         waiting = ", ".join(f"{e['bucket']}/{e['key']}" for e in status["queue"][:5])

@@ -75,6 +75,17 @@ class TemporaryFailure(BackendError):
     """Worth retrying: throttling, 5xx, timeouts, dropped connections."""
 
 
+class PreconditionLost(TemporaryFailure):
+    """A conditional write (`write_object(if_match=...)`) found the object no longer the version
+    it was based on: changed by someone else (`exists`), or gone (not `exists`). Temporary: the
+    namespace settles it (a conflict copy, see Namespace._upload_conflict) and the write-back
+    queue uploads again; a program sees ESTALE only where nothing settled it."""
+
+    def __init__(self, message: str, exists: bool = True) -> None:
+        super().__init__(message)
+        self.exists = exists
+
+
 class ConfigError(Exception):
     """Bad user input (source, option, credentials): reported as one line, exit code 2."""
 
@@ -92,6 +103,7 @@ _ERRNO: list[tuple[type[BaseException], int]] = [
     (TooLarge, errno.EFBIG),
     (NotSupported, errno.ENOTSUP),
     (InvalidName, errno.EINVAL),
+    (PreconditionLost, errno.ESTALE),
     (TemporaryFailure, errno.EIO),
     (NameTooLong, errno.ENAMETOOLONG),
     (ReadOnly, errno.EROFS),

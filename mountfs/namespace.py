@@ -37,7 +37,7 @@ from mountfs.attrs import Attributes, Defaults
 from mountfs.backends import Scope
 from mountfs.backends.base import Backend, ObjectInfo
 from mountfs.errors import (InvalidArgument, NameTooLong, NoSuchAttribute, NoSuchObject,
-                            NotEmpty, NotPermitted, ReadOnly)
+                            NotEmpty, NotPermitted, PreconditionLost, ReadOnly)
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,12 @@ class Node:
     def settle(self) -> None:
         """Adopt the server version of an object uploaded since it was last used here."""
         obj = self.obj
-        if obj is not None and not obj.dirty and self.open_count == 0:
+        if obj is not None and not obj.dirty:
+            # Also while open: a clean object's record is this mount's newest word on the
+            # server version (the base of the next upload, via open_object).
             self.etag, self.size, self.on_server = obj.record.etag, obj.size, obj.record.on_server
-            self.obj = None
+            if self.open_count == 0:
+                self.obj = None
 
     @property
     def pending(self) -> bool:
@@ -132,6 +135,10 @@ class Namespace:
         self.root = self._new_node(None, "", Attributes(
             defaults.mode(stat.S_IFDIR), defaults.uid, defaults.gid, time.time_ns()))
         self._warned: set[str] = set()
+        # Uploads state the version they replace; a lost race with another client is settled
+        # here (`_upload_conflict`), where names are known.
+        queue.conditional = backend.features.conditional_writes
+        queue.resolve_conflict = self._upload_conflict
 
     # ---- the table -------------------------------------------------------------------------
 
@@ -207,14 +214,22 @@ class Namespace:
         return attrs_mod.decode(info.metadata, kind, info.mtime_ns or time.time_ns(),
                                 self.defaults)
 
-    def _apply(self, node: Node, info: ObjectInfo, kind: int) -> None:
-        """Refresh a node from the server, unless it holds newer data of its own."""
+    def _apply(self, node: Node, info: ObjectInfo, kind: int, asked_at: float) -> None:
+        """Refresh a node from the server, unless it holds newer data of its own. `asked_at`:
+        when the request that brought `info` began."""
         node.refreshed_at = time.monotonic()
         node.settle()
         if node.pending:
             return
         if info.metadata is None and node.etag == info.etag and not node.is_dir:
             return  # a listing without metadata says nothing new about an unchanged object
+        if not node.is_dir and info.etag != node.etag:
+            obj = self.cache.get(*self.location(node))
+            if obj is not None and obj.version_at > asked_at:
+                # This mount wrote a newer version (an upload ended while the request was
+                # under way): taking the older one would make it the base of the next upload,
+                # which would then conflict with this mount's own.
+                return
         new = self._attrs(info, kind)
         if node.is_dir != stat.S_ISDIR(new.mode):
             return  # a file and a directory of one name: the node keeps its kind
@@ -225,12 +240,13 @@ class Namespace:
             node.size, node.etag, node.on_server = info.size, info.etag, True
             node.link_target = None
 
-    def _child_from_info(self, parent: Node, name: str, info: ObjectInfo, is_dir: bool) -> Node:
+    def _child_from_info(self, parent: Node, name: str, info: ObjectInfo, is_dir: bool,
+                         asked_at: float) -> Node:
         kind = stat.S_IFDIR if is_dir else stat.S_IFREG
         assert parent.children is not None
         node = parent.children.get(name)
         if node is not None and node.is_dir == is_dir:
-            self._apply(node, info, kind)
+            self._apply(node, info, kind, asked_at)
             return node
         if node is not None:
             self._detach(node)
@@ -291,7 +307,7 @@ class Namespace:
         if self.lists_buckets(parent):
             if name in await self.backend.list_buckets():
                 info = ObjectInfo(name, "")
-                return self._child_from_info(parent, name, info, True)
+                return self._child_from_info(parent, name, info, True, time.monotonic())
             return None
         bucket, prefix = self.location(parent)
         key = prefix + name
@@ -300,6 +316,7 @@ class Namespace:
         # listing said there is no directory. In parallel, the probe costs one round trip.
         file: list[ObjectInfo] = []
         below: list[ObjectInfo] = []
+        asked_at = time.monotonic()
 
         async def head() -> None:
             try:
@@ -319,13 +336,14 @@ class Namespace:
             if file:
                 self._warn_once(parent, name,
                                 "is both a file and a directory; showing the directory")
-            node = self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True)
+            node = self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True,
+                                         asked_at)
             # Its marker, if it has one, holds its attributes (read by `complete`); without
             # one, the defaults are its attributes.
             node.meta_known = below[0].key != key + "/"
             return node
         if file:
-            return self._child_from_info(parent, name, file[0], False)
+            return self._child_from_info(parent, name, file[0], False, asked_at)
         return None
 
     @staticmethod
@@ -397,13 +415,13 @@ class Namespace:
                 continue  # removed here since the listing began: the server said so before
             if name in seen or not is_dir and name in dirs:
                 if is_dir:  # a file `a` beside keys `a/...`: the directory wins
-                    self._child_from_info(node, name, info, True)
+                    self._child_from_info(node, name, info, True, started)
                 self._warn_once(node, name,
                                 "is both a file and a directory; showing the directory")
                 continue
             seen.add(name)
             names.append(name)
-            self._child_from_info(node, name, info, is_dir)
+            self._child_from_info(node, name, info, is_dir, started)
         return [(name, node.children[name]) for name in names if name in node.children]
 
     def _warn_once(self, node: Node, name: str, what: str) -> None:
@@ -466,12 +484,13 @@ class Namespace:
 
     async def _read_metadata(self, node: Node) -> None:
         bucket, key = self.location(node)
+        asked_at = time.monotonic()
         try:
             info = await self.backend.stat_object(bucket, key)
         except NoSuchObject:
             pass  # a directory without a marker, or gone since listed: the defaults hold
         else:
-            self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG)
+            self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG, asked_at)
         node.meta_known = True  # (a pending node's own attributes win over the server's)
 
     async def getattr(self, node: Node) -> Node:
@@ -482,8 +501,10 @@ class Namespace:
                 or not node.exists_on_server:
             return node
         bucket, key = self.location(node)
+        asked_at = time.monotonic()
         try:
-            self._apply(node, await self.backend.stat_object(bucket, key), stat.S_IFREG)
+            self._apply(node, await self.backend.stat_object(bucket, key), stat.S_IFREG,
+                        asked_at)
         except NoSuchObject:
             node.refreshed_at = time.monotonic()  # gone on the server; keep serving what we had
         return node
@@ -631,7 +652,8 @@ class Namespace:
             await self._move_tree(src_bucket, src_key, dst_bucket, dst_key)
         else:
             await self._move_object(node, src_bucket, src_key, dst_bucket, dst_key,
-                                    target is not None and target.exists_on_server)
+                                    target if target is not None and target.exists_on_server
+                                    else None)
         if target is not None:
             target.unlinked = True
             self._detach(target)
@@ -652,9 +674,14 @@ class Namespace:
         return False
 
     async def _move_object(self, node: Node, src_bucket: str, src_key: str, dst_bucket: str,
-                           dst_key: str, replaces_on_server: bool) -> None:
+                           dst_key: str, replaced: Node | None) -> None:
         """Copy, then delete: a crash in between leaves both names, never neither.
-        `replaces_on_server`: the server holds an object by the new name, now replaced."""
+        `replaced`: the file the server holds by the new name, now replaced."""
+        replaces_on_server = replaced is not None
+        # What an upload under the new name replaces there (its base version), read before
+        # the replaced file's cached object is discarded below.
+        replaced_etag = "" if replaced is None else \
+            replaced.obj.record.etag if replaced.obj is not None else replaced.etag
         obj = node.obj or self.cache.get(src_bucket, src_key)
         old = self.cache.get(dst_bucket, dst_key)
         if old is not None and old is not obj:
@@ -673,6 +700,7 @@ class Namespace:
             # The replaced object stays on the server until the upload overwrites it: so that
             # an unlink before then deletes it, the new name counts as being on the server.
             obj.record.on_server = node.on_server = replaces_on_server
+            obj.record.etag = replaced_etag  # its blocks are all here: the old ETag names none
             self.cache.rename(obj, dst_bucket, dst_key)
         else:  # on the server, perhaps uploaded just now: copy it there
             info = await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key)
@@ -756,6 +784,71 @@ class Namespace:
             self.cache.rename(obj, dst_bucket, dst_key)
             self.cache.set_server_version(obj, info.etag, info.mtime_ns)
         return None
+
+    # ---- conflicts with other clients -------------------------------------------------------
+
+    def _upload_conflict(self, obj: CachedObject, exc: BaseException) -> bool:
+        """An upload's condition failed: the server's object is no longer the version this
+        mount's data was based on. If another client replaced it, that version keeps the name
+        and ours goes up beside it as `NAME.conflict-<UTC time>` (the cached object and its
+        nodes are renamed; the kernel forgets the old name's entry). If it was deleted, ours
+        brings it back. True: settled, upload again."""
+        if not isinstance(exc, PreconditionLost) or obj.detached:
+            return False
+        rec = obj.record
+        if not exc.exists:
+            log.warning("%s/%s was deleted elsewhere since this mount read it; uploading this "
+                        "mount's version", rec.bucket, rec.key)
+            rec.on_server = False  # the base is now "no object"
+            self.cache.set_server_version(obj, rec.etag, rec.mtime_ns)  # (saves the record)
+            return True
+        old_key = rec.key
+        new_key = self._conflict_key(rec.bucket, old_key)
+        log.warning("conflict: %s/%s was changed elsewhere since this mount read it (%s); "
+                    "keeping the other version there and this mount's as %s", rec.bucket,
+                    old_key, exc, new_key)
+        rec.on_server = False  # nothing is there yet: the copy must not replace anything
+        self.cache.rename(obj, rec.bucket, new_key)
+        new_name = new_key.rsplit("/", 1)[-1]
+        for node in [n for n in self.nodes.values() if n.obj is obj]:
+            parent, old_name = node.parent, node.name
+            node.on_server = False
+            if node.unlinked or parent is None or parent.children is None \
+                    or parent.children.get(old_name) is not node:
+                continue
+            del parent.children[old_name]
+            node.name = new_name
+            parent.children[new_name] = node
+            parent.absent.pop(new_name, None)
+            parent.absent.pop(old_name, None)
+            parent.listed_at = -1e18  # the name now holds the other version: ask the server
+            self._forget_kernel_entry(parent, old_name)
+        return True
+
+    def _conflict_key(self, bucket: str, key: str) -> str:
+        """`key.conflict-<UTC time>`, its last component cut to fit NAME_MAX, unused here."""
+        head, _, name = key.rpartition("/")
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for n in range(1, 1000):
+            suffix = f".conflict-{stamp}" + (f"-{n}" if n > 1 else "")
+            room = NAME_MAX - len(suffix.encode())
+            base = name.encode()[:room].decode(errors="ignore")
+            candidate = (head + "/" if head else "") + base + suffix
+            if self.cache.get(bucket, candidate) is None:
+                return candidate
+        raise AssertionError("a thousand conflicts of one key in one second")
+
+    @staticmethod
+    def _forget_kernel_entry(parent: Node, name: str) -> None:
+        """Make the kernel look `name` up again rather than trust its cached entry (which now
+        points at the conflict copy's node). Asynchronous: pyfuse3 runs it in its own thread,
+        which may not wait on the request being handled."""
+        try:
+            import pyfuse3
+
+            pyfuse3.invalidate_entry_async(parent.inode, name.encode(), ignore_enoent=True)
+        except Exception as exc:  # not serving FUSE (tests of the namespace alone)
+            log.debug("cannot invalidate the kernel's entry %r: %s", name, exc)
 
     # ---- attributes ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import pyfuse3
 from mountfs.errors import InvalidArgument, NotPermitted, ReadOnly, to_errno
 from mountfs.handles import DirHandle, FileHandle, HandleTable
 from mountfs.namespace import Namespace, Node
-from mountfs.status import DISCARD_XATTR, STATUS_XATTR, Status
+from mountfs.status import DISCARD_XATTR, FLUSH_XATTR, STATUS_XATTR, Status
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,9 @@ class Operations(pyfuse3.Operations):
                        ctx: pyfuse3.RequestContext) -> None:
         if inode == pyfuse3.ROOT_INODE and name == DISCARD_XATTR:  # `mountfs discard`
             await self.ns.discard_upload(value.decode(errors="surrogateescape"))
+            return
+        if inode == pyfuse3.ROOT_INODE and name == FLUSH_XATTR:  # `mountfs umount`
+            self.queue.hurry()
             return
         await self.ns.setxattr(await self._node(inode), decode_name(name), value)
 

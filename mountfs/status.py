@@ -15,6 +15,10 @@ STATUS_XATTR = b"user.mountfs.status"
 # Setting this extended attribute of the root to "BUCKET/KEY" (an entry as the status lists it)
 # abandons that upload and drops its data: what `mountfs discard` does.
 DISCARD_XATTR = b"user.mountfs.discard"
+# Setting this extended attribute of the root (any value) asks the mount to upload what is
+# queued now, without the write-back delay, and to retry temporary failures soon: what
+# `mountfs umount` asks before it waits for the queue to drain.
+FLUSH_XATTR = b"user.mountfs.flush"
 MAX_LISTED = 200  # keeps the document well under the 64 KiB an xattr may hold
 
 

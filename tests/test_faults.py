@@ -18,6 +18,7 @@ import errno
 import hashlib
 import os
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, Mounter, run_cli
+from conftest import Mount, Mounter, is_mounted, run_cli
 from servers.faults import FaultProxy
 from servers.s3 import S3Server
 from test_s3 import bucket_name, client, mount_s3, s3_env  # noqa: F401 (fixtures)
@@ -36,6 +37,7 @@ READ_TIMEOUT = 2.0  # the mount's S3 read timeout; a stall lasts longer
 STALL = 3.0
 TIMEOUTS = {"MOUNTFS_S3_READ_TIMEOUT": str(READ_TIMEOUT),
             "MOUNTFS_S3_CONNECT_TIMEOUT": str(READ_TIMEOUT)}
+UMOUNT_BOUND = 180.0  # seconds `mountfs umount` may take with uploads queued behind faults
 # Errors a program may see while the store fails for a while (not ENOENT: a name that exists
 # must never be reported missing because a request failed).
 TRANSIENT = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT}
@@ -361,3 +363,65 @@ def test_a_failed_upload_is_given_up_by_mountfs_discard(
     assert time.monotonic() - started < 30
     assert on_server(client, bucket, "lost.bin") is None
     assert on_server(client, bucket, "keep.txt") == b"uploaded before the fault"
+
+
+# ---- unmounting under faults ---------------------------------------------------------------
+
+
+def test_umount_with_uploads_queued_behind_faults_finishes_and_loses_nothing(
+        mounter: Mounter, proxy: FaultProxy, client, bucket: str) -> None:
+    # A long write-back delay keeps every upload queued until `mountfs umount` asks for them;
+    # then 20% of the requests fail (stalls past the timeout among them) while it waits.
+    files = FileSet(3, ci_sizes()[:12] + [9 * MiB + 5])
+    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "600")
+    for i in range(len(files.sizes)):
+        os.makedirs((m.path / files.name(i)).parent, exist_ok=True)
+        write_file(m.path / files.name(i), files.data(i))
+    assert m.status()["queued"] == len(files.sizes)
+    proxy.rate = RATE
+    started = time.monotonic()
+    run_cli("umount", str(m.path), timeout=UMOUNT_BOUND)  # raises if it takes longer
+    took = time.monotonic() - started
+    faults = sum(proxy.injected.values())
+    proxy.rate = 0.0
+    assert not is_mounted(m.path)
+    expected = {files.name(i): files.digest(i) for i in range(len(files.sizes))}
+    assert server_digests(client, bucket) == expected
+    assert faults > 0, proxy.report()
+    print(f"\numount with {len(files.sizes)} uploads queued ({sum(files.sizes) / MiB:.1f} MiB) "
+          f"took {took:.1f}s; {proxy.report()}")
+
+
+# ---- upload progress -----------------------------------------------------------------------
+
+
+def test_status_shows_the_progress_of_an_upload(mounter: Mounter, proxy: FaultProxy, client,
+                                                bucket: str) -> None:
+    # The proxy reads request bodies at 2 MiB/s: a 40 MiB file (5 parts at once) takes ~4 s.
+    data = os.urandom(40 * MiB)
+    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "0")
+    proxy.bandwidth = 2 * MiB
+    write_file(m.path / "big.bin", data)
+    seen: list[float] = []
+    text = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        entries = m.served_status()["queue"]
+        if not entries:
+            break
+        e = entries[0]
+        if e["state"] == "uploading":
+            assert e["size"] == len(data) and 0 <= e["done"] <= e["size"]
+            assert e["percent"] == round(100 * e["done"] / e["size"], 1)
+            seen.append(e["percent"])
+            if 0 < e["percent"] < 100 and not text:
+                text = run_cli("status", str(m.path)).stdout
+        time.sleep(0.05)
+    proxy.bandwidth = 0
+    assert any(0 < p < 100 for p in seen), f"no progress between 0 and 100%: {seen}"
+    assert seen == sorted(seen), f"progress went back: {seen}"
+    assert re.search(r"uploading +" + re.escape(bucket) + r"/big\.bin +[\d.]+ MiB/40\.0 MiB "
+                     r"\(\d+(\.\d)?%\)", text), text
+    assert on_server(client, bucket, "big.bin") == data
+    print(f"\nprogress seen: {sorted(set(seen))}")
+    mounter.umount(m)

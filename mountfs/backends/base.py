@@ -13,6 +13,9 @@ from typing import BinaryIO
 
 from mountfs.errors import TemporaryFailure
 
+# `write_object(if_match=IF_ABSENT)`: store only if no object has the key (If-None-Match: *).
+IF_ABSENT = ""
+
 # What a retry may cure, whichever driver raised it.
 TEMPORARY_FAILURES = (TemporaryFailure, ConnectionError, TimeoutError)
 
@@ -46,6 +49,9 @@ class Features:
     writable: bool = True
     why_read_only: str = ""  # for the log, when not writable: what the user can do about it
     max_object_size: int = 5 * 1024**4
+    # write_object takes `if_match` and raises PreconditionLost when the condition fails (a
+    # driver without it is never passed the keyword).
+    conditional_writes: bool = False
 
 
 class Backend(abc.ABC):
@@ -88,7 +94,13 @@ class Backend(abc.ABC):
     async def write_object(
         self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str]
     ) -> ObjectInfo:
-        """Store `size` bytes read from `data` as one whole object, atomically replacing any old one."""
+        """Store `size` bytes read from `data` as one whole object, atomically replacing any old one.
+
+        Drivers with `features.conditional_writes` also take a keyword `if_match: str | None`:
+        None stores unconditionally; IF_ABSENT ("") only if the key holds no object; an ETag
+        only if the object has that ETag. Otherwise nothing is stored and PreconditionLost is
+        raised (`exists`: whether an object has the key now). A retried request that finds its
+        own earlier try stored (same bytes) succeeds."""
 
     @abc.abstractmethod
     async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:

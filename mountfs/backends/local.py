@@ -15,6 +15,8 @@ it stays on as a marker, so a directory the user emptied does not disappear from
 from __future__ import annotations
 
 import errno
+import fcntl
+import filecmp
 import os
 import shutil
 import stat
@@ -25,16 +27,19 @@ from typing import BinaryIO, TypeVar
 
 import trio
 
-from mountfs.backends.base import Backend, ObjectInfo
+from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo
 from mountfs.processes import pid_alive  # a zombie is dead: its temporary files are orphans
 from mountfs.errors import (
     AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket, NoSuchObject, NotEmpty,
-    NotSupported, PermissionDenied, QuotaExceeded, TooLarge,
+    NotSupported, PermissionDenied, PreconditionLost, QuotaExceeded, TooLarge,
 )
 
 T = TypeVar("T")
 
 TMP_DIR = ".mountfs-tmp"
+# Held (flock) across the check and the rename of a conditional put: two mounts of one store
+# are two processes. A name starting with '.' at the root is never a bucket.
+LOCK_FILE = ".mountfs-lock"
 XATTR_PREFIX = "user.mountfs."
 CHUNK = 1024 * 1024
 
@@ -110,6 +115,8 @@ def _inside(path: str, parent: str) -> bool:
 
 
 class LocalBackend(Backend):
+    features = Features(conditional_writes=True)
+
     def __init__(self, root: str) -> None:
         self.root = root
         self._root = os.path.abspath(root)
@@ -290,8 +297,9 @@ class LocalBackend(Backend):
         return await self._call(read)
 
     def _put(self, bucket: str, key: str, size: int, metadata: dict[str, str],
-             fill: Callable[[str], None]) -> ObjectInfo:
-        """Store an object whose data `fill` writes into the temp file it is given."""
+             fill: Callable[[str], None], if_match: str | None = None) -> ObjectInfo:
+        """Store an object whose data `fill` writes into the temp file it is given; `if_match`
+        as in Backend.write_object (markers are never conditional)."""
         path = self._object_path(bucket, key)
         if key.endswith("/"):
             if size:
@@ -308,19 +316,50 @@ class LocalBackend(Backend):
             _write_meta(tmp, metadata)
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.rename(tmp, path)
+                if if_match is None:
+                    os.rename(tmp, path)
+                else:
+                    return self._rename_if(bucket, key, tmp, path, if_match)
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
                 raise AlreadyExists(f"{bucket}/{key}: a file or directory is in the way") from exc
         except BaseException:
-            os.unlink(tmp)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
             raise
         return _info(bucket, key, path)
 
+    def _rename_if(self, bucket: str, key: str, tmp: str, path: str,
+                   if_match: str) -> ObjectInfo:
+        """Rename `tmp` to `path` if the object there is the version `if_match` names, all under
+        the store's lock; else PreconditionLost (or the object, if it already holds these very
+        bytes: a retry of a put that was done)."""
+        fd = os.open(os.path.join(self._root, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current: ObjectInfo | None = _info(bucket, key, path)
+            except (FileNotFoundError, NoSuchObject):
+                current = None
+            if (current.etag if current else None) != (None if if_match == IF_ABSENT
+                                                        else if_match):
+                if current is not None and filecmp.cmp(tmp, path, shallow=False):
+                    os.unlink(tmp)
+                    return current
+                raise PreconditionLost(
+                    f"{bucket}/{key} is {current.etag if current else 'gone'}, not "
+                    f"{if_match or 'absent'} as this put expects", exists=current is not None)
+            os.rename(tmp, path)
+            return _info(bucket, key, path)
+        finally:
+            os.close(fd)  # releases the lock
+
     async def write_object(
-        self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str]
+        self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str],
+        if_match: str | None = None,
     ) -> ObjectInfo:
         return await self._call(
-            lambda: self._put(bucket, key, size, metadata, lambda tmp: _copy_exact(data, tmp, size))
+            lambda: self._put(bucket, key, size, metadata,
+                              lambda tmp: _copy_exact(data, tmp, size), if_match)
         )
 
     async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:

@@ -20,10 +20,10 @@ from typing import Any, BinaryIO, TypeVar
 
 import trio
 
-from mountfs.backends.base import Backend, Features, ObjectInfo
+from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo
 from mountfs.errors import (AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket,
-                            NoSuchObject, NotEmpty, NotSupported, PermissionDenied, QuotaExceeded,
-                            TemporaryFailure, TooLarge)
+                            NoSuchObject, NotEmpty, NotSupported, PermissionDenied,
+                            PreconditionLost, QuotaExceeded, TemporaryFailure, TooLarge)
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,61 @@ def reply_time_ns(reply: dict[str, Any]) -> int:
     return int(stamp.timestamp() * 1e9) if stamp else 0
 
 
+class PartBody:
+    """One part of an upload as the file botocore sends from: read from the shared `data` a
+    chunk at a time as the request goes out, so that the data's reader sees the upload's
+    progress (`mountfs status`) and a part holds one chunk in memory, not the whole part.
+    Seekable: botocore rewinds it to retry, and measures it."""
+
+    CHUNK = 1024 * 1024
+
+    def __init__(self, data: BinaryIO, lock: threading.Lock, offset: int, length: int,
+                 key: str) -> None:
+        self.data, self.lock, self.offset, self.length, self.key = data, lock, offset, length, key
+        self.pos = 0
+        self._chunk = memoryview(b"")
+        self._chunk_at = 0  # where in the part `_chunk` starts
+        self.error: Exception | None = None  # what reading `data` raised, for the caller
+
+    def __len__(self) -> int:
+        return self.length
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
+        self.pos = min(self.length, max(0, base + pos))
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.length - self.pos
+        n = left if n is None or n < 0 else min(n, left)
+        if n <= 0:
+            return b""
+        inside = self.pos - self._chunk_at
+        if not 0 <= inside < len(self._chunk):
+            self._fill()
+            inside = 0
+        piece = bytes(self._chunk[inside:inside + n])
+        self.pos += len(piece)
+        return piece
+
+    def _fill(self) -> None:
+        size = min(self.CHUNK, self.length - self.pos)
+        buf = bytearray(size)
+        try:
+            with self.lock:
+                self.data.seek(self.offset + self.pos)
+                got = self.data.readinto(buf)
+            if got != size:
+                raise BackendError(f"short read of {self.key} at {self.offset + self.pos}")
+        except Exception as exc:
+            self.error = exc
+            raise
+        self._chunk, self._chunk_at = memoryview(buf), self.pos
+
+
 @dataclass(frozen=True)
 class Source:
     """The object a copy reads, as one HEAD saw it; copies are conditional on its ETag so that
@@ -174,7 +229,10 @@ class Source:
 
 
 class S3Backend(Backend):
-    features = Features()
+    # Conditional writes: If-Match / If-None-Match on PutObject and CompleteMultipartUpload
+    # (AWS since 2024, MinIO, moto in part). A server that ignores the headers stores
+    # unconditionally: the later upload wins whole, as without them.
+    features = Features(conditional_writes=True)
 
     def __init__(self, endpoint_url: str | None = None, region: str | None = None,
                  profile: str | None = None, path_style: bool = False, workers: int = 8,
@@ -398,55 +456,90 @@ class S3Backend(Backend):
     # ---- writes ----------------------------------------------------------------------------
 
     async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
-                           metadata: dict[str, str]) -> ObjectInfo:
-        if size <= MIN_PART:
-            body = data.read(size)
-            if len(body) != size:
-                raise BackendError(f"short read of {key}: {len(body)} of {size} bytes")
-            reply = await self._call(self.client.put_object, Bucket=bucket, Key=key, Body=body,
-                                     Metadata=metadata)
-        else:
-            reply = await self._multipart(bucket, key, size, {"Metadata": metadata},
-                                          self._file_parts(bucket, key, data))
+                           metadata: dict[str, str], if_match: str | None = None) -> ObjectInfo:
+        condition: dict[str, str] = {}
+        if if_match is not None and "ConditionalWrites" not in self._unsupported:
+            condition = {"IfNoneMatch": "*"} if if_match == IF_ABSENT else \
+                {"IfMatch": f'"{if_match}"'}
+        part_etags: list[str] = []
+        body = b""
+        try:
+            if size <= MIN_PART:
+                body = data.read(size)
+                if len(body) != size:
+                    raise BackendError(f"short read of {key}: {len(body)} of {size} bytes")
+                reply = await self._call(self.client.put_object, Bucket=bucket, Key=key,
+                                         Body=body, Metadata=metadata, **condition)
+            else:
+                reply = await self._multipart(bucket, key, size, {"Metadata": metadata},
+                                              self._file_parts(bucket, key, data),
+                                              complete=condition, part_etags=part_etags)
+        except NotSupported as exc:
+            if not condition:
+                raise
+            self._lacks("ConditionalWrites", exc)  # the next try goes without
+            raise TemporaryFailure(f"conditional write of {key} refused: {exc}") from exc
+        except BackendError as exc:
+            gone = isinstance(exc, NoSuchObject) and "IfMatch" in condition
+            if not condition or not gone and error_code(exc) != "PreconditionFailed":
+                raise
+            # A try whose reply was lost may have stored this very upload (botocore retries a
+            # request once its reply broke off): then the object is ours, not a conflict.
+            mine = hashlib.md5(body).hexdigest() if size <= MIN_PART else \
+                multipart_etag(part_etags) if part_etags else ""
+            head = await self._head_if_any(bucket, key)
+            if head is not None and mine and etag_of(head) == mine:
+                log.info("conditional write of %s/%s was stored by a try whose reply was lost",
+                         bucket, key)
+                return self._written(bucket, key, size, metadata, head)
+            raise PreconditionLost(f"{bucket}/{key} is no longer the version this upload "
+                                   f"replaces ({'gone' if gone else 'changed'})",
+                                   exists=not gone) from exc
         return self._written(bucket, key, size, metadata, reply)
 
+    async def _head_if_any(self, bucket: str, key: str) -> dict[str, Any] | None:
+        try:
+            return await self._call(self.client.head_object, Bucket=bucket, Key=key)
+        except NoSuchObject:
+            return None
+
     def _file_parts(self, bucket: str, key: str, data: BinaryIO) -> PartSender:
-        """Parts read from `data`, one read at a time (it is one stream)."""
+        """Parts streamed from `data` as botocore sends them (`PartBody`); `data` is one
+        stream, read under one lock."""
         read_lock = threading.Lock()
 
-        def read(offset: int, length: int) -> bytearray:
-            # Into one buffer: a part is held once in memory, not once per block and joined.
-            body = bytearray(length)
-            with read_lock:
-                data.seek(offset)
-                got = data.readinto(body)
-            if got != length:
-                raise BackendError(f"short read of {key} at {offset}")
-            return body
-
         async def send(upload_id: str, number: int, offset: int, length: int) -> str:
-            body = await trio.to_thread.run_sync(read, offset, length)
-            reply = await self._call(self.client.upload_part, Bucket=bucket, Key=key,
-                                     UploadId=upload_id, PartNumber=number, Body=body)
+            body = PartBody(data, read_lock, offset, length, key)
+            try:
+                reply = await self._call(self.client.upload_part, Bucket=bucket, Key=key,
+                                         UploadId=upload_id, PartNumber=number, Body=body)
+            except Exception:
+                if body.error is not None:  # botocore wraps what a body raised: unwrap it
+                    raise body.error from None  # (Superseded: the queue uploads again)
+                raise
             return str(reply["ETag"])
 
         return send
 
     async def _multipart(self, bucket: str, key: str, size: int, create: dict[str, Any],
-                         send: PartSender) -> dict[str, Any]:
+                         send: PartSender, complete: dict[str, str] | None = None,
+                         part_etags: list[str] | None = None) -> dict[str, Any]:
         """A multipart upload of `size` bytes whose parts `send` supplies, in parallel; the
         object appears only when CompleteMultipartUpload succeeds, else the upload is aborted.
-        `create`: CreateMultipartUpload's metadata and headers. Returns Complete's reply."""
+        `create`: CreateMultipartUpload's metadata and headers; `complete`: Complete's
+        conditions; `part_etags` is given the parts' ETags. Returns Complete's reply."""
         upload = await self._call(self.client.create_multipart_upload, Bucket=bucket, Key=key,
                                   **create)
         upload_id = upload["UploadId"]
         try:
             etags = await self._send_parts(size, functools.partial(send, upload_id))
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+            if part_etags is not None:
+                part_etags.extend(p["ETag"] for p in parts)
             try:
                 return await self._call(self.client.complete_multipart_upload, Bucket=bucket,
                                         Key=key, UploadId=upload_id,
-                                        MultipartUpload={"Parts": parts})
+                                        MultipartUpload={"Parts": parts}, **(complete or {}))
             except BackendError as exc:
                 if error_code(exc) != "NoSuchUpload":
                     raise

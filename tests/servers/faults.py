@@ -23,18 +23,65 @@ cut off whole (reset before any byte).
 Decisions come from `random.Random(seed)`, one draw per request in arrival order: the same seed
 gives the same sequence of faults (which request gets which depends on the client's order).
 `injected` counts the faults by kind, `seen` (from S3Proxy) the requests.
+
+`list_delay` (seconds) holds every ListObjectsV2 request that long before forwarding it, and
+`list_max_keys` (0: as asked) makes the server answer it in pages of that many keys, so a test
+can see a listing arrive page by page; `list_times` records when each one came in.
+
+`bandwidth` (bytes per second, 0: unlimited) throttles how fast each request's body is read
+from the client, so a test can watch an upload in flight (its progress in `mountfs status`).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import http.server
 import random
+import re
 import signal
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterable
 
-from .s3_proxy import ProxyHandler, S3Proxy, error_body
+from .s3_proxy import ProxyHandler, S3Proxy, error_body, operation
+
+THROTTLE_PIECE = 64 * 1024  # a throttled body is read in pieces this big
+
+
+class ThrottledHandler(ProxyHandler):
+    """Reads a request's body no faster than the proxy's `bandwidth`, then goes on as usual."""
+
+    proxy: FaultProxy
+
+    def do_any(self) -> None:
+        rate = self.proxy.bandwidth
+        length = int(self.headers.get("Content-Length") or 0)
+        if not rate or not length:
+            super().do_any()
+            return
+        pieces = []
+        start = time.monotonic()
+        got = 0
+        while got < length:
+            piece = self.rfile.read(min(THROTTLE_PIECE, length - got))
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+            ahead = got / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        body = b"".join(pieces)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
+                                      keep_blank_values=True)
+        op = operation(self.command, query, "x-amz-copy-source" in self.headers)
+        with self.proxy.lock:
+            self.proxy.seen[op] += 1
+        self.proxy.handle(self, op, body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_any
 
 KINDS = ("500", "503", "slowdown", "429", "stall", "reset", "truncate")
 # kind -> (status, S3 error code) of the faults that are an error reply
@@ -58,6 +105,17 @@ class FaultProxy(S3Proxy):
         # A permanent fault, on top of the random ones: every PUT or POST to a key (uploads,
         # copies, multipart steps; not bucket creation) is answered 403 AccessDenied.
         self.deny_writes = False
+        self.bandwidth = 0  # bytes per second a request body is read at; 0: unlimited
+        self.list_delay = 0.0
+        self.list_max_keys = 0
+        self.list_times: list[float] = []  # time.monotonic() of each ListObjectsV2 request
+
+    def start(self) -> FaultProxy:
+        handler = type("Handler", (ThrottledHandler,), {"proxy": self})
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
 
     def draw(self) -> tuple[str | None, bool]:
         """The fault for the next request (None: forward it), and whether a stall comes after
@@ -78,6 +136,16 @@ class FaultProxy(S3Proxy):
             h.answer(403, {"Content-Type": "application/xml"},
                      error_body("AccessDenied", h.url_path, "Access Denied (fault proxy)"))
             return
+        if op == "ListObjectsV2":
+            with self.lock:
+                self.list_times.append(time.monotonic())
+            if self.list_delay or self.list_max_keys:
+                time.sleep(self.list_delay)
+                path = h.path
+                if self.list_max_keys:  # moto checks no signature: the query may change
+                    path = re.sub(r"([?&]max-keys=)\d+", rf"\g<1>{self.list_max_keys}", path)
+                h.answer(*h.forward(body, path))
+                return
         kind, after = self.draw()
         if kind is None:
             super().handle(h, op, body)
