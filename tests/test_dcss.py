@@ -7,6 +7,7 @@ import datetime
 import errno
 import os
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -310,3 +311,27 @@ def test_official_client_and_mountfs_read_each_others_files(
                    options=("--part-size", str(PART)))
     assert sorted(os.listdir(m.path / "private" / "shared")) == ["big.bin", "mine.bin",
                                                                  "mine.txt"]
+
+
+def test_status_shows_upload_progress(mounter: Mounter, dcss: Any, client: Any,
+                                      tmp_path: Path) -> None:
+    """What the official client's TransferHandler reports, `mountfs status` shows: how much of
+    an upload is sent. 24 parts of 1 MiB, each authorized and PUT in turn, take a while."""
+    data = os.urandom(24 * 1024 * 1024)
+    m = mount_dcss(mounter, dcss, token_file=dcss.token_file(tmp_path, WRITER),
+                   options=("--part-size", "1M", "--writeback-delay", "0"))
+    (m.path / "user" / "big.bin").write_bytes(data)
+    seen: list[float] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        entries = m.served_status()["queue"]
+        if not entries:
+            break
+        if entries[0]["state"] == "uploading":
+            seen.append(entries[0]["percent"])
+        time.sleep(0.02)
+    assert any(0 < p < 100 for p in seen), f"no progress between 0 and 100%: {seen}"
+    assert seen == sorted(seen), f"progress went back: {seen}"
+    mounter.umount(m)
+    stored = objects(client, "user")
+    assert b"".join(stored[f"{WRITER}/big.bin.{i:03d}"] for i in range(24)) == data
