@@ -261,7 +261,10 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self.handles.dir(fh)
         i = start_id
-        while i < len(handle.entries) or await handle.more():
+        # Another page is fetched only while this reply is still empty: the kernel's buffer
+        # may hold hundreds of entries (up to max_pages since Linux 6.x), and filling it from
+        # later pages would hold the reader's first entries until several pages are in.
+        while i < len(handle.entries) or i == start_id and await handle.more():
             if i >= len(handle.entries):
                 continue  # an empty page
             name, node = handle.entries[i]

@@ -7,7 +7,11 @@
 - 16 threads reading and writing their own files and one shared file: done in bounded time,
   each file's bytes what a model of the writes says.
 - The mount process's RSS while 512 MiB (CI) or 4 GiB (`-m slow`, scripts/soak) go through,
-  and while a directory of 20,000 objects is listed.
+  and while a directory of 20,000 (CI) or 100,000 objects (`-m slow`) is listed.
+- A listing streams: a program reading the directory (readdir(3), os.scandir) gets its first
+  entries once the first page is in, before the later pages are asked for (s3, through a proxy
+  that makes every page slow and small), and long before the end (local, 20,000 and 100,000).
+  GNU `ls` itself reads a whole directory before it prints (to sort it, or to size columns).
 """
 from __future__ import annotations
 
@@ -19,14 +23,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cache.journal import Journal, ObjectRecord
 from conftest import BUCKET, Mount, Mounter
+from servers.faults import FaultProxy
 from stores import AnyStore
+from test_faults import bucket, mount_via, proxy  # noqa: F401 (fixtures)
 from test_posix import pattern, wait_idle
+from test_s3 import bucket_name, client, s3_env  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.mounted
 
@@ -299,25 +308,98 @@ def test_memory_of_a_4_gib_copy(mounter: Mounter, store: AnyStore, backend: str)
     assert peak < RSS_LIMIT, f"peak RSS {peak / MiB:.0f} MiB"
 
 
-def test_memory_of_a_large_listing(mounter: Mounter, store: AnyStore) -> None:
-    """A directory of 20,000 objects (local store) listed through the mount, `ls` and then
-    `ls -l` (lookups, attributes): the listing arrives whole and the mount process's RSS
-    grows by less than 48 MiB while it is listed."""
-    n = 20_000
+def make_objects(store: AnyStore, n: int) -> None:
+    """`n` empty objects `many/object-NNNNNN` in a local store."""
     big = store / BUCKET / "many"
     big.mkdir()
     for i in range(n):
-        (big / f"object-{i:06d}").write_bytes(b"")  # type: ignore[union-attr]
+        with open(big / f"object-{i:06d}", "wb"):  # type: ignore[operator]
+            pass
+
+
+def scan_timed(path: Path) -> tuple[list[str], float, float]:
+    """The names os.scandir reads (as readdir(3) does, a kernel buffer at a time), the
+    seconds until the first one arrived and until the last."""
+    start = time.monotonic()
+    with os.scandir(path) as it:
+        first = next(it).name
+        took_first = time.monotonic() - start
+        names = [first] + [entry.name for entry in it]
+    return names, took_first, time.monotonic() - start
+
+
+def test_memory_of_a_large_listing(mounter: Mounter, store: AnyStore) -> None:
+    """A directory of 20,000 objects (local store) read through the mount by os.scandir, `ls`
+    and `ls -l` (lookups, attributes): the listing arrives whole, its first entries long
+    before its end, and the mount process's RSS grows by less than 48 MiB while it is
+    listed."""
+    n = 20_000
+    make_objects(store, n)
     m = mounter.mount(store)
     os.listdir(m.bucket)  # the mount's own start-up allocations are not the listing's
     before = rss(m.pid)
+    assert (m.bucket / "many").is_dir()  # looked up before the timing starts
     with Sampler(lambda: rss(m.pid), interval=0.05) as memory:
+        scanned, first, total = scan_timed(m.bucket / "many")
         plain = subprocess.run(["ls", "-f", str(m.bucket / "many")], capture_output=True,
                                text=True, check=True, timeout=120).stdout.split()
         long = subprocess.run(["ls", "-l", str(m.bucket / "many")], capture_output=True,
                               text=True, check=True, timeout=120).stdout.splitlines()
     assert sorted(set(plain) - {".", ".."}) == [f"object-{i:06d}" for i in range(n)]
+    assert sorted(scanned) == [f"object-{i:06d}" for i in range(n)]
     assert len(long) == n + 1  # "total" and one line per object
     growth = memory.peak - before
-    print(f"\nlisting {n} objects: RSS {before / MiB:.0f} MiB, +{growth / MiB:.1f} MiB")
+    print(f"\nlisting {n} objects: first entry after {first:.3f} s of {total:.2f} s; "
+          f"RSS {before / MiB:.0f} MiB, +{growth / MiB:.1f} MiB")
     assert growth < 48 * MiB, f"RSS grew by {growth / MiB:.0f} MiB"
+    assert first < total / 5, "the first entries waited for the whole listing"
+
+
+@pytest.mark.slow
+def test_listing_of_100000_objects(mounter: Mounter, store: AnyStore) -> None:
+    """A directory of 100,000 objects (local store): os.scandir gets the first entries at once
+    and all of them in the end, `ls -f` too; the mount's RSS grows by what its nodes take."""
+    n = 100_000
+    make_objects(store, n)
+    m = mounter.mount(store)
+    os.listdir(m.bucket)
+    before = rss(m.pid)
+    assert (m.bucket / "many").is_dir()  # looked up before the timing starts
+    with Sampler(lambda: rss(m.pid), interval=0.05) as memory:
+        scanned, first, total = scan_timed(m.bucket / "many")
+        started = time.monotonic()
+        plain = subprocess.run(["ls", "-f", str(m.bucket / "many")], capture_output=True,
+                               text=True, check=True, timeout=600).stdout.split()
+        ls_took = time.monotonic() - started
+    expected = [f"object-{i:06d}" for i in range(n)]
+    assert sorted(scanned) == expected
+    assert sorted(set(plain) - {".", ".."}) == expected
+    growth = memory.peak - before
+    print(f"\nlisting {n} objects: first entry after {first:.3f} s of {total:.2f} s; ls -f "
+          f"(listing cached) {ls_took:.2f} s; RSS {before / MiB:.0f} MiB, +{growth / MiB:.1f} MiB")
+    assert first < total / 10, "the first entries waited for the whole listing"
+    assert growth < 200 * MiB, f"RSS grew by {growth / MiB:.0f} MiB"
+
+
+def test_listing_reaches_a_reader_page_by_page(mounter: Mounter, proxy: FaultProxy,
+                                               client: Any, bucket: str) -> None:
+    """500 objects listed through a proxy that makes the server answer in pages of 100, each
+    0.4 s late: the reader has its first entry before the last page is even asked for."""
+    n = 500
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"many/o{i:04d}", Body=b""),
+                      range(n)))
+    m = mount_via(mounter, proxy, bucket, "mnt")
+    assert (m.path / "many").is_dir()  # looked up (and probed) before the timing starts
+    proxy.list_max_keys, proxy.list_delay = 100, 0.4
+    proxy.list_times.clear()
+    start = time.monotonic()
+    scanned, first, total = scan_timed(m.path / "many")
+    pages = [t - start for t in proxy.list_times]
+    proxy.list_max_keys, proxy.list_delay = 0, 0.0
+    assert sorted(scanned) == [f"o{i:04d}" for i in range(n)]
+    assert len(pages) >= n // 100, pages
+    assert first < pages[-1], f"first entry at {first:.2f} s, pages asked at {pages}"
+    print(f"\n{n} objects in {len(pages)} pages: first entry after {first:.2f} s, last page "
+          f"asked at {pages[-1]:.2f} s, all after {total:.2f} s")
+    mounter.umount(m)

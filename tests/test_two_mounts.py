@@ -134,7 +134,7 @@ def test_two_writers_of_one_file(mounter: Mounter, store: AnyStore, size: int,
                                  new: bool) -> None:
     if size == MULTIPART and not isinstance(store, S3Path):
         pytest.skip("the local store has no multipart uploads")
-    a, b = two_mounts(mounter, store, "5")
+    a, b = two_mounts(mounter, store, "1")
     if not new:
         write(a.bucket / "f", pattern(1000, seed=0))
         wait_idle(a)
@@ -167,7 +167,7 @@ def test_two_writers_of_one_file(mounter: Mounter, store: AnyStore, size: int,
         assert (b.bucket / "f").read_bytes() == data_a
         assert (b.bucket / kept[0]).read_bytes() == data_b
         assert {"f", kept[0]} <= set(os.listdir(b.bucket))
-        time.sleep(5.2)
+        time.sleep(1.2)  # A's TTL
         assert {"f", kept[0]} <= set(os.listdir(a.bucket))
         assert (a.bucket / kept[0]).read_bytes() == data_b
         assert (a.bucket / "f").read_bytes() == data_a
