@@ -158,7 +158,8 @@ class PartBody:
     """One part of an upload as the file botocore sends from: read from the shared `data` a
     chunk at a time as the request goes out, so that the data's reader sees the upload's
     progress (`mountfs status`) and a part holds one chunk in memory, not the whole part.
-    Seekable: botocore rewinds it to retry, and measures it."""
+    Seekable: botocore rewinds it to retry, and measures it; over plain HTTP it also reads it
+    once to sign the payload, then rewinds it (the progress then leads by that part)."""
 
     CHUNK = 1024 * 1024
 

@@ -39,6 +39,7 @@ import http.server
 import random
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -48,12 +49,19 @@ from collections.abc import Iterable
 from .s3_proxy import ProxyHandler, S3Proxy, error_body, operation
 
 THROTTLE_PIECE = 64 * 1024  # a throttled body is read in pieces this big
+RECEIVE_BUFFER = 1024 * 1024  # SO_RCVBUF of the proxy's client connections
 
 
 class ThrottledHandler(ProxyHandler):
     """Reads a request's body no faster than the proxy's `bandwidth`, then goes on as usual."""
 
     proxy: FaultProxy
+
+    def setup(self) -> None:
+        super().setup()
+        # A bounded receive window: loopback's autotuned buffers (several MiB each way) would
+        # take a whole 8 MiB part before the throttled reading of its body begins.
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
     def do_any(self) -> None:
         rate = self.proxy.bandwidth
