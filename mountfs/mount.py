@@ -114,6 +114,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             await pyfuse3.main()
             if not stop.requested:
                 log.info("unmounted; uploading what is still queued")
+            queue.hurry()  # nobody writes any more: no reason to wait out the delay
             await queue.drain()
             nursery.cancel_scope.cancel()
     finally:
@@ -134,6 +135,7 @@ async def _stop_on_signal(queue: WritebackQueue, stop: Stop) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
             log.info("signal: uploading what is queued, then unmounting")
+            queue.hurry()
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_cancel_on_next, signals, scope)

@@ -74,7 +74,8 @@ def test_fsync_uploads_before_returning(mounted: Mount) -> None:
 
 
 def test_sigterm_drains_the_queue_then_unmounts(mounter: Mounter, store: AnyStore) -> None:
-    m = mounter.mount(store, "--writeback-delay", "2")
+    # A delay longer than wait_for's timeout: the stopping mount uploads without waiting it out.
+    m = mounter.mount(store, "--writeback-delay", "300")
     (m.bucket / "late").write_bytes(b"queued at SIGTERM")
     os.kill(m.pid, 15)
     wait_for(lambda: not is_mounted(m.path))
@@ -82,7 +83,7 @@ def test_sigterm_drains_the_queue_then_unmounts(mounter: Mounter, store: AnyStor
 
 
 def test_fusermount_unmount_still_uploads(mounter: Mounter, store: AnyStore) -> None:
-    m = mounter.mount(store, "--writeback-delay", "2")
+    m = mounter.mount(store, "--writeback-delay", "300")
     (m.bucket / "late").write_bytes(b"queued at fusermount -u")
     subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
     wait_for(lambda: (store / BUCKET / "late").exists())
