@@ -132,8 +132,6 @@ def conditional(store: AnyStore, size: int, new: bool) -> bool:
 @pytest.mark.parametrize("size", [SMALL, MULTIPART], ids=["small", "multipart"])
 def test_two_writers_of_one_file(mounter: Mounter, store: AnyStore, size: int,
                                  new: bool) -> None:
-    if size == MULTIPART and not isinstance(store, S3Path):
-        pytest.skip("the local store has no multipart uploads")
     a, b = two_mounts(mounter, store, "1")
     if not new:
         write(a.bucket / "f", pattern(1000, seed=0))
