@@ -19,7 +19,8 @@ class Storage(Protocol):
         self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str]
     ) -> StoredVersion: ...
 
-    # Optional: `abort_incomplete_uploads(bucket, key, before_ns)`, what the write-back queue
-    # calls before it uploads again an object whose upload a dead process may have begun.
+    async def abort_incomplete_uploads(self, bucket: str, key: str, before_ns: int) -> None:
+        """Called before an object whose upload a dead process may have begun is uploaded
+        again: abort what uploads begun before `before_ns` left unfinished."""
 
     def is_temp_failure(self, exc: BaseException) -> bool: ...

@@ -230,11 +230,10 @@ class WritebackQueue:
         rec = obj.record
         try:
             # A kill -9 mid-upload leaves a multipart upload neither completed nor aborted
-            # (stored, and billed, for good): abort it before uploading again. (A storage
-            # without the method leaves nothing behind.)
-            abort = getattr(self.storage, "abort_incomplete_uploads", None)
-            if obj.recovered and abort is not None:
-                await abort(rec.bucket, rec.key, self.started_ns)
+            # (stored, and billed, for good): abort it before uploading again.
+            if obj.recovered:
+                await self.storage.abort_incomplete_uploads(rec.bucket, rec.key,
+                                                            self.started_ns)
             obj.recovered = False
             await self.cache.fill(obj)
             reader, generation = self.cache.reader(obj)

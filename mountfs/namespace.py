@@ -137,7 +137,7 @@ class Namespace:
         self._warned: set[str] = set()
         # Uploads state the version they replace; a lost race with another client is settled
         # here (`_upload_conflict`), where names are known.
-        queue.conditional = getattr(backend.features, "conditional_writes", False)
+        queue.conditional = backend.features.conditional_writes
         queue.resolve_conflict = self._upload_conflict
 
     # ---- the table -------------------------------------------------------------------------

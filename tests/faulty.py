@@ -40,6 +40,9 @@ class FaultyStorage:
     def is_temp_failure(self, exc: BaseException) -> bool:
         return self.inner.is_temp_failure(exc)
 
+    async def abort_incomplete_uploads(self, bucket: str, key: str, before_ns: int) -> None:
+        await self.inner.abort_incomplete_uploads(bucket, key, before_ns)
+
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
         self.reads.append((key, offset, length))
         self.reads_in_flight += 1
