@@ -164,6 +164,12 @@ class DcssBackend(Backend):
             self._read_urls[(action, space, key)] = (url, now + min(URL_REUSE, valid / 2))
         return url
 
+    def _forget_read_urls(self, space: str, key: str) -> None:
+        """After a write or delete, which may leave no object KEY (gone, or parts now): its
+        reused read URLs are dropped with it."""
+        for action in ("head_object", "get_object"):
+            self._read_urls.pop((action, space, key), None)
+
     def _s3(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
             body: Any = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
         reply = self._request(method, url, headers, body, stream)
@@ -394,24 +400,21 @@ class DcssBackend(Backend):
         is whole: the official client looks for KEY first, so parts are written before KEY
         is removed, and KEY before old parts are."""
         count = max(1, -(-size // self.part_size))
+        lengths = [min(self.part_size, size - i * self.part_size) for i in range(count)]
         old = self._layouts.get((space, key))
         names = [key] if count == 1 else [part_key(key, i) for i in range(count)]
         etags = []
-        for index, name in enumerate(names):
-            start = index * self.part_size
-            length = min(self.part_size, size - start)
-            data.seek(offset + start)
+        for index, (name, length) in enumerate(zip(names, lengths)):
+            data.seek(offset + index * self.part_size)
             etags.append(self._put(space, name, Slice(data, length), length, count, metadata))
         if count == 1:
             self._layouts.pop((space, key), None)
         else:
-            self._layouts[(space, key)] = [min(self.part_size, size - i * self.part_size)
-                                           for i in range(count)]
+            self._layouts[(space, key)] = lengths
             self._delete(space, key)
         for index in range(count if count > 1 else 0, len(old or [])):
             self._delete(space, part_key(key, index))
-        for action in ("head_object", "get_object"):
-            self._read_urls.pop((action, space, key), None)
+        self._forget_read_urls(space, key)
         return ObjectInfo(space, key, size, time.time_ns(),
                           etags[0] if count == 1 else combined_etag(etags), dict(metadata))
 
@@ -457,8 +460,7 @@ class DcssBackend(Backend):
         for index in range(len(sizes or [])):
             self._delete(space, part_key(key, index))
         self._delete(space, key)
-        for action in ("head_object", "get_object"):
-            self._read_urls.pop((action, space, key), None)
+        self._forget_read_urls(space, key)
 
     def _delete(self, space: str, key: str) -> None:
         self._s3("DELETE", self._authorize("delete_object", space, key),
