@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import http.server
 import random
 import re
 import signal
 import socket
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterable
@@ -98,6 +96,8 @@ ERRORS = {"500": (500, "InternalError"), "503": (503, "ServiceUnavailable"),
 
 
 class FaultProxy(S3Proxy):
+    handler_class = ThrottledHandler
+
     def __init__(self, upstream: str, rate: float = 0.2, seed: int = 0,
                  kinds: Iterable[str] = KINDS, stall: float = 3.0,
                  port: int | None = None) -> None:
@@ -117,13 +117,6 @@ class FaultProxy(S3Proxy):
         self.list_delay = 0.0
         self.list_max_keys = 0
         self.list_times: list[float] = []  # time.monotonic() of each ListObjectsV2 request
-
-    def start(self) -> FaultProxy:
-        handler = type("Handler", (ThrottledHandler,), {"proxy": self})
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
 
     def draw(self) -> tuple[str | None, bool]:
         """The fault for the next request (None: forward it), and whether a stall comes after

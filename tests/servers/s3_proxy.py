@@ -23,6 +23,7 @@ import socket
 import struct
 import threading
 import urllib.parse
+from typing import TypeVar
 from xml.sax.saxutils import escape
 
 from .s3 import free_port
@@ -125,7 +126,12 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+P = TypeVar("P", bound="S3Proxy")
+
+
 class S3Proxy:
+    handler_class: type[ProxyHandler] = ProxyHandler  # what answers each connection
+
     def __init__(self, upstream: str, refuse: frozenset[str] | set[str] = frozenset(),
                  ignore_list_type: bool = False, status: int = 501,
                  code: str = "NotImplemented", port: int | None = None) -> None:
@@ -138,8 +144,8 @@ class S3Proxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: http.server.ThreadingHTTPServer | None = None
 
-    def start(self) -> S3Proxy:
-        handler = type("Handler", (ProxyHandler,), {"proxy": self})
+    def start(self: P) -> P:
+        handler = type("Handler", (self.handler_class,), {"proxy": self})
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
