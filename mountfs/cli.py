@@ -23,19 +23,12 @@ from typing import Any, NoReturn
 import trio
 
 from cache.blocks import DEFAULT_BLOCK_SIZE
+from mountfs.backends import registry
 from mountfs.errors import ConfigError
 from mountfs.processes import pid_alive
+from mountfs.secrets import RedactSecrets
+from mountfs.sizes import human, parse_size
 from mountfs.status import DISCARD_XATTR, FLUSH_XATTR, STATUS_XATTR
-
-SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 10G)")
-    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).upper()])
-
 
 def parse_umask(text: str) -> int:
     try:
@@ -63,12 +56,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="mountfs", description="Mount object storage as a filesystem.")
+    parser = Parser(prog="mountfs", description="Mount object storage as a filesystem.",
+                    allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT")
-    m.add_argument("source", help="local:/path (or a directory path), s3:// or "
-                   "s3://BUCKET[/PREFIX], dcss: or dcss:SPACE[/PREFIX]")
+    m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT", allow_abbrev=False)
+    m.add_argument("source", help="what to mount: each driver's group below says how its "
+                   "SOURCE is written")
     m.add_argument("mountpoint")
     m.add_argument("--foreground", "-f", action="store_true", help="stay attached")
     m.add_argument("--cache-dir", type=Path, help="default: $XDG_CACHE_HOME/mountfs/<source>")
@@ -88,24 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long listings and attributes are trusted (default 5)")
     m.add_argument("--workers", type=int, default=8, help=argparse.SUPPRESS)
     m.add_argument("-o", dest="fuse_options", action="append", default=[],
-                   help="FUSE mount options, comma separated")
+                   help="options, comma separated: a driver's <driver>_<name>=VALUE, "
+                   "others are FUSE mount options")
     m.add_argument("--log-file", type=Path, help="default: <cache-dir>/mountfs.log")
     m.add_argument("-v", "--verbose", action="count", default=0)
-    s3 = m.add_argument_group("S3 (credentials come from the environment or AWS config files)")
-    s3.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS)")
-    s3.add_argument("--region")
-    s3.add_argument("--profile", help="AWS profile of the shared config files")
-    s3.add_argument("--path-style", action="store_true", help="path-style bucket addressing")
-    dt = m.add_argument_group("DCSS (the token comes from --token-file, DT_TOKEN or "
-                              "DUCKIETOWN_TOKEN; without one, public is mounted read-only)")
-    dt.add_argument("--token-file", type=Path, help="file holding the Duckietown token")
-    dt.add_argument("--token-public-key", type=Path, metavar="PEM",
-                    help="verify tokens with this key (default: Duckietown's)")
-    dt.add_argument("--api-url", help="the authorize service (default https://hub.duckietown.com)")
-    dt.add_argument("--s3-endpoint", help="where the public space is read anonymously "
-                    "(default https://s3.amazonaws.com)")
-    dt.add_argument("--part-size", type=parse_size, metavar="SIZE",
-                    help="files over SIZE are stored as KEY.000, KEY.001, ... (default 5G)")
+    add_driver_options(m)
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     u = sub.add_parser("umount", help="upload what is queued, then unmount")
@@ -119,48 +100,100 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("mountpoint")
     d.add_argument("entries", nargs="+", metavar="BUCKET/KEY",
                    help="an upload as `mountfs status` lists it")
+    for driver in registry.drivers():
+        if driver.commands is not None:
+            driver.commands(sub.add_parser(driver.name, help=f"{driver.name} commands"))
     return parser
 
 
-def default_cache_dir(source: str) -> Path:
+def add_driver_options(parser: argparse.ArgumentParser) -> None:
+    """Each driver's options as `--<driver>-<name>` (and its older aliases), in a group of
+    its own; a flag that two options would share is a bug caught here, not a surprise."""
+    taken = {flag for action in parser._actions for flag in action.option_strings}
+    for driver in registry.drivers():
+        group = parser.add_argument_group(f"{driver.name}", driver.summary)
+        for option in driver.options:
+            flags = [option.flag(driver.name), *option.aliases]
+            clash = taken.intersection(flags)
+            if clash:
+                raise AssertionError(f"driver {driver.name}: flag {clash.pop()} is taken")
+            taken.update(flags)
+            help_text = option.help
+            if option.env:
+                what = "the secret itself" if option.secret else "the value"
+                help_text += f" (else {what} from {' or '.join(option.env)})"
+            if isinstance(option.default, str):  # others are said in the help text
+                help_text += f" (default: {option.default})"
+            help_text += f"; -o {option.dest(driver.name)}=..."
+            if option.switch:
+                group.add_argument(*flags, dest=option.dest(driver.name), default=None,
+                                   action="store_true", help=help_text)
+            else:
+                group.add_argument(*flags, dest=option.dest(driver.name), default=None,
+                                   type=option.parse, metavar=option.metavar or "VALUE",
+                                   help=help_text)
+
+
+def driver_values(args: argparse.Namespace, driver: registry.Driver,
+                  fuse_options: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The options given for `driver` (flags, then `-o <driver>_<name>=VALUE`, by option
+    name), and the -o items left for FUSE. Another driver's option is an error: it would be
+    ignored without a word."""
+    values: dict[str, Any] = {}
+    for other in registry.drivers():
+        for option in other.options:
+            value = getattr(args, option.dest(other.name))
+            if value is None:
+                continue
+            if other is not driver:
+                raise ConfigError(f"{option.flag(other.name)} is an option of {other.name} "
+                                  f"sources, not of {driver.name}")
+            values[option.name] = value
+    by_dest = {o.dest(driver.name): o for o in driver.options}
+    left = []
+    for item in fuse_options:
+        name, sep, text = item.partition("=")
+        option = by_dest.get(name)
+        if option is None:
+            if any(name == o.dest(d.name) for d in registry.drivers() for o in d.options):
+                raise ConfigError(f"-o {name} is an option of another driver, not of "
+                                  f"{driver.name}")
+            left.append(item)
+            continue
+        if not sep and not option.switch:
+            raise ConfigError(f"-o {name} needs a value: -o {name}=VALUE")
+        values[option.name] = registry.parse_value(driver, option, text)
+    return values, left
+
+
+def default_cache_dir(key: str) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mountfs"
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-")[-40:]
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", key).strip("-")[-40:]
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return base / f"{slug}-{digest}"
 
 
-def canonical_source(source: str) -> str:
-    scheme, sep, rest = source.partition(":")
-    if sep and scheme == "local":
-        return "local:" + os.path.abspath(rest)
-    if not sep or "/" in scheme:
-        return "local:" + os.path.abspath(source)
-    return source
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
-    from mountfs.backends import BackendOptions
     from mountfs.mount import MountConfig, check_mountpoint, serve
 
     if shutil.which("fusermount3") is None:
         raise ConfigError("fusermount3 not found: install fuse3")
-    source = canonical_source(args.source)
+    driver, _, _ = registry.split_source(args.source)
+    source = registry.canonical_source(args.source)
+    fuse_items = [o for opt in args.fuse_options for o in opt.split(",") if o]
+    values, fuse_options = driver_values(args, driver, fuse_items)
     mountpoint = os.path.abspath(args.mountpoint)
     check_mountpoint(mountpoint)
-    service = args.endpoint_url or args.api_url  # one cache per service a source names
-    cache_dir = (args.cache_dir or default_cache_dir(f"{source}@{service}" if service
-                                                     else source)).absolute()
+    cache_dir = (args.cache_dir or default_cache_dir(registry.cache_key(source, values))
+                 ).absolute()
     if not args.foreground:
         return spawn_background(args, cache_dir)
     config = MountConfig(
         source=source, mountpoint=mountpoint, cache_dir=cache_dir, cache_size=args.cache_size,
         block_size=args.block_size, read_only=args.read_only, uid=args.uid, gid=args.gid,
         umask=args.umask, allow_other=args.allow_other, writeback_delay=args.writeback_delay,
-        metadata_ttl=args.metadata_ttl, workers=args.workers,
-        backend_options=BackendOptions(args.endpoint_url, args.region, args.profile,
-                                       args.path_style, args.token_file, args.token_public_key,
-                                       args.api_url, args.s3_endpoint, args.part_size),
-        fuse_options=[o for opt in args.fuse_options for o in opt.split(",") if o])
+        metadata_ttl=args.metadata_ttl, workers=args.workers, driver_values=values,
+        fuse_options=fuse_options)
     setup_logging(args.log_file, args.verbose)
     ready_fd = args.ready_fd
 
@@ -218,32 +251,6 @@ def setup_logging(log_file: Path | None, verbose: int) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactSecrets())
     logging.basicConfig(level=level, handlers=[handler])
-
-
-# Credential environment variables whose values must never reach a log.
-SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-# At -vv botocore logs each request's headers and canonical request: the session token (a
-# credential) and the Authorization header are in both, whatever file the credentials came from.
-# (An Authorization value, "AWS4-HMAC-SHA256 Credential=..., Signature=...", holds spaces.)
-SECRET_FIELDS = re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}]+"
-                           r"|(authorization['\"]?\s*[:=]\s*b?['\"]?)[^'\"\n]+", re.IGNORECASE)
-
-
-class RedactSecrets(logging.Filter):
-    """Replaces credentials in every record the handler writes (found by a test of -vv)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values = [v for v in (os.environ.get(n) for n in SECRET_VARIABLES) if v]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = SECRET_FIELDS.sub(lambda m: (m.group(1) or m.group(2)) + "<redacted>", message)
-        for value in self.values:
-            clean = clean.replace(value, "<redacted>")
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
 
 
 def read_status(mountpoint: str) -> dict[str, Any]:
@@ -311,14 +318,6 @@ def queued(mountpoint: str) -> set[str]:
     return {f"{e['bucket']}/{e['key']}" for e in read_status(mountpoint)["queue"]}
 
 
-def human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     status = read_status(mountpoint)
@@ -352,11 +351,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     commands = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
                 "discard": cmd_discard}
     try:
-        return commands[args.command](args)
+        args = build_parser().parse_args(argv)
+        handler = getattr(args, "handler", None) or commands[args.command]
+        return int(handler(args))
     except ConfigError as exc:
         print(f"mountfs: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -24,7 +25,7 @@ import trio
 from cache.blocks import BlockCache
 from cache.writeback import WritebackQueue
 from mountfs.attrs import Defaults
-from mountfs.backends import BackendOptions, open_source
+from mountfs.backends.registry import open_source
 from mountfs.errors import ConfigError
 from mountfs.namespace import Namespace
 from mountfs.operations import Operations
@@ -48,7 +49,7 @@ class MountConfig:
     writeback_delay: float
     metadata_ttl: float
     workers: int = 8  # uploads at once: many small files go up at the pace of 8 PUTs in flight
-    backend_options: BackendOptions = BackendOptions()
+    driver_values: dict[str, Any] = field(default_factory=dict)  # by the driver's option name
     fuse_options: list[str] = field(default_factory=list)
 
     def options(self) -> set[str]:
@@ -80,7 +81,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     # then queue behind the FUSE thread for up to the switch interval; at the default 5 ms that
     # convoy cut parallel read-ahead to a third. 0.2 ms measured best here.
     sys.setswitchinterval(0.0002)
-    source = open_source(config.source, config.backend_options)
+    source = await open_source(config.source, config.driver_values)
     await source.check()
     backend = source.backend
     if not backend.features.writable and not config.read_only:

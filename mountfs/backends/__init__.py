@@ -1,29 +1,11 @@
-"""Backend drivers, and `open_source`, which turns a SOURCE argument into a driver and the part
-of its store the mount shows (its `Scope`)."""
+"""Backend drivers (one module each, registered in `registry`), and what a SOURCE opens: a
+driver and the part of its store the mount shows (`Source`, `Scope`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from mountfs.backends.base import Backend
 from mountfs.errors import BackendError, ConfigError, NoSuchBucket
-
-SCHEMES = ("local", "s3", "dcss")
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    """Service options from the command line; secrets never travel this way."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    path_style: bool = False
-    token_file: Path | None = None
-    token_public_key: Path | None = None
-    api_url: str | None = None
-    s3_endpoint: str | None = None
-    part_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +24,6 @@ class Scope:
         if any(part in ("", ".", "..") for part in parts):
             raise ConfigError(f"{source}: the prefix must be names separated by single '/'")
         return cls(bucket or None, prefix + "/" if prefix else "")
-
 
 
 @dataclass(frozen=True)
@@ -71,25 +52,3 @@ class Source:
         except BackendError as exc:
             raise ConfigError(f"{self.backend.describe()}: cannot list bucket {bucket!r}: "
                               f"{exc}") from None
-
-
-def open_source(source: str, options: BackendOptions = BackendOptions()) -> Source:
-    """The driver and scope for SOURCE; ConfigError, one line, if it is wrong."""
-    scheme, sep, rest = source.partition(":")
-    if not sep or "/" in scheme or not scheme:
-        scheme, rest = "local", source
-    if scheme == "local":
-        from mountfs.backends.local import LocalBackend
-        return Source(LocalBackend(rest), Scope())
-    if scheme == "s3":
-        from mountfs.backends.s3 import S3Backend
-        if not rest.startswith("//"):
-            raise ConfigError(f"{source}: an S3 source is s3://[BUCKET[/PREFIX]]")
-        scope = Scope.parse(rest[2:], source)
-        return Source(S3Backend(options.endpoint_url, options.region, options.profile,
-                                options.path_style), scope)
-    if scheme == "dcss":
-        from mountfs.backends.dcss import open_dcss
-        return open_dcss(source, rest, options)
-    raise ConfigError(f"unknown storage scheme {scheme!r} in {source!r} "
-                      f"(known: {', '.join(SCHEMES)})")

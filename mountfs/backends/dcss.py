@@ -18,22 +18,23 @@ import os
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import trio
 import urllib3
 
+from mountfs.backends import Scope, Source
 from mountfs.backends.base import Backend, Features, ObjectInfo
-from mountfs.backends.dcss_token import TOKEN_ENV, Token, find_token, load_public_key, parse_token
+from mountfs.backends.dcss_token import TOKEN_ENV, Token, load_public_key, parse_token
 from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, ListingPage,
                                         PartFolder, PartRun, api_error, combined_etag,
                                         envelope_url, parse_listing, part_key, s3_error)
+from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.backends.s3 import CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV, env_seconds
 from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, NoSuchObject,
                             NotSupported, PermissionDenied, ReadOnly, TemporaryFailure)
-
-if TYPE_CHECKING:
-    from mountfs.backends import BackendOptions, Source
+from mountfs.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -521,24 +522,39 @@ def iso_ns(text: str) -> int:
     return int(stamp.timestamp() * 1e9)
 
 
-def open_dcss(source: str, path: str, options: BackendOptions) -> Source:
+async def _open(context: DriverContext) -> Source:
     """`dcss:` (every space the token opens) or `dcss:SPACE[/PREFIX]`, with the token found
     and checked now, so that a wrong one is one line at mount."""
-    from mountfs.backends import Scope, Source
-
-    scope = Scope.parse(path, source)
+    scope = Scope.parse(context.rest, context.source)
     if scope.bucket is not None and scope.bucket not in SPACES:
-        raise ConfigError(f"{source}: DCSS has the spaces {', '.join(SPACES)}, "
+        raise ConfigError(f"{context.source}: DCSS has the spaces {', '.join(SPACES)}, "
                           f"not {scope.bucket!r}")
-    text = find_token(options.token_file)
-    token = parse_token(text, load_public_key(options.token_public_key)) if text else None
+    text = context.secret("token_file")
+    token = parse_token(text, load_public_key(context["token_public_key"])) if text else None
     if token is None and scope.bucket not in (None, "public"):
-        raise ConfigError(f"{source}: the {scope.bucket} space needs a Duckietown token "
+        raise ConfigError(f"{context.source}: the {scope.bucket} space needs a Duckietown token "
                           f"(--token-file FILE, or {' or '.join(TOKEN_ENV)} in the environment)")
-    if options.part_size is not None and options.part_size < 1:
+    if context["part_size"] < 1:
         raise ConfigError("--part-size must be at least 1 byte")
-    backend = DcssBackend(token, options.api_url or DEFAULT_API_URL,
-                          options.s3_endpoint or DEFAULT_S3_ENDPOINT,
-                          options.part_size or DEFAULT_PART_SIZE,
-                          os.environ.get(BUCKET_PREFIX_ENV, ""))
+    backend = DcssBackend(token, context["api_url"], context["s3_endpoint"],
+                          context["part_size"], os.environ.get(BUCKET_PREFIX_ENV, ""))
     return Source(backend, scope)
+
+
+DRIVER = Driver(
+    name="dcss", schemes=("dcss",), open=_open,
+    summary="Duckietown Cloud Storage: dcss: (every space) or dcss:SPACE[/PREFIX]; without a "
+            "token, public is mounted read-only",
+    options=(
+        Option("token_file", "the file holding your Duckietown token", secret=True,
+               env=TOKEN_ENV, parse=Path, metavar="FILE", aliases=("--token-file",)),
+        Option("token_public_key", "verify tokens with this ECDSA public key (default: "
+               "Duckietown's)", parse=Path, metavar="PEM", aliases=("--token-public-key",)),
+        Option("api_url", "the authorize service", default=DEFAULT_API_URL, metavar="URL",
+               aliases=("--api-url",), identity=True),
+        Option("s3_endpoint", "where the public space is read anonymously",
+               default=DEFAULT_S3_ENDPOINT, metavar="URL", aliases=("--s3-endpoint",)),
+        Option("part_size", "files over SIZE are stored as KEY.000, KEY.001, ... (default 5G)",
+               parse=parse_size, default=DEFAULT_PART_SIZE, metavar="SIZE",
+               aliases=("--part-size",)),
+    ))

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mountfs.errors import ConfigError
 
-# The environment variables a token is read from, in order: the name the Duckietown tools and
+# The environment variables a token is read from (by the registry, see dcss.DRIVER), in order: the name the Duckietown tools and
 # containers use, then the one the Duckietown shell exports to the programs it runs.
 TOKEN_ENV = ("DT_TOKEN", "DUCKIETOWN_TOKEN")
 
@@ -44,23 +43,6 @@ class Token:
 
     def __repr__(self) -> str:  # never the secret itself, should a token end up in a log
         return f"Token({self.version}, uid={self.uid}, expires={self.expires})"
-
-
-def find_token(token_file: Path | None) -> str | None:
-    """The token text from `token_file`, else from the environment; None when there is none."""
-    if token_file is not None:
-        try:
-            text = token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--token-file {token_file}: {exc.strerror}") from None
-        if not text:
-            raise ConfigError(f"--token-file {token_file} is empty")
-        return text
-    for name in TOKEN_ENV:
-        text = os.environ.get(name, "").strip()
-        if text:
-            return text
-    return None
 
 
 def load_public_key(path: Path | None) -> str | None:

@@ -27,7 +27,9 @@ from typing import BinaryIO, TypeVar
 
 import trio
 
+from mountfs.backends import Scope, Source
 from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo
+from mountfs.backends.registry import Driver, DriverContext
 from mountfs.processes import pid_alive  # a zombie is dead: its temporary files are orphans
 from mountfs.errors import (
     AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket, NoSuchObject, NotEmpty,
@@ -402,3 +404,13 @@ class LocalBackend(Backend):
             return self._put(dst_bucket, dst_key, info.size, info.metadata or {}, fill)
 
         return await self._call(copy)
+
+
+async def _open(context: DriverContext) -> Source:
+    return Source(LocalBackend(context.rest), Scope())
+
+
+DRIVER = Driver(
+    name="local", schemes=("local",), open=_open, canonical=os.path.abspath,
+    summary="local:/path/to/store, or a plain path: each subdirectory of the store is a bucket, "
+            "each file below an object")

@@ -20,7 +20,10 @@ from typing import Any, BinaryIO, TypeVar
 
 import trio
 
+from mountfs.backends import Scope
+from mountfs.backends import Source as BackendSource
 from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo
+from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.errors import (AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket,
                             NoSuchObject, NotEmpty, NotSupported, PermissionDenied,
                             PreconditionLost, QuotaExceeded, TemporaryFailure, TooLarge)
@@ -727,3 +730,26 @@ class S3Backend(Backend):
             raise TemporaryFailure(f"short read of {source.key} at {offset}: {len(body)} of "
                                    f"{length} bytes")
         return body
+
+
+async def _open(context: DriverContext) -> BackendSource:
+    if not context.rest.startswith("//"):
+        raise ConfigError(f"{context.source}: an S3 source is s3://[BUCKET[/PREFIX]]")
+    backend = S3Backend(context["endpoint_url"], context["region"], context["profile"],
+                        context["path_style"])
+    return BackendSource(backend, Scope.parse(context.rest[2:], context.source))
+
+
+DRIVER = Driver(
+    name="s3", schemes=("s3",), open=_open,
+    summary="s3:// (every bucket) or s3://BUCKET[/PREFIX]; credentials come from the "
+            "environment or the AWS config files, never from the command line",
+    options=(
+        Option("endpoint_url", "an S3-compatible endpoint (default: AWS)", metavar="URL",
+               aliases=("--endpoint-url",), identity=True),
+        Option("region", "the region (default: from the AWS config)", aliases=("--region",)),
+        Option("profile", "a profile of the AWS shared config files", aliases=("--profile",)),
+        Option("path_style", "path-style bucket addressing (URL/bucket/key)", switch=True,
+               default=False, aliases=("--path-style",)),
+    ),
+    secret_env=("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"))
