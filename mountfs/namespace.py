@@ -16,6 +16,10 @@ A listing need not carry metadata (S3 lists none; no store lists it for a common
 entries then have default attributes until `complete` stats them, which the FUSE layer calls
 before it shows a node's attributes (a directory's marker holds its mode and owner; an object's
 metadata says whether it is a symlink); listing alone, as `ls` and `find` do, costs no stats.
+
+Rooms of their own: the nodes and their fields (mountfs/nodes.py), moving objects for a rename
+in a crash-safe order (mountfs/rename.py, `Mover`), and settling an upload that lost a race with
+another client (mountfs/conflicts.py, `ConflictSettler`).
 """
 from __future__ import annotations
 
@@ -25,7 +29,6 @@ import logging
 import stat
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from itertools import islice
 
 import trio
@@ -36,13 +39,15 @@ from mountfs import attrs as attrs_mod
 from mountfs.attrs import Attributes, Defaults
 from mountfs.backends import Scope
 from mountfs.backends.base import Backend, ObjectInfo
+from mountfs.conflicts import ConflictSettler
 from mountfs.errors import (InvalidArgument, NameTooLong, NoSuchAttribute, NoSuchObject,
-                            NotEmpty, NotPermitted, PreconditionLost, ReadOnly)
+                            NotEmpty, NotPermitted, ReadOnly)
+from mountfs.nodes import Node, check_name
+from mountfs.rename import Mover
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-NAME_MAX = 255
 # A directory whose last listing fit one page of the server's answer is listed again to answer
 # a lookup once its listing is stale: one request answers for every name, new ones included,
 # where probing costs two per name.
@@ -52,72 +57,6 @@ SMALL_DIR = 1000
 METADATA_BATCH = 64
 # Negative lookups remembered per directory (for the TTL) before the stale ones are dropped.
 ABSENT_KEPT = 4096
-
-
-@dataclass(eq=False)
-class Node:
-    inode: int
-    parent: Node | None
-    name: str
-    attrs: Attributes
-    size: int = 0
-    etag: str = ""
-    on_server: bool = True
-    lookups: int = 0
-    open_count: int = 0
-    unlinked: bool = False
-    refreshed_at: float = 0.0
-    children: dict[str, Node] | None = None
-    listed_at: float = -1e18
-    obj: CachedObject | None = None
-    link_target: bytes | None = None
-    meta_known: bool = True  # False: attributes are defaults until `complete` reads them
-    listings: int = 0  # listings of this directory under way
-    removed: dict[str, float] = field(default_factory=dict)  # name -> when, while listings run
-    listed_size: int | None = None  # entries in the last listing; None: never listed
-    absent: dict[str, float] = field(default_factory=dict)  # name -> when the server lacked it
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.attrs.mode)
-
-    @property
-    def exists_on_server(self) -> bool:
-        return self.obj.record.on_server if self.obj is not None else self.on_server
-
-    def settle(self) -> None:
-        """Adopt the server version of an object uploaded since it was last used here."""
-        obj = self.obj
-        if obj is not None and not obj.dirty:
-            # Also while open: a clean object's record is this mount's newest word on the
-            # server version (the base of the next upload, via open_object).
-            self.etag, self.size, self.on_server = obj.record.etag, obj.size, obj.record.on_server
-            if self.open_count == 0:
-                self.obj = None
-
-    @property
-    def pending(self) -> bool:
-        """Holds data only this mount has: keep it even where the server does not list it."""
-        return self.obj is not None and self.obj.dirty
-
-    def path(self) -> list[str]:
-        names: list[str] = []
-        node: Node | None = self
-        while node is not None and node.parent is not None:
-            names.append(node.name)
-            node = node.parent
-        return names[::-1]
-
-
-def check_name(name: str) -> None:
-    try:
-        size = len(name.encode())
-    except UnicodeEncodeError:  # a store's name that is not UTF-8 (the local store's bytes)
-        raise InvalidArgument(repr(name[:40])) from None
-    if size > NAME_MAX:
-        raise NameTooLong(name[:40])
-    if not name or "/" in name or "\0" in name or name in (".", ".."):
-        raise InvalidArgument(name)
 
 
 class Namespace:
@@ -135,10 +74,11 @@ class Namespace:
         self.root = self._new_node(None, "", Attributes(
             defaults.mode(stat.S_IFDIR), defaults.uid, defaults.gid, time.time_ns()))
         self._warned: set[str] = set()
+        self._mover = Mover(backend, cache, queue)
         # Uploads state the version they replace; a lost race with another client is settled
-        # here (`_upload_conflict`), where names are known.
+        # where names are known.
         queue.conditional = backend.features.conditional_writes
-        queue.resolve_conflict = self._upload_conflict
+        queue.resolve_conflict = ConflictSettler(cache, self.nodes).settle
 
     # ---- the table -------------------------------------------------------------------------
 
@@ -581,22 +521,12 @@ class Namespace:
         bucket, key = self.location(node)
         on_server = node.exists_on_server
         obj = node.obj or self.cache.get(bucket, key)
-        if obj is not None:
-            await self.queue.cancel_inflight(obj)
-            on_server = on_server or obj.record.on_server
-            self.queue.discard(obj)
-            self.cache.discard(obj)
-            await self._keep_for_readers(obj)
+        if obj is not None and await self._mover.drop_cached(obj):
+            on_server = True
         if on_server:
             await self.backend.delete_object(bucket, key)
         node.unlinked = True
         self._detach(node)
-
-    async def _keep_for_readers(self, obj: CachedObject) -> None:
-        """The server copy of `obj`, just discarded, is about to be deleted or replaced: while
-        a program still has it open, fetch what is not cached yet, so it reads on to the end."""
-        if obj.open_count > 0:
-            await self.cache.fill(obj)
 
     async def rmdir(self, parent: Node, name: str) -> None:
         self._writable()
@@ -628,7 +558,7 @@ class Namespace:
         node = await self.lookup(old_parent, old_name)
         if self.lists_buckets(old_parent) or self.lists_buckets(new_parent):
             raise NotPermitted("buckets cannot be renamed")
-        if node.is_dir and self._is_under(new_parent, node):
+        if node.is_dir and new_parent.is_under(node):
             raise InvalidArgument("cannot move a directory into itself")
         try:
             target: Node | None = await self.lookup(new_parent, new_name)
@@ -649,11 +579,11 @@ class Namespace:
         dst_bucket, dst_prefix = self.location(new_parent)
         dst_key = dst_prefix + new_name + ("/" if node.is_dir else "")
         if node.is_dir:
-            await self._move_tree(src_bucket, src_key, dst_bucket, dst_key)
+            await self._mover.move_tree(src_bucket, src_key, dst_bucket, dst_key)
         else:
-            await self._move_object(node, src_bucket, src_key, dst_bucket, dst_key,
-                                    target if target is not None and target.exists_on_server
-                                    else None)
+            await self._mover.move_object(node, src_bucket, src_key, dst_bucket, dst_key,
+                                          target if target is not None
+                                          and target.exists_on_server else None)
         if target is not None:
             target.unlinked = True
             self._detach(target)
@@ -664,191 +594,6 @@ class Namespace:
         new_parent.children[new_name] = node
         new_parent.absent.pop(new_name, None)
         node.refreshed_at = time.monotonic()  # newer than any listing of new_parent under way
-
-    def _is_under(self, node: Node, ancestor: Node) -> bool:
-        walk: Node | None = node
-        while walk is not None:
-            if walk is ancestor:
-                return True
-            walk = walk.parent
-        return False
-
-    async def _move_object(self, node: Node, src_bucket: str, src_key: str, dst_bucket: str,
-                           dst_key: str, replaced: Node | None) -> None:
-        """Copy, then delete: a crash in between leaves both names, never neither.
-        `replaced`: the file the server holds by the new name, now replaced."""
-        replaces_on_server = replaced is not None
-        # What an upload under the new name replaces there (its base version), read before
-        # the replaced file's cached object is discarded below.
-        replaced_etag = "" if replaced is None else \
-            replaced.obj.record.etag if replaced.obj is not None else replaced.etag
-        obj = node.obj or self.cache.get(src_bucket, src_key)
-        old = self.cache.get(dst_bucket, dst_key)
-        if old is not None and old is not obj:
-            await self.queue.cancel_inflight(old)
-            self.queue.discard(old)
-            self.cache.discard(old)
-            await self._keep_for_readers(old)
-        if obj is not None and obj.dirty:
-            await self.queue.cancel_inflight(obj)
-            if obj.dirty:
-                await self.cache.fill(obj)  # its unchanged blocks are about to leave the server
-                await self.queue.cancel_inflight(obj)  # one may have started during the fill
-        # No checkpoint from here to the cache rename: no upload can start under the old name.
-        if obj is not None and obj.dirty:
-            on_server = obj.record.on_server
-            # The replaced object stays on the server until the upload overwrites it: so that
-            # an unlink before then deletes it, the new name counts as being on the server.
-            obj.record.on_server = node.on_server = replaces_on_server
-            obj.record.etag = replaced_etag  # its blocks are all here: the old ETag names none
-            self.cache.rename(obj, dst_bucket, dst_key)
-        else:  # on the server, perhaps uploaded just now: copy it there
-            info = await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key)
-            if obj is not None:
-                self.cache.rename(obj, dst_bucket, dst_key)
-                self.cache.set_server_version(obj, info.etag, info.mtime_ns)
-            node.etag = info.etag
-            on_server = True
-        if on_server:
-            await self.backend.delete_object(src_bucket, src_key)
-
-    async def _move_tree(self, src_bucket: str, src_prefix: str, dst_bucket: str,
-                         dst_prefix: str) -> None:
-        """Every object below, copied first and deleted after, so a crash leaves one whole tree.
-        Objects still being written here move in the cache and upload under the new name."""
-        # Taken before the listing: an upload that ends during it leaves an object neither
-        # listed nor dirty, yet still to move.
-        local = self.cache.dirty_under(src_bucket, src_prefix)
-        keys: list[str] = []
-        async for page in self.backend.list_objects(src_bucket, src_prefix, delimiter=None):
-            keys.extend(info.key for info in page if info.key != src_prefix)
-        for key in keys:
-            skipped = await self._copy_object(src_bucket, key, dst_bucket,
-                                              dst_prefix + key[len(src_prefix):])
-            if skipped is not None and skipped not in local:
-                local.append(skipped)
-        # Markers of non-empty subdirectories need not be listed (the local store lists a
-        # directory as its marker only while it is empty), yet they hold the directory's
-        # attributes and, left behind, would bring the old tree back: handle each one.
-        markers = self._dirs_below(src_prefix, keys)
-        for marker in sorted(markers.difference(keys)) + [src_prefix]:
-            await self._copy_marker(src_bucket, marker, dst_bucket,
-                                    dst_prefix + marker[len(src_prefix):])
-        local += [o for o in self.cache.dirty_under(src_bucket, src_prefix) if o not in local]
-        for obj in local:
-            await self.queue.cancel_inflight(obj)
-            if obj.dirty:
-                await self.cache.fill(obj)
-                await self.queue.cancel_inflight(obj)
-            rec = obj.record
-            if obj.detached or rec.bucket != src_bucket or not rec.key.startswith(src_prefix):
-                continue  # removed or moved meanwhile
-            if rec.on_server and rec.key not in keys:
-                keys.append(rec.key)  # uploaded since the listing: delete it with the rest
-            new_key = dst_prefix + rec.key[len(src_prefix):]
-            if obj.dirty:
-                rec.on_server = False
-                self.cache.rename(obj, dst_bucket, new_key)
-            else:  # its upload finished meanwhile: the server copy moves like the others
-                await self._copy_object(src_bucket, rec.key, dst_bucket, new_key)
-        for key in keys:
-            if not key.endswith("/"):
-                await self.backend.delete_object(src_bucket, key)
-        # Then the markers, deepest first, so each directory is empty when its marker goes.
-        markers = self._dirs_below(src_prefix, keys)
-        for marker in sorted(markers, key=lambda k: k.count("/"), reverse=True) + [src_prefix]:
-            await self.backend.delete_object(src_bucket, marker)
-
-    @staticmethod
-    def _dirs_below(prefix: str, keys: list[str]) -> set[str]:
-        """The directory prefixes strictly below `prefix` that `keys` are in or are."""
-        return {key[:i + 1] for key in keys for i in range(len(prefix), len(key))
-                if key[i] == "/"}
-
-    async def _copy_marker(self, src_bucket: str, src_prefix: str, dst_bucket: str,
-                           dst_prefix: str) -> None:
-        try:
-            await self.backend.copy_object(src_bucket, src_prefix, dst_bucket, dst_prefix)
-        except NoSuchObject:
-            pass  # an implicit directory: its objects carry it
-
-    async def _copy_object(self, src_bucket: str, key: str, dst_bucket: str,
-                           dst_key: str) -> CachedObject | None:
-        """Copy one object of a tree on the server; one being written here is left to the
-        caller to move in the cache, and returned."""
-        obj = self.cache.get(src_bucket, key)
-        if obj is not None and obj.dirty:
-            return obj
-        info = await self.backend.copy_object(src_bucket, key, dst_bucket, dst_key)
-        if obj is not None:
-            self.cache.rename(obj, dst_bucket, dst_key)
-            self.cache.set_server_version(obj, info.etag, info.mtime_ns)
-        return None
-
-    # ---- conflicts with other clients -------------------------------------------------------
-
-    def _upload_conflict(self, obj: CachedObject, exc: BaseException) -> bool:
-        """An upload's condition failed: the server's object is no longer the version this
-        mount's data was based on. If another client replaced it, that version keeps the name
-        and ours goes up beside it as `NAME.conflict-<UTC time>` (the cached object and its
-        nodes are renamed; the kernel forgets the old name's entry). If it was deleted, ours
-        brings it back. True: settled, upload again."""
-        if not isinstance(exc, PreconditionLost) or obj.detached:
-            return False
-        rec = obj.record
-        if not exc.exists:
-            log.warning("%s/%s was deleted elsewhere since this mount read it; uploading this "
-                        "mount's version", rec.bucket, rec.key)
-            rec.on_server = False  # the base is now "no object"
-            self.cache.set_server_version(obj, rec.etag, rec.mtime_ns)  # (saves the record)
-            return True
-        old_key = rec.key
-        new_key = self._conflict_key(rec.bucket, old_key)
-        log.warning("conflict: %s/%s was changed elsewhere since this mount read it (%s); "
-                    "keeping the other version there and this mount's as %s", rec.bucket,
-                    old_key, exc, new_key)
-        rec.on_server = False  # nothing is there yet: the copy must not replace anything
-        self.cache.rename(obj, rec.bucket, new_key)
-        new_name = new_key.rsplit("/", 1)[-1]
-        for node in [n for n in self.nodes.values() if n.obj is obj]:
-            parent, old_name = node.parent, node.name
-            node.on_server = False
-            if node.unlinked or parent is None or parent.children is None \
-                    or parent.children.get(old_name) is not node:
-                continue
-            del parent.children[old_name]
-            node.name = new_name
-            parent.children[new_name] = node
-            parent.absent.pop(new_name, None)
-            parent.absent.pop(old_name, None)
-            parent.listed_at = -1e18  # the name now holds the other version: ask the server
-            self._forget_kernel_entry(parent, old_name)
-        return True
-
-    def _conflict_key(self, bucket: str, key: str) -> str:
-        """`key.conflict-<UTC time>`, its last component cut to fit NAME_MAX, unused here."""
-        head, _, name = key.rpartition("/")
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        for n in range(1, 1000):
-            suffix = f".conflict-{stamp}" + (f"-{n}" if n > 1 else "")
-            room = NAME_MAX - len(suffix.encode())
-            base = name.encode()[:room].decode(errors="ignore")
-            candidate = (head + "/" if head else "") + base + suffix
-            if self.cache.get(bucket, candidate) is None:
-                return candidate
-        raise AssertionError("a thousand conflicts of one key in one second")
-
-    @staticmethod
-    def _forget_kernel_entry(parent: Node, name: str) -> None:
-        """Make the kernel look `name` up again rather than trust its cached entry (which now
-        points at the conflict copy's node). Asynchronous: pyfuse3 runs it in its own thread,
-        which may not wait on the request being handled."""
-        try:
-            import pyfuse3
-
-            pyfuse3.invalidate_entry_async(parent.inode, name.encode(), ignore_enoent=True)
-        except Exception as exc:  # not serving FUSE (tests of the namespace alone)
-            log.debug("cannot invalidate the kernel's entry %r: %s", name, exc)
 
     # ---- attributes ------------------------------------------------------------------------
 

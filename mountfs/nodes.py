@@ -1,0 +1,148 @@
+"""What the namespace keeps per name: the `Node` (one per inode) and the rule for valid names.
+
+`Namespace` (mountfs/namespace.py) creates nodes and keeps them in its table; the FUSE layer
+(mountfs/operations.py), the handles, renames (mountfs/rename.py) and conflict settling
+(mountfs/conflicts.py) read and set their fields as the table in `Node` says.
+"""
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+
+from cache.blocks import CachedObject
+from mountfs.attrs import Attributes
+from mountfs.errors import InvalidArgument, NameTooLong
+
+NAME_MAX = 255
+
+
+@dataclass(eq=False)
+class Node:
+    """A file, directory, symlink or bucket of the tree, or its root. Times are
+    `time.monotonic()` (-1e18: never); "ns" is `Namespace`, "ops" the FUSE layer
+    (`Operations`), "rename" and "conflicts" the modules of those names.
+
+    field         meaning                               set by                    valid
+    ------------  ------------------------------------  ------------------------  ------------------
+    inode         its key in ns.nodes; the kernel's     ns._new_node              always
+                  inode number
+    parent, name  where it is: parent.children[name]    ns (new, rename);         always; parent is
+                  is this node while it is attached     conflicts (renamed to     None at the root
+                                                        the copy)                 only
+    attrs         mode, uid, gid, mtime, user.* xattrs  ns (_apply, new,          if meta_known;
+                                                        truncate, xattrs); ops    else defaults
+                                                        (setattr, write,
+                                                        O_TRUNC)
+    meta_known    False: attrs are the defaults a       ns (_apply,               always
+                  listing left; ns.complete reads the   _child_from_info,
+                  metadata                              _probe, _read_metadata)
+    size          a file's bytes (a symlink's: its      ns (_apply, settle,       files
+                  target's)                             truncate); ops (write,
+                                                        truncate, O_TRUNC)
+    etag          the server version this mount last    ns (_apply, settle,       files; obj's
+                  saw ("": none or unknown)             save_attrs,               record is newer
+                                                        discard_upload); rename   while obj is set
+    on_server     the server has an object by this      ns (new, _apply, settle,  while obj is None
+                  name (a created file has not)         discard_upload); rename;  (see
+                                                        conflicts                 exists_on_server)
+    obj           the cached object, while the file is  ns (create, open_data;    files
+                  open or pending (holds data not       settle and
+                  uploaded)                             discard_upload clear it)
+    link_target   a symlink's target, once read         ns (symlink, readlink;    symlinks; None:
+                                                        _apply clears it)         not read yet
+    lookups       the kernel's lookup count             ops (+: entry replies);   always
+                                                        ns.forget (-)
+    open_count    open handles of the file              ns (open_data,            always
+                                                        close_data)
+    unlinked      gone from the tree (unlink, rmdir,    ns                        always
+                  replaced by a rename, upload
+                  discarded) while the kernel or a
+                  handle holds it
+    refreshed_at  when its attributes last came from    ns                        fresh for the TTL
+                  the server or changed here
+    children      a directory's entries by name, this   ns (new, listings,        directories (None
+                  mount's pending files included        rename, removals);        for files)
+                                                        conflicts
+    listed_at     when the last complete listing        ns (list_dir, mkdir;      directories; fresh
+                  began; children are the whole         _check_empty and          for the TTL
+                  directory while it is fresh           conflicts reset it)
+    listed_size   entries in the last listing (None:    ns (list_dir, mkdir)      directories
+                  never listed)
+    listings      listings of this directory under way  ns.list_dir               directories
+    removed       name -> when removed here, so that    ns._note_removed;         while listings > 0
+                  listings under way do not bring it    cleared when no listing
+                  back                                  runs
+    absent        name -> when the server lacked it     ns (lookup, list_dir,     directories; fresh
+                  (negative lookups)                    new); rename; conflicts   for the TTL
+    """
+    inode: int
+    parent: Node | None
+    name: str
+    attrs: Attributes
+    size: int = 0
+    etag: str = ""
+    on_server: bool = True
+    lookups: int = 0
+    open_count: int = 0
+    unlinked: bool = False
+    refreshed_at: float = 0.0
+    children: dict[str, Node] | None = None
+    listed_at: float = -1e18
+    obj: CachedObject | None = None
+    link_target: bytes | None = None
+    meta_known: bool = True
+    listings: int = 0
+    removed: dict[str, float] = field(default_factory=dict)
+    listed_size: int | None = None
+    absent: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.attrs.mode)
+
+    @property
+    def exists_on_server(self) -> bool:
+        return self.obj.record.on_server if self.obj is not None else self.on_server
+
+    def settle(self) -> None:
+        """Adopt the server version of an object uploaded since it was last used here."""
+        obj = self.obj
+        if obj is not None and not obj.dirty:
+            # Also while open: a clean object's record is this mount's newest word on the
+            # server version (the base of the next upload, via open_object).
+            self.etag, self.size, self.on_server = obj.record.etag, obj.size, obj.record.on_server
+            if self.open_count == 0:
+                self.obj = None
+
+    @property
+    def pending(self) -> bool:
+        """Holds data only this mount has: keep it even where the server does not list it."""
+        return self.obj is not None and self.obj.dirty
+
+    def path(self) -> list[str]:
+        names: list[str] = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            names.append(node.name)
+            node = node.parent
+        return names[::-1]
+
+    def is_under(self, ancestor: Node) -> bool:
+        """This node is `ancestor` or below it."""
+        walk: Node | None = self
+        while walk is not None:
+            if walk is ancestor:
+                return True
+            walk = walk.parent
+        return False
+
+
+def check_name(name: str) -> None:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a store's name that is not UTF-8 (the local store's bytes)
+        raise InvalidArgument(repr(name[:40])) from None
+    if size > NAME_MAX:
+        raise NameTooLong(name[:40])
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise InvalidArgument(name)
