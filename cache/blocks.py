@@ -79,6 +79,11 @@ class ObjectChanged(Exception):
     """The server's copy changed under a partly cached object; the cached blocks are void."""
 
 
+class DataLost(Exception):
+    """Data written to an object is gone from the cache (its block file was deleted under the
+    mount): no upload of it can ever succeed."""
+
+
 @dataclass(eq=False)
 class CachedObject:
     record: ObjectRecord
@@ -327,6 +332,12 @@ class BlockCache:
         self.journal.save(obj.record)
         if self.journal.needs_compaction(len(self._by_key)):
             self.journal.compact(o.record for o in self._by_key.values())
+
+    def mark_lost(self, obj: CachedObject, reason: str) -> None:
+        """Record that data written to `obj` is gone (`DataLost`): after a restart its missing
+        blocks would read as holes, and an upload would store zeros for them."""
+        obj.record.lost = reason
+        self._save(obj)
 
     def rename(self, obj: CachedObject, bucket: str, key: str) -> None:
         """Point the object at a new name; one record write makes the move crash-safe."""
@@ -818,6 +829,10 @@ class BlockReader:
                 self.cache.read_block_into(self.obj, b, self.pos - b * bs,
                                            out[self.pos - start:hi - start])
                 self.pos = hi
+        except FileNotFoundError as exc:
+            if self.obj.generation == self.generation:
+                raise DataLost(f"block {self.pos // bs} of {self.obj.record.key} is gone from "
+                               f"the cache ({exc.filename})") from None
         except OSError:
             if self.obj.generation == self.generation:
                 raise

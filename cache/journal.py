@@ -37,6 +37,7 @@ class ObjectRecord:
     committed: bool = False
     on_server: bool = False
     saved_ns: int = 0  # orders two records that claim one key after a crash
+    lost: str = ""  # why its unuploaded data is gone from the cache: never upload it
 
 
 class Journal:

@@ -7,7 +7,10 @@ error is kept on the object for the next fsync or close to report. fsync waits f
 of everything written before it. Nothing leaves the queue except by a successful upload, by
 the object being discarded (unlinked, replaced), or by the user abandoning it (`abandon`, what
 `mountfs discard` asks for). A permanent failure (access denied, no such bucket) stays queued,
-is shown as "failed", and is tried again every MAX_BACKOFF seconds and at every fsync.
+is shown as "failed", and is tried again every MAX_BACKOFF seconds and at every fsync. An
+upload whose data is gone from the cache (`DataLost`) fails once and is shown as "lost": never
+tried again, and nothing waits for it (drain, room for writers); the journal keeps its record
+until the user gives it up, so the next mount reports it too.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from typing import Any
 
 import trio
 
-from cache.blocks import BlockCache, BlockReader, CachedObject, Superseded
+from cache.blocks import BlockCache, BlockReader, CachedObject, DataLost, Superseded
 from cache.journal import ObjectRecord
 from cache.storage import Storage
 
@@ -41,6 +44,12 @@ class Entry:
     reader: BlockReader | None = None
     error: str = ""
     permanent: bool = False  # the last try failed in a way retrying alone will not cure
+    lost: bool = False  # its data is gone from the cache: never tried again
+
+    @property
+    def awaited(self) -> bool:
+        """Whether a drain waits for it: every upload that may still succeed."""
+        return not self.lost
 
 
 class WritebackQueue:
@@ -90,6 +99,9 @@ class WritebackQueue:
             entry = self._entries.get(obj)
             if entry is None:
                 return  # discarded: nothing left to wait for
+            if entry.lost:
+                assert obj.last_error is not None
+                raise obj.last_error
             if not entry.sent:
                 entry.due = trio.current_time()
                 self._wake.set()
@@ -125,7 +137,7 @@ class WritebackQueue:
         self.delay = 0.0
         now = trio.current_time()
         for entry in self._entries.values():
-            if not entry.sent and not entry.permanent:
+            if not entry.sent and not entry.permanent and not entry.lost:
                 entry.due = min(entry.due, now)
         self._wake.set()
 
@@ -151,8 +163,9 @@ class WritebackQueue:
         now = trio.current_time()
         for entry in self._entries.values():
             rec = entry.obj.record
-            state = ("uploading" if entry.sent else "failed" if entry.permanent
-                     else "retrying" if entry.tries else "waiting")
+            state = ("uploading" if entry.sent else "lost" if entry.lost
+                     else "failed" if entry.permanent else "retrying" if entry.tries
+                     else "waiting")
             # Progress: what the driver has read of the data, which it reads as it sends (the
             # S3 driver a MiB at a time per part; a single PUT of up to 8 MiB reads it whole).
             size = entry.reader.size if entry.sent and entry.reader else entry.obj.size
@@ -161,7 +174,8 @@ class WritebackQueue:
                 "bucket": rec.bucket, "key": rec.key, "size": size, "done": done,
                 "percent": round(100 * done / size, 1) if size else 0.0,
                 "state": state, "tries": entry.tries, "error": entry.error,
-                "next_try": None if entry.sent else round(max(0.0, entry.due - now), 1),
+                "next_try": None if entry.sent or entry.lost
+                else round(max(0.0, entry.due - now), 1),
             })
         return out
 
@@ -169,8 +183,8 @@ class WritebackQueue:
 
     def _uploads_pending(self) -> bool:
         """Whether an upload could free room: one not tried yet, or failed only for now."""
-        return any(entry.tries == 0 or entry.obj.last_error is not None
-                   and self.storage.is_temp_failure(entry.obj.last_error)
+        return any(entry.awaited and (entry.tries == 0 or entry.obj.last_error is not None
+                                      and self.storage.is_temp_failure(entry.obj.last_error))
                    for entry in self._entries.values())
 
     def _written(self, obj: CachedObject) -> None:
@@ -179,7 +193,7 @@ class WritebackQueue:
             entry.due = trio.current_time() + self.delay
 
     def _check_idle(self) -> None:
-        if not self._entries:
+        if not any(entry.awaited for entry in self._entries.values()):
             self._idle.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -229,6 +243,8 @@ class WritebackQueue:
             return
         rec = obj.record
         try:
+            if rec.lost:
+                raise DataLost(rec.lost)
             # A kill -9 mid-upload leaves a multipart upload neither completed nor aborted
             # (stored, and billed, for good): abort it before uploading again.
             if obj.recovered:
@@ -243,6 +259,15 @@ class WritebackQueue:
                                                       dict(rec.metadata), **condition)
         except Superseded:
             entry.due = trio.current_time() + self.delay
+            return
+        except DataLost as exc:
+            entry.tries += 1
+            entry.lost, entry.due = True, math.inf
+            entry.error = f"{type(exc).__name__}: {exc}"
+            obj.last_error = exc
+            self.cache.mark_lost(obj, str(exc))
+            log.error("upload of %s/%s is impossible: %s; not tried again. Its data cannot be "
+                      "recovered: give it up with mountfs discard", rec.bucket, rec.key, exc)
             return
         except Exception as exc:  # every failure is kept and retried, never dropped
             if obj.detached:

@@ -286,6 +286,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("failed uploads stay in the cache and are tried again (at once by an fsync of the "
               "file); to give one up and drop its data: "
               f"mountfs discard {status['mountpoint']} BUCKET/KEY")
+    if status.get("lost"):
+        print("lost uploads have no data left in the cache (deleted under the mount) and are "
+              f"not tried again; to give one up: mountfs discard {status['mountpoint']} "
+              "BUCKET/KEY")
     return 0
 
 
@@ -313,6 +317,11 @@ def cmd_discard(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def awaited(status: dict[str, Any]) -> int:
+    """The uploads `mountfs umount` waits for: every queued one that may still succeed."""
+    return int(status["queued"]) - int(status.get("lost", 0))
+
+
 def queued(mountpoint: str) -> set[str]:
     """The uploads queued on a mount, as BUCKET/KEY."""
     return {f"{e['bucket']}/{e['key']}" for e in read_status(mountpoint)["queue"]}
@@ -321,7 +330,7 @@ def queued(mountpoint: str) -> set[str]:
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     status = read_status(mountpoint)
-    if status["queued"]:
+    if awaited(status):
         # Upload now, not after the write-back delay or a long backoff: else umount waits for
         # them (10 minutes with --writeback-delay 600; a minute per backoff under faults).
         try:
@@ -329,18 +338,24 @@ def cmd_umount(args: argparse.Namespace) -> int:
         except OSError:
             pass  # a mount of an older mountfs: it takes the request for a plain xattr
     shown = None
-    while status["queued"]:
-        waiting = ", ".join(f"{e['bucket']}/{e['key']}" for e in status["queue"][:5])
+    while awaited(status):
+        waiting = ", ".join(f"{e['bucket']}/{e['key']}" for e in status["queue"][:5]
+                            if e["state"] != "lost")
         failed = [e for e in status["queue"] if e["state"] == "failed"]
         if failed:  # each retried every minute; say why and how to give up
             waiting += "; failing: " + ", ".join(
                 f"{e['bucket']}/{e['key']} ({e['error']})" for e in failed[:5])
             waiting += f"; to give up one: mountfs discard {mountpoint} BUCKET/KEY"
         if waiting != shown:
-            print(f"waiting for {status['queued']} uploads: {waiting}", file=sys.stderr)
+            print(f"waiting for {awaited(status)} uploads: {waiting}", file=sys.stderr)
             shown = waiting
         time.sleep(0.2)
         status = read_status(mountpoint)
+    for e in status["queue"]:
+        if e["state"] == "lost":
+            print(f"not uploaded, its data is gone from the cache: {e['bucket']}/{e['key']} "
+                  f"({e['error']}); the next mount reports it again until it is discarded",
+                  file=sys.stderr)
     done = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if done.returncode:
         raise ConfigError(done.stderr.strip() or f"fusermount3 -u {mountpoint} failed")

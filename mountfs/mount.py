@@ -101,7 +101,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         pyfuse3.init(ops, config.mountpoint, config.options())
     except RuntimeError as exc:
         raise ConfigError(f"cannot mount on {config.mountpoint}: {exc}") from None
-    stop = Stop()
+    stop = Stop(queue)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(cache.run)
@@ -110,13 +110,14 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                 queue.commit(obj, delay=0)  # closed long ago: no reason to wait
             if dirty:
                 log.info("journal replay: %d objects queued for upload", len(dirty))
-            nursery.start_soon(_stop_on_signal, queue, stop)
+            nursery.start_soon(stop.on_signals, nursery)
             ready()
             await pyfuse3.main()
+            stop.unmounted = True
             if not stop.requested:
                 log.info("unmounted; uploading what is still queued")
             queue.hurry()  # nobody writes any more: no reason to wait out the delay
-            await queue.drain()
+            await stop.drain()
             nursery.cancel_scope.cancel()
     finally:
         # main() also returns when the kernel unmounted us (fusermount3 -u): then there is
@@ -129,29 +130,50 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
 
 @dataclass
 class Stop:
-    requested: bool = False
+    """How the mount ends. The first SIGTERM/SIGINT uploads what is queued, then unmounts; an
+    unmount by the kernel (fusermount3 -u) uploads what is queued, then ends. A second signal
+    stops waiting for uploads, whenever it comes: what is not uploaded stays in the journal
+    for the next mount (an upload failing for good would otherwise hold the process)."""
 
+    queue: WritebackQueue
+    requested: bool = False  # a signal asked to unmount: serve() unmounts on the way out
+    unmounted: bool = False  # pyfuse3.main() returned: the kernel has no mount to end
+    now: bool = False  # a second signal: no more waiting
+    signals: int = 0
+    _drains: list[trio.CancelScope] = field(default_factory=list)
 
-async def _stop_on_signal(queue: WritebackQueue, stop: Stop) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            log.info("signal: uploading what is queued, then unmounting")
-            queue.hurry()
-            with trio.CancelScope() as scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_on_next, signals, scope)
-                    await queue.drain()
-                    scope.cancel()
-            stop.requested = True
-            pyfuse3.terminate()
+    async def drain(self) -> None:
+        """Wait for the queue to drain, unless (or until) a second signal says not to."""
+        if self.now:
             return
+        with trio.CancelScope() as scope:
+            self._drains.append(scope)
+            await self.queue.drain()
+        if scope.cancelled_caught:
+            log.warning("stopped waiting for uploads: the journal keeps what is not uploaded")
 
+    async def on_signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                self.signals += 1
+                if self.signals > 1:
+                    log.warning("second signal: stopping without waiting for uploads")
+                    self.now = True
+                    for scope in self._drains:
+                        scope.cancel()
+                elif self.unmounted:
+                    log.info("signal: uploading what is queued, then ending (a second signal "
+                             "ends at once)")
+                else:
+                    log.info("signal: uploading what is queued, then unmounting")
+                    self.requested = True
+                    self.queue.hurry()
+                    nursery.start_soon(self._unmount_after_drain)
 
-async def _cancel_on_next(signals: object, scope: trio.CancelScope) -> None:
-    async for _ in signals:  # type: ignore[attr-defined]
-        log.warning("second signal: unmounting now; the journal keeps what is not uploaded")
-        scope.cancel()
-        return
+    async def _unmount_after_drain(self) -> None:
+        await self.drain()
+        if not self.unmounted:
+            pyfuse3.terminate()
 
 
 def check_mountpoint(path: str) -> None:

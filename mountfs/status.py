@@ -38,6 +38,8 @@ class Status:
             "pid": os.getpid(),
             "queue": entries[:MAX_LISTED],
             "queued": len(entries),
+            # of those, uploads whose data is gone from the cache: nothing waits for them
+            "lost": sum(e["state"] == "lost" for e in entries),
             "uploaded": self.queue.uploaded_count,
             "cache": {
                 "dir": str(c.dir), "used": c.used, "cap": c.cap, "dirty": c.dirty_bytes(),
