@@ -15,12 +15,15 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from conftest import Mounter, is_mounted, run_cli, wait_gone
-from kits import Store
 from mountfs.processes import pid_alive
+
+if TYPE_CHECKING:
+    from kits import Store
 
 pytestmark = pytest.mark.mounted
 
