@@ -41,7 +41,7 @@ from mountfs.backends import Scope
 from mountfs.backends.base import Backend, ObjectInfo
 from mountfs.conflicts import ConflictSettler
 from mountfs.errors import (InvalidArgument, NameTooLong, NoSuchAttribute, NoSuchObject,
-                            NotEmpty, NotPermitted, ReadOnly)
+                            NotEmpty, NotPermitted, ReadOnly, TooLarge)
 from mountfs.nodes import Node, check_name
 from mountfs.rename import Mover
 
@@ -477,6 +477,7 @@ class Namespace:
         await self._check_absent(parent, name)
         attrs = self._new_attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
         if self.lists_buckets(parent):
+            self._buckets_editable()
             await self.backend.create_bucket(name)
         else:
             bucket, prefix = self.location(parent)
@@ -533,6 +534,8 @@ class Namespace:
         node = await self.lookup(parent, name)
         if not node.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, name)
+        if self.lists_buckets(parent):
+            self._buckets_editable()
         await self._check_empty(node)
         bucket, prefix = self.location(node)
         if self.lists_buckets(parent):
@@ -693,6 +696,7 @@ class Namespace:
         self._writable()
         if node.is_dir:
             raise IsADirectoryError(errno.EISDIR, node.name)
+        self.check_size(size)
         obj = await self.open_data(node)
         try:
             await self.cache.truncate(obj, size)
@@ -701,6 +705,16 @@ class Namespace:
             self.commit(node)
         finally:
             self.close_data(node)
+
+    def check_size(self, size: int) -> None:
+        """EFBIG for a file the store could not hold, at the write, not at the upload."""
+        limit = self.backend.features.max_object_size
+        if limit is not None and size > limit:
+            raise TooLarge(f"{size} bytes: the store holds objects of up to {limit} bytes")
+
+    def _buckets_editable(self) -> None:
+        if not self.backend.features.buckets_editable:
+            raise NotPermitted(f"{self.backend.describe()} has a fixed set of buckets")
 
     def statfs_counts(self) -> tuple[int, int]:
         return len(self.nodes), self.cache.used

@@ -110,6 +110,7 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             if fh is not None:
                 handle = self.handles.file(fh)
+                self.ns.check_size(attr.st_size)
                 await self.cache.truncate(handle.obj, attr.st_size)
                 node.size = attr.st_size
                 node.attrs.mtime_ns = time.time_ns()
@@ -218,6 +219,7 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.file(fh)
         if handle.append:
             off = handle.obj.size
+        self.ns.check_size(off + len(buf))
         await self.cache.write(handle.obj, off, buf)
         handle.node.size = handle.obj.size
         handle.node.attrs.mtime_ns = time.time_ns()

@@ -44,14 +44,21 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class Features:
-    ranged_reads: bool = True
-    server_side_copy: bool = True
+    """What a driver can do, as the mount reads it: each field is read by the namespace, the
+    mount or the write-back queue (and the contract suite skips by it)."""
+
+    # False: the mount is read-only (mount.py), and the log says `why_read_only`.
     writable: bool = True
     why_read_only: str = ""  # for the log, when not writable: what the user can do about it
-    max_object_size: int = 5 * 1024**4
     # write_object takes `if_match` and raises PreconditionLost when the condition fails (a
-    # driver without it is never passed the keyword).
+    # driver without it is never passed the keyword): two mounts' writers keep both versions.
     conditional_writes: bool = False
+    # mkdir and rmdir at a root that lists buckets create and delete buckets; else EPERM at
+    # once, without asking the service.
+    buckets_editable: bool = True
+    # The largest object the service stores (None: no limit): a write or truncate past it
+    # fails with EFBIG at once, not at the upload after close.
+    max_object_size: int | None = None
 
 
 class Backend(abc.ABC):

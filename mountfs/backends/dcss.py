@@ -70,7 +70,7 @@ class DcssBackend(Backend):
                  bucket_prefix: str = "") -> None:
         self.token = token
         self.features = Features(
-            server_side_copy=False, writable=token is not None,
+            buckets_editable=False, writable=token is not None,
             why_read_only=f"anonymous: writes need a Duckietown token (--token-file FILE, or "
                           f"{' or '.join(TOKEN_ENV)} in the environment)")
         self.api_url = api_url.rstrip("/")

@@ -37,6 +37,7 @@ MAX_PARTS = 10_000
 # threads. Bounds the memory of uploads and streamed copies to PARALLEL_PARTS x part size.
 PARALLEL_PARTS = 8
 MAX_COPY = 5 * 1024**3  # the largest object CopyObject takes
+MAX_OBJECT = 5 * 1024**4  # the largest object S3 stores
 # Request headers kept when an object is rewritten by a multipart or streamed copy (CopyObject
 # keeps them itself); HEAD answers with them under the same names.
 CARRIED_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
@@ -236,7 +237,7 @@ class S3Backend(Backend):
     # Conditional writes: If-Match / If-None-Match on PutObject and CompleteMultipartUpload
     # (AWS since 2024, MinIO, moto in part). A server that ignores the headers stores
     # unconditionally: the later upload wins whole, as without them.
-    features = Features(conditional_writes=True)
+    features = Features(conditional_writes=True, max_object_size=MAX_OBJECT)
 
     def __init__(self, endpoint_url: str | None = None, region: str | None = None,
                  profile: str | None = None, path_style: bool = False, workers: int = 8,
