@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--allow-other", action="store_true", help="let other users in")
     m.add_argument("--writeback-delay", type=non_negative, default=1.0, metavar="SECONDS",
                    help="quiet time after close before uploading (default 1)")
+    m.add_argument("--upload-on-close", action="store_true",
+                   help="close (and so cp, mv into the mount) returns once the file is "
+                   "uploaded, with the upload's error")
     m.add_argument("--metadata-ttl", type=non_negative, default=5.0, metavar="SECONDS",
                    help="how long listings and attributes are trusted (default 5)")
     m.add_argument("--workers", type=int, default=8, help=argparse.SUPPRESS)
@@ -193,6 +196,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         block_size=args.block_size, read_only=args.read_only, uid=args.uid, gid=args.gid,
         umask=args.umask, allow_other=args.allow_other, writeback_delay=args.writeback_delay,
         metadata_ttl=args.metadata_ttl, workers=args.workers, driver_values=values,
+        upload_on_close=args.upload_on_close,
         fuse_options=fuse_options)
     setup_logging(args.log_file, args.verbose)
     ready_fd = args.ready_fd

@@ -49,6 +49,7 @@ class MountConfig:
     writeback_delay: float
     metadata_ttl: float
     workers: int = 8  # uploads at once: many small files go up at the pace of 8 PUTs in flight
+    upload_on_close: bool = False
     driver_values: dict[str, Any] = field(default_factory=dict)  # by the driver's option name
     fuse_options: list[str] = field(default_factory=list)
 
@@ -96,7 +97,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                    Defaults(config.uid, config.gid, config.umask), config.metadata_ttl,
                    config.read_only)
     ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue),
-                     config.block_size)
+                     config.block_size, config.upload_on_close)
     try:
         pyfuse3.init(ops, config.mountpoint, config.options())
     except RuntimeError as exc:

@@ -50,13 +50,17 @@ def decode_name(raw: bytes) -> str:
 
 
 class Operations(pyfuse3.Operations):
-    def __init__(self, ns: Namespace, status: Status, block_size: int) -> None:
+    def __init__(self, ns: Namespace, status: Status, block_size: int,
+                 upload_on_close: bool = False) -> None:
         super().__init__()
         self.ns = ns
         self.cache = ns.cache
         self.queue = ns.queue
         self.status = status
         self.block_size = block_size
+        # close(2) of a writer returns once its file is uploaded (pipelines handing the object
+        # on as soon as `cp` returns), with the upload's error as close's.
+        self.upload_on_close = upload_on_close
         self.handles = HandleTable()
 
     # ---- attributes ------------------------------------------------------------------------
@@ -229,6 +233,9 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         handle = self.handles.file(fh)
         self.ns.commit(handle.node)
+        if handle.writable and self.upload_on_close:
+            await self.queue.sync(handle.obj)
+            return
         # A failed upload is news for whoever wrote; a reader's close has nothing to report.
         if handle.writable and handle.obj.last_error is not None:
             raise handle.obj.last_error
