@@ -1,8 +1,9 @@
 """What the namespace keeps per name: the `Node` (one per inode) and the rule for valid names.
 
-`Namespace` (mountfs/namespace.py) creates nodes and keeps them in its table; the FUSE layer
-(mountfs/operations.py), the handles, renames (mountfs/rename.py) and conflict settling
-(mountfs/conflicts.py) read and set their fields as the table in `Node` says.
+`NodeTable` (mountfs/table.py) creates nodes and keeps them; the namespace (mountfs/namespace.py),
+the listings (mountfs/listings.py), the FUSE layer (mountfs/operations.py), the handles, renames
+(mountfs/rename.py) and conflict settling (mountfs/conflicts.py) read and set their fields as
+the table in `Node` says.
 """
 from __future__ import annotations
 
@@ -19,61 +20,64 @@ NAME_MAX = 255
 @dataclass(eq=False)
 class Node:
     """A file, directory, symlink or bucket of the tree, or its root. Times are
-    `time.monotonic()` (-1e18: never); "ns" is `Namespace`, "ops" the FUSE layer
-    (`Operations`), "rename" and "conflicts" the modules of those names.
+    `time.monotonic()` (-1e18: never); "ns" is `Namespace`, "table" the `NodeTable`, "lst" the
+    `Listings`, "ops" the FUSE layer (`Operations`), "rename" and "conflicts" the modules of
+    those names.
 
     field         meaning                               set by                    valid
     ------------  ------------------------------------  ------------------------  ------------------
-    inode         its key in ns.nodes; the kernel's     ns._new_node              always
+    inode         its key in table.nodes; the kernel's  table.new                 always
                   inode number
-    parent, name  where it is: parent.children[name]    ns (new, rename);         always; parent is
+    parent, name  where it is: parent.children[name]    table.new; ns.rename;     always; parent is
                   is this node while it is attached     conflicts (renamed to     None at the root
                                                         the copy)                 only
-    attrs         mode, uid, gid, mtime, user.* xattrs  ns (_apply, new,          if meta_known;
+    attrs         mode, uid, gid, mtime, user.* xattrs  lst._apply; ns (new,      if meta_known;
                                                         truncate, xattrs); ops    else defaults
                                                         (setattr, write,
                                                         O_TRUNC)
-    meta_known    False: attrs are the defaults a       ns (_apply,               always
-                  listing left; ns.complete reads the   _child_from_info,
+    meta_known    False: attrs are the defaults a       lst (_apply,              always
+                  listing left; lst.complete reads the  _child_from_info,
                   metadata                              _probe, _read_metadata)
-    size          a file's bytes (a symlink's: its      ns (_apply, settle,       files
-                  target's)                             truncate); ops (write,
+    size          a file's bytes (a symlink's: its      lst._apply; settle;       files
+                  target's)                             ns.truncate; ops (write,
                                                         truncate, O_TRUNC)
-    etag          the server version this mount last    ns (_apply, settle,       files; obj's
-                  saw ("": none or unknown)             save_attrs,               record is newer
+    etag          the server version this mount last    lst._apply; settle; ns    files; obj's
+                  saw ("": none or unknown)             (save_attrs,              record is newer
                                                         discard_upload); rename   while obj is set
-    on_server     the server has an object by this      ns (new, _apply, settle,  while obj is None
-                  name (a created file has not)         discard_upload); rename;  (see
-                                                        conflicts                 exists_on_server)
+    on_server     the server has an object by this      table.new; lst._apply;    while obj is None
+                  name (a created file has not)         settle; rename;           (see
+                                                        ns.discard_upload;        exists_on_server)
+                                                        conflicts
     obj           the cached object, while the file is  ns (create, open_data;    files
                   open or pending (holds data not       settle and
                   uploaded)                             discard_upload clear it)
-    link_target   a symlink's target, once read         ns (symlink, readlink;    symlinks; None:
-                                                        _apply clears it)         not read yet
+    link_target   a symlink's target, once read         ns (symlink, readlink);   symlinks; None:
+                                                        lst._apply clears it      not read yet
     lookups       the kernel's lookup count             ops (+: entry replies);   always
-                                                        ns.forget (-)
+                                                        table.forget (-)
     open_count    open handles of the file              ns (open_data,            always
                                                         close_data)
     unlinked      gone from the tree (unlink, rmdir,    ns                        always
                   replaced by a rename, upload
                   discarded) while the kernel or a
                   handle holds it
-    refreshed_at  when its attributes last came from    ns                        fresh for the TTL
+    refreshed_at  when its attributes last came from    table.new; lst; ns        fresh for the TTL
                   the server or changed here
-    children      a directory's entries by name, this   ns (new, listings,        directories (None
-                  mount's pending files included        rename, removals);        for files)
+    children      a directory's entries by name, this   table (new, detach); lst  directories (None
+                  mount's pending files included        (listings); ns.rename;    for files)
                                                         conflicts
-    listed_at     when the last complete listing        ns (list_dir, mkdir;      directories; fresh
-                  began; children are the whole         _check_empty and          for the TTL
-                  directory while it is fresh           conflicts reset it)
-    listed_size   entries in the last listing (None:    ns (list_dir, mkdir)      directories
+    listed_at     when the last complete listing        lst.list_dir; ns.mkdir;   directories; fresh
+                  began; children are the whole         ns._check_empty and       for the TTL
+                  directory while it is fresh           conflicts reset it
+    listed_size   entries in the last listing (None:    lst.list_dir; ns.mkdir    directories
                   never listed)
-    listings      listings of this directory under way  ns.list_dir               directories
-    removed       name -> when removed here, so that    ns._note_removed;         while listings > 0
-                  listings under way do not bring it    cleared when no listing
-                  back                                  runs
-    absent        name -> when the server lacked it     ns (lookup, list_dir,     directories; fresh
-                  (negative lookups)                    new); rename; conflicts   for the TTL
+    listings      listings of this directory under way  lst.list_dir              directories
+    removed       name -> when removed here, so that    table.note_removed;       while listings > 0
+                  listings under way do not bring it    lst.list_dir clears it
+                  back                                  when no listing runs
+    absent        name -> when the server lacked it     lst (lookup, list_dir);   directories; fresh
+                  (negative lookups)                    table.new; ns.rename;     for the TTL
+                                                        conflicts
     """
     inode: int
     parent: Node | None

@@ -1,0 +1,359 @@
+"""What the store says a directory holds: lookups (with their negative cache and probes),
+listings merged into a directory's children and streamed to readdir, and the metadata a
+listing leaves out, read in batches.
+
+A directory's children are authoritative for lookups (positive and negative) while its
+listing is younger than the TTL. Files being written live in the block cache until uploaded;
+such "pending" nodes are kept in listings even though the server does not list them yet. A
+listing is as old as its request: what this mount created, moved in or uploaded while it ran
+stays, and what this mount removed meanwhile is not brought back by it.
+
+A listing need not carry metadata (S3 lists none; no store lists it for a common prefix). Its
+entries then have default attributes until `complete` stats them, which the FUSE layer calls
+before it shows a node's attributes (a directory's marker holds its mode and owner; an object's
+metadata says whether it is a symlink); listing alone, as `ls` and `find` do, costs no stats.
+
+The nodes live in the shared `NodeTable` (mountfs/table.py); creating and removing names is
+`Namespace`'s (mountfs/namespace.py).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from itertools import islice
+
+import trio
+
+from cache.blocks import BlockCache
+from mountfs import attrs as attrs_mod
+from mountfs.attrs import Attributes, Defaults
+from mountfs.backends.base import Backend, ObjectInfo
+from mountfs.errors import InvalidArgument, NameTooLong, NoSuchObject
+from mountfs.nodes import Node, check_name
+from mountfs.table import NodeTable
+
+log = logging.getLogger(__name__)
+
+# A directory whose last listing fit one page of the server's answer is listed again to answer
+# a lookup once its listing is stale: one request answers for every name, new ones included,
+# where probing costs two per name.
+SMALL_DIR = 1000
+# Attributes a listing left out are read for this many entries of a directory at once, in
+# parallel: `ls -l` asks for each in turn, and one round trip each would dominate.
+METADATA_BATCH = 64
+# Negative lookups remembered per directory (for the TTL) before the stale ones are dropped.
+ABSENT_KEPT = 4096
+
+
+class Listings:
+    def __init__(self, backend: Backend, cache: BlockCache, table: NodeTable,
+                 defaults: Defaults) -> None:
+        self.backend = backend
+        self.cache = cache  # to see whether this mount wrote a newer version than a listing's
+        self.table = table
+        self.defaults = defaults
+        self._warned: set[str] = set()  # names logged once as hidden or ambiguous
+
+    # ---- attributes from the store ---------------------------------------------------------
+
+    def _attrs(self, info: ObjectInfo, kind: int) -> Attributes:
+        return attrs_mod.decode(info.metadata, kind, info.mtime_ns or time.time_ns(),
+                                self.defaults)
+
+    def _apply(self, node: Node, info: ObjectInfo, kind: int, asked_at: float) -> None:
+        """Refresh a node from the server, unless it holds newer data of its own. `asked_at`:
+        when the request that brought `info` began."""
+        node.refreshed_at = time.monotonic()
+        node.settle()
+        if node.pending:
+            return
+        if info.metadata is None and node.etag == info.etag and not node.is_dir:
+            return  # a listing without metadata says nothing new about an unchanged object
+        if not node.is_dir and info.etag != node.etag:
+            obj = self.cache.get(*self.table.location(node))
+            if obj is not None and obj.version_at > asked_at:
+                # This mount wrote a newer version (an upload ended while the request was
+                # under way): taking the older one would make it the base of the next upload,
+                # which would then conflict with this mount's own.
+                return
+        new = self._attrs(info, kind)
+        if node.is_dir != stat.S_ISDIR(new.mode):
+            return  # a file and a directory of one name: the node keeps its kind
+        if info.metadata is not None or not node.is_dir:
+            node.attrs = new
+            node.meta_known = info.metadata is not None
+        if not node.is_dir:
+            node.size, node.etag, node.on_server = info.size, info.etag, True
+            node.link_target = None
+
+    def _child_from_info(self, parent: Node, name: str, info: ObjectInfo, is_dir: bool,
+                         asked_at: float) -> Node:
+        kind = stat.S_IFDIR if is_dir else stat.S_IFREG
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is not None and node.is_dir == is_dir:
+            self._apply(node, info, kind, asked_at)
+            return node
+        if node is not None:
+            self.table.detach(node)
+        node = self.table.new(parent, name, self._attrs(info, kind), info.size, info.etag)
+        node.meta_known = info.metadata is not None or self.table.lists_buckets(parent)
+        return node
+
+    def _name_ok(self, where: str, name: str) -> bool:
+        try:
+            check_name(name)
+            return True
+        except (NameTooLong, InvalidArgument):
+            if where + name not in self._warned:
+                self._warned.add(where + name)
+                log.warning("hiding %r under %r: not a valid file name", name, where)
+            return False
+
+    # ---- lookup and listing ----------------------------------------------------------------
+
+    async def lookup(self, parent: Node, name: str) -> Node:
+        if not parent.is_dir:
+            raise NotADirectoryError(errno.ENOTDIR, name)
+        check_name(name)
+        assert parent.children is not None
+        child = parent.children.get(name)
+        if child is not None and (child.pending or self.table.fresh(child.refreshed_at)):
+            return child
+        if child is None and self.table.fresh(parent.absent.get(name, -1e18)):
+            raise FileNotFoundError(errno.ENOENT, name)
+        if self._small(parent):
+            await self.refresh_listing(parent)
+        if self.table.fresh(parent.listed_at):
+            child = parent.children.get(name)
+            if child is None:
+                raise FileNotFoundError(errno.ENOENT, name)
+            return child
+        found = await self._probe(parent, name)
+        if found is None:
+            if child is not None:
+                self.table.detach(child)
+            self._remember_absent(parent, name)
+            raise FileNotFoundError(errno.ENOENT, name)
+        return found
+
+    def _small(self, node: Node) -> bool:
+        """Listing it answers a lookup as cheaply as probing for the name would (and a listing
+        answers lookups at all: not with a zero TTL)."""
+        return self.table.ttl > 0 and (self.table.lists_buckets(node) or
+                                 node.listed_size is not None and node.listed_size < SMALL_DIR)
+
+    def _remember_absent(self, parent: Node, name: str) -> None:
+        if len(parent.absent) >= ABSENT_KEPT:
+            parent.absent = {n: t for n, t in parent.absent.items() if self.table.fresh(t)}
+        parent.absent[name] = time.monotonic()
+
+    async def _probe(self, parent: Node, name: str) -> Node | None:
+        """Ask the server what `name` is under `parent`: object, marker, prefix, or nothing."""
+        if self.table.lists_buckets(parent):
+            if name in await self.backend.list_buckets():
+                info = ObjectInfo(name, "")
+                return self._child_from_info(parent, name, info, True, time.monotonic())
+            return None
+        bucket, prefix = self.table.location(parent)
+        key = prefix + name
+        # Both questions at once, always: a key `a` beside keys `a/...` must show the directory,
+        # as a listing does (README "Names"), so a found file is not the answer until the
+        # listing said there is no directory. In parallel, the probe costs one round trip.
+        file: list[ObjectInfo] = []
+        below: list[ObjectInfo] = []
+        asked_at = time.monotonic()
+
+        async def head() -> None:
+            try:
+                file.append(await self.backend.stat_object(bucket, key))
+            except NoSuchObject:
+                pass
+
+        async def first_below() -> None:
+            # One listing finds a directory both by its marker and by the objects below it.
+            async for page in self.backend.list_objects(bucket, key + "/", page_size=1):
+                below.extend(page[:1])
+                if page:
+                    break
+
+        await self._both(head, first_below)
+        if below:
+            if file:
+                self._warn_once(parent, name,
+                                "is both a file and a directory; showing the directory")
+            node = self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True,
+                                         asked_at)
+            # Its marker, if it has one, holds its attributes (read by `complete`); without
+            # one, the defaults are its attributes.
+            node.meta_known = below[0].key != key + "/"
+            return node
+        if file:
+            return self._child_from_info(parent, name, file[0], False, asked_at)
+        return None
+
+    @staticmethod
+    async def _both(first: Callable[[], Awaitable[None]],
+                    second: Callable[[], Awaitable[None]]) -> None:
+        """Run both at once; the first failure is raised alone (not as a group), so callers
+        and the errno table see the backend's own error."""
+        failures: list[Exception] = []
+
+        async def run(fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except Exception as exc:
+                failures.append(exc)
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, first)
+            nursery.start_soon(run, second)
+        if failures:
+            raise failures[0]
+
+    async def refresh_listing(self, node: Node) -> None:
+        """Read the directory from the server, unless its listing is fresh."""
+        async for _ in self.list_dir(node):
+            pass
+
+    async def list_dir(self, node: Node) -> AsyncGenerator[list[tuple[str, Node]], None]:
+        """The directory's entries, a page at a time as the server sends them, then what only
+        this mount has; from the last listing, if it is fresh. Merged into `node.children`:
+        the listing is complete (and fresh) only when the iteration ran to its end."""
+        assert node.children is not None
+        if self.table.fresh(node.listed_at):
+            yield sorted(node.children.items())
+            return
+        started = time.monotonic()
+        was_pending = {child for child in node.children.values() if child.pending}
+        seen: set[str] = set()
+        node.listings += 1
+        try:
+            async for page in self._list_server(node):
+                yield self._merge_page(node, page, seen, started)
+        finally:
+            node.listings -= 1
+            if not node.listings:
+                node.removed.clear()
+        node.absent = {n: t for n, t in node.absent.items() if t > started}
+        for name, child in list(node.children.items()):
+            # Kept although not listed: what only this mount has, and what changed here since
+            # the listing began (an upload finished, a file was created or moved in).
+            if name not in seen and not child.pending and child not in was_pending \
+                    and child.refreshed_at < started:
+                self.table.detach(child)
+        node.listed_at = started  # the server's answer is as old as the request
+        node.listed_size = len(seen)
+        yield sorted((name, child) for name, child in node.children.items() if name not in seen)
+
+    def _merge_page(self, node: Node, page: list[tuple[str, ObjectInfo, bool]], seen: set[str],
+                    started: float) -> list[tuple[str, Node]]:
+        """Apply one page of a listing begun at `started`; its entries, as nodes."""
+        assert node.children is not None
+        names: list[str] = []
+        # A file `a` sorts before the prefix `a/` of one page: skip the file outright, or every
+        # listing would replace the directory's node by a file's and back (new inodes each
+        # time; the kernel's `a` then is a file). Across a page boundary `seen` decides below.
+        dirs = {name for name, _, is_dir in page if is_dir}
+        for name, info, is_dir in page:
+            if node.removed.get(name, -1.0) >= started:
+                continue  # removed here since the listing began: the server said so before
+            if name in seen or not is_dir and name in dirs:
+                if is_dir:  # a file `a` beside keys `a/...`: the directory wins
+                    self._child_from_info(node, name, info, True, started)
+                self._warn_once(node, name,
+                                "is both a file and a directory; showing the directory")
+                continue
+            seen.add(name)
+            names.append(name)
+            self._child_from_info(node, name, info, is_dir, started)
+        return [(name, node.children[name]) for name in names if name in node.children]
+
+    def _warn_once(self, node: Node, name: str, what: str) -> None:
+        tag = f"{node.inode}/{name}"
+        if tag not in self._warned:
+            self._warned.add(tag)
+            log.warning("%r in %s %s", name, "/".join(node.path()) or "/", what)
+
+    async def _list_server(self, node: Node
+                           ) -> AsyncIterator[list[tuple[str, ObjectInfo, bool]]]:
+        """Pages of (name, info, is_dir) as the server lists them; names that cannot be file
+        names are left out (and logged once)."""
+        if self.table.lists_buckets(node):
+            yield [(bucket, ObjectInfo(bucket, ""), True)
+                   for bucket in await self.backend.list_buckets() if self._name_ok("/", bucket)]
+            return
+        bucket, prefix = self.table.location(node)
+        async for page in self.backend.list_objects(bucket, prefix):
+            entries: list[tuple[str, ObjectInfo, bool]] = []
+            for info in page:
+                rest = info.key[len(prefix):]
+                is_dir = info.is_prefix or rest.endswith("/")
+                name = rest[:-1] if rest.endswith("/") else rest
+                if not rest or "/" in name:
+                    continue  # the directory's own marker, or a key with '//' inside
+                if self._name_ok(prefix, name):
+                    entries.append((name, info, is_dir))
+            yield entries
+
+    async def complete(self, node: Node) -> Node:
+        """The node with the attributes its metadata gives, read now if a listing left them out.
+        Call before attributes are shown or changed. Siblings the listing also left incomplete
+        are read with it, in parallel: whoever asks for one entry's attributes (`ls -l`,
+        a file manager) is about to ask for the others'."""
+        if node.meta_known:
+            return node
+        siblings: list[Node] = []
+        if node.parent is not None and node.parent.children is not None:
+            siblings = list(islice((sibling for sibling in node.parent.children.values()
+                                    if not sibling.meta_known and sibling is not node),
+                                   METADATA_BATCH - 1))
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            for sibling in siblings:
+                nursery.start_soon(self._read_metadata_if_can, sibling)
+            try:
+                await self._read_metadata(node)
+            except Exception as exc:  # raised past the nursery, not wrapped in a group by it
+                failure = exc
+        if failure is not None:
+            raise failure
+        return node
+
+    async def _read_metadata_if_can(self, node: Node) -> None:
+        """A sibling read on speculation: a failure leaves it for its own turn to report."""
+        try:
+            await self._read_metadata(node)
+        except Exception as exc:
+            log.debug("metadata of %s not read ahead: %s", "/".join(node.path()), exc)
+
+    async def _read_metadata(self, node: Node) -> None:
+        bucket, key = self.table.location(node)
+        asked_at = time.monotonic()
+        try:
+            info = await self.backend.stat_object(bucket, key)
+        except NoSuchObject:
+            pass  # a directory without a marker, or gone since listed: the defaults hold
+        else:
+            self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG, asked_at)
+        node.meta_known = True  # (a pending node's own attributes win over the server's)
+
+    async def getattr(self, node: Node) -> Node:
+        """The node, its attributes re-read from the server once the TTL has passed."""
+        await self.complete(node)
+        node.settle()
+        if node.is_dir or node.pending or node.unlinked or self.table.fresh(node.refreshed_at) \
+                or not node.exists_on_server:
+            return node
+        bucket, key = self.table.location(node)
+        asked_at = time.monotonic()
+        try:
+            self._apply(node, await self.backend.stat_object(bucket, key), stat.S_IFREG,
+                        asked_at)
+        except NoSuchObject:
+            node.refreshed_at = time.monotonic()  # gone on the server; keep serving what we had
+        return node

@@ -1,0 +1,89 @@
+"""The node table: the inodes the kernel may name, where each stands on the store, and how long
+what the store said stays fresh.
+
+A node stays in the table while it is in its parent's children, or the kernel (its lookup
+count) or an open handle holds it; `detach`, `forget` and `maybe_drop` let it go once none
+does. `location` is the one place a node becomes (bucket, key) under the mount's scope. The
+listings (mountfs/listings.py) and the operations on names (mountfs/namespace.py) share it.
+"""
+from __future__ import annotations
+
+import errno
+import time
+
+from mountfs.attrs import Attributes
+from mountfs.backends import Scope
+from mountfs.nodes import Node
+
+ROOT_INODE = 1
+
+
+class NodeTable:
+    def __init__(self, scope: Scope, ttl: float, root_attrs: Attributes) -> None:
+        self.scope = scope
+        self.ttl = ttl
+        self.nodes: dict[int, Node] = {}
+        self._next_inode = ROOT_INODE
+        self.root = self.new(None, "", root_attrs)
+
+    def new(self, parent: Node | None, name: str, attrs: Attributes, size: int = 0,
+            etag: str = "", on_server: bool = True) -> Node:
+        node = Node(self._next_inode, parent, name, attrs, size, etag, on_server,
+                    refreshed_at=time.monotonic())
+        self._next_inode += 1
+        if node.is_dir:
+            node.children = {}
+        self.nodes[node.inode] = node
+        if parent is not None and parent.children is not None:
+            parent.children[name] = node
+            parent.absent.pop(name, None)
+        return node
+
+    def get(self, inode: int) -> Node:
+        try:
+            return self.nodes[inode]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, f"inode {inode}") from None
+
+    def location(self, node: Node) -> tuple[str, str]:
+        """(bucket, key) of a node; a directory's key is its prefix, ending in '/'."""
+        parts = node.path()
+        bucket = self.scope.bucket
+        if bucket is None:
+            bucket, parts = parts[0], parts[1:]
+        key = "/".join(parts)
+        return bucket, self.scope.prefix + (key + "/" if node.is_dir and key else key)
+
+    def lists_buckets(self, node: Node) -> bool:
+        """The root of a mount of every bucket: its entries are buckets, not objects."""
+        return node is self.root and self.scope.bucket is None
+
+    def fresh(self, stamp: float) -> bool:
+        return time.monotonic() - stamp < self.ttl
+
+    def forget(self, inode: int, count: int) -> None:
+        node = self.nodes.get(inode)
+        if node is None:
+            return
+        node.lookups -= count
+        self.maybe_drop(node)
+
+    def maybe_drop(self, node: Node) -> None:
+        attached = (node.parent is not None and node.parent.children is not None
+                    and node.parent.children.get(node.name) is node)
+        if node.lookups <= 0 and node.open_count == 0 and not attached and node is not self.root:
+            self.nodes.pop(node.inode, None)
+
+    def detach(self, node: Node) -> None:
+        """Take a node out of its parent's listing (it was removed or replaced)."""
+        parent = node.parent
+        if parent is not None and parent.children is not None \
+                and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+            self.note_removed(parent, node.name)
+        self.maybe_drop(node)
+
+    def note_removed(self, parent: Node, name: str) -> None:
+        """`name` left `parent`: a listing under way may have read it from the server before."""
+        if parent.listings:
+            parent.removed[name] = time.monotonic()
