@@ -1,13 +1,18 @@
 """Fixtures that mount mountfs for real: a store, a cache, a mount point.
 
-`store` is a fresh store with one bucket, `mounted` a running mount of it; every mount made
-through a `Mounter` is unmounted and its process killed in teardown, also when a test fails.
+`store` is a fresh store (a `kits.Store`) holding the bucket tests work in (`store.bucket`,
+seen directly as `store.stored`), `mounted` a running mount of it (`mounted.bucket` is that
+bucket on the mount); every mount made through a `Mounter` is unmounted and its process killed
+in teardown, also when a test fails.
 
-The store's backend is the fixture `backend`: `local` (a directory) unless the test is marked
-`@pytest.mark.backends("local", "s3")`, which runs it once per backend named (ids `[local]`,
-`[s3]`); the `s3` store is a moto_server process shared by the session and reset for every
-test. `@pytest.mark.backend_bug("s3", reason=...)` makes that one case a strict xfail.
-Tests look at a store directly through `stores.StorePath`, the same for both backends.
+The store's driver is the fixture `backend` (its name; `kit` is its test kit, tests/kits/):
+`local` unless the test is marked `@pytest.mark.backends("local", "s3")`, which runs it once
+per driver named (ids `[local]`, `[s3]`, `[dcss]`); `backends(*BACKENDS)` names every driver
+that has a kit. `@pytest.mark.requires("buckets_editable", ...)` skips the test on a driver
+whose `Features` lack one of those; `@pytest.mark.backend_bug("s3", reason=...)` makes that
+one case a strict xfail. Servers (moto_server, the DCSS service) are shared by the session (by
+each xdist worker) and reset for every test. Tests look at a store directly through
+`stores.StorePath`, the same for every driver.
 """
 from __future__ import annotations
 
@@ -23,13 +28,14 @@ from pathlib import Path
 
 import pytest
 
+from kits import KITS, Kit, Store, environment
 from mountfs.processes import pid_alive
 from mountfs.status import STATUS_XATTR
+from servers.dcss import DcssService, make_keypair
 from servers.s3 import S3Server
-from stores import AnyStore, empty_s3_store, mount_args
+from stores import StorePath
 
-BUCKET = "bucket"
-BACKENDS = ("local", "s3")
+BACKENDS = tuple(KITS)  # every driver with a test kit
 
 
 def run_cli(*args: str, check: bool = True, timeout: float = 60,
@@ -52,13 +58,21 @@ class Mount:
     source: str
     path: Path
     cache: Path
-    store: AnyStore
+    store: Store | Path  # a Path where a test mounts by hand and keeps its own view
     pid: int = 0
     options: list[str] = field(default_factory=list)
 
     @property
     def bucket(self) -> Path:
-        return self.path / BUCKET
+        """The bucket tests work in, on the mount."""
+        assert isinstance(self.store, Store), "mounted by hand: which bucket is the test's"
+        return self.path / self.store.bucket
+
+    @property
+    def stored(self) -> StorePath:
+        """The same bucket seen in the store."""
+        assert isinstance(self.store, Store), "mounted by hand: no kit's store"
+        return self.store.stored
 
     def status(self) -> dict:
         """What `mountfs status --json` prints."""
@@ -76,20 +90,21 @@ class Mounter:
         self.tmp = tmp
         self.mounts: list[Mount] = []
 
-    def mount(self, store: AnyStore, *options: str, name: str = "mnt",
-              cache: Path | None = None) -> Mount:
+    def mount(self, store: Store, *options: str, name: str = "mnt",
+              cache: Path | None = None, env: Mapping[str, str] | None = None) -> Mount:
+        """Mount `store` with `options`; `env` goes over the store's own environment."""
         path = self.tmp / name
         path.mkdir(exist_ok=True)
         cache = cache or self.tmp / f"cache-{name}"
-        source, backend_options, env = mount_args(store)
-        m = Mount(source, path, cache, store, options=list(options))
-        run_cli("mount", source, str(path), "--cache-dir", str(cache), "-v", *backend_options,
-                *options, env=env)
+        m = Mount(store.source, path, cache, store, options=list(options))
+        run_cli("mount", store.source, str(path), "--cache-dir", str(cache), "-v",
+                *store.options, *options, env={**store.env, **(env or {})})
         self.mounts.append(m)
         m.pid = m.served_status()["pid"]
         return m
 
     def remount(self, m: Mount) -> Mount:
+        assert isinstance(m.store, Store)
         return self.mount(m.store, *m.options, name=m.path.name, cache=m.cache)
 
     def umount(self, m: Mount) -> None:
@@ -139,9 +154,11 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "backends(*names): run once per backend named")
+    config.addinivalue_line("markers", "backends(*names): run once per driver named")
+    config.addinivalue_line("markers", "requires(*features): skip on a driver whose Features "
+                                       "lack one of these")
     config.addinivalue_line("markers", "backend_bug(name, reason): a strict xfail on that "
-                                       "backend, for a known bug of mountfs")
+                                       "driver, for a known bug of mountfs")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -152,6 +169,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("backend", [
         pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=bugs[name]))
         if name in bugs else name for name in marker.args], indirect=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_xdg_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The default cache dirs and drivers' state dirs of this test process (each xdist worker
+    has its own) in its temporary directory: mounts without --cache-dir never share one with
+    another worker or the user's, and the tests leave nothing in $HOME."""
+    base = tmp_path_factory.mktemp("xdg")
+    with environment({"XDG_CACHE_HOME": str(base / "cache"),
+                      "XDG_STATE_HOME": str(base / "state")}):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -165,31 +193,38 @@ def s3_server() -> Iterator[S3Server]:
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the driver under test."""
     return getattr(request, "param", "local")
 
 
-def make_store(request: pytest.FixtureRequest, backend: str, directory: Path) -> AnyStore:
-    """A fresh store with the one bucket BUCKET; `directory` holds a `local` store."""
-    if backend == "s3":
-        return empty_s3_store(request.getfixturevalue("s3_server"), BUCKET)
-    assert backend == "local", backend
-    (directory / BUCKET).mkdir(parents=True)
-    return directory
+@pytest.fixture
+def kit(backend: str) -> Kit:
+    """The test kit of the driver under test."""
+    return KITS[backend]
+
+
+def make_store(request: pytest.FixtureRequest, backend: str, directory: Path) -> Store:
+    """A fresh store of driver `backend` with its kit's bucket; `directory` is for what the
+    store keeps on disk. Skips the test where the driver lacks a feature it `requires`."""
+    store = KITS[backend].make_store(request, directory)
+    for marker in request.node.iter_markers("requires"):
+        for feature in marker.args:
+            if not getattr(store.features, feature):
+                pytest.skip(f"the {backend} driver declares no {feature}")
+    return store
 
 
 @pytest.fixture
-def store(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> AnyStore:
+def store(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Store:
     return make_store(request, backend, tmp_path / "store")
 
 
 @pytest.fixture
-def mounted(mounter: Mounter, store: AnyStore) -> Mount:
+def mounted(mounter: Mounter, store: Store) -> Mount:
     return mounter.mount(store, "--writeback-delay", "0.2")
 
 
 # --- DCSS: the local Duckietown Cloud Storage Service (tests/servers/dcss.py) -------------------
-
-from servers.dcss import DcssService, make_keypair  # noqa: E402  (section appended for DCSS)
 
 
 @pytest.fixture(scope="session")

@@ -9,22 +9,19 @@ The first component below the store's root is a bucket, the rest a key, as on th
     (...).is_dir(), .exists()           a directory is a `dir/` marker or a prefix of keys
     (...).mkdir(), .iterdir()           at the root: create a bucket, list the buckets
 
-`mount_args` says how to mount a store, `leftovers` what an interrupted upload left in it.
+How to start each driver's store, mount it and what its uploads leave behind is the driver's
+test kit (tests/kits/); this module holds only the driver-neutral ways of looking at a store.
 """
 from __future__ import annotations
 
-import os
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Protocol, Union
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 import boto3
 from botocore.exceptions import ClientError
 
 from servers.s3 import CREDENTIALS, S3Server
-
-LOCAL_TMP = ".mountfs-tmp"  # where the local backend writes objects before renaming them in
 
 
 class StorePath(Protocol):
@@ -64,13 +61,24 @@ def tree(path: StorePath) -> set[str]:
 
 
 class S3Path:
-    """A bucket, a key or a key prefix on an S3 server: `StorePath` over boto3."""
+    """A bucket, a key or a key prefix on an S3 server: `StorePath` over boto3.
 
-    def __init__(self, client: Any, url: str, bucket: str = "", key: str = "") -> None:
+    `shown` maps the names a mount shows for buckets to the S3 buckets they are (DCSS's space
+    `private` is `duckietown-private-storage`); with it, the root lists only those buckets, by
+    the names shown. Without it every bucket is shown by its own name."""
+
+    def __init__(self, client: Any, url: str, bucket: str = "", key: str = "",
+                 shown: Mapping[str, str] | None = None) -> None:
         self.client, self.url, self.bucket, self.key = client, url, bucket, key
+        self.shown = shown
 
     def __repr__(self) -> str:
-        return f"S3Path({self.url}/{self.bucket}/{self.key})"
+        return f"S3Path({self.url}/{self.real_bucket}/{self.key})"
+
+    @property
+    def real_bucket(self) -> str:
+        """The S3 bucket this path is in (`bucket` is its name on the mount)."""
+        return self.shown[self.bucket] if self.shown and self.bucket else self.bucket
 
     @property
     def name(self) -> str:
@@ -78,7 +86,13 @@ class S3Path:
 
     def __truediv__(self, name: str) -> S3Path:
         parts = [p for p in f"{self.bucket}/{self.key}/{name}".split("/") if p]
-        return S3Path(self.client, self.url, parts[0], "/".join(parts[1:]))
+        return S3Path(self.client, self.url, parts[0], "/".join(parts[1:]), self.shown)
+
+    def put_key(self, key: str, data: bytes) -> None:
+        """Put `data` under `key` below this path as given, unchecked ('..', '//', NUL: what
+        `/` would normalise away)."""
+        prefix = self.key + "/" if self.key else ""
+        self.client.put_object(Bucket=self.real_bucket, Key=prefix + key, Body=data)
 
     def _missing(self, exc: ClientError) -> bool:
         code = exc.response.get("Error", {}).get("Code", "")
@@ -88,7 +102,7 @@ class S3Path:
         if not self.key:
             return False
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.key)
+            self.client.head_object(Bucket=self.real_bucket, Key=self.key)
         except ClientError as exc:
             if self._missing(exc):
                 return False
@@ -100,10 +114,10 @@ class S3Path:
             return True
         try:
             if not self.key:
-                self.client.head_bucket(Bucket=self.bucket)
+                self.client.head_bucket(Bucket=self.real_bucket)
                 return True
-            listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key + "/",
-                                                  MaxKeys=1)
+            listing = self.client.list_objects_v2(Bucket=self.real_bucket,
+                                                  Prefix=self.key + "/", MaxKeys=1)
         except ClientError as exc:
             if self._missing(exc):
                 return False
@@ -117,7 +131,7 @@ class S3Path:
         if not self.key:
             raise IsADirectoryError(repr(self))
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+            return self.client.get_object(Bucket=self.real_bucket, Key=self.key)["Body"].read()
         except ClientError as exc:
             if not self._missing(exc):
                 raise
@@ -127,24 +141,28 @@ class S3Path:
 
     def write_bytes(self, data: bytes) -> int:
         """A put by another tool: an object without mountfs's metadata."""
-        self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data)
+        self.client.put_object(Bucket=self.real_bucket, Key=self.key, Body=data)
         return len(data)
 
     def mkdir(self) -> None:
         """At the root a bucket, below it an empty-directory marker `key/`."""
         if not self.key:
-            self.client.create_bucket(Bucket=self.bucket)
+            self.client.create_bucket(Bucket=self.real_bucket)
         else:
-            self.client.put_object(Bucket=self.bucket, Key=self.key + "/", Body=b"")
+            self.client.put_object(Bucket=self.real_bucket, Key=self.key + "/", Body=b"")
 
     def iterdir(self) -> Iterator[S3Path]:
         if not self.bucket:
+            if self.shown is not None:
+                real = {b["Name"] for b in self.client.list_buckets()["Buckets"]}
+                yield from (self / name for name, b in self.shown.items() if b in real)
+                return
             for b in self.client.list_buckets()["Buckets"]:
                 yield self / b["Name"]
             return
         prefix = self.key + "/" if self.key else ""
         pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+            Bucket=self.real_bucket, Prefix=prefix, Delimiter="/")
         for page in pages:
             for p in page.get("CommonPrefixes", []):
                 yield self / p["Prefix"][len(prefix):]
@@ -155,36 +173,20 @@ class S3Path:
     def multipart_uploads(self) -> list[str]:
         """`bucket/key` of every multipart upload begun and neither completed nor aborted."""
         return [f"{b.name}/{u['Key']}" for b in self.iterdir() if isinstance(b, S3Path)
-                for u in self.client.list_multipart_uploads(Bucket=b.bucket).get("Uploads", [])]
+                for u in self.client.list_multipart_uploads(Bucket=b.real_bucket)
+                .get("Uploads", [])]
 
 
-AnyStore = Union[Path, S3Path]
 
-
-def empty_s3_store(server: S3Server, bucket: str) -> S3Path:
-    """Clear the server of everything (buckets of earlier tests too), then make `bucket`."""
+def reset_s3_server(server: S3Server) -> None:
+    """Clear the server of everything (buckets of earlier tests too)."""
     urllib.request.urlopen(urllib.request.Request(server.url + "/moto-api/reset",
                                                   method="POST"), timeout=30).close()
-    client = boto3.client("s3", endpoint_url=server.url,
-                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                          region_name=CREDENTIALS["AWS_DEFAULT_REGION"])
-    root = S3Path(client, server.url)
-    (root / bucket).mkdir()
-    return root
 
 
-def mount_args(store: AnyStore) -> tuple[str, list[str], dict[str, str]]:
-    """The SOURCE, the backend's options and the environment to mount `store` with."""
-    if isinstance(store, S3Path):
-        return "s3://", ["--endpoint-url", store.url], dict(CREDENTIALS)
-    return f"local:{store}", [], {}
-
-
-def leftovers(store: AnyStore) -> list[str]:
-    """What unfinished uploads left in the store: the local backend's temporary files, or
-    multipart uploads never completed nor aborted."""
-    if isinstance(store, S3Path):
-        return store.multipart_uploads()
-    tmp = store / LOCAL_TMP
-    return sorted(os.listdir(tmp)) if tmp.exists() else []
+def s3_client(url: str) -> Any:
+    """boto3 on the S3 server at `url`, with the test credentials."""
+    return boto3.client("s3", endpoint_url=url,
+                        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                        region_name=CREDENTIALS["AWS_DEFAULT_REGION"])

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUCKET, Mount, Mounter, is_mounted, pid_alive, run_cli
+from conftest import Mount, Mounter, is_mounted, pid_alive, run_cli
+from kits import Store
+
+BUCKET = "bucket"  # of the local stores the tests below make by hand
 
 pytestmark = pytest.mark.mounted
 
@@ -112,7 +115,7 @@ def test_mount_point_already_mounted(mounted: Mount, tmp_path: Path) -> None:
     assert_one_line_error(proc, "already")
     # the first mount is untouched
     assert mounted.status()["source"] == mounted.source
-    assert os.listdir(mounted.path) == [BUCKET]
+    assert sorted(os.listdir(mounted.path)) == mounted.store.buckets
 
 
 def test_cache_dir_in_use(mounted: Mount, tmp_path: Path) -> None:
@@ -223,18 +226,18 @@ def test_console_script() -> None:
     assert proc.returncode == 0 and "umount" in proc.stdout
 
 
-def test_umount_waits_for_the_queue(mounter: Mounter, store: Path) -> None:
+def test_umount_waits_for_the_queue(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "2")
     (m.bucket / "a").write_bytes(b"first file")
     (m.bucket / "b").write_bytes(b"second file" * 1000)
-    assert not (store / BUCKET / "a").exists()  # still waiting out the delay
+    assert not (store.stored / "a").exists()  # still waiting out the delay
     proc = run_cli("umount", str(m.path), timeout=120)
     assert proc.returncode == 0
     assert "waiting for 2 uploads" in proc.stderr and "bucket/a" in proc.stderr
     assert not is_mounted(m.path)
     assert not pid_alive(m.pid)
-    assert (store / BUCKET / "a").read_bytes() == b"first file"
-    assert (store / BUCKET / "b").read_bytes() == b"second file" * 1000
+    assert (store.stored / "a").read_bytes() == b"first file"
+    assert (store.stored / "b").read_bytes() == b"second file" * 1000
 
 
 def test_umount_with_nothing_queued(mounted: Mount) -> None:
@@ -244,7 +247,7 @@ def test_umount_with_nothing_queued(mounted: Mount) -> None:
     assert not pid_alive(mounted.pid)
 
 
-def test_status_json(mounter: Mounter, store: Path) -> None:
+def test_status_json(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "30", "--cache-size", "64M")
     (m.bucket / "queued").write_bytes(b"q" * 1000)
     s = m.status()
@@ -252,7 +255,7 @@ def test_status_json(mounter: Mounter, store: Path) -> None:
     assert s["queued"] == 1 and s["uploaded"] == 0
     entry = s["queue"][0]
     assert 0 < entry.pop("next_try") <= 30  # seconds until the upload starts
-    assert s["queue"] == [{"bucket": BUCKET, "key": "queued", "size": 1000, "done": 0,
+    assert s["queue"] == [{"bucket": store.bucket, "key": "queued", "size": 1000, "done": 0,
                            "percent": 0.0, "state": "waiting", "tries": 0, "error": ""}]
     c = s["cache"]
     assert c["dir"] == str(m.cache) and c["cap"] == 64 * 1024 * 1024
@@ -262,11 +265,11 @@ def test_status_json(mounter: Mounter, store: Path) -> None:
     text = run_cli("status", str(m.path)).stdout
     assert "1 queued" in text and "bucket/queued" in text and "waiting" in text
     mounter.umount(m)
-    assert (store / BUCKET / "queued").read_bytes() == b"q" * 1000
+    assert (store.stored / "queued").read_bytes() == b"q" * 1000
 
 
 def test_status_counts_uploads_and_hits(mounted: Mount) -> None:
-    (mounted.store / BUCKET / "srv").write_bytes(b"s" * 5000)
+    (mounted.stored / "srv").write_bytes(b"s" * 5000)
     (mounted.bucket / "srv").read_bytes()
     (mounted.bucket / "new").write_bytes(b"n")
     deadline = time.monotonic() + 10
@@ -279,9 +282,9 @@ def test_status_counts_uploads_and_hits(mounted: Mount) -> None:
     assert s["cache"]["hit_rate"] is not None
 
 
-def test_defaults_for_objects_without_metadata(mounter: Mounter, store: Path) -> None:
-    (store / BUCKET / "plain").write_bytes(b"x")
-    (store / BUCKET / "dir").mkdir()
+def test_defaults_for_objects_without_metadata(mounter: Mounter, store: Store) -> None:
+    (store.stored / "plain").write_bytes(b"x")
+    (store.stored / "dir").mkdir()
     m = mounter.mount(store, "--uid", "123", "--gid", "456", "--umask", "027")
     st = os.stat(m.bucket / "plain")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (123, 456, 0o640)
@@ -289,7 +292,7 @@ def test_defaults_for_objects_without_metadata(mounter: Mounter, store: Path) ->
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (123, 456, 0o750)
 
 
-def test_fuse_options_reach_the_mount(mounter: Mounter, store: Path) -> None:
+def test_fuse_options_reach_the_mount(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--allow-other", "-o", "noatime")
     with open("/proc/mounts") as f:
         opts = next(line.split()[3] for line in f if line.split()[1] == str(m.path))
@@ -298,14 +301,14 @@ def test_fuse_options_reach_the_mount(mounter: Mounter, store: Path) -> None:
     assert "default_permissions" in opts.split(",")
 
 
-def test_read_only_shows_in_mount_table(mounter: Mounter, store: Path) -> None:
+def test_read_only_shows_in_mount_table(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--read-only")
     with open("/proc/mounts") as f:
         opts = next(line.split()[3] for line in f if line.split()[1] == str(m.path))
     assert opts.split(",")[0] == "ro"
 
 
-def test_log_file(mounter: Mounter, store: Path, tmp_path: Path) -> None:
+def test_log_file(mounter: Mounter, store: Store, tmp_path: Path) -> None:
     log = tmp_path / "logs" / "mountfs.log"
     m = mounter.mount(store, "--log-file", str(log))
     (m.bucket / "f").write_bytes(b"x")

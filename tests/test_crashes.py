@@ -1,5 +1,6 @@
 """kill -9 of the mount at random moments: during a copy of many files, and during the rename
-of a directory. Each test runs once per backend (`[local]`, `[s3]`) and checks the store itself.
+of a directory. Each test runs once per driver (`[local]`, `[s3]`, `[dcss]`) and checks the store
+itself.
 
 A copy: a writer process (not the test: it must survive the mount's death and may block in it)
 writes files into the mount and records, in a file outside the mount, each file whose close()
@@ -10,7 +11,8 @@ drain, then checks the store directly:
 - every file recorded as closed is there, byte for byte;
 - nothing else is half there: an object is absent, whole, or (only the one file the writer had
   open at the kill) a prefix of what was written, which README SEMANTICS promises is kept;
-- no upload left debris (the local store's temporary files, S3 multipart uploads);
+- no upload left debris (the kit's `leftovers`: the local store's temporary files, S3
+  multipart uploads);
 - the journal replayed cleanly: the mount came up and `mountfs status` shows an empty queue.
 
 The CI variants are small (5 kills, a few dozen files); the `slow` ones (scripts/soak) do 20.
@@ -28,8 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS, BUCKET, Mount, Mounter
-from stores import LOCAL_TMP, AnyStore, S3Path, leftovers
+from conftest import BACKENDS, Mount, Mounter
+from kits import Kit, Store
+from kits.local import TMP as LOCAL_TMP
 from test_durability import wait_for
 
 pytestmark = pytest.mark.backends(*BACKENDS)
@@ -77,10 +80,10 @@ def remount_and_drain(mounter: Mounter, m: Mount) -> Mount:
     return m
 
 
-def check_round(store: AnyStore, round_name: str, count: int, closed: list[str]) -> int:
+def check_round(store: Store, round_name: str, count: int, closed: list[str]) -> int:
     """The store after a killed round: every closed file whole, no other file but a prefix of
     what was written. Returns how many files were checked."""
-    stored = store / BUCKET / round_name
+    stored = store.stored / round_name
     partial = []
     for i in range(count):
         name = f"f{i}"
@@ -101,7 +104,7 @@ def check_round(store: AnyStore, round_name: str, count: int, closed: list[str])
     return count
 
 
-def run_kills(mounter: Mounter, store: AnyStore, tmp_path: Path, kills: int, files: int,
+def run_kills(mounter: Mounter, store: Store, tmp_path: Path, kills: int, files: int,
               seed: int) -> None:
     rng = random.Random(seed)
     # A short delay: uploads run while the copy goes on, so kills land inside uploads too.
@@ -130,26 +133,25 @@ def run_kills(mounter: Mounter, store: AnyStore, tmp_path: Path, kills: int, fil
         for earlier in range(k):  # replays must not disturb what was already there
             earlier_closed = (tmp_path / f"round{earlier}.closed").read_text().split()
             check_round(store, f"round{earlier}", files, earlier_closed)
-        assert not leftovers(store), f"kill {k}: debris of an interrupted upload (mount {m.pid})"
+        assert not store.leftovers(), f"kill {k}: debris of an interrupted upload (mount {m.pid})"
     mounter.umount(m)
     print(f"{kills} kills survived, {checked} files checked (seed {seed})")
 
 
-def test_kill_during_copy(mounter: Mounter, store: AnyStore, tmp_path: Path,
-                          backend: str) -> None:
-    run_kills(mounter, store, tmp_path, kills=5, files=30 if backend == "local" else 20,
+def test_kill_during_copy(mounter: Mounter, store: Store, tmp_path: Path, kit: Kit) -> None:
+    run_kills(mounter, store, tmp_path, kills=5, files=20 if kit.remote else 30,
               seed=SEED)
 
 
 @pytest.mark.slow
-def test_kill_during_copy_long(mounter: Mounter, store: AnyStore, tmp_path: Path) -> None:
+def test_kill_during_copy_long(mounter: Mounter, store: Store, tmp_path: Path) -> None:
     run_kills(mounter, store, tmp_path, kills=20, files=60, seed=SEED)
 
 
-def tree_complete(store: AnyStore, top: str, count: int) -> bool:
+def tree_complete(store: Store, top: str, count: int) -> bool:
     """Whether `top` holds all `count` files with their contents."""
     try:
-        return all((store / BUCKET / top / f"f{i}").read_bytes() == rename_content(i)
+        return all((store.stored / top / f"f{i}").read_bytes() == rename_content(i)
                    for i in range(count))
     except FileNotFoundError:
         return False
@@ -159,9 +161,9 @@ def rename_content(i: int) -> bytes:
     return f"file {i} of the renamed tree\n".encode() * (i % 7 + 1)
 
 
-def kill_during_rename(mounter: Mounter, store: AnyStore, backend: str, attempt: int) -> None:
-    # moto is slow: 50 files on s3 (the rename then lasts about as long as 200 do locally).
-    count = 200 if backend == "local" else 50
+def kill_during_rename(mounter: Mounter, store: Store, kit: Kit, attempt: int) -> None:
+    # moto is slow: 50 files on a server (the rename then lasts about as long as 200 do locally).
+    count = 50 if kit.remote else 200
     rng = random.Random(SEED * 100 + attempt)
     m = mounter.mount(store, "--writeback-delay", "0.05", name=f"mnt{attempt}")
     top = f"t{attempt}"
@@ -175,7 +177,7 @@ def kill_during_rename(mounter: Mounter, store: AnyStore, backend: str, attempt:
                                 str(m.bucket / top), str(m.bucket / f"{top}.new")],
                                stderr=subprocess.DEVNULL)
     # Inside the rename: it takes ~1-2 s for 200 local files, ~3 s for 50 on moto.
-    time.sleep(rng.uniform(0.05, 0.8 if backend == "local" else 2.0))
+    time.sleep(rng.uniform(0.05, 2.0 if kit.remote else 0.8))
     finished_first = renamer.poll() is not None
     mounter.kill(m)
     renamer.wait(timeout=30)
@@ -190,19 +192,18 @@ def kill_during_rename(mounter: Mounter, store: AnyStore, backend: str, attempt:
           f"(finished first: {finished_first}); complete: old={old} new={new}")
 
 
-def test_kill_during_directory_rename(mounter: Mounter, store: AnyStore, backend: str) -> None:
-    kill_during_rename(mounter, store, backend, 0)
+def test_kill_during_directory_rename(mounter: Mounter, store: Store, kit: Kit) -> None:
+    kill_during_rename(mounter, store, kit, 0)
 
 
 @pytest.mark.slow
-def test_kill_during_directory_rename_long(mounter: Mounter, store: AnyStore,
-                                           backend: str) -> None:
+def test_kill_during_directory_rename_long(mounter: Mounter, store: Store, kit: Kit) -> None:
     for attempt in range(1, 11):
-        kill_during_rename(mounter, store, backend, attempt)
+        kill_during_rename(mounter, store, kit, attempt)
 
 
 @pytest.mark.backends("local")
-def test_mount_removes_temporary_files_of_dead_writers(mounter: Mounter, store: AnyStore) -> None:
+def test_mount_removes_temporary_files_of_dead_writers(mounter: Mounter, store: Store) -> None:
     # What a mount killed mid-put leaves in the local store (the long kill test meets it at
     # random; here for sure): a temporary file named after its dead process. One of a live
     # process (this one: another mount of the store, say) is not touched.
@@ -213,29 +214,28 @@ def test_mount_removes_temporary_files_of_dead_writers(mounter: Mounter, store: 
     (tmp / f"{dead.pid}.half").write_bytes(b"half an object")
     (tmp / f"{os.getpid()}.live").write_bytes(b"being written")
     m = mounter.mount(store)
-    assert leftovers(store) == [f"{os.getpid()}.live"]
+    assert store.leftovers() == [f"{os.getpid()}.live"]
     mounter.umount(m)
 
 
 @pytest.mark.backends("s3")
-def test_kill_during_multipart_upload(mounter: Mounter, store: AnyStore) -> None:
+def test_kill_during_multipart_upload(mounter: Mounter, store: Store) -> None:
     # A file over 8 MiB goes up in parts; a kill -9 between CreateMultipartUpload and its
     # Complete leaves an upload on the server that nobody completes or aborts (S3 keeps, and
     # bills, its parts for good). The next mount replays the file and aborts that upload.
-    assert isinstance(store, S3Path)
     data = random.Random(SEED).randbytes(36 * 1024 * 1024)
     m = mounter.mount(store, "--writeback-delay", "0")
     with open(m.bucket / "big.bin", "wb") as f:
         f.write(data)
     # Kill once the upload is under way on the server (its parts take seconds on moto).
-    wait_for(lambda: bool(store.multipart_uploads()), timeout=60)
+    wait_for(lambda: bool(store.leftovers()), timeout=60)
     mounter.kill(m)
-    left = store.multipart_uploads()
-    assert left == [f"{BUCKET}/big.bin"], f"no unfinished upload to clean up: {left}"
+    left = store.leftovers()
+    assert left == [f"{store.bucket}/big.bin"], f"no unfinished upload to clean up: {left}"
     m = remount_and_drain(mounter, m)
-    assert (store / BUCKET / "big.bin").read_bytes() == data
-    assert store.multipart_uploads() == []
+    assert (store.stored / "big.bin").read_bytes() == data
+    assert store.leftovers() == []
     assert (m.bucket / "big.bin").read_bytes() == data
-    assert "aborted an unfinished multipart upload of bucket/big.bin" in \
+    assert f"aborted an unfinished multipart upload of {store.bucket}/big.bin" in \
         (m.cache / "mountfs.log").read_text()
     mounter.umount(m)

@@ -1,6 +1,7 @@
 """Nothing a program was told is written gets lost: kill -9, remount, unmount, copy a real tree.
 
-Each test runs once per backend (`[local]`, `[s3]`) and checks the store itself (conftest.py)."""
+Each test runs once per driver (`[local]`, `[s3]`, `[dcss]`) and checks the store itself
+(conftest.py)."""
 from __future__ import annotations
 
 import filecmp
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS, BUCKET, Mount, Mounter, is_mounted
-from stores import AnyStore, StorePath, leftovers, tree
+from conftest import BACKENDS, Mount, Mounter, is_mounted
+from kits import Store
+from stores import StorePath, tree
 
 pytestmark = pytest.mark.backends(*BACKENDS)
 
@@ -31,25 +33,25 @@ def payload(i: int) -> bytes:
     return (f"file {i} ".encode() * (1 + 997 * i))[: 3000 * i + 7]
 
 
-def test_kill_after_close_loses_no_file(mounter: Mounter, store: AnyStore) -> None:
+def test_kill_after_close_loses_no_file(mounter: Mounter, store: Store) -> None:
     # A long delay keeps every upload queued when the process dies.
     m = mounter.mount(store, "--writeback-delay", "60", "--block-size", "4096")
     (m.bucket / "d").mkdir()
     for i in range(20):
         (m.bucket / "d" / f"f{i}").write_bytes(payload(i))
-    assert not (store / BUCKET / "d" / "f5").exists(), "uploaded before the kill: test is void"
+    assert not (store.stored / "d" / "f5").exists(), "uploaded before the kill: test is void"
     mounter.kill(m)
     assert not is_mounted(m.path)
 
     m = mounter.remount(m)
     mounter.umount(m)  # drains the replayed queue
     for i in range(20):
-        assert (store / BUCKET / "d" / f"f{i}").read_bytes() == payload(i)
-    assert not leftovers(store), "a partial upload was left behind"
+        assert (store.stored / "d" / f"f{i}").read_bytes() == payload(i)
+    assert not store.leftovers(), "a partial upload was left behind"
 
 
 def test_kill_while_a_file_is_open_keeps_what_was_written(mounter: Mounter,
-                                                          store: AnyStore) -> None:
+                                                          store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "60")
     f = open(m.bucket / "open.bin", "wb")
     f.write(b"x" * 10000)
@@ -61,7 +63,7 @@ def test_kill_while_a_file_is_open_keeps_what_was_written(mounter: Mounter,
         pass  # the mount is gone; the kernel may refuse the final flush
     m = mounter.remount(m)
     mounter.umount(m)
-    assert (store / BUCKET / "open.bin").read_bytes() == b"x" * 10000
+    assert (store.stored / "open.bin").read_bytes() == b"x" * 10000
 
 
 def test_fsync_uploads_before_returning(mounted: Mount) -> None:
@@ -70,24 +72,24 @@ def test_fsync_uploads_before_returning(mounted: Mount) -> None:
         f.write(b"durable")
         f.flush()
         os.fsync(f.fileno())
-        assert (mounted.store / BUCKET / "synced").read_bytes() == b"durable"
+        assert (mounted.stored / "synced").read_bytes() == b"durable"
 
 
-def test_sigterm_drains_the_queue_then_unmounts(mounter: Mounter, store: AnyStore) -> None:
+def test_sigterm_drains_the_queue_then_unmounts(mounter: Mounter, store: Store) -> None:
     # A delay longer than wait_for's timeout: the stopping mount uploads without waiting it out.
     m = mounter.mount(store, "--writeback-delay", "300")
     (m.bucket / "late").write_bytes(b"queued at SIGTERM")
     os.kill(m.pid, 15)
     wait_for(lambda: not is_mounted(m.path))
-    assert (store / BUCKET / "late").read_bytes() == b"queued at SIGTERM"
+    assert (store.stored / "late").read_bytes() == b"queued at SIGTERM"
 
 
-def test_fusermount_unmount_still_uploads(mounter: Mounter, store: AnyStore) -> None:
+def test_fusermount_unmount_still_uploads(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "300")
     (m.bucket / "late").write_bytes(b"queued at fusermount -u")
     subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
-    wait_for(lambda: (store / BUCKET / "late").exists())
-    assert (store / BUCKET / "late").read_bytes() == b"queued at fusermount -u"
+    wait_for(lambda: (store.stored / "late").exists())
+    assert (store.stored / "late").read_bytes() == b"queued at fusermount -u"
 
 
 def stdlib_sample(dest: Path) -> Path:
@@ -115,14 +117,14 @@ def assert_store_holds_tree(src: Path, stored: StorePath) -> None:
             assert (stored / rel).read_bytes() == (src / rel).read_bytes(), rel
 
 
-def test_copy_tree_unmount_remount_diff_clean(mounter: Mounter, store: AnyStore,
+def test_copy_tree_unmount_remount_diff_clean(mounter: Mounter, store: Store,
                                               tmp_path: Path) -> None:
     src = stdlib_sample(tmp_path / "src")
     m = mounter.mount(store, "--writeback-delay", "0.2")
     subprocess.run(["cp", "-r", str(src), str(m.bucket / "lib")], check=True)
     assert_same_tree(src, m.bucket / "lib")
     mounter.umount(m)
-    assert_store_holds_tree(src, store / BUCKET / "lib")
+    assert_store_holds_tree(src, store.stored / "lib")
     m = mounter.remount(m)
     assert_same_tree(src, m.bucket / "lib")
     # A fresh cache reads everything from the store again.

@@ -1,7 +1,8 @@
-"""Hostile and odd names put into the store behind the mount's back (boto3 on s3; on local, only
-what a directory can hold). The mount stays up, never shows an entry `.`, `..` or one holding
-`/`, reading everything below it touches only paths below it, and each name is shown or hidden
-as README SEMANTICS "Names" says, the hidden ones logged once.
+"""Hostile and odd names put into the store behind the mount's back (boto3 where the store is
+S3, behind the s3 and dcss drivers; on local, only what a directory can hold). The mount stays
+up, never shows an entry `.`, `..` or one holding `/`, reading everything below it touches only
+paths below it, and each name is shown or hidden as README SEMANTICS "Names" says, the hidden
+ones logged once.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS, BUCKET, Mount, Mounter, is_mounted
-from stores import AnyStore, S3Path
+from conftest import BACKENDS, Mount, Mounter, is_mounted
+from kits import Store
 
 pytestmark = pytest.mark.backends(*BACKENDS)
 
@@ -34,32 +35,29 @@ NEWLINE = "ctl\nnewline"
 CONTROL = ["ctl\x01one", "tab\there", "uni-\u00e9\u4e2d"]
 
 
-def put_s3(store: S3Path, key: str, data: bytes) -> None:
-    store.client.put_object(Bucket=BUCKET, Key=key, Body=data)
-
-
-def populate(store: AnyStore) -> tuple[set[str], dict[str, bytes], list[tuple[str, str]]]:
+def populate(store: Store) -> tuple[set[str], dict[str, bytes], list[tuple[str, str]]]:
     """Fill the store; returns the names the bucket should show, every file the mount should
     show (path below the bucket -> contents), and the hidden (name, where) that must be logged."""
-    control = CONTROL if isinstance(store, S3Path) else [*CONTROL, NEWLINE]
+    control = CONTROL if store.kit.any_key else [*CONTROL, NEWLINE]
     files: dict[str, bytes] = {"plain": b"plain", "dd/ok": b"ok"}
     files.update({name: name.encode() for name in control})
     hidden: list[tuple[str, str]] = []
-    if isinstance(store, S3Path):
+    if store.kit.any_key:
+        put = store.stored.put_key  # type: ignore[attr-defined]  # an S3Path
         for key in files:
-            put_s3(store, key, files[key])
+            put(key, files[key])
         for key, name, where in S3_HIDDEN:
-            put_s3(store, key, b"hostile " + key.encode())
+            put(key, b"hostile " + key.encode())
             hidden.append((name, where))
         # A file and a directory of one name: the directory is shown.
-        put_s3(store, "both", b"the file")
-        put_s3(store, "both/inner", b"inner")
+        put("both", b"the file")
+        put("both/inner", b"inner")
         files["both/inner"] = b"inner"
         # A directory marker with data: an empty directory; its data is not shown.
-        put_s3(store, "marker/", b"data in a marker")
+        put("marker/", b"data in a marker")
         top = {"plain", "dd", "both", "marker", *control}
     else:
-        bucket = store / BUCKET
+        bucket = Path(str(store.stored))
         (bucket / "dd").mkdir()
         for key, data in files.items():
             (bucket / key).write_bytes(data)
@@ -97,7 +95,7 @@ def walk_all(root: Path) -> dict[str, bytes]:
 
 
 def test_hostile_names_are_hidden_or_shown_as_documented(mounter: Mounter,
-                                                         store: AnyStore) -> None:
+                                                         store: Store) -> None:
     top, files, hidden = populate(store)
     # A short TTL: the second walk lists everything again, and must not log again.
     m = mounter.mount(store, "--metadata-ttl", "0.1")
@@ -105,7 +103,7 @@ def test_hostile_names_are_hidden_or_shown_as_documented(mounter: Mounter,
         assert set(os.listdir(m.bucket)) == top
         assert walk_all(m.bucket) == files
         time.sleep(0.2)
-    if isinstance(store, S3Path):
+    if store.kit.any_key:
         assert os.listdir(m.bucket / "marker") == []
         assert os.path.isdir(m.bucket / "both")
         # Looked up by name, not listed: the kernel resolves `..` (to the mount's root); the
@@ -119,8 +117,8 @@ def test_hostile_names_are_hidden_or_shown_as_documented(mounter: Mounter,
     for name, where in hidden:
         line = f"hiding {name!r} under {where!r}"
         assert log.count(line) == 1, (line, log.count(line))
-    if isinstance(store, S3Path):
-        assert log.count("'both' in bucket is both a file and a directory") == 1
+    if store.kit.any_key:
+        assert log.count(f"'both' in {store.bucket} is both a file and a directory") == 1
     assert is_mounted(m.path) and m.status()["pid"] == m.pid
     mounter.umount(m)
 
@@ -130,24 +128,25 @@ def kinds_by_lookup(m: Mount, names: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("ttl", ["0", "5"])
-def test_lookup_agrees_with_listing_on_file_beside_directory(mounter: Mounter, store: AnyStore,
+def test_lookup_agrees_with_listing_on_file_beside_directory(mounter: Mounter, store: Store,
                                                              ttl: str) -> None:
     # A lookup of a never-listed directory (TTL 5: the bucket was not listed yet), or of any
     # directory with TTL 0, asks the server about the one name instead of listing; the answer
     # must be the listing's: a key `both` beside keys `both/...` is the directory.
     names = ["both", "plain", "dir"]
-    if isinstance(store, S3Path):
-        put_s3(store, "both", b"the file")
-        put_s3(store, "both/inner", b"inner")
-        put_s3(store, "plain", b"plain")
-        put_s3(store, "dir/x", b"x")
+    if store.kit.any_key:
+        put = store.stored.put_key  # type: ignore[attr-defined]  # an S3Path
+        put("both", b"the file")
+        put("both/inner", b"inner")
+        put("plain", b"plain")
+        put("dir/x", b"x")
         expected = {"both": "dir", "plain": "file", "dir": "dir"}
     else:  # a directory cannot hold a file and a directory of one name: the plain cases
-        (store / BUCKET / "both").mkdir()
-        (store / BUCKET / "both" / "inner").write_bytes(b"inner")
-        (store / BUCKET / "plain").write_bytes(b"plain")
-        (store / BUCKET / "dir").mkdir()
-        (store / BUCKET / "dir" / "x").write_bytes(b"x")
+        (store.stored / "both").mkdir()
+        (store.stored / "both" / "inner").write_bytes(b"inner")
+        (store.stored / "plain").write_bytes(b"plain")
+        (store.stored / "dir").mkdir()
+        (store.stored / "dir" / "x").write_bytes(b"x")
         expected = {"both": "dir", "plain": "file", "dir": "dir"}
     m = mounter.mount(store, "--metadata-ttl", ttl)
     assert kinds_by_lookup(m, names) == expected  # looked up by name first
@@ -155,6 +154,7 @@ def test_lookup_agrees_with_listing_on_file_beside_directory(mounter: Mounter, s
     listed = {e.name: "dir" if e.is_dir() else "file" for e in os.scandir(m.bucket)}
     assert listed == expected
     assert kinds_by_lookup(m, names) == expected  # and again after the listing
-    if isinstance(store, S3Path):
-        assert log_text(m).count("'both' in bucket is both a file and a directory") == 1
+    if store.kit.any_key:
+        assert log_text(m).count(f"'both' in {store.bucket} is both a file and a directory") \
+            == 1
     mounter.umount(m)

@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 
 from cache.journal import Journal, ObjectRecord
-from conftest import BUCKET, Mount, Mounter
+from conftest import Mount, Mounter
 from servers.faults import FaultProxy
-from stores import AnyStore
+from kits import Store
 from test_faults import bucket, mount_via, proxy  # noqa: F401 (fixtures)
 from test_posix import pattern, wait_idle
 from test_s3 import bucket_name, client, s3_env  # noqa: F401 (fixtures)
@@ -105,7 +105,7 @@ def write_in_chunks(path: Path, data: bytes, chunk: int = MiB) -> None:
 
 # ---- a full cache disk and the cap ---------------------------------------------------------
 
-def test_cache_disk_full(mounter: Mounter, store: AnyStore, small_disk: Path) -> None:
+def test_cache_disk_full(mounter: Mounter, store: Store, small_disk: Path) -> None:
     """A mount whose cache (cap 10G, the default) is on a 32 MiB tmpfs. A 40 MiB file, which
     cannot be uploaded before it is closed, fails with ENOSPC; then 12 files of 6 MiB each
     (72 MiB) all close without error, as uploads make room, and reach the store intact; a
@@ -120,9 +120,9 @@ def test_cache_disk_full(mounter: Mounter, store: AnyStore, small_disk: Path) ->
         write_in_chunks(m.bucket / name, data)
     wait_idle(m, timeout=60)
     for name, data in files.items():
-        assert (store / BUCKET / name).read_bytes() == data, name
+        assert (store.stored / name).read_bytes() == data, name
     # what of the big file was written before the disk filled was closed, so uploaded
-    kept = (store / BUCKET / "big").read_bytes()
+    kept = (store.stored / "big").read_bytes()
     assert 0 < len(kept) < len(big) and big.startswith(kept)
     mounter.umount(m)
     m = mounter.remount(m)
@@ -130,7 +130,7 @@ def test_cache_disk_full(mounter: Mounter, store: AnyStore, small_disk: Path) ->
         assert (m.bucket / name).read_bytes() == data, name
 
 
-def test_cache_cap_holds(mounter: Mounter, store: AnyStore, small_disk: Path) -> None:
+def test_cache_cap_holds(mounter: Mounter, store: Store, small_disk: Path) -> None:
     """`--cache-size 8M` on the 32 MiB tmpfs: 48 MiB written as 12 files, the disk's use
     sampled every 20 ms stays within the cap, one block per upload worker, and 1 MiB for the
     journal and the log."""
@@ -144,7 +144,7 @@ def test_cache_cap_holds(mounter: Mounter, store: AnyStore, small_disk: Path) ->
             write_in_chunks(m.bucket / name, data)
         wait_idle(m, timeout=60)
     for name, data in files.items():
-        assert (store / BUCKET / name).read_bytes() == data, name
+        assert (store.stored / name).read_bytes() == data, name
     print(f"\ncache cap {cap // MiB} MiB: peak use {usage.peak / MiB:.1f} MiB "
           f"({usage.samples} samples)")
     assert usage.peak <= cap + WORKERS * BLOCK + MiB, usage.peak
@@ -157,7 +157,7 @@ def test_journal_on_a_full_disk(small_disk: Path) -> None:
     path = small_disk / "journal"
     journal = Journal(path)
     assert journal.load() == []
-    first = ObjectRecord("a" * 32, BUCKET, "first", 1, 0, "", 0, dirty=True)
+    first = ObjectRecord("a" * 32, "bucket", "first", 1, 0, "", 0, dirty=True)
     journal.save(first)
     filler = small_disk / "filler"
     with open(filler, "wb", buffering=0) as f:  # fill the disk to its last byte
@@ -165,12 +165,12 @@ def test_journal_on_a_full_disk(small_disk: Path) -> None:
             while True:
                 f.write(b"\0" * MiB)
     with pytest.raises(OSError) as exc:  # a record of several KiB cannot fit now
-        journal.save(ObjectRecord("b" * 32, BUCKET, "lost", 1, 0, "", 0,
+        journal.save(ObjectRecord("b" * 32, "bucket", "lost", 1, 0, "", 0,
                                   metadata={"pad": "x" * 8192}, dirty=True))
     assert exc.value.errno == errno.ENOSPC
     assert [r.key for r in Journal(path).load()] == ["first"]  # cannot compact: loads anyway
     filler.unlink()
-    second = ObjectRecord("c" * 32, BUCKET, "second", 1, 0, "", 0, dirty=True)
+    second = ObjectRecord("c" * 32, "bucket", "second", 1, 0, "", 0, dirty=True)
     journal.save(second)
     journal.close()
     assert [r.key for r in Journal(path).load()] == ["first", "second"]
@@ -186,7 +186,7 @@ def record(writer: int, seq: int) -> bytes:
     return hashlib.sha256(f"{writer}:{seq}".encode()).digest() * (RECORD // 32)
 
 
-def test_concurrent_readers_and_writers(mounter: Mounter, store: AnyStore) -> None:
+def test_concurrent_readers_and_writers(mounter: Mounter, store: Store) -> None:
     """16 threads for 3 rounds, with a cache cap (8 MiB) below the data (22 MiB), so that
     writers wait for room while readers fetch and uploads read: 6 write their own file, 6 write the shared file (each its own
     regions, and all of them also one contended region, record by record), 4 read a file from
@@ -195,7 +195,7 @@ def test_concurrent_readers_and_writers(mounter: Mounter, store: AnyStore) -> No
     kernel serialises write(2) calls on a file: README, Concurrent writes)."""
     m = mounter.mount(store, "--writeback-delay", "0.1", "--cache-size", "8M")
     source = pattern(8 * MiB, seed=7)
-    (store / BUCKET / "source").write_bytes(source)
+    (store.stored / "source").write_bytes(source)
     shared = m.bucket / "shared"
     n_records = 16  # per writer and region: 1 MiB
     own_writers, shared_writers, readers = range(0, 6), range(6, 12), range(12, 16)
@@ -247,8 +247,8 @@ def test_concurrent_readers_and_writers(mounter: Mounter, store: AnyStore) -> No
     for w in own_writers:
         want = b"".join(record(w, s) for s in range(n_records))
         assert (m.bucket / f"own{w}").read_bytes() == want
-        assert (store / BUCKET / f"own{w}").read_bytes() == want
-    for got in (shared.read_bytes(), (store / BUCKET / "shared").read_bytes()):
+        assert (store.stored / f"own{w}").read_bytes() == want
+    for got in (shared.read_bytes(), (store.stored / "shared").read_bytes()):
         assert len(got) == (contended + 1) * n_records * RECORD
         for i, w in enumerate(shared_writers):
             region = got[i * n_records * RECORD:(i + 1) * n_records * RECORD]
@@ -286,20 +286,20 @@ def copy_through(m: Mount, files: int, mib_each: int) -> tuple[int, float]:
     return memory.peak, time.monotonic() - start
 
 
-def test_memory_of_a_512_mib_copy(mounter: Mounter, store: AnyStore) -> None:
+def test_memory_of_a_512_mib_copy(mounter: Mounter, store: Store) -> None:
     """512 MiB written and read back through a mount of a local store: the mount process's
     RSS, sampled every 50 ms, stays under 300 MiB."""
     m = mounter.mount(store, "--writeback-delay", "0")
     peak, took = copy_through(m, files=1, mib_each=512)
     print(f"\n512 MiB copy: peak RSS {peak / MiB:.0f} MiB, {took:.1f} s")
     assert peak < RSS_LIMIT, f"peak RSS {peak / MiB:.0f} MiB"
-    size = (store / BUCKET / "big0").stat().st_size  # type: ignore[union-attr]
+    size = (store.stored / "big0").stat().st_size  # type: ignore[union-attr]
     assert size == 512 * MiB
 
 
 @pytest.mark.slow
 @pytest.mark.backends("local", "s3")
-def test_memory_of_a_4_gib_copy(mounter: Mounter, store: AnyStore, backend: str) -> None:
+def test_memory_of_a_4_gib_copy(mounter: Mounter, store: Store, backend: str) -> None:
     """4 GiB (8 files of 512 MiB) through a mount with a 1 GiB cache, so reads come back from
     the store: the mount process's RSS stays under 300 MiB."""
     m = mounter.mount(store, "--writeback-delay", "0", "--cache-size", "1G")
@@ -308,9 +308,9 @@ def test_memory_of_a_4_gib_copy(mounter: Mounter, store: AnyStore, backend: str)
     assert peak < RSS_LIMIT, f"peak RSS {peak / MiB:.0f} MiB"
 
 
-def make_objects(store: AnyStore, n: int) -> None:
+def make_objects(store: Store, n: int) -> None:
     """`n` empty objects `many/object-NNNNNN` in a local store."""
-    big = store / BUCKET / "many"
+    big = store.stored / "many"
     big.mkdir()
     for i in range(n):
         with open(big / f"object-{i:06d}", "wb"):  # type: ignore[operator]
@@ -328,7 +328,7 @@ def scan_timed(path: Path) -> tuple[list[str], float, float]:
     return names, took_first, time.monotonic() - start
 
 
-def test_memory_of_a_large_listing(mounter: Mounter, store: AnyStore) -> None:
+def test_memory_of_a_large_listing(mounter: Mounter, store: Store) -> None:
     """A directory of 20,000 objects (local store) read through the mount by os.scandir, `ls`
     and `ls -l` (lookups, attributes): the listing arrives whole, its first entries long
     before its end, and the mount process's RSS grows by less than 48 MiB while it is
@@ -356,7 +356,7 @@ def test_memory_of_a_large_listing(mounter: Mounter, store: AnyStore) -> None:
 
 
 @pytest.mark.slow
-def test_listing_of_100000_objects(mounter: Mounter, store: AnyStore) -> None:
+def test_listing_of_100000_objects(mounter: Mounter, store: Store) -> None:
     """A directory of 100,000 objects (local store): os.scandir gets the first entries at once
     and all of them in the end, `ls -f` too; the mount's RSS grows by what its nodes take."""
     n = 100_000

@@ -19,9 +19,9 @@ A failure message lists the operations of the example as they ran (Hypothesis ca
 replay a failure that depends on the timing of an upload). At the end of the file, the
 discrepancies the model found are reproduced deterministically.
 
-Each test runs once per backend (`[local]`, `[s3]`, see conftest.py). A step on `s3` costs
-~30 times one on `local` (moto answers a request in ~10 ms, and with --metadata-ttl 0 a step
-makes several), so `s3` runs a tenth of the examples.
+Each test runs once per driver (`[local]`, `[s3]`, `[dcss]`, see conftest.py). A step on a
+server (the kit says `remote`) costs ~30 times one on `local` (moto answers a request in
+~10 ms, and with --metadata-ttl 0 a step makes several), so there a tenth of the examples run.
 
 Run longer with MOUNTFS_MODEL_EXAMPLES=500 (and MOUNTFS_MODEL_STEPS=60) for a soak.
 """
@@ -51,7 +51,7 @@ from conftest import BACKENDS
 
 if TYPE_CHECKING:
     from conftest import Mount, Mounter
-    from stores import AnyStore
+    from kits import Kit, Store
 
 pytestmark = [pytest.mark.mounted, pytest.mark.backends(*BACKENDS)]
 
@@ -617,9 +617,9 @@ def umount_remount(mounter: Mounter, m: Mount) -> Mount:
     return mounter.remount(m)
 
 
-def model_settings(examples: int, backend: str) -> settings:
-    """`examples` on the local backend, a tenth of them on a network one (see the top)."""
-    return settings(max_examples=examples if backend == "local" else max(1, examples // 10),
+def model_settings(examples: int, kit: Kit) -> settings:
+    """`examples` on a local store, a tenth of them on a server (see the top)."""
+    return settings(max_examples=max(1, examples // 10) if kit.remote else examples,
                     stateful_step_count=STEPS, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much],
@@ -627,20 +627,19 @@ def model_settings(examples: int, backend: str) -> settings:
 
 
 @pytest.fixture
-def model_mount(mounter: Mounter, store: AnyStore) -> Mount:
+def model_mount(mounter: Mounter, store: Store) -> Mount:
     return mounter.mount(store, *MOUNT_OPTIONS)
 
 
-def test_model_matches_local_directory(model_mount: Mount, tmp_path: Path, backend: str
-                                       ) -> None:
+def test_model_matches_local_directory(model_mount: Mount, tmp_path: Path, kit: Kit) -> None:
     ref_root = tmp_path / "ref"
     ref_root.mkdir()
     machine = type("Model", (FsModel,), {"mount": model_mount, "ref_root": ref_root})
-    run_state_machine_as_test(machine, settings=model_settings(EXAMPLES, backend))
+    run_state_machine_as_test(machine, settings=model_settings(EXAMPLES, kit))
 
 
 def test_model_persists_through_remount(mounter: Mounter, model_mount: Mount,
-                                        tmp_path: Path, backend: str) -> None:
+                                        tmp_path: Path, kit: Kit) -> None:
     """Fewer examples, with unmount/remount as an operation; at the end the whole bucket,
     every example of the run, must come back from the store after a last remount."""
     ref_root = tmp_path / "ref"
@@ -648,7 +647,7 @@ def test_model_persists_through_remount(mounter: Mounter, model_mount: Mount,
     machine = type("RemountModel", (RemountingModel,),
                    {"mount": model_mount, "ref_root": ref_root, "mounter": mounter})
     run_state_machine_as_test(machine,
-                              settings=model_settings(max(5, EXAMPLES // 5), backend))
+                              settings=model_settings(max(5, EXAMPLES // 5), kit))
     mount = machine.mount
     compare_trees(mount.bucket, ref_root, "whole bucket before the final unmount")
     mount = umount_remount(mounter, mount)
@@ -687,7 +686,7 @@ def test_listing_keeps_a_file_whose_upload_finishes_during_the_listing(model_mou
                                  f"listing of their directory")
 
 
-def test_rename_during_upload_keeps_the_data(mounter: Mounter, store: AnyStore) -> None:
+def test_rename_during_upload_keeps_the_data(mounter: Mounter, store: Store) -> None:
     """Rename a file while its upload is under way (still filling the blocks it needs from the
     server): the data must reach the store under the new name."""
     m = mounter.mount(store, *MOUNT_OPTIONS, "--cache-size", "64K", name="small-cache")
@@ -711,7 +710,7 @@ def test_rename_during_upload_keeps_the_data(mounter: Mounter, store: AnyStore) 
 
 
 def test_directory_rename_during_an_upload_below_moves_everything(mounter: Mounter,
-                                                                   store: AnyStore) -> None:
+                                                                   store: Store) -> None:
     """Rename a directory while a file in a subdirectory of it is being uploaded (the rename
     lists the old tree, then copies 200 objects: the upload ends in between). Afterwards the
     whole tree is under the new name, and nothing is left under the old one."""

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from conftest import BUCKET, Mount, Mounter, run_cli
-from stores import AnyStore, mount_args
+from conftest import Mount, Mounter, run_cli
+from kits import Store
 
 pytestmark = pytest.mark.mounted
 
@@ -47,7 +47,7 @@ def oserror(fn: Callable[[], Any]) -> int:
     return 0
 
 
-def test_cache_dir_is_private(mounter: Mounter, store: AnyStore, tmp_path: Path) -> None:
+def test_cache_dir_is_private(mounter: Mounter, store: Store, tmp_path: Path) -> None:
     """Every directory of the cache dir 0700, every file 0600, all owned by the mounting user
     — also a cache dir that existed before with a looser mode, and under umask 000 (the
     modes are the code's, not the umask's)."""
@@ -83,29 +83,13 @@ def test_plain_mount_is_not_shared(mounted: Mount) -> None:
     assert "allow_root" not in opts
 
 
-def mount_with_env(mounter: Mounter, store: AnyStore, env: dict[str, str],
-                   *options: str) -> Mount:
-    """`mounter.mount`, but with `env` over the store's own environment (whose credentials
-    `Mounter.mount` would put back); unmounted at teardown like the Mounter's own."""
-    source, backend_options, store_env = mount_args(store)
-    path, cache = mounter.tmp / "mnt", mounter.tmp / "cache-mnt"
-    path.mkdir()
-    m = Mount(source, path, cache, store, options=list(options))
-    run_cli("mount", source, str(path), "--cache-dir", str(cache), *backend_options, *options,
-            env={**store_env, **env})
-    mounter.mounts.append(m)
-    m.pid = m.served_status()["pid"]
-    return m
-
-
 @pytest.mark.backends("s3")
-def test_credentials_never_shown(mounter: Mounter, store: AnyStore, backend: str) -> None:
+def test_credentials_never_shown(mounter: Mounter, store: Store, backend: str) -> None:
     """A mount at -vv with a known secret key and session token (moto accepts any): after
     uploads, reads, listings and an unmount, neither is in the log file, `mountfs status`
     (plain and --json) or the mount process's argv."""
-    m = mount_with_env(mounter, store, {"AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                                        "AWS_SESSION_TOKEN": SESSION_TOKEN},
-                       "-vv", "--writeback-delay", "0")
+    m = mounter.mount(store, "-vv", "--writeback-delay", "0",
+                      env={"AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_SESSION_TOKEN": SESSION_TOKEN})
     assert SECRET_KEY.encode() in Path(f"/proc/{m.pid}/environ").read_bytes()  # it has them
     cmdline = Path(f"/proc/{m.pid}/cmdline").read_bytes()
     (m.bucket / "f").write_bytes(b"x" * 3_000_000)
@@ -114,7 +98,7 @@ def test_credentials_never_shown(mounter: Mounter, store: AnyStore, backend: str
              "status": run_cli("status", str(m.path)).stdout,
              "status --json": run_cli("status", "--json", str(m.path)).stdout}
     mounter.umount(m)  # everything uploaded: the requests are in the log
-    assert (store / BUCKET / "f").read_bytes() == b"x" * 3_000_000
+    assert (store.stored / "f").read_bytes() == b"x" * 3_000_000
     log = (m.cache / "mountfs.log").read_text()
     # a -vv log that shows the requests, so that the check below could fail
     assert "DEBUG botocore.endpoint: Sending http request" in log
@@ -125,10 +109,10 @@ def test_credentials_never_shown(mounter: Mounter, store: AnyStore, backend: str
         assert "Signature=" not in text, f"a request's signature appears in {name}"
 
 
-def test_read_only_refuses_the_other_writes(mounter: Mounter, store: AnyStore) -> None:
+def test_read_only_refuses_the_other_writes(mounter: Mounter, store: Store) -> None:
     """What test_read_only does not try: each of these is a write, refused with EROFS
     (a writable shared mmap needs a descriptor opened for writing, which EROFS refuses)."""
-    (store / BUCKET / "f").write_bytes(b"content")
+    (store.stored / "f").write_bytes(b"content")
     m = mounter.mount(store, "--read-only")
     f = m.bucket / "f"
 
@@ -149,4 +133,4 @@ def test_read_only_refuses_the_other_writes(mounter: Mounter, store: AnyStore) -
     }
     codes = {name: oserror(fn) for name, fn in attempts.items()}
     assert codes == {name: errno.EROFS for name in attempts}
-    assert (store / BUCKET / "f").read_bytes() == b"content"
+    assert (store.stored / "f").read_bytes() == b"content"

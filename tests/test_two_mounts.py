@@ -11,7 +11,8 @@ What README SEMANTICS "Consistency" and "Concurrent writes" promise between moun
   where the store does conditional writes (the local store; S3 PutObject, and
   CompleteMultipartUpload for a new key on moto, which ignores If-Match there), the upload
   whose base version is gone does not overwrite: it is kept as `NAME.conflict-<UTC time>`
-  beside the winner, a warning is logged, and the mount shows both;
+  beside the winner, a warning is logged, and the mount shows both (a driver without
+  conditional writes, DCSS, lets the later close win whole);
 - an edit of a file deleted on the other mount meanwhile brings it back (no conflict copy).
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ import time
 
 import pytest
 
-from conftest import BACKENDS, BUCKET, Mount, Mounter
-from stores import AnyStore, S3Path, names
+from conftest import BACKENDS, Mount, Mounter
+from kits import Store
+from stores import names
 from test_posix import pattern, wait_idle
 
 pytestmark = pytest.mark.backends(*BACKENDS)
@@ -34,7 +36,7 @@ MULTIPART = 9 * 1024 * 1024  # over the S3 driver's 8 MiB single-PUT limit
 CONFLICT = re.compile(r"^(?P<name>.+)\.conflict-\d{8}T\d{6}Z(-\d+)?$")
 
 
-def two_mounts(mounter: Mounter, store: AnyStore, ttl: str = "1") -> tuple[Mount, Mount]:
+def two_mounts(mounter: Mounter, store: Store, ttl: str = "1") -> tuple[Mount, Mount]:
     opts = ("--metadata-ttl", ttl, "--writeback-delay", "0.1", "--block-size", str(BLOCK))
     return mounter.mount(store, *opts, name="a"), mounter.mount(store, *opts, name="b")
 
@@ -48,10 +50,10 @@ def write(path: os.PathLike[str] | str, data: bytes, flags: int = 0) -> None:
         os.close(fd)
 
 
-def conflicts(store: AnyStore, name: str) -> list[str]:
+def conflicts(store: Store, name: str) -> list[str]:
     """The conflict copies of `name` in the store's bucket."""
     out = []
-    for entry in names(store / BUCKET):
+    for entry in names(store.stored):
         match = CONFLICT.match(entry)
         if match and match["name"] == name:
             out.append(entry)
@@ -63,7 +65,7 @@ def log_of(m: Mount) -> str:
 
 
 @pytest.mark.parametrize("ttl", ["0", "1"])
-def test_close_to_open_between_mounts(mounter: Mounter, store: AnyStore, ttl: str) -> None:
+def test_close_to_open_between_mounts(mounter: Mounter, store: Store, ttl: str) -> None:
     a, b = two_mounts(mounter, store, ttl)
     v1, v2 = pattern(SMALL, seed=1), pattern(SMALL, seed=2)  # one size: only the ETag differs
     write(a.bucket / "f", v1)
@@ -73,7 +75,7 @@ def test_close_to_open_between_mounts(mounter: Mounter, store: AnyStore, ttl: st
     assert before["used"] >= SMALL, "B keeps the blocks it read in its cache"
     write(a.bucket / "f", v2)
     wait_idle(a)
-    assert (store / BUCKET / "f").read_bytes() == v2
+    assert (store.stored / "f").read_bytes() == v2
     time.sleep(float(ttl) + 0.2)  # B's TTL (nothing with 0)
     # Neither B's kernel (its page cache: the mtime changed) nor B's block cache (the ETag
     # changed) may serve the old version's bytes.
@@ -97,7 +99,7 @@ def test_close_to_open_between_mounts(mounter: Mounter, store: AnyStore, ttl: st
     mounter.umount(b)
 
 
-def test_rewrites_on_one_mount_never_conflict(mounter: Mounter, store: AnyStore) -> None:
+def test_rewrites_on_one_mount_never_conflict(mounter: Mounter, store: Store) -> None:
     a, b = two_mounts(mounter, store, "0")
     # Rewritten while its upload runs, truncated and rewritten, written again after the upload:
     # each upload's base is this mount's previous upload.
@@ -115,22 +117,26 @@ def test_rewrites_on_one_mount_never_conflict(mounter: Mounter, store: AnyStore)
     wait_idle(b)
     write(a.bucket / "f", pattern(SMALL, seed=11))
     wait_idle(a)
-    assert (store / BUCKET / "f").read_bytes() == pattern(SMALL, seed=11)
+    assert (store.stored / "f").read_bytes() == pattern(SMALL, seed=11)
     assert conflicts(store, "f") == []
     assert "conflict" not in log_of(a) + log_of(b)
     mounter.umount(a)
     mounter.umount(b)
 
 
-def conditional(store: AnyStore, size: int, new: bool) -> bool:
-    """Whether the store turns the second upload down: local always; S3 on PutObject, and on
-    CompleteMultipartUpload only with If-None-Match (moto ignores If-Match there)."""
-    return not isinstance(store, S3Path) or size <= 8 * 1024 * 1024 or new
+def conditional(store: Store, size: int, new: bool) -> bool:
+    """Whether the store turns the second upload down: never without the driver's
+    conditional writes; else local always, S3 on PutObject, and on CompleteMultipartUpload
+    only with If-None-Match (moto ignores If-Match there: the kit says from which size)."""
+    if not store.features.conditional_writes:
+        return False
+    ignored_from = store.kit.if_match_ignored_from
+    return ignored_from is None or size < ignored_from or new
 
 
 @pytest.mark.parametrize("new", [True, False], ids=["new", "existing"])
 @pytest.mark.parametrize("size", [SMALL, MULTIPART], ids=["small", "multipart"])
-def test_two_writers_of_one_file(mounter: Mounter, store: AnyStore, size: int,
+def test_two_writers_of_one_file(mounter: Mounter, store: Store, size: int,
                                  new: bool) -> None:
     a, b = two_mounts(mounter, store, "1")
     if not new:
@@ -152,14 +158,14 @@ def test_two_writers_of_one_file(mounter: Mounter, store: AnyStore, size: int,
     wait_idle(a, timeout=60)
     os.close(fd_b)
     wait_idle(b, timeout=60)
-    stored = (store / BUCKET / "f").read_bytes()
+    stored = (store.stored / "f").read_bytes()
     assert stored in (data_a, data_b), "the object mixes the two writers"
     kept = conflicts(store, "f")
     if conditional(store, size, new):
         # The first upload won; the second one's base was gone, so it was kept aside.
         assert stored == data_a
         assert len(kept) == 1, kept
-        assert (store / BUCKET / kept[0]).read_bytes() == data_b
+        assert (store.stored / kept[0]).read_bytes() == data_b
         assert "conflict" in log_of(b) and kept[0] in log_of(b)
         # B's view at once, A's after its TTL: the winner under the name, B's copy beside it.
         assert (b.bucket / "f").read_bytes() == data_a
@@ -176,17 +182,17 @@ def test_two_writers_of_one_file(mounter: Mounter, store: AnyStore, size: int,
 
 
 def test_edit_of_a_file_deleted_elsewhere_brings_it_back(mounter: Mounter,
-                                                         store: AnyStore) -> None:
+                                                         store: Store) -> None:
     a, b = two_mounts(mounter, store, "5")
     write(a.bucket / "f", pattern(SMALL, seed=1))
     wait_idle(a)
     assert (b.bucket / "f").read_bytes() == pattern(SMALL, seed=1)
     os.unlink(a.bucket / "f")
-    assert not (store / BUCKET / "f").exists()
+    assert not (store.stored / "f").exists()
     # B still sees the version it read (its TTL) and rewrites it: the edit is kept.
     write(b.bucket / "f", pattern(SMALL, seed=2))
     wait_idle(b)
-    assert (store / BUCKET / "f").read_bytes() == pattern(SMALL, seed=2)
+    assert (store.stored / "f").read_bytes() == pattern(SMALL, seed=2)
     assert conflicts(store, "f") == []
     mounter.umount(a)
     mounter.umount(b)
