@@ -378,7 +378,8 @@ class DcssBackend(Backend):
             reply = self._read_request("get_object", space, key, headers, stream=True)
             try:
                 if reply.status == 416:  # the range starts at or past the end
-                    return b""
+                    reply.read()  # its error document: left unread, it would poison the
+                    return b""  # pooled connection for the next request (BadStatusLine)
                 return reply.read()
             except urllib3.exceptions.HTTPError as exc:
                 if not tries_left:
