@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
+from mountfs.backends.registry import open_source
 from stores import S3Path, StorePath
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class Kit(abc.ABC):
     async def open(self, store: Store) -> Source:
         """The store's driver in-process, through the driver registry. Secrets come from the
         environment: the caller sets `store.env` (the contract suite with monkeypatch)."""
-        return await open_driver(store.source, store.driver_options)
+        return await open_source(store.source, store.driver_options)
 
     def features(self, store: Store) -> Features:
         """The driver's `Features` for this kit's stores (asked of the driver once)."""
@@ -135,17 +136,6 @@ class Kit(abc.ABC):
             with environment(store.env):
                 self._features = trio.run(ask)
         return self._features
-
-
-async def open_driver(source: str, options: Mapping[str, Any]) -> Source:
-    """`open_source` of the driver registry: SOURCE and option values by option name."""
-    try:
-        from mountfs.backends.registry import open_source
-    except ImportError:  # before the registry: the one if-chain of the drivers
-        from mountfs.backends import BackendOptions
-        from mountfs.backends import open_source as open_sync
-        return open_sync(source, BackendOptions(**options))
-    return await open_source(source, options)
 
 
 @contextlib.contextmanager
