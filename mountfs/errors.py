@@ -72,10 +72,23 @@ class InvalidArgument(Exception):
 
 
 class TemporaryFailure(BackendError):
-    """Worth retrying: throttling, 5xx, timeouts, dropped connections."""
+    """Worth retrying: throttling, 5xx, timeouts, dropped connections. `retry_after`: the
+    seconds the service asked the client to wait first (its Retry-After header), if it said."""
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
-class PreconditionLost(TemporaryFailure):
+class PreconditionFailed(TemporaryFailure):
+    """A conditional request found its condition false (HTTP 412, S3's PreconditionFailed):
+    the object is no longer the version the request named. The same request would fail again,
+    so the retry policy (mountfs/backends/retry.py) never repeats it. Temporary for the
+    write-back queue, whose next upload starts from what the server has then; a program that
+    meets it (a copy whose source changed under it) sees EIO."""
+
+
+class PreconditionLost(PreconditionFailed):
     """A conditional write (`write_object(if_match=...)`) found the object no longer the version
     it was based on: changed by someone else (`exists`), or gone (not `exists`). Temporary: the
     namespace settles it (a conflict copy, see Namespace._upload_conflict) and the write-back
@@ -104,6 +117,7 @@ _ERRNO: list[tuple[type[BaseException], int]] = [
     (NotSupported, errno.ENOTSUP),
     (InvalidName, errno.EINVAL),
     (PreconditionLost, errno.ESTALE),
+    (PreconditionFailed, errno.EIO),
     (TemporaryFailure, errno.EIO),
     (NameTooLong, errno.ENAMETOOLONG),
     (ReadOnly, errno.EROFS),

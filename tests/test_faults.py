@@ -8,7 +8,7 @@ failure (403 AccessDenied, the bucket deleted) reaches the program through fsync
 stays visible in `mountfs status`, keeps the data in the cache until a retry succeeds or the
 user discards it.
 
-The mounts get short S3 timeouts through the environment (MOUNTFS_S3_READ_TIMEOUT), so a stall
+The mounts get short client timeouts through the environment (MOUNTFS_READ_TIMEOUT), so a stall
 costs seconds, not a minute. The long variant (1,000 files up to 50 MiB) is marked slow and run
 by scripts/soak (FAULT_SEED=N for another sequence of faults).
 """
@@ -35,8 +35,8 @@ MiB = 1024 * 1024
 RATE = 0.2
 READ_TIMEOUT = 2.0  # the mount's S3 read timeout; a stall lasts longer
 STALL = 3.0
-TIMEOUTS = {"MOUNTFS_S3_READ_TIMEOUT": str(READ_TIMEOUT),
-            "MOUNTFS_S3_CONNECT_TIMEOUT": str(READ_TIMEOUT)}
+TIMEOUTS = {"MOUNTFS_READ_TIMEOUT": str(READ_TIMEOUT),
+            "MOUNTFS_CONNECT_TIMEOUT": str(READ_TIMEOUT)}
 UMOUNT_BOUND = 180.0  # seconds `mountfs umount` may take with uploads queued behind faults
 # Errors a program may see while the store fails for a while (not ENOENT: a name that exists
 # must never be reported missing because a request failed).
@@ -405,7 +405,7 @@ def test_status_shows_the_progress_of_an_upload(mounter: Mounter, proxy: FaultPr
     # between 80% and 100% until the last parts get their slots. A part's reply comes as long
     # after its last byte left the client's socket buffer: a longer read timeout than the
     # fault tests' short one.
-    monkeypatch.setenv("MOUNTFS_S3_READ_TIMEOUT", "30")
+    monkeypatch.setenv("MOUNTFS_READ_TIMEOUT", "30")
     data = os.urandom(80 * MiB)
     m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "0")
     proxy.bandwidth = 4 * MiB

@@ -1,17 +1,22 @@
 """The interface every backend driver implements, and the records it returns.
 
 Drivers speak one service's wire protocol and raise the classes of `mountfs.errors`; they hold
-no cache and run no retry loops (the write-back queue retries, asking `is_temp_failure`).
-Blocking clients run in trio worker threads so the FUSE loop never stalls.
+no cache and run no retry loops of their own: each request goes through `Backend.retried`, the
+one policy (mountfs/backends/retry.py), and the write-back queue retries whole uploads, both
+asking the driver's `is_temp_failure`. Blocking clients run in trio worker threads so the FUSE
+loop never stalls.
 """
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
+from mountfs.backends.retry import retrying
 from mountfs.errors import TemporaryFailure
+
+T = TypeVar("T")
 
 # `write_object(if_match=IF_ABSENT)`: store only if no object has the key (If-None-Match: *).
 IF_ABSENT = ""
@@ -131,6 +136,13 @@ class Backend(abc.ABC):
 
     def is_temp_failure(self, exc: BaseException) -> bool:
         return isinstance(exc, TEMPORARY_FAILURES)
+
+    async def retried(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()`, one request (with the reading of its reply), under the retry policy:
+        tried again while it fails in a way `is_temp_failure` calls temporary. `what` names
+        the request in the log. A request whose body is a stream builds it in `attempt`, so
+        that each try sends it from its start."""
+        return await retrying(what, attempt, self.is_temp_failure)
 
     async def aclose(self) -> None:
         """Release connections."""

@@ -11,17 +11,17 @@ x-amz-meta-number-of-parts), shown and read as the one file `KEY`. Requests are 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import logging
 import os
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, Protocol
 
-import trio
 import urllib3
 
 from mountfs.backends import Scope, Source
@@ -31,14 +31,13 @@ from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, Li
                                         PartFolder, PartRun, api_error, combined_etag,
                                         envelope_url, parse_listing, part_key, s3_error)
 from mountfs.backends.registry import Driver, DriverContext, Option
-from mountfs.backends.s3 import CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV, env_seconds
+from mountfs.backends.http import HttpPool, give_back, retry_after
 from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, NoSuchObject,
-                            NotSupported, PermissionDenied, ReadOnly, TemporaryFailure)
+                            NotSupported, PermissionDenied, ReadOnly)
 from mountfs.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 SPACES = ("private", "public", "user")
 DEFAULT_API_URL = "https://hub.duckietown.com"
 DEFAULT_S3_ENDPOINT = "https://s3.amazonaws.com"
@@ -51,17 +50,19 @@ AUTHORIZE_PATH = "/api/v1/dcss/authorize/{action}/{bucket}/{key}"
 URL_REUSE = 300.0
 URL_CACHE_MAX = 10_000
 THREADS = 16
-GET_TRIES = 3  # a GET whose body broke off is asked again, as the S3 driver does
 STREAM_CHUNK = 1024 * 1024
 AMZ_META = "x-amz-meta-"
 
 
 class Readable(Protocol):
-    """What `_write` reads a file from: a cache reader, or a stream of another object."""
-
-    def seek(self, pos: int) -> Any: ...
+    """What a PUT's body is read from: a cache reader, or a stream of another object."""
 
     def read(self, n: int = -1) -> bytes: ...
+
+
+# (offset, length) -> the file being written, from `offset` on, for one try of the PUT of those
+# bytes: each try opens it again, so it sends the data from the start.
+RangeOpener = Callable[[int, int], contextlib.AbstractAsyncContextManager[Readable]]
 
 
 class DcssBackend(Backend):
@@ -78,11 +79,7 @@ class DcssBackend(Backend):
         self.part_size = part_size
         self.bucket_prefix = bucket_prefix
         self.spaces = SPACES if token is not None else ("public",)
-        timeout = urllib3.Timeout(connect=env_seconds(CONNECT_TIMEOUT_ENV, 10),
-                                  read=env_seconds(READ_TIMEOUT_ENV, 60))
-        self.http = urllib3.PoolManager(maxsize=THREADS, timeout=timeout, retries=False,
-                                        blocksize=STREAM_CHUNK)
-        self._limiter = trio.CapacityLimiter(THREADS)
+        self.http = HttpPool(THREADS, blocksize=STREAM_CHUNK)
         self._read_urls: dict[tuple[str, str, str], tuple[str, float]] = {}
         # Part sizes of files stored as KEY.000, KEY.001, …, learnt from listings and stats.
         self._layouts: dict[tuple[str, str], list[int]] = {}
@@ -93,9 +90,8 @@ class DcssBackend(Backend):
         return f"dcss:{host} ({who})"
 
     # ---- plumbing --------------------------------------------------------------------------
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+    # Every request (to the authorize service, or to S3 with the reading of its reply) is one
+    # try under the retry policy, its blocking part alone in a worker thread.
 
     def _bucket(self, space: str) -> str:
         if space not in self.spaces:
@@ -109,17 +105,9 @@ class DcssBackend(Backend):
     def _mount_key(self, space: str, s3_key: str) -> str:
         return s3_key[len(self._s3_key(space, "")):]
 
-    def _request(self, method: str, url: str, headers: dict[str, str] | None = None,
-                 body: Any = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
-        try:
-            return self.http.request(method, url, headers=headers, body=body,
-                                     preload_content=not stream, redirect=False)
-        except urllib3.exceptions.HTTPError as exc:
-            host = urllib.parse.urlsplit(url).netloc
-            raise TemporaryFailure(f"{method} {host}: {exc}") from exc
-
-    def _authorize(self, action: str, space: str, key: str, query: dict[str, str] | None = None,
-                   headers: dict[str, str] | None = None) -> str:
+    async def _authorize(self, action: str, space: str, key: str,
+                         query: dict[str, str] | None = None,
+                         headers: dict[str, str] | None = None) -> str:
         """A presigned URL for `action` on `key`, from the authorize service."""
         if self.token is None:
             raise ReadOnly(f"DCSS {action} on {space!r} needs a token (--token-file or "
@@ -127,14 +115,22 @@ class DcssBackend(Backend):
         path = AUTHORIZE_PATH.format(action=action, bucket=self._bucket(space),
                                      key=urllib.parse.quote(self._s3_key(space, key), safe="/"))
         url = self.api_url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        reply = self._request("GET", url, {"Authorization": f"Token {self.token.text}",
-                                           **(headers or {})})
-        presigned = envelope_url(reply.data) if reply.status == 200 else None
-        if presigned is None:
-            error = api_error(reply.status, reply.data, f"{action} {space}/{key}")
-            log.warning("%s", error)
-            raise error
-        return presigned
+        sent = {"Authorization": f"Token {self.token.text}", **(headers or {})}
+        what = f"{action} {space}/{key}"
+
+        def once() -> str:
+            reply = self.http.request("GET", url, sent)
+            presigned = envelope_url(reply.data) if reply.status == 200 else None
+            if presigned is None:
+                raise api_error(reply.status, reply.data, what,
+                                retry_after(reply.headers.get("Retry-After")))
+            return presigned
+
+        try:
+            return await self.retried(f"authorize {what}", lambda: self.http.run(once))
+        except BackendError as exc:
+            log.warning("%s", exc)
+            raise
 
     def _public_url(self, space: str, key: str, query: dict[str, str] | None = None) -> str:
         """The anonymous URL of `key` in the public bucket: virtual-hosted on AWS (as the
@@ -148,21 +144,21 @@ class DcssBackend(Backend):
         return urllib.parse.urlunsplit((parts.scheme, netloc, path,
                                         urllib.parse.urlencode(query or {}), ""))
 
-    def _read_url(self, action: str, space: str, key: str) -> str:
+    async def _read_url(self, action: str, space: str, key: str) -> str:
         """A URL to HEAD or GET `key`: anonymous on `public`, else presigned (and reused)."""
         if space == "public":
             return self._public_url(space, key)
         cached = self._read_urls.get((action, space, key))
-        now = time.monotonic()
-        if cached and cached[1] > now:
+        if cached and cached[1] > time.monotonic():
             return cached[0]
-        url = self._authorize(action, space, key)
+        url = await self._authorize(action, space, key)
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
         valid = float(query.get("X-Amz-Expires", ["0"])[0] or 0)
         if valid > 0:
             if len(self._read_urls) >= URL_CACHE_MAX:
                 self._read_urls.clear()
-            self._read_urls[(action, space, key)] = (url, now + min(URL_REUSE, valid / 2))
+            self._read_urls[(action, space, key)] = \
+                (url, time.monotonic() + min(URL_REUSE, valid / 2))
         return url
 
     def _forget_read_urls(self, space: str, key: str) -> None:
@@ -171,40 +167,48 @@ class DcssBackend(Backend):
         for action in ("head_object", "get_object"):
             self._read_urls.pop((action, space, key), None)
 
-    def _s3(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
-            body: Any = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
-        reply = self._request(method, url, headers, body, stream)
+    def _s3_once(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
+                 body: Readable | None = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
+        """Blocking: one S3 request, and its reply unless that is an error (a GET's 416, a
+        range past the end, is not)."""
+        reply = self.http.request(method, url, headers, body, stream)
         if reply.status >= 300 and not (method == "GET" and reply.status == 416):
             data = reply.read() if stream else reply.data
             reply.release_conn()
-            raise s3_error(reply.status, data, what)
+            raise s3_error(reply.status, data, what,
+                           retry_after(reply.headers.get("Retry-After")))
         return reply
 
-    def _read_request(self, action: str, space: str, key: str,
-                      headers: dict[str, str] | None = None,
-                      stream: bool = False) -> urllib3.BaseHTTPResponse:
+    async def _s3(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
+                  stream: bool = False) -> urllib3.BaseHTTPResponse:
+        """An S3 request without a body, under the retry policy."""
+        return await self.retried(what, lambda: self.http.run(
+            lambda: self._s3_once(method, url, what, headers, stream=stream)))
+
+    async def _read_request(self, action: str, space: str, key: str,
+                            headers: dict[str, str] | None = None,
+                            stream: bool = False) -> urllib3.BaseHTTPResponse:
         method = "HEAD" if action == "head_object" else "GET"
-        url = self._read_url(action, space, key)
+        what = f"{method} {space}/{key}"
         try:
-            return self._s3(method, url, f"{method} {space}/{key}", headers, stream=stream)
+            return await self._s3(method, await self._read_url(action, space, key), what,
+                                  headers, stream)
         except PermissionDenied:
             if self._read_urls.pop((action, space, key), None) is None:
                 raise
             # A reused URL may have expired early (the service's clock, a revoked grant).
-            return self._s3(method, self._read_url(action, space, key), f"{method} {space}/{key}",
-                            headers, stream=stream)
+            return await self._s3(method, await self._read_url(action, space, key), what,
+                                  headers, stream)
 
     # ---- spaces ----------------------------------------------------------------------------
 
     async def check(self) -> None:
-        await self._run(self._check)
-
-    def _check(self) -> None:
         try:
             if self.token is not None:
-                self._authorize("list_objects_v2", "user", "", {"max-keys": "1"})
-            self._s3("GET", self._public_url("public", "", {"list-type": "2", "max-keys": "1"}),
-                     "list public")
+                await self._authorize("list_objects_v2", "user", "", {"max-keys": "1"})
+            await self._s3("GET", self._public_url("public", "",
+                                                   {"list-type": "2", "max-keys": "1"}),
+                           "list public")
         except PermissionDenied as exc:
             raise ConfigError(f"{self.describe()}: refused: {exc}") from None
         except NoSuchObject as exc:
@@ -232,8 +236,7 @@ class DcssBackend(Backend):
         token: str | None = None
         after: str | None = None  # the last key of the page before
         while True:
-            page = await self._run(self._list_page, space, s3_prefix, delimiter, page_size,
-                                   token)
+            page = await self._list_page(space, s3_prefix, delimiter, page_size, token)
             self._check_progress(space, s3_prefix, page, after)
             after = page.last()
             settled: list[ListedObject | PartRun] = []
@@ -270,8 +273,8 @@ class DcssBackend(Backend):
             log.error("%s", error)
             raise error
 
-    def _list_page(self, space: str, s3_prefix: str, delimiter: str | None, page_size: int,
-                   token: str | None) -> ListingPage:
+    async def _list_page(self, space: str, s3_prefix: str, delimiter: str | None,
+                         page_size: int, token: str | None) -> ListingPage:
         query = {"max-keys": str(page_size)}
         if delimiter:
             query["delimiter"] = delimiter
@@ -280,9 +283,9 @@ class DcssBackend(Backend):
         if space == "public":
             url = self._public_url(space, "", {"list-type": "2", "prefix": s3_prefix, **query})
         else:
-            url = self._authorize("list_objects_v2", space, self._mount_key(space, s3_prefix),
-                                  query)
-        return parse_listing(self._s3("GET", url, f"list {space}/{s3_prefix}").data)
+            url = await self._authorize("list_objects_v2", space,
+                                        self._mount_key(space, s3_prefix), query)
+        return parse_listing((await self._s3("GET", url, f"list {space}/{s3_prefix}")).data)
 
     def _listed(self, space: str, obj: ListedObject) -> ObjectInfo:
         return ObjectInfo(space, self._mount_key(space, obj.key), obj.size,
@@ -297,7 +300,7 @@ class DcssBackend(Backend):
         if not item.base_listed and len(item.parts) >= 2:
             key = self._mount_key(space, item.base)
             try:
-                first = await self._run(self._head, space, part_key(key, 0))
+                first = await self._head(space, part_key(key, 0))
             except NoSuchObject:
                 first = {}
             if first.get(AMZ_META + META_PARTS) == str(len(item.parts)):
@@ -310,23 +313,23 @@ class DcssBackend(Backend):
 
     # ---- stat and read ---------------------------------------------------------------------
 
-    def _head(self, space: str, key: str) -> dict[str, str]:
+    async def _head(self, space: str, key: str) -> dict[str, str]:
         """The object's reply headers, names lower-cased (metadata as x-amz-meta-NAME)."""
-        reply = self._read_request("head_object", space, key)
+        reply = await self._read_request("head_object", space, key)
         return {name.lower(): value for name, value in reply.headers.items()}
 
     async def stat_object(self, bucket: str, key: str) -> ObjectInfo:
-        return await self._run(self._stat, bucket, key)
+        return await self._stat(bucket, key)
 
-    def _stat(self, space: str, key: str) -> ObjectInfo:
+    async def _stat(self, space: str, key: str) -> ObjectInfo:
         try:
-            headers = self._head(space, key)
+            headers = await self._head(space, key)
             self._layouts.pop((space, key), None)
             return self._info(space, key, [headers])
         except NoSuchObject:
-            first = self._head(space, part_key(key, 0))  # NoSuchObject: there is neither
+            first = await self._head(space, part_key(key, 0))  # NoSuchObject: there is neither
         count = int(first.get(AMZ_META + META_PARTS, "1"))
-        parts = [first] + [self._head(space, part_key(key, i)) for i in range(1, count)]
+        parts = [first] + [await self._head(space, part_key(key, i)) for i in range(1, count)]
         self._layouts[(space, key)] = [int(p.get("content-length", 0)) for p in parts]
         return self._info(space, key, parts)
 
@@ -343,61 +346,48 @@ class DcssBackend(Backend):
                           etags[0] if len(etags) == 1 else combined_etag(etags), metadata)
 
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
-        return await self._run(self._read, bucket, key, offset, length)
-
-    def _read(self, space: str, key: str, offset: int, length: int) -> bytes:
-        sizes = self._layouts.get((space, key))
+        sizes = self._layouts.get((bucket, key))
         try:
             if sizes is None:
-                return self._read_range(space, key, offset, length)
-            return self._read_parts(space, key, sizes, offset, length)
+                return await self._read_range(bucket, key, offset, length)
+            return await self._read_parts(bucket, key, sizes, offset, length)
         except NoSuchObject:
             # Never read, or split or joined since we looked: look again (NoSuchObject if
             # there is neither KEY nor KEY.000), then read what is there now.
-            self._stat(space, key)
-            sizes = self._layouts.get((space, key))
+            await self._stat(bucket, key)
+            sizes = self._layouts.get((bucket, key))
             if sizes is None:
-                return self._read_range(space, key, offset, length)
-            return self._read_parts(space, key, sizes, offset, length)
+                return await self._read_range(bucket, key, offset, length)
+            return await self._read_parts(bucket, key, sizes, offset, length)
 
-    def _read_parts(self, space: str, key: str, sizes: list[int], offset: int,
-                    length: int) -> bytes:
-        chunks, start = [], 0
-        for index, size in enumerate(sizes):
-            lo, hi = max(offset, start), min(offset + length, start + size)
-            if lo < hi:
-                chunks.append(self._read_range(space, part_key(key, index), lo - start, hi - lo))
-            start += size
-        return b"".join(chunks)
+    async def _read_parts(self, space: str, key: str, sizes: list[int], offset: int,
+                          length: int) -> bytes:
+        return b"".join([await self._read_range(space, part_key(key, index), lo, hi - lo)
+                         for index, lo, hi in pieces(sizes, offset, length)])
 
-    def _read_range(self, space: str, key: str, offset: int, length: int) -> bytes:
+    async def _read_range(self, space: str, key: str, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        for tries_left in reversed(range(GET_TRIES)):
-            reply = self._read_request("get_object", space, key, headers, stream=True)
-            try:
-                if reply.status == 416:  # the range starts at or past the end
-                    reply.read()  # its error document: left unread, it would poison the
-                    return b""  # pooled connection for the next request (BadStatusLine)
-                return reply.read()
-            except urllib3.exceptions.HTTPError as exc:
-                if not tries_left:
-                    raise TemporaryFailure(f"GET {space}/{key}: {exc}") from exc
-                log.info("GET %s/%s broke off (%s); trying again", space, key, exc)
-            finally:
-                reply.release_conn()
-        raise AssertionError("unreachable")
+        # The GET and the reading of its body are one try: a body that broke off is asked
+        # for again.
+        reply = await self._read_request("get_object", space, key,
+                                         {"Range": f"bytes={offset}-{offset + length - 1}"})
+        return b"" if reply.status == 416 else reply.data  # 416: at or past the end
 
     # ---- writes ----------------------------------------------------------------------------
 
     async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
                            metadata: dict[str, str]) -> ObjectInfo:
-        return await self._run(self._write, bucket, key, data, 0, size, metadata)
+        @contextlib.asynccontextmanager
+        async def from_data(offset: int, length: int) -> AsyncIterator[Readable]:
+            data.seek(offset)
+            yield data
 
-    def _write(self, space: str, key: str, data: Readable, offset: int, size: int,
-               metadata: dict[str, str]) -> ObjectInfo:
-        """Store `size` bytes of `data` from `offset` as `key`: one object, or (over the part
+        return await self._write(bucket, key, from_data, size, metadata)
+
+    async def _write(self, space: str, key: str, open_range: RangeOpener, size: int,
+                     metadata: dict[str, str]) -> ObjectInfo:
+        """Store the `size` bytes `open_range` gives as `key`: one object, or (over the part
         size) the objects KEY.000, KEY.001, …. Readers find the old version until the new one
         is whole: the official client looks for KEY first, so parts are written before KEY
         is removed, and KEY before old parts are."""
@@ -407,69 +397,103 @@ class DcssBackend(Backend):
         names = [key] if count == 1 else [part_key(key, i) for i in range(count)]
         etags = []
         for index, (name, length) in enumerate(zip(names, lengths)):
-            data.seek(offset + index * self.part_size)
-            etags.append(self._put(space, name, Slice(data, length), length, count, metadata))
+            etags.append(await self._put(space, name, open_range, index * self.part_size,
+                                         length, count, metadata))
         if count == 1:
             self._layouts.pop((space, key), None)
         else:
             self._layouts[(space, key)] = lengths
-            self._delete(space, key)
+            await self._delete(space, key)
         for index in range(count if count > 1 else 0, len(old or [])):
-            self._delete(space, part_key(key, index))
+            await self._delete(space, part_key(key, index))
         self._forget_read_urls(space, key)
         return ObjectInfo(space, key, size, time.time_ns(),
                           etags[0] if count == 1 else combined_etag(etags), dict(metadata))
 
-    def _put(self, space: str, key: str, body: Any, length: int, count: int,
-             metadata: dict[str, str]) -> str:
-        """PUT one object with the metadata the official client sends; its ETag."""
+    async def _put(self, space: str, key: str, open_range: RangeOpener, offset: int,
+                   length: int, count: int, metadata: dict[str, str]) -> str:
+        """PUT the `length` bytes from `offset` as one object, with the metadata the official
+        client sends; its ETag."""
         assert self.token is not None
         meta = {AMZ_META + name: value for name, value in metadata.items()}
         meta[AMZ_META + META_PARTS] = str(count)
         meta[AMZ_META + META_OWNER] = str(self.token.uid)
-        url = self._authorize("put_object", space, key, headers=meta)
-        reply = self._s3("PUT", url, f"PUT {space}/{key}",
-                         {"Content-Length": str(length), **meta}, body)
+        url = await self._authorize("put_object", space, key, headers=meta)
+        what, headers = f"PUT {space}/{key}", {"Content-Length": str(length), **meta}
+
+        async def one_try() -> urllib3.BaseHTTPResponse:
+            async with open_range(offset, length) as data:
+                body = Slice(data, length)
+                return await self.http.run(lambda: self._s3_once("PUT", url, what, headers,
+                                                                 body))
+
+        reply = await self.retried(what, one_try)
         return str(reply.headers.get("ETag", "")).strip('"')
 
     async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:
-        return await self._run(self._rewrite, bucket, key, bucket, key, metadata)
+        return await self._rewrite(bucket, key, bucket, key, metadata)
 
     async def copy_object(self, bucket: str, key: str, dst_bucket: str,
                           dst_key: str) -> ObjectInfo:
-        return await self._run(self._rewrite, bucket, key, dst_bucket, dst_key, None)
+        return await self._rewrite(bucket, key, dst_bucket, dst_key, None)
 
-    def _rewrite(self, space: str, key: str, dst_space: str, dst_key: str,
-                 metadata: dict[str, str] | None) -> ObjectInfo:
+    async def _rewrite(self, space: str, key: str, dst_space: str, dst_key: str,
+                       metadata: dict[str, str] | None) -> ObjectInfo:
         """Stream `key` into `dst_key` (DCSS has no server-side copy), with `metadata` or the
-        source's own."""
-        src = self._stat(space, key)
-        sizes = self._layouts.get((space, key))
-        names = [part_key(key, i) for i in range(len(sizes))] if sizes else [key]
-        stream = ObjectStream(lambda i: self._read_request("get_object", space, names[i],
-                                                           stream=True), len(names))
-        try:
-            return self._write(dst_space, dst_key, stream, 0, src.size,
-                               src.metadata or {} if metadata is None else metadata)
-        finally:
-            stream.close()
+        source's own: each try of each PUT reads its bytes from the source by ranged GETs."""
+        src = await self._stat(space, key)
+        layout = self._layouts.get((space, key))
+        sizes = layout or [src.size]
+        names = [part_key(key, i) for i in range(len(sizes))] if layout else [key]
+
+        @contextlib.asynccontextmanager
+        async def from_source(offset: int, length: int) -> AsyncIterator[Readable]:
+            replies: list[urllib3.BaseHTTPResponse] = []
+            try:
+                for index, lo, hi in pieces(sizes, offset, length):
+                    replies.append(await self._source_range(space, names[index], lo, hi))
+                yield ObjectStream(replies)
+            finally:
+                for reply in replies:
+                    give_back(reply)
+
+        return await self._write(dst_space, dst_key, from_source, src.size,
+                                 src.metadata or {} if metadata is None else metadata)
+
+    async def _source_range(self, space: str, key: str, lo: int,
+                            hi: int) -> urllib3.BaseHTTPResponse:
+        """A streamed GET of bytes [lo, hi) of `key`, which must all be there."""
+        reply = await self._read_request("get_object", space, key,
+                                         {"Range": f"bytes={lo}-{hi - 1}"}, stream=True)
+        if reply.status != 206:  # 416: the source shrank since its stat
+            give_back(reply)
+            raise BackendError(f"GET {space}/{key}: HTTP {reply.status} for bytes {lo}-{hi - 1}")
+        return reply
 
     async def delete_object(self, bucket: str, key: str) -> None:
-        await self._run(self._delete_file, bucket, key)
-
-    def _delete_file(self, space: str, key: str) -> None:
-        sizes = self._layouts.pop((space, key), None)
+        sizes = self._layouts.pop((bucket, key), None)
         for index in range(len(sizes or [])):
-            self._delete(space, part_key(key, index))
-        self._delete(space, key)
-        self._forget_read_urls(space, key)
+            await self._delete(bucket, part_key(key, index))
+        await self._delete(bucket, key)
+        self._forget_read_urls(bucket, key)
 
-    def _delete(self, space: str, key: str) -> None:
-        self._s3("DELETE", self._authorize("delete_object", space, key),
-                 f"DELETE {space}/{key}")
+    async def _delete(self, space: str, key: str) -> None:
+        await self._s3("DELETE", await self._authorize("delete_object", space, key),
+                       f"DELETE {space}/{key}")
 
     async def aclose(self) -> None:
-        self.http.clear()
+        self.http.close()
+
+
+def pieces(sizes: list[int], offset: int, length: int) -> Iterator[tuple[int, int, int]]:
+    """Where bytes [offset, offset + length) of a file stored as parts of `sizes` lie: (part
+    index, start, end) within each part they touch, in order."""
+    start = 0
+    for index, size in enumerate(sizes):
+        lo, hi = max(offset, start), min(offset + length, start + size)
+        if lo < hi:
+            yield index, lo - start, hi - start
+        start += size
 
 
 class Slice:
@@ -488,31 +512,21 @@ class Slice:
 
 
 class ObjectStream:
-    """The bytes of objects 0..count-1, one streamed GET after another, as one file."""
+    """Streamed GET replies, read one after another as one file."""
 
-    def __init__(self, open_part: Callable[[int], urllib3.BaseHTTPResponse], count: int) -> None:
-        self.open_part, self.count = open_part, count
-        self.index, self.reply = 0, open_part(0)
-
-    def seek(self, pos: int) -> None:
-        pass  # read front to back only: `_write` seeks to where the stream already is
+    def __init__(self, replies: list[urllib3.BaseHTTPResponse]) -> None:
+        self.replies, self.index = replies, 0
 
     def read(self, n: int = -1) -> bytes:
         chunks, want = [], n
-        while want != 0 and self.reply is not None:
-            chunk = self.reply.read(STREAM_CHUNK if want < 0 else want)
+        while want != 0 and self.index < len(self.replies):
+            chunk = self.replies[self.index].read(STREAM_CHUNK if want < 0 else want)
             if chunk:
                 chunks.append(chunk)
                 want = want - len(chunk) if want > 0 else want
-                continue
-            self.reply.release_conn()
-            self.index += 1
-            self.reply = self.open_part(self.index) if self.index < self.count else None
+            else:
+                self.index += 1
         return b"".join(chunks)
-
-    def close(self) -> None:
-        if self.reply is not None:
-            self.reply.release_conn()
 
 
 def iso_ns(text: str) -> int:

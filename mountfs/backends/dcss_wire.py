@@ -12,8 +12,8 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from mountfs.errors import (BackendError, NoSuchBucket, NoSuchObject, PermissionDenied,
-                            TemporaryFailure)
+from mountfs.backends.http import status_error
+from mountfs.errors import BackendError, NoSuchBucket
 
 # Object metadata of DCSS's own (x-amz-meta-<name>), written by the official client on every
 # object: how many objects the file was split into, and the uploader's user id.
@@ -33,18 +33,12 @@ def combined_etag(etags: list[str]) -> str:
     return f"{digest}-{len(etags)}"
 
 
-def api_error(status: int, body: bytes, what: str) -> BackendError:
-    """The error for an authorize reply that gives no URL: status mapped as the service means
-    it (401/403 refused, 404 unknown, 5xx/429 temporary), with the service's own messages."""
-    messages = envelope_messages(body)
-    text = f"DCSS authorize {what}: HTTP {status}: {messages}"
-    if status in (401, 403):
-        return PermissionDenied(text)
-    if status == 404:
-        return NoSuchObject(text)
-    if status >= 500 or status in (408, 429):
-        return TemporaryFailure(text)
-    return BackendError(text)
+def api_error(status: int, body: bytes, what: str,
+              retry_after: float | None = None) -> BackendError:
+    """The error for an authorize reply that gives no URL: its status mapped as every HTTP
+    status is (`status_error`), with the service's own messages."""
+    return status_error(status, f"DCSS authorize {what}: HTTP {status}: "
+                                f"{envelope_messages(body)}", retry_after)
 
 
 def envelope_messages(body: bytes) -> str:
@@ -69,7 +63,8 @@ def envelope_url(body: bytes) -> str | None:
     return None
 
 
-def s3_error(status: int, body: bytes, what: str) -> BackendError:
+def s3_error(status: int, body: bytes, what: str,
+             retry_after: float | None = None) -> BackendError:
     """The error for an S3 reply of `status` (HEAD replies have no body to read a code from)."""
     code = ""
     if body:
@@ -81,13 +76,7 @@ def s3_error(status: int, body: bytes, what: str) -> BackendError:
     text = f"S3 {what}: HTTP {status} {code}".strip()
     if code == "NoSuchBucket":
         return NoSuchBucket(text)
-    if status == 404:
-        return NoSuchObject(text)
-    if status == 403:
-        return PermissionDenied(text)
-    if status >= 500 or status in (408, 429) or code == "SlowDown":
-        return TemporaryFailure(text)
-    return BackendError(text)
+    return status_error(status, text, retry_after)
 
 
 def local(tag: str) -> str:

@@ -23,10 +23,12 @@ import trio
 from mountfs.backends import Scope
 from mountfs.backends import Source as BackendSource
 from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo
+from mountfs.backends.http import retry_after, status_error, timeouts
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.errors import (AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket,
                             NoSuchObject, NotEmpty, NotSupported, PermissionDenied,
-                            PreconditionLost, QuotaExceeded, TemporaryFailure, TooLarge)
+                            PreconditionFailed, PreconditionLost, QuotaExceeded,
+                            TemporaryFailure, TooLarge)
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +48,12 @@ CARRIED_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "Cont
 # Sends one part of a multipart upload: (upload id, part number, offset, length) -> its ETag.
 PartSender = Callable[[str, int, int, int], Awaitable[str]]
 
+# S3 error codes; a reply whose code is not here (a HEAD's has none) is mapped by its status.
 _BY_CODE: dict[str, type[BackendError]] = {
     "NoSuchBucket": NoSuchBucket,
     "NoSuchKey": NoSuchObject,
-    "404": NoSuchObject,
     "NotFound": NoSuchObject,
     "AccessDenied": PermissionDenied,
-    "403": PermissionDenied,
     "Forbidden": PermissionDenied,
     "AllAccessDisabled": PermissionDenied,
     "BucketAlreadyExists": AlreadyExists,
@@ -62,8 +63,8 @@ _BY_CODE: dict[str, type[BackendError]] = {
     "EntityTooLarge": TooLarge,
     "QuotaExceeded": QuotaExceeded,
     "NotImplemented": NotSupported,
-    # An If-Match failed: the object changed since we looked at it; a retry sees the new one.
-    "PreconditionFailed": TemporaryFailure,
+    # An If-Match failed: the object changed since we looked at it.
+    "PreconditionFailed": PreconditionFailed,
     "SlowDown": TemporaryFailure,
     "Throttling": TemporaryFailure,
     "ThrottlingException": TemporaryFailure,
@@ -71,51 +72,18 @@ _BY_CODE: dict[str, type[BackendError]] = {
     "RequestTimeTooSkewed": TemporaryFailure,
     "InternalError": TemporaryFailure,
     "ServiceUnavailable": TemporaryFailure,
-    "503": TemporaryFailure,
-    "500": TemporaryFailure,
-    # 429: what S3-compatible stores (Ceph RGW, MinIO, gateways) answer when they throttle.
-    "429": TemporaryFailure,
     "TooManyRequests": TemporaryFailure,
     "TooManyRequestsException": TemporaryFailure,
     "RequestLimitExceeded": TemporaryFailure,
     "RequestThrottled": TemporaryFailure,
     "BandwidthLimitExceeded": TemporaryFailure,
 }
-# Statuses worth retrying whatever the code says: 408 Request Timeout, 429 Too Many Requests.
-TEMPORARY_STATUSES = {408, 429}
-# Tries of a GET whose body broke off after the headers (botocore retries a request only until
-# its headers arrive; s3transfer retries a broken download the same way).
-GET_TRIES = 3
-# Client timeouts, in seconds; the environment may set others (tests use short ones to make a
-# stalled server cost little).
-CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV = "MOUNTFS_S3_CONNECT_TIMEOUT", "MOUNTFS_S3_READ_TIMEOUT"
-
-
-def body_broke_off(exc: BaseException) -> bool:
-    """Whether `_call` raised `exc` for a reply body that broke off after its headers."""
-    import botocore.exceptions as bx
-
-    return isinstance(exc.__cause__, (bx.ResponseStreamingError, bx.IncompleteReadError))
 
 
 def multipart_etag(part_etags: list[str]) -> str:
     """The ETag S3 gives a multipart upload: the MD5 of its parts' binary MD5s, "-" count."""
     digests = b"".join(bytes.fromhex(e.strip('"')) for e in part_etags)
     return f"{hashlib.md5(digests).hexdigest()}-{len(part_etags)}"
-
-
-def env_seconds(name: str, default: float) -> float:
-    """A positive number of seconds from the environment variable `name`, else `default`."""
-    text = os.environ.get(name, "")
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if value <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
-    return value
 
 
 def part_size_for(size: int) -> int:
@@ -162,8 +130,9 @@ class PartBody:
     """One part of an upload as the file botocore sends from: read from the shared `data` a
     chunk at a time as the request goes out, so that the data's reader sees the upload's
     progress (`mountfs status`) and a part holds one chunk in memory, not the whole part.
-    Seekable: botocore rewinds it to retry, and measures it; over plain HTTP it also reads it
-    once to sign the payload, then rewinds it (the progress then leads by that part)."""
+    One per try of the part, so that each sends it from its start. Seekable: botocore measures
+    it; over plain HTTP it also reads it once to sign the payload, then rewinds it (the
+    progress then leads by that part)."""
 
     CHUNK = 1024 * 1024
 
@@ -257,12 +226,15 @@ class S3Backend(Backend):
         # serialises). Parts take at most PARALLEL_PARTS of the threads, leaving `workers`
         # for reads and listings while a large file goes up.
         threads = workers + PARALLEL_PARTS
+        connect_timeout, read_timeout = timeouts()
         config = botocore.config.Config(
             max_pool_connections=threads,
-            retries={"mode": "standard", "max_attempts": 3},
+            # One try: every request goes through the one retry policy (`_call`).
+            # (`max_attempts` counts the retries after the first try, `total_max_attempts` all.)
+            retries={"mode": "standard", "total_max_attempts": 1},
             s3={"addressing_style": "path" if path_style else "auto"},
-            connect_timeout=env_seconds(CONNECT_TIMEOUT_ENV, 10),
-            read_timeout=env_seconds(READ_TIMEOUT_ENV, 60),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
@@ -279,6 +251,13 @@ class S3Backend(Backend):
     # ---- plumbing --------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """The gateway of every request: `fn` (a boto3 client method) under the retry policy."""
+        where = "/".join(str(kwargs[name]) for name in ("Bucket", "Key") if name in kwargs)
+        return await self.retried(f"{fn.__name__} {where}".strip(),
+                                  lambda: self._once(fn, *args, **kwargs))
+
+    async def _once(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One try of `fn` in a worker thread, its errors translated."""
         try:
             result: T = await trio.to_thread.run_sync(lambda: fn(*args, **kwargs),
                                                       limiter=self._limiter)
@@ -292,13 +271,17 @@ class S3Backend(Backend):
         if isinstance(exc, bx.ClientError):
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            meta = exc.response.get("ResponseMetadata", {})
+            status = meta.get("HTTPStatusCode", 0)
+            text = f"{code or status}: {err.get('Message', '')}".strip()
+            asked = retry_after(meta.get("HTTPHeaders", {}).get("retry-after"))
             cls = _BY_CODE.get(code)
-            if cls is None and status == 501:  # Not Implemented, whatever the code says
-                cls = NotSupported
-            if cls is None and (status >= 500 or status in TEMPORARY_STATUSES):
-                cls = TemporaryFailure
-            return (cls or BackendError)(f"{code or status}: {err.get('Message', '')}".strip())
+            if cls is None:
+                return status_error(status, text, asked)
+            error = cls(text)
+            if isinstance(error, TemporaryFailure):
+                error.retry_after = asked
+            return error
         if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError,
                             bx.ReadTimeoutError, bx.ConnectTimeoutError,
                             bx.ResponseStreamingError, bx.IncompleteReadError)):
@@ -449,14 +432,9 @@ class S3Backend(Backend):
             finally:
                 body.close()
 
-        for tries_left in reversed(range(GET_TRIES)):
-            try:
-                return await self._call(get)
-            except TemporaryFailure as exc:
-                if not tries_left or not body_broke_off(exc):
-                    raise
-                log.info("GET %s/%s broke off (%s); trying again", bucket, key, exc)
-        raise AssertionError("unreachable")
+        # The GET and the reading of its body are one try: a body that broke off after the
+        # headers is asked for again.
+        return await self.retried(f"get_object {bucket}/{key}", lambda: self._once(get))
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -486,10 +464,11 @@ class S3Backend(Backend):
             raise TemporaryFailure(f"conditional write of {key} refused: {exc}") from exc
         except BackendError as exc:
             gone = isinstance(exc, NoSuchObject) and "IfMatch" in condition
-            if not condition or not gone and error_code(exc) != "PreconditionFailed":
+            if not condition or not gone and not isinstance(exc, PreconditionFailed):
                 raise
-            # A try whose reply was lost may have stored this very upload (botocore retries a
-            # request once its reply broke off): then the object is ours, not a conflict.
+            # A try whose reply was lost may have stored this very upload (the retry policy
+            # tries a request again once its reply broke off): then the object is ours, not a
+            # conflict.
             mine = hashlib.md5(body).hexdigest() if size <= MIN_PART else \
                 multipart_etag(part_etags) if part_etags else ""
             head = await self._head_if_any(bucket, key)
@@ -514,14 +493,17 @@ class S3Backend(Backend):
         read_lock = threading.Lock()
 
         async def send(upload_id: str, number: int, offset: int, length: int) -> str:
-            body = PartBody(data, read_lock, offset, length, key)
-            try:
-                reply = await self._call(self.client.upload_part, Bucket=bucket, Key=key,
-                                         UploadId=upload_id, PartNumber=number, Body=body)
-            except Exception:
-                if body.error is not None:  # botocore wraps what a body raised: unwrap it
-                    raise body.error from None  # (Superseded: the queue uploads again)
-                raise
+            async def one_try() -> dict[str, Any]:
+                body = PartBody(data, read_lock, offset, length, key)
+                try:
+                    return await self._once(self.client.upload_part, Bucket=bucket, Key=key,
+                                            UploadId=upload_id, PartNumber=number, Body=body)
+                except Exception:
+                    if body.error is not None:  # botocore wraps what a body raised: unwrap it
+                        raise body.error from None  # (Superseded: the queue uploads again)
+                    raise
+
+            reply = await self.retried(f"upload_part {bucket}/{key} #{number}", one_try)
             return str(reply["ETag"])
 
         return send
@@ -592,8 +574,8 @@ class S3Backend(Backend):
 
     async def _completed_before(self, bucket: str, key: str, part_etags: list[str],
                                 exc: BackendError) -> dict[str, Any]:
-        """A Complete answered NoSuchUpload: a try of it whose reply was lost (botocore retries
-        it) may have completed the upload. Then the object's ETag is the one these parts make,
+        """A Complete answered NoSuchUpload: a try of it whose reply was lost (the retry policy
+        tries it again) may have completed the upload. Then the object's ETag is the one these parts make,
         and the upload is done; else nothing says the object is ours: a temporary failure, so
         the queue uploads it again (the upload is gone, the error is no reason to give up)."""
         try:

@@ -639,7 +639,9 @@ class DcssService:
     """The service as a subprocess (`python -m tests.servers.dcss`) in front of `s3_endpoint`.
 
     `url` is the authorize API's base (mountfs's --api-url), `s3_endpoint` the S3 front (its
-    --s3-endpoint): the same address. `public_key_path` holds `public_key_pem` while it runs.
+    --s3-endpoint): the same address, unless `front_url` names another that reaches the service
+    (a proxy in front, which passes the Host header on as it came): the presigned URLs then
+    point there, and are checked against it. `public_key_path` holds `public_key_pem` while it runs.
     With `signing_key` (the private half of the key pair), `token()` and `token_file()` make
     tokens the service accepts. `s3` is a boto3 client on the S3 server behind it, to look at or
     prepare the buckets directly.
@@ -648,13 +650,14 @@ class DcssService:
     def __init__(self, s3_endpoint: str, public_key_pem: str, *, port: int | None = None,
                  public_writers: Iterable[int] = (), private_users: Iterable[int] = (),
                  signing_key: ecdsa.SigningKey | None = None,
-                 presign_expires: int = PRESIGN_EXPIRES, listing_params: bool = True) -> None:
+                 presign_expires: int = PRESIGN_EXPIRES, listing_params: bool = True,
+                 front_url: str | None = None) -> None:
         self.upstream = s3_endpoint
         self.listing_params = listing_params
         self.public_key_pem = public_key_pem
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.s3_endpoint = self.url
+        self.s3_endpoint = front_url or self.url
         self.public_writers = frozenset(public_writers)
         self.private_users = frozenset(private_users)
         self.signing_key = signing_key
@@ -668,6 +671,7 @@ class DcssService:
         return [sys.executable, "-m", "tests.servers.dcss", "--port", str(self.port),
                 "--s3-endpoint", self.upstream, "--public-key", str(self.public_key_path),
                 "--presign-expires", str(self.presign_expires),
+                "--front-url", self.s3_endpoint,
                 "--public-writers", *map(str, sorted(self.public_writers)),
                 "--private-users", *map(str, sorted(self.private_users)),
                 *([] if self.listing_params else ["--ignore-listing-params"])]
@@ -746,6 +750,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ignore-listing-params", action="store_true",
                         help="sign only the prefix into listing URLs, as the real service is "
                         "presumed to (no delimiter, no continuation: one page of 1,000 keys)")
+    parser.add_argument("--front-url", metavar="URL", help="the address presigned URLs point "
+                        "at (default: the service's own), for a proxy in front that passes the "
+                        "Host header on")
     parser.add_argument("--presign-expires", type=int, default=PRESIGN_EXPIRES,
                         metavar="SECONDS", help="lifetime of the presigned URLs")
     return parser.parse_args(argv)
@@ -802,8 +809,8 @@ def main(argv: list[str] | None = None) -> int:
             for uid in (1, 2):
                 token = make_token(signing_key, uid)
                 tokens[uid] = token, write_private(directory / f"dcss-token-{uid}", token + "\n")
-        dcss = Dcss(url, upstream, key_file.read_text(), policy, args.presign_expires,
-                    not args.ignore_listing_params)
+        dcss = Dcss(args.front_url or url, upstream, key_file.read_text(), policy,
+                    args.presign_expires, not args.ignore_listing_params)
         ensure_buckets(admin_client(upstream))
         server = make_server(dcss, args.port)
         stack.callback(server.server_close)

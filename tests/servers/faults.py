@@ -1,4 +1,5 @@
-"""A fault-injecting HTTP proxy between a client and an S3 server (moto_server in the tests).
+"""A fault-injecting HTTP proxy between a client and an S3 server (moto_server in the tests) or
+the DCSS service (tests/servers/dcss.py, whose authorize API and S3 front share one address).
 
 `FaultProxy(upstream, rate=0.2, seed=1).start()` (or `python -m tests.servers.faults --port N
 --upstream URL --rate 0.2`) forwards requests like `S3Proxy`, and answers a share `rate` of
@@ -6,13 +7,17 @@ them with a fault instead, drawn from `kinds`:
 
 | kind      | what the client gets                                                     | upstream |
 | --------- | ------------------------------------------------------------------------ | -------- |
-| 500       | 500 InternalError (S3 XML)                                               | not sent |
+| 500       | 500 InternalError                                                        | not sent |
 | 503       | 503 ServiceUnavailable                                                   | not sent |
 | slowdown  | 503 SlowDown                                                             | not sent |
 | 429       | 429 TooManyRequests                                                      | not sent |
 | stall     | nothing for `stall` seconds (past the client's read timeout), then FIN  | either   |
 | reset     | the reply's headers and half its body, then a TCP RST                    | applied  |
 | truncate  | the reply's headers (Content-Length of the whole) and half its body, FIN | applied  |
+
+An error reply speaks the service's format: S3's XML error document, or on the DCSS authorize
+API (`/api/v1/dcss/authorize/...`) its JSON envelope `{"success": false, "messages": [...],
+"result": null}`; with `retry_after` set (a header value, "0"), each carries it as Retry-After.
 
 "applied": the request reached the server and took effect, only the reply is lost — the case a
 client must survive by retrying idempotently (a PUT stored twice, a multipart upload completed
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import random
 import re
 import signal
@@ -44,6 +50,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable
 
+from .dcss import API_PREFIX
 from .s3_proxy import ProxyHandler, S3Proxy, error_body, operation
 
 THROTTLE_PIECE = 64 * 1024  # a throttled body is read in pieces this big
@@ -95,6 +102,15 @@ ERRORS = {"500": (500, "InternalError"), "503": (503, "ServiceUnavailable"),
           "slowdown": (503, "SlowDown"), "429": (429, "TooManyRequests")}
 
 
+def fault_reply(path: str, code: str) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of an injected error, in the format of the service `path` is on."""
+    message = "injected by the fault proxy"
+    if path.startswith(API_PREFIX):
+        return {"Content-Type": "application/json"}, json.dumps(
+            {"success": False, "messages": [f"{code}: {message}"], "result": None}).encode()
+    return {"Content-Type": "application/xml"}, error_body(code, path, message)
+
+
 class FaultProxy(S3Proxy):
     handler_class = ThrottledHandler
 
@@ -117,6 +133,7 @@ class FaultProxy(S3Proxy):
         self.list_delay = 0.0
         self.list_max_keys = 0
         self.list_times: list[float] = []  # time.monotonic() of each ListObjectsV2 request
+        self.retry_after: str | None = None  # the Retry-After header of error replies
 
     def draw(self) -> tuple[str | None, bool]:
         """The fault for the next request (None: forward it), and whether a stall comes after
@@ -152,8 +169,10 @@ class FaultProxy(S3Proxy):
             super().handle(h, op, body)
         elif kind in ERRORS:
             status, code = ERRORS[kind]
-            h.answer(status, {"Content-Type": "application/xml"},
-                     error_body(code, h.url_path, "injected by the fault proxy"))
+            headers, data = fault_reply(h.url_path, code)
+            if self.retry_after is not None:
+                headers["Retry-After"] = self.retry_after
+            h.answer(status, headers, data)
         elif kind == "stall":
             if after:
                 h.forward(body)
