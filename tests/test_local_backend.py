@@ -12,6 +12,7 @@ from mountfs.backends.base import ObjectInfo
 from mountfs.backends.local import LocalBackend
 from mountfs.errors import (
     AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket, NoSuchObject, NotEmpty,
+    PreconditionLost,
 )
 
 
@@ -264,6 +265,82 @@ async def test_symlink_out_of_root_is_refused(be: LocalBackend, tmp_path: Path) 
         await put(be, "link/x", b"evil")
     assert list(outside.iterdir()) == []
     assert keys(await listing(be)) == []  # symlinks are not objects
+
+
+async def test_symlinks_are_never_followed(be: LocalBackend, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "d").mkdir(parents=True)
+    (outside / "d" / "secret").write_bytes(b"secret")
+    os.symlink(outside, os.path.join(be._root, "b", "link"))
+    os.symlink(outside / "d" / "secret", os.path.join(be._root, "b", "file-link"))
+    os.symlink(outside, os.path.join(be._root, "linked-bucket"))
+    for key in ["link/d/secret", "file-link", "link/", "link/d/"]:
+        with pytest.raises(NoSuchObject):
+            await be.stat_object("b", key)
+        with pytest.raises(NoSuchObject):
+            await be.read_object("b", key, 0, 10)
+        with pytest.raises(NoSuchObject):
+            await be.set_metadata("b", key, {"mode": "1"})
+        with pytest.raises(NoSuchObject):
+            await be.copy_object("b", key, "b", "copy")
+    assert keys(await listing(be, "link/")) == []
+    assert keys(await listing(be, "link/d/", delimiter=None)) == []
+    with pytest.raises(InvalidName):
+        await put(be, "link/d/new/", meta={"mode": "16877"})
+    await be.delete_object("b", "link/d/secret")
+    with pytest.raises(NoSuchBucket):
+        await be.stat_object("linked-bucket", "d/secret")
+    with pytest.raises(NoSuchBucket):
+        await be.delete_bucket("linked-bucket")
+    assert (outside / "d" / "secret").read_bytes() == b"secret"
+    assert not (outside / "d" / "new").exists()
+    assert await be.list_buckets() == ["b"]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_keys_longer_than_path_max(be: LocalBackend) -> None:
+    # 45 components of 200 bytes: 9,044 bytes, over twice the host's PATH_MAX (4,096); every
+    # operation works relative to directory descriptors, never on the whole path.
+    fds = open_fds()
+    parts = [f"{i:02d}" + "x" * 198 for i in range(45)]
+    key, dirs = "/".join(parts), "/".join(parts[:-1])
+    assert len(key) > 2 * os.pathconf("/", "PC_PATH_MAX")
+    info = await put(be, key, b"deep", {"mode": "33188"})
+    assert (await be.stat_object("b", key)).etag == info.etag
+    assert await be.read_object("b", key, 1, 10) == b"eep"
+    assert keys(await listing(be, dirs + "/")) == [key]
+    assert keys(await listing(be, dirs + "/" + parts[-1][:5])) == [key]
+    assert keys(await listing(be, delimiter=None)) == [key]
+    assert keys(await listing(be, parts[0] + "/")) == [parts[0] + "/" + parts[1] + "/"]
+    assert (await be.set_metadata("b", key, {"mode": "33261"})).metadata == {"mode": "33261"}
+    copied = await be.copy_object("b", key, "b", dirs + "/copy")
+    assert (copied.size, copied.metadata) == (4, {"mode": "33261"})
+    await put(be, dirs + "/sub/", meta={"mode": "16877"})
+    assert (await be.stat_object("b", dirs + "/sub/")).metadata == {"mode": "16877"}
+    assert keys(await listing(be, dirs + "/sub/")) == [dirs + "/sub/"]
+    second = await be.write_object("b", key, io.BytesIO(b"v2"), 2, {}, if_match=info.etag)
+    with pytest.raises(PreconditionLost):
+        await be.write_object("b", key, io.BytesIO(b"v3"), 2, {}, if_match=info.etag)
+    assert await be.read_object("b", key, 0, 10) == b"v2" and second.size == 2
+    for k in [key, dirs + "/copy", dirs + "/sub/"]:
+        await be.delete_object("b", k)
+    assert keys(await listing(be, dirs + "/", delimiter=None)) == [dirs + "/"]  # emptied: a marker
+    with pytest.raises(NoSuchObject):
+        await be.stat_object("b", key)
+    assert open_fds() == fds  # every directory descriptor of the walks closed again
+
+
+async def test_partial_listing_closes_its_directories(be: LocalBackend) -> None:
+    for i in range(5):
+        await put(be, f"a/b/c/{i}")
+    fds = open_fds()
+    pages = be.list_objects("b", "", delimiter=None, page_size=2)
+    assert [i.key for i in await pages.__anext__()] == ["a/b/c/0", "a/b/c/1"]
+    await pages.aclose()  # a reader that stops after the first page
+    assert open_fds() == fds
 
 
 async def test_describe_and_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
