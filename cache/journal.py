@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,9 @@ class Journal:
         return list(records.values())
 
     def save(self, record: ObjectRecord) -> None:
-        self._append(asdict(record))
+        # The fields as they are (json.dumps copies nothing): dataclasses.asdict deep-copies
+        # them, which cost as much as the rest of a save, and a file's create saves ~6 times.
+        self._append(vars(record))
 
     def remove(self, record_id: str) -> None:
         self._append({"id": record_id, "removed": True})
@@ -95,7 +97,7 @@ class Journal:
             with os.fdopen(fd, "wb") as f:
                 count = 0
                 for record in records:
-                    f.write(_line(asdict(record)))
+                    f.write(_line(vars(record)))
                     count += 1
         except OSError:  # ENOSPC: the old file stays whole; do not leave the copy's space taken
             tmp.unlink(missing_ok=True)

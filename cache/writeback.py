@@ -14,6 +14,8 @@ until the user gives it up, so the next mount reports it too.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import time
@@ -70,6 +72,13 @@ class WritebackQueue:
         self.conditional = False
         self.hurried = False  # unmounting: no delays, short backoffs (see `hurry`)
         self.resolve_conflict: Callable[[CachedObject, BaseException], bool] | None = None
+        # When each entry is due, earliest first: the scheduler pops what is due instead of
+        # scanning every queued entry at each commit (quadratic in a copy of many files).
+        # Plans go stale (an entry uploaded, discarded, or due later since): `_schedule`
+        # checks each against its entry. Only a new or earlier due needs a plan of its own.
+        self._plans: list[tuple[float, int, Entry]] = []
+        self._plan_order = itertools.count()  # ties go first come, first served
+        self._next_wake = math.inf  # when the scheduler wakes up by itself
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._send, self._recv = trio.open_memory_channel[CachedObject](math.inf)
@@ -85,10 +94,10 @@ class WritebackQueue:
             entry = self._entries.get(obj)
             if entry is None:
                 wait = self.delay if delay is None else delay
-                self._entries[obj] = Entry(obj, trio.current_time() + wait)
+                entry = self._entries[obj] = Entry(obj, trio.current_time() + wait)
                 if self._idle.is_set():  # a drain() already waiting keeps its event
                     self._idle = trio.Event()
-                self._wake.set()
+                self._plan(entry)
 
     async def sync(self, obj: CachedObject) -> None:
         """Upload now what was written so far, and wait; raise the upload's error."""
@@ -104,7 +113,7 @@ class WritebackQueue:
                 raise obj.last_error
             if not entry.sent:
                 entry.due = trio.current_time()
-                self._wake.set()
+                self._plan(entry)
             tries_before = entry.tries
             await obj.attempt_done.wait()
             if obj.uploaded_generation >= target or entry.tries == tries_before:
@@ -139,7 +148,7 @@ class WritebackQueue:
         for entry in self._entries.values():
             if not entry.sent and not entry.permanent and not entry.lost:
                 entry.due = min(entry.due, now)
-        self._wake.set()
+                self._plan(entry)
 
     async def drain(self) -> None:
         """Wait until every queued object is uploaded."""
@@ -204,19 +213,26 @@ class WritebackQueue:
             task_status.started()
             await self._schedule()
 
+    def _plan(self, entry: Entry) -> None:
+        """Have the scheduler look at `entry` when it is due (it is new, or due earlier)."""
+        heapq.heappush(self._plans, (entry.due, next(self._plan_order), entry))
+        if entry.due < self._next_wake:
+            self._wake.set()
+
     async def _schedule(self) -> None:
         while True:
             now = trio.current_time()
-            next_due = math.inf
-            for entry in self._entries.values():
-                if entry.sent:
+            while self._plans and self._plans[0][0] <= now:
+                _, _, entry = heapq.heappop(self._plans)
+                if entry.sent or self._entries.get(entry.obj) is not entry:
+                    continue  # under way (its worker plans it again), or gone
+                if entry.due > now:  # written to since: due later
+                    heapq.heappush(self._plans, (entry.due, next(self._plan_order), entry))
                     continue
-                if entry.due <= now:
-                    entry.sent = True
-                    self._send.send_nowait(entry.obj)
-                else:
-                    next_due = min(next_due, entry.due)
-            with trio.move_on_at(next_due):
+                entry.sent = True
+                self._send.send_nowait(entry.obj)
+            self._next_wake = self._plans[0][0] if self._plans else math.inf
+            with trio.move_on_at(self._next_wake):
                 await self._wake.wait()
             self._wake = trio.Event()
 
@@ -232,7 +248,8 @@ class WritebackQueue:
                 entry.reader = None
                 done, obj.attempt_done = obj.attempt_done, trio.Event()
                 done.set()
-                self._wake.set()
+                if self._entries.get(obj) is entry:  # to upload again, or to retry
+                    self._plan(entry)
                 self._check_idle()
                 self.cache.room_changed()  # a failure may leave no upload that could free room
 
