@@ -1,4 +1,12 @@
-"""POSIX attributes <-> object metadata, in the s3fs format so both tools share a bucket."""
+"""POSIX attributes <-> object metadata, in the s3fs format so both tools share a bucket.
+
+An object's user metadata (S3: `x-amz-meta-<key>`) holds, under s3fs's names, the mode (file
+type bits included: symlinks, FIFOs, sockets and device nodes are objects whose mode says so),
+owner, group, the three times (seconds since the epoch, with a fraction where it is not whole),
+a device node's rdev, and the extended attributes as one JSON object of base64 values. Every
+other key belongs to other tools: it is kept as it is (`Attributes.other`) and written back
+with every change.
+"""
 from __future__ import annotations
 
 import base64
@@ -7,7 +15,20 @@ import json
 import stat
 from dataclasses import dataclass, field
 
-from mountfs.backends.base import META_GID, META_MODE, META_MTIME, META_UID, META_XATTR
+META_MODE = "mode"  # st_mode in decimal, file type bits included
+META_UID = "uid"
+META_GID = "gid"
+META_MTIME = "mtime"
+META_CTIME = "ctime"
+META_ATIME = "atime"
+META_RDEV = "rdev"
+META_XATTR = "xattr"
+OWN_KEYS = frozenset({META_MODE, META_UID, META_GID, META_MTIME, META_CTIME, META_ATIME,
+                      META_RDEV, META_XATTR})
+# File types a regular object's metadata may turn it into: what the kernel needs to know of a
+# symlink, FIFO, socket or device node is its mode (and rdev).
+SPECIAL_KINDS = frozenset({stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR,
+                           stat.S_IFBLK})
 
 
 @dataclass
@@ -28,56 +49,93 @@ class Attributes:
     uid: int
     gid: int
     mtime_ns: int
+    ctime_ns: int = -1  # -1: as mtime
+    atime_ns: int = -1  # -1: as mtime
+    rdev: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    other: dict[str, str] = field(default_factory=dict)  # other tools' metadata, kept
+
+    def __post_init__(self) -> None:
+        if self.ctime_ns < 0:
+            self.ctime_ns = self.mtime_ns
+        if self.atime_ns < 0:
+            self.atime_ns = self.mtime_ns
 
     @property
     def kind(self) -> int:
         return stat.S_IFMT(self.mode)
 
+    def changed(self, now_ns: int) -> None:
+        """The inode changed (mode, owner, xattrs, links, a rename): ctime moves."""
+        self.ctime_ns = now_ns
+
+    def modified(self, now_ns: int) -> None:
+        """The data (or, of a directory, its entries) changed: mtime and ctime move."""
+        self.mtime_ns = self.ctime_ns = now_ns
+
 
 def decode(metadata: dict[str, str] | None, kind: int, mtime_ns: int,
            defaults: Defaults) -> Attributes:
     """Attributes from object metadata; the kind comes from the store (file or prefix) unless
-    the metadata names a symlink, and anything missing or malformed takes the default."""
+    the metadata of a file names a special kind, and anything missing or malformed takes the
+    default (times: the store's modification time)."""
     meta = metadata or {}
     attrs = Attributes(defaults.mode(kind), defaults.uid, defaults.gid, mtime_ns)
     mode = _int(meta.get(META_MODE))
     if mode is not None:
-        if kind == stat.S_IFREG and stat.S_ISLNK(mode):
-            kind = stat.S_IFLNK
+        if kind == stat.S_IFREG and stat.S_IFMT(mode) in SPECIAL_KINDS:
+            kind = stat.S_IFMT(mode)
         attrs.mode = kind | stat.S_IMODE(mode)
     elif kind == stat.S_IFLNK:
         attrs.mode = kind | 0o777
     attrs.uid = _int(meta.get(META_UID), defaults.uid)
     attrs.gid = _int(meta.get(META_GID), defaults.gid)
-    mtime = meta.get(META_MTIME)
-    if mtime:
-        try:
-            sec, _, frac = mtime.partition(".")
-            attrs.mtime_ns = int(sec) * 10**9 + int((frac + "000000000")[:9] or 0)
-        except ValueError:
-            pass
+    attrs.mtime_ns = _time(meta.get(META_MTIME), mtime_ns)
+    attrs.ctime_ns = _time(meta.get(META_CTIME), attrs.mtime_ns)
+    attrs.atime_ns = _time(meta.get(META_ATIME), attrs.mtime_ns)
+    if kind in (stat.S_IFCHR, stat.S_IFBLK):
+        attrs.rdev = _int(meta.get(META_RDEV), 0)
     raw = meta.get(META_XATTR)
     if raw:
         try:
             attrs.xattrs = {k: base64.b64decode(v) for k, v in json.loads(raw).items()}
         except (ValueError, AttributeError, binascii.Error):
             pass
+    attrs.other = {k: v for k, v in meta.items() if k not in OWN_KEYS}
     return attrs
 
 
 def encode(attrs: Attributes) -> dict[str, str]:
-    sec, ns = divmod(attrs.mtime_ns, 10**9)
-    meta = {
+    meta = dict(attrs.other)
+    meta.update({
         META_MODE: str(attrs.mode),
         META_UID: str(attrs.uid),
         META_GID: str(attrs.gid),
-        META_MTIME: f"{sec}.{ns:09d}" if ns else str(sec),
-    }
+        META_MTIME: _stamp(attrs.mtime_ns),
+        META_CTIME: _stamp(attrs.ctime_ns),
+        META_ATIME: _stamp(attrs.atime_ns),
+    })
+    if attrs.rdev:
+        meta[META_RDEV] = str(attrs.rdev)
     if attrs.xattrs:
         meta[META_XATTR] = json.dumps(
             {k: base64.b64encode(v).decode() for k, v in sorted(attrs.xattrs.items())})
     return meta
+
+
+def _stamp(ns: int) -> str:
+    sec, frac = divmod(ns, 10**9)
+    return f"{sec}.{frac:09d}" if frac else str(sec)
+
+
+def _time(text: str | None, default: int) -> int:
+    if not text:
+        return default
+    try:
+        sec, _, frac = text.partition(".")
+        return int(sec) * 10**9 + int((frac + "000000000")[:9] or 0)
+    except ValueError:
+        return default
 
 
 def _int(value: str | None, default: int | None = None) -> int | None:  # type: ignore[misc]

@@ -82,6 +82,9 @@ class Listings:
         new = self._attrs(info, kind)
         if node.is_dir != stat.S_ISDIR(new.mode):
             return  # a file and a directory of one name: the node keeps its kind
+        if node.entries_changed_ns:  # this mount's change, not yet on the marker (dirtimes)
+            new.mtime_ns = max(new.mtime_ns, node.entries_changed_ns)
+            new.ctime_ns = max(new.ctime_ns, node.entries_changed_ns)
         if info.metadata is not None or not node.is_dir:
             node.attrs = new
             node.meta_known = info.metadata is not None

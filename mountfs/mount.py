@@ -95,7 +95,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     queue = WritebackQueue(cache, backend, config.writeback_delay, config.workers)
     ns = Namespace(backend, source.scope, cache, queue,
                    Defaults(config.uid, config.gid, config.umask), config.metadata_ttl,
-                   config.read_only)
+                   config.read_only, dir_times_delay=config.writeback_delay)
     ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue),
                      config.block_size, config.upload_on_close)
     try:
@@ -107,6 +107,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(cache.run)
             await nursery.start(queue.run)
+            await nursery.start(ns.dir_times.run)
             for obj in dirty:
                 queue.commit(obj, delay=0)  # closed long ago: no reason to wait
             if dirty:
@@ -118,6 +119,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             if not stop.requested:
                 log.info("unmounted; uploading what is still queued")
             queue.hurry()  # nobody writes any more: no reason to wait out the delay
+            await ns.dir_times.flush()
             await stop.drain()
             nursery.cancel_scope.cancel()
     finally:

@@ -24,6 +24,7 @@ from mountfs.attrs import Attributes, Defaults
 from mountfs.backends import Scope
 from mountfs.backends.base import Backend, ObjectInfo
 from mountfs.conflicts import ConflictSettler
+from mountfs.dirtimes import DirTimes
 from mountfs.errors import (InvalidArgument, NoSuchAttribute, NoSuchObject, NotEmpty,
                             NotPermitted, ReadOnly, TooLarge)
 from mountfs.listings import Listings
@@ -32,9 +33,14 @@ from mountfs.rename import Mover
 from mountfs.table import NodeTable
 
 
+# Extended attribute namespaces kept (the kernel checks who may set trusted.* and security.*).
+XATTR_NAMESPACES = ("user.", "trusted.", "security.")
+
+
 class Namespace:
     def __init__(self, backend: Backend, scope: Scope, cache: BlockCache, queue: WritebackQueue,
-                 defaults: Defaults, ttl: float, read_only: bool) -> None:
+                 defaults: Defaults, ttl: float, read_only: bool,
+                 dir_times_delay: float = 1.0) -> None:
         self.backend = backend
         self.cache = cache
         self.queue = queue
@@ -52,6 +58,7 @@ class Namespace:
         # where names are known.
         queue.conditional = backend.features.conditional_writes
         queue.resolve_conflict = ConflictSettler(cache, self.table.nodes).settle
+        self.dir_times = DirTimes(self._save_dir_times, dir_times_delay)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -62,6 +69,32 @@ class Namespace:
     def _new_attrs(self, mode: int, uid: int, gid: int) -> Attributes:
         return Attributes(mode, uid, gid, time.time_ns())
 
+    def _entries_changed(self, *directories: Node) -> None:
+        """Names were created, removed or renamed in `directories`: their mtime and ctime
+        move, here at once and on their markers after a quiet delay (mountfs/dirtimes.py).
+        The root and buckets carry no metadata: theirs live as long as the mount."""
+        now = time.time_ns()
+        for directory in directories:
+            directory.attrs.modified(now)
+            directory.entries_changed_ns = now
+            if directory.parent is not None and not self.table.lists_buckets(directory.parent):
+                self.dir_times.touch(directory)
+
+    async def _save_dir_times(self, node: Node) -> None:
+        """Store a directory's moved times on its marker; a directory without one (a prefix of
+        other keys) keeps them in memory, as does one removed meanwhile."""
+        if node.unlinked or self.read_only:
+            return
+        changed_ns = node.entries_changed_ns
+        await self.complete(node)  # the marker's mode and owner go back with the times
+        bucket, key = self.table.location(node)
+        try:
+            await self.backend.set_metadata(bucket, key, attrs_mod.encode(node.attrs))
+        except NoSuchObject:
+            return
+        if node.entries_changed_ns == changed_ns:  # else changed again meanwhile: saved later
+            node.entries_changed_ns = 0
+
     async def _check_absent(self, parent: Node, name: str) -> None:
         try:
             await self.lookup(parent, name)
@@ -69,15 +102,22 @@ class Namespace:
             return
         raise FileExistsError(errno.EEXIST, name)
 
-    async def create(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
+    async def create(self, parent: Node, name: str, mode: int, uid: int, gid: int,
+                     rdev: int = 0) -> Node:
+        """A new empty file, or (by the file type bits of `mode`) a FIFO, socket or device
+        node: an empty object whose metadata says what it is."""
         self._writable()
         if self.table.lists_buckets(parent):
             raise NotPermitted("files cannot live at the root, only buckets")
         await self._check_absent(parent, name)
-        node = self.table.new(parent, name, self._new_attrs(stat.S_IFREG | stat.S_IMODE(mode),
-                                                             uid, gid), on_server=False)
+        attrs = self._new_attrs((stat.S_IFMT(mode) or stat.S_IFREG) | stat.S_IMODE(mode),
+                                uid, gid)
+        if attrs.kind in (stat.S_IFCHR, stat.S_IFBLK):
+            attrs.rdev = rdev
+        node = self.table.new(parent, name, attrs, on_server=False)
         bucket, key = self.table.location(node)
         node.obj = self.cache.create_object(bucket, key, attrs_mod.encode(node.attrs))
+        self._entries_changed(parent)
         return node
 
     async def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
@@ -92,6 +132,7 @@ class Namespace:
             await self._put_small(bucket, prefix + name + "/", b"", attrs)
         node = self.table.new(parent, name, attrs)
         node.listed_at, node.listed_size = time.monotonic(), 0  # new and empty: nothing to list
+        self._entries_changed(parent)
         return node
 
     async def symlink(self, parent: Node, name: str, target: bytes, uid: int, gid: int) -> Node:
@@ -104,6 +145,7 @@ class Namespace:
         info = await self._put_small(bucket, prefix + name, target, attrs)
         node = self.table.new(parent, name, attrs, len(target), info.etag)
         node.link_target = target
+        self._entries_changed(parent)
         return node
 
     async def _put_small(self, bucket: str, key: str, data: bytes,
@@ -135,6 +177,9 @@ class Namespace:
         if on_server:
             await self.backend.delete_object(bucket, key)
         node.unlinked = True
+        node.attrs.changed(time.time_ns())  # its link count fell, for descriptors still open
+        assert node.parent is not None
+        self._entries_changed(node.parent)
         self.table.detach(node)
 
     async def rmdir(self, parent: Node, name: str) -> None:
@@ -151,6 +196,7 @@ class Namespace:
         else:
             await self.backend.delete_object(bucket, prefix)
         node.unlinked = True
+        self._entries_changed(parent)
         self.table.detach(node)
 
     async def _check_empty(self, node: Node) -> None:
@@ -205,6 +251,8 @@ class Namespace:
         new_parent.children[new_name] = node
         new_parent.absent.pop(new_name, None)
         node.refreshed_at = time.monotonic()  # newer than any listing of new_parent under way
+        node.attrs.changed(time.time_ns())
+        self._entries_changed(old_parent, new_parent)
 
     # ---- attributes ------------------------------------------------------------------------
 
@@ -239,16 +287,20 @@ class Namespace:
             raise NoSuchAttribute(name) from None
 
     async def setxattr(self, node: Node, name: str, value: bytes) -> None:
-        if not name.startswith("user."):
-            # setxattr(2): ENOTSUP is the answer for a namespace prefix the filesystem lacks.
-            raise OSError(errno.ENOTSUP, f"only user.* attributes are kept, not {name}")
+        if not name.startswith(XATTR_NAMESPACES):
+            # setxattr(2): ENOTSUP is the answer for a namespace the filesystem lacks. POSIX
+            # ACLs (system.posix_acl_*) are refused: the kernel would not enforce them here.
+            raise OSError(errno.ENOTSUP, f"{name}: only {', '.join(XATTR_NAMESPACES)}* "
+                          "attributes are kept")
         node.attrs.xattrs[name] = value
+        node.attrs.changed(time.time_ns())
         await self.save_attrs(node)
 
     async def removexattr(self, node: Node, name: str) -> None:
         if name not in node.attrs.xattrs:
             raise NoSuchAttribute(name)
         del node.attrs.xattrs[name]
+        node.attrs.changed(time.time_ns())
         await self.save_attrs(node)
 
     # ---- file data -------------------------------------------------------------------------
@@ -310,7 +362,7 @@ class Namespace:
         try:
             await self.cache.truncate(obj, size)
             node.size = size
-            node.attrs.mtime_ns = time.time_ns()
+            node.attrs.modified(time.time_ns())
             self.commit(node)
         finally:
             self.close_data(node)

@@ -31,8 +31,8 @@ class Node:
     parent, name  where it is: parent.children[name]    table.new; ns.rename;     always; parent is
                   is this node while it is attached     conflicts (renamed to     None at the root
                                                         the copy)                 only
-    attrs         mode, uid, gid, mtime, user.* xattrs  lst._apply; ns (new,      if meta_known;
-                                                        truncate, xattrs); ops    else defaults
+    attrs         mode, owner, times, rdev, xattrs,     lst._apply; ns (new,      if meta_known;
+                  other tools' metadata                 truncate, xattrs); ops    else defaults
                                                         (setattr, write,
                                                         O_TRUNC)
     meta_known    False: attrs are the defaults a       lst (_apply,              always
@@ -78,6 +78,9 @@ class Node:
     absent        name -> when the server lacked it     lst (lookup, list_dir);   directories; fresh
                   (negative lookups)                    table.new; ns.rename;     for the TTL
                                                         conflicts
+    entries_      when this mount last changed the      ns._entries_changed;      directories; 0:
+    changed_ns    directory's entries (ns since the     cleared once stored on    nothing newer
+                  epoch); its times are at least that   its marker (dirtimes)     than the store
     """
     inode: int
     parent: Node | None
@@ -98,6 +101,7 @@ class Node:
     listings: int = 0
     removed: dict[str, float] = field(default_factory=dict)
     listed_size: int | None = None
+    entries_changed_ns: int = 0
     absent: dict[str, float] = field(default_factory=dict)
 
     @property

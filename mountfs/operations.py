@@ -20,12 +20,14 @@ import pyfuse3
 from mountfs.errors import InvalidArgument, NotPermitted, ReadOnly, to_errno
 from mountfs.handles import DirHandle, FileHandle, HandleTable
 from mountfs.namespace import Namespace, Node
+from mountfs.nodes import NAME_MAX
 from mountfs.status import DISCARD_XATTR, FLUSH_XATTR, STATUS_XATTR, Status
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+NODE_KINDS = frozenset({stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 
 
 def fuse_errors(fn: F) -> F:
@@ -72,12 +74,14 @@ class Operations(pyfuse3.Operations):
         # Defaults from a listing without metadata: the kernel must ask again, and get them.
         e.entry_timeout = e.attr_timeout = self.ns.ttl if node.meta_known else 0
         e.st_mode = a.mode
-        e.st_nlink = 1
+        # Directories report 1 (as btrfs: "unknown"), which find and fts take as "count not".
+        e.st_nlink = 0 if node.unlinked else 1
         e.st_uid, e.st_gid = a.uid, a.gid
+        e.st_rdev = a.rdev
         e.st_size = 0 if node.is_dir else node.size
         e.st_blksize = self.block_size
         e.st_blocks = (e.st_size + 511) // 512
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.mtime_ns
+        e.st_mtime_ns, e.st_ctime_ns, e.st_atime_ns = a.mtime_ns, a.ctime_ns, a.atime_ns
         return e
 
     async def _node(self, inode: int) -> Node:
@@ -111,13 +115,14 @@ class Operations(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = await self._node(inode)  # the attributes not changed here are stored too
+        now = time.time_ns()
         if fields.update_size:
             if fh is not None:
                 handle = self.handles.file(fh)
                 self.ns.check_size(attr.st_size)
                 await self.cache.truncate(handle.obj, attr.st_size)
                 node.size = attr.st_size
-                node.attrs.mtime_ns = time.time_ns()
+                node.attrs.modified(now)
             else:
                 await self.ns.truncate(node, attr.st_size)
         changed = False
@@ -130,7 +135,10 @@ class Operations(pyfuse3.Operations):
             node.attrs.gid, changed = attr.st_gid, True
         if fields.update_mtime:
             node.attrs.mtime_ns, changed = attr.st_mtime_ns, True
+        if fields.update_atime:
+            node.attrs.atime_ns, changed = attr.st_atime_ns, True
         if changed:
+            node.attrs.changed(now)  # utimensat moves ctime too
             await self.ns.save_attrs(node)
         return self.entry(node)
 
@@ -157,10 +165,12 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise NotPermitted("only regular files, directories and symlinks are stored")
+        # FIFOs, sockets and device nodes are empty objects whose mode says what they are (as
+        # s3fs stores them); the kernel gives them their behaviour, never asking the mount.
+        if stat.S_IFMT(mode) not in NODE_KINDS:
+            raise NotPermitted(f"mknod of file type {stat.S_IFMT(mode):#o}")
         node = await self.ns.create(self.ns.get(parent_inode), decode_name(name), mode,
-                                    ctx.uid, ctx.gid)
+                                    ctx.uid, ctx.gid, rdev)
         self.ns.commit(node)
         return self._lookup_reply(node)
 
@@ -226,7 +236,7 @@ class Operations(pyfuse3.Operations):
         self.ns.check_size(off + len(buf))
         await self.cache.write(handle.obj, off, buf)
         handle.node.size = handle.obj.size
-        handle.node.attrs.mtime_ns = time.time_ns()
+        handle.node.attrs.modified(time.time_ns())
         return len(buf)
 
     @fuse_errors
@@ -294,7 +304,7 @@ class Operations(pyfuse3.Operations):
         s.f_bsize = s.f_frsize = self.block_size
         s.f_blocks = s.f_bfree = s.f_bavail = 2**50 // self.block_size
         s.f_files = s.f_ffree = s.f_favail = 2**32
-        s.f_namemax = 255
+        s.f_namemax = NAME_MAX
         return s
 
     # ---- extended attributes ---------------------------------------------------------------

@@ -11,9 +11,9 @@ subdirectory `exNNNN/` of the bucket and of the reference root. Operations act o
 
 Deliberately not compared (documented differences of an object store, not bugs):
   * hard links (mountfs answers EPERM): `link` is not among the operations;
-  * st_nlink (always 1), directory st_size (0), st_blocks, st_ino;
-  * timestamps (the store keeps one mtime, with its own granularity) and modes/owners;
-  * mknod/FIFOs/sockets (only files, directories and symlinks are stored).
+  * st_nlink (1, 0 once unlinked; directories 1), directory st_size (0), st_blocks, st_ino;
+  * timestamps (kept in metadata, with the store's granularity) and modes/owners;
+  * mknod/FIFOs/sockets (stored as s3fs stores them; test_fidelity.py tests them).
 
 A failure message lists the operations of the example as they ran (Hypothesis cannot always
 replay a failure that depends on the timing of an upload). At the end of the file, the

@@ -1,0 +1,220 @@
+"""POSIX details programs rely on, and other tools' metadata kept, on every driver.
+
+Special files (FIFOs, sockets, device nodes) stored as s3fs stores them; st_nlink 0 for an open
+file unlinked; ctime and atime kept in metadata under s3fs's names; directory times that move
+when entries change (Python's importlib depends on it); trusted.* and security.* xattrs; the
+metadata other tools put on an object kept through every change the mount makes to it.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+from conftest import BACKENDS, Mount, Mounter
+from kits import environment
+from mountfs.backends.base import ObjectInfo
+from test_posix import oserror, wait_store
+
+if TYPE_CHECKING:
+    from kits import Store
+
+pytestmark = [pytest.mark.mounted, pytest.mark.backends(*BACKENDS)]
+
+
+def in_store(store: Store, call: str, *args: Any) -> Any:
+    """`call` of the store's own driver, in-process (no mount), on the test's bucket: what
+    another client of the store sees or does."""
+    async def go() -> Any:
+        source = await store.open()
+        try:
+            return await getattr(source.backend, call)(store.bucket, *args)
+        finally:
+            await source.backend.aclose()
+
+    with environment(store.env):
+        return trio.run(go)
+
+
+def stored_info(store: Store, key: str, timeout: float = 10) -> ObjectInfo:
+    """The object's metadata in the store, once the mount uploaded it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return in_store(store, "stat_object", key)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+# ---- special files ------------------------------------------------------------------------------
+
+def test_fifo_socket_and_device_nodes(mounter: Mounter, store: Store) -> None:
+    m = mounter.mount(store, "--writeback-delay", "0.2")
+    os.mkfifo(m.bucket / "fifo", 0o640)
+    os.mknod(m.bucket / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(m.bucket / "disk", 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(m.bucket / "sock"))
+    kinds = {"fifo": stat.S_IFIFO, "null": stat.S_IFCHR, "disk": stat.S_IFBLK,
+             "sock": stat.S_IFSOCK}
+
+    def check(mount: Mount) -> None:
+        for name, kind in kinds.items():
+            st = os.lstat(mount.bucket / name)
+            assert stat.S_IFMT(st.st_mode) == kind, name
+        assert stat.S_IMODE(os.lstat(mount.bucket / "fifo").st_mode) == 0o640
+        assert os.lstat(mount.bucket / "null").st_rdev == os.makedev(1, 3)
+        assert os.lstat(mount.bucket / "disk").st_rdev == os.makedev(7, 0)
+
+    check(m)
+    # the kernel gives a FIFO its behaviour: bytes pass from a writer to a reader
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append((m.bucket / "fifo").read_bytes()))
+    reader.start()
+    (m.bucket / "fifo").write_bytes(b"through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"]
+    # stored as empty objects whose mode says what they are: a new mount sees them the same
+    for name in kinds:
+        assert stored_info(store, name).size == 0
+    mounter.umount(m)
+    check(mounter.remount(m))
+
+
+def test_an_open_file_unlinked_has_no_links(mounted: Mount) -> None:
+    path = mounted.bucket / "f"
+    path.write_bytes(b"data")
+    with open(path, "rb") as f:
+        assert os.fstat(f.fileno()).st_nlink == 1
+        os.unlink(path)
+        assert os.fstat(f.fileno()).st_nlink == 0
+        assert f.read() == b"data"
+    assert os.stat(mounted.bucket).st_nlink == 1  # directories: 1, "not counted" (as btrfs)
+
+
+# ---- times ----------------------------------------------------------------------------------------
+
+def test_ctime_moves_with_every_change_and_is_stored(mounter: Mounter, store: Store) -> None:
+    m = mounter.mount(store, "--writeback-delay", "0.2")
+    path = m.bucket / "f"
+    path.write_bytes(b"data")
+    os.utime(path, ns=(1_000_000_000_000_000_000, 1_500_000_000_000_000_000))
+    st = os.stat(path)
+    assert st.st_atime_ns == 1_000_000_000_000_000_000  # as set: atime is kept
+    assert st.st_mtime_ns == 1_500_000_000_000_000_000
+    last = st.st_ctime_ns
+    assert last > 1_600_000_000_000_000_000  # utimensat moved ctime to now
+    moved = m.bucket / "g"
+    changes = [(path, lambda: os.chmod(path, 0o600)), (path, lambda: os.chown(path, 1234, 1234)),
+               (path, lambda: os.setxattr(path, "user.k", b"v")),
+               (moved, lambda: os.rename(path, moved)), (path, lambda: os.rename(moved, path)),
+               (path, lambda: os.truncate(path, 2))]
+    for where, change in changes:
+        time.sleep(0.01)
+        change()
+        now = os.stat(where).st_ctime_ns
+        assert now > last
+        last = now
+    assert os.stat(path).st_atime_ns == 1_000_000_000_000_000_000
+    path.read_bytes()  # reads do not move atime (as mounted noatime: a read is no write)
+    assert os.stat(path).st_atime_ns == 1_000_000_000_000_000_000
+    mounter.umount(m)
+    st = os.stat(mounter.remount(m).bucket / "f")
+    assert st.st_atime_ns == 1_000_000_000_000_000_000 and st.st_ctime_ns == last
+    meta = stored_info(store, "f").metadata or {}  # s3fs's names, its format
+    seconds, fraction = divmod(last, 10**9)
+    assert meta["atime"] == "1000000000"
+    assert meta["ctime"] == (f"{seconds}.{fraction:09d}" if fraction else str(seconds))
+
+
+def test_directory_times_move_when_entries_change(mounter: Mounter, store: Store) -> None:
+    m = mounter.mount(store, "--writeback-delay", "0.2")
+    d = m.bucket / "d"
+    d.mkdir()
+    steps = [lambda: (d / "a").write_bytes(b"x"), lambda: os.mkdir(d / "sub"),
+             lambda: os.symlink("a", d / "link"), lambda: os.rename(d / "a", d / "b"),
+             lambda: os.unlink(d / "b"), lambda: os.rmdir(d / "sub")]
+    last = os.stat(d).st_mtime_ns
+    for step in steps:
+        time.sleep(0.01)
+        step()
+        st = os.stat(d)
+        assert st.st_mtime_ns > last and st.st_ctime_ns >= st.st_mtime_ns
+        last = st.st_mtime_ns
+    # persisted on the directory's marker: a new mount sees the last change
+    time.sleep(1.0)
+    mounter.umount(m)
+    assert os.stat(mounter.remount(m).bucket / "d").st_mtime_ns == last
+
+
+def test_python_imports_a_module_written_after_an_import(mounted: Mount) -> None:
+    """importlib's FileFinder rereads a directory only when its mtime changes."""
+    (mounted.bucket / "a.py").write_text("X = 1\n")
+    program = ("import sys, time; sys.path.insert(0, sys.argv[1]); import a; time.sleep(1.1); "
+               "open(sys.argv[1] + '/b.py', 'w').write('Y = 2\\n'); import b; print(a.X + b.Y)")
+    done = subprocess.run([sys.executable, "-c", program, str(mounted.bucket)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "3\n"
+
+
+# ---- extended attributes --------------------------------------------------------------------------
+
+def test_trusted_and_security_xattrs_are_kept_acls_are_not(mounter: Mounter,
+                                                            store: Store) -> None:
+    m = mounter.mount(store, "--writeback-delay", "0.2")
+    path = m.bucket / "f"
+    path.write_bytes(b"x")
+    os.setxattr(path, "trusted.overlay.opaque", b"y")  # root may: the kernel checks
+    os.setxattr(path, "security.test", b"label")
+    # an ACL (user::rw- group::r-- other::r--, as setfacl sends it) is refused: the kernel
+    # would not enforce it here, and setfacl says "Operation not supported"
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                          for tag, perm in ((0x01, 6), (0x04, 4), (0x20, 4)))
+    assert oserror(os.setxattr, path, "system.posix_acl_access", acl) == errno.EOPNOTSUPP
+    mounter.umount(m)
+    m = mounter.remount(m)
+    assert os.getxattr(m.bucket / "f", "trusted.overlay.opaque") == b"y"
+    assert os.getxattr(m.bucket / "f", "security.test") == b"label"
+
+
+# ---- other tools' metadata ------------------------------------------------------------------------
+
+FOREIGN = {"foreign": "keepme", "owner-team": "geo"}
+
+
+def test_other_tools_metadata_survives_every_change(mounted: Mount) -> None:
+    store = mounted.store
+    assert not isinstance(store, Path)
+    in_store(store, "write_object", "f", io.BytesIO(b"data"), 4, dict(FOREIGN))
+    path = mounted.bucket / "f"
+    changes = [("chmod", lambda: os.chmod(path, 0o640)),
+               ("chown", lambda: os.chown(path, 1234, 1234)),
+               ("touch", lambda: os.utime(path, (1_700_000_000, 1_700_000_000))),
+               ("setxattr", lambda: os.setxattr(path, "user.k", b"v")),
+               ("rewrite", lambda: path.write_bytes(b"new data")),
+               ("truncate", lambda: os.truncate(path, 3))]
+    for what, change in changes:
+        change()
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())  # a rewrite or truncate is uploaded: look at the store now
+        meta = stored_info(store, "f").metadata or {}
+        assert {k: meta.get(k) for k in FOREIGN} == FOREIGN, what
+    os.rename(path, mounted.bucket / "g")
+    meta = stored_info(store, "g").metadata or {}
+    assert {k: meta.get(k) for k in FOREIGN} == FOREIGN, "rename"
+    wait_store(mounted.stored / "g", b"new")
