@@ -24,15 +24,6 @@ IF_ABSENT = ""
 # What a retry may cure, whichever driver raised it.
 TEMPORARY_FAILURES = (TemporaryFailure, ConnectionError, TimeoutError)
 
-# Object metadata keys, stored by each driver where its service keeps user metadata (S3:
-# x-amz-meta-<key>). Names and formats follow s3fs so both tools read each other's objects.
-META_MODE = "mode"  # st_mode in decimal, file type bits included
-META_UID = "uid"
-META_GID = "gid"
-META_MTIME = "mtime"  # seconds since the epoch, decimal, optional fraction
-META_XATTR = "xattr"  # JSON object {name: base64(value)} of user.* extended attributes
-
-
 @dataclass(frozen=True)
 class ObjectInfo:
     """One listing or stat result. A prefix (`is_prefix`) is a directory: key ends with '/'."""
