@@ -356,6 +356,8 @@ class BlockCache:
         self._save(obj)
 
     def set_metadata(self, obj: CachedObject, metadata: dict[str, str]) -> None:
+        if metadata == obj.record.metadata:
+            return  # rsync sets a new file's mode twice: no journal line, no new generation
         obj.record.metadata = dict(metadata)
         if obj.dirty:
             obj.generation += 1
