@@ -147,22 +147,26 @@ def state_dir(driver: str) -> Path:
     return path
 
 
-_drivers: dict[str, Driver] = {}
+# Drivers by the value of PLUGINS_ENV they were loaded for (a test may set it after start).
+_loaded: dict[str, list[Driver]] = {}
 
 
 def drivers() -> list[Driver]:
     """Every registered driver, the built-in ones first."""
-    if not _drivers:
-        extra = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+    plugins = os.environ.get(PLUGINS_ENV, "")
+    if plugins not in _loaded:
+        found: dict[str, Driver] = {}
+        extra = [m.strip() for m in plugins.split(",") if m.strip()]
         for module_name in (*BUILTIN, *extra):
             try:
                 driver = importlib.import_module(module_name).DRIVER
             except (ImportError, AttributeError) as exc:
                 raise ConfigError(f"driver module {module_name!r} ({PLUGINS_ENV}): {exc}") \
                     from None
-            _drivers[driver.name] = driver
-        secrets.watch_variables(v for d in _drivers.values() for v in secret_variables(d))
-    return list(_drivers.values())
+            found[driver.name] = driver
+        secrets.watch_variables(v for d in found.values() for v in secret_variables(d))
+        _loaded[plugins] = list(found.values())
+    return _loaded[plugins]
 
 
 def secret_variables(driver: Driver) -> Iterator[str]:
