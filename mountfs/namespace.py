@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import io
+import mimetypes
 import stat
 import time
 
@@ -22,7 +23,7 @@ from cache.writeback import WritebackQueue
 from mountfs import attrs as attrs_mod
 from mountfs.attrs import Attributes, Defaults
 from mountfs.backends import Scope
-from mountfs.backends.base import Backend, ObjectInfo
+from mountfs.backends.base import CONTENT_TYPE, Backend, ObjectInfo
 from mountfs.conflicts import ConflictSettler
 from mountfs.dirtimes import DirTimes
 from mountfs.errors import (InvalidArgument, NoSuchAttribute, NoSuchObject, NotEmpty,
@@ -35,6 +36,8 @@ from mountfs.table import NodeTable
 
 # Extended attribute namespaces kept (the kernel checks who may set trusted.* and security.*).
 XATTR_NAMESPACES = ("user.", "trusted.", "security.")
+# New files' Content-Type, from the name's extension as s3fs finds it in /etc/mime.types.
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
 class Namespace:
@@ -114,6 +117,8 @@ class Namespace:
                                 uid, gid)
         if attrs.kind in (stat.S_IFCHR, stat.S_IFBLK):
             attrs.rdev = rdev
+        if attrs.kind == stat.S_IFREG:  # what a web server or browser reading the store needs
+            attrs.other[CONTENT_TYPE] = mimetypes.guess_type(name)[0] or DEFAULT_CONTENT_TYPE
         node = self.table.new(parent, name, attrs, on_server=False)
         bucket, key = self.table.location(node)
         node.obj = self.cache.create_object(bucket, key, attrs_mod.encode(node.attrs))

@@ -7,6 +7,7 @@ metadata other tools put on an object kept through every change the mount makes 
 """
 from __future__ import annotations
 
+import email.utils
 import errno
 import io
 import os
@@ -25,7 +26,8 @@ import trio
 
 from conftest import BACKENDS, Mount, Mounter
 from kits import environment
-from mountfs.backends.base import ObjectInfo
+from mountfs.backends.base import CONTENT_TYPE, ObjectInfo
+from stores import S3Path
 from test_posix import oserror, wait_store
 
 if TYPE_CHECKING:
@@ -218,3 +220,56 @@ def test_other_tools_metadata_survives_every_change(mounted: Mount) -> None:
     meta = stored_info(store, "g").metadata or {}
     assert {k: meta.get(k) for k in FOREIGN} == FOREIGN, "rename"
     wait_store(mounted.stored / "g", b"new")
+
+
+# ---- S3 headers, as s3fs keeps them ---------------------------------------------------------------
+
+HEADERS = {"ContentType": "text/html", "CacheControl": "max-age=60",
+           "ContentDisposition": 'attachment; filename="x.html"', "ContentEncoding": "identity",
+           "ContentLanguage": "de", "StorageClass": "STANDARD_IA"}
+EXPIRES = "Wed, 21 Oct 2099 07:28:00 GMT"
+
+
+@pytest.mark.backends("s3")
+def test_s3_headers_and_metadata_of_other_tools_survive_every_change(mounted: Mount) -> None:
+    """What the AWS CLI or a web deployment put on an object (headers, x-amz-meta-*, storage
+    class) is on the server after each change the mount makes to it, as with s3fs."""
+    root = mounted.store.root
+    assert isinstance(root, S3Path)
+    client, bucket = root.client, (root / mounted.store.bucket).real_bucket
+    client.put_object(Bucket=bucket, Key="index.html", Body=b"<p>hello</p>", Metadata=FOREIGN,
+                      Expires=email.utils.parsedate_to_datetime(EXPIRES), **HEADERS)
+    path, moved = mounted.bucket / "index.html", mounted.bucket / "moved.html"
+    changes = [("chmod", lambda: os.chmod(path, 0o640)),
+               ("chown", lambda: os.chown(path, 1234, 1234)),
+               ("touch", lambda: os.utime(path, (1_700_000_000, 1_700_000_000))),
+               ("setxattr", lambda: os.setxattr(path, "user.k", b"v")),
+               ("rewrite", lambda: path.write_bytes(b"<p>hello again</p>")),
+               ("truncate", lambda: os.truncate(path, 8)),
+               ("rename", lambda: os.rename(path, moved)),
+               ("rename back", lambda: os.rename(moved, path))]
+    for what, change in changes:
+        change()
+        where = moved if what == "rename" else path
+        with open(where, "rb+") as f:
+            os.fsync(f.fileno())  # uploaded now: look at the server
+        head = client.head_object(Bucket=bucket, Key=where.name)
+        assert {name: head.get(name) for name in HEADERS} == HEADERS, what
+        assert head["ResponseMetadata"]["HTTPHeaders"]["expires"] == EXPIRES, what
+        assert {k: head["Metadata"].get(k) for k in FOREIGN} == FOREIGN, what
+        assert head["Metadata"]["mode"] and head["Metadata"]["ctime"], what  # s3fs's own too
+    assert client.get_object(Bucket=bucket, Key="index.html")["Body"].read() == b"<p>hello"
+
+
+def test_new_files_get_a_content_type_from_their_name(mounted: Mount) -> None:
+    for name, expected in (("page.html", "text/html"), ("data.csv", "text/csv"),
+                           ("blob", "application/octet-stream")):
+        (mounted.bucket / name).write_bytes(b"x")
+        meta = stored_info(mounted.store, name).metadata or {}  # type: ignore[arg-type]
+        assert meta.get(CONTENT_TYPE) == expected, name
+    # a rewrite keeps it
+    (mounted.bucket / "page.html").write_bytes(b"y")
+    with open(mounted.bucket / "page.html", "rb+") as f:
+        os.fsync(f.fileno())
+    assert (stored_info(mounted.store, "page.html").metadata or {}).get(CONTENT_TYPE) \
+        == "text/html"  # type: ignore[arg-type]

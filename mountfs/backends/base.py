@@ -24,6 +24,26 @@ IF_ABSENT = ""
 # What a retry may cure, whichever driver raised it.
 TEMPORARY_FAILURES = (TemporaryFailure, ConnectionError, TimeoutError)
 
+# An object's standard headers travel in the same dict as its user metadata, under these keys:
+# a user metadata name is an HTTP token, which cannot begin with ':', so they never collide.
+# A driver whose service keeps them (S3: Content-Type and the rest) reports them in
+# `stat_object` and stores them with `write_object`, `set_metadata` and copies, so that other
+# tools' headers survive the mount's changes; a driver without them keeps them as it keeps user
+# metadata, or not at all.
+# Key -> the HTTP header.
+CONTENT_TYPE = ":content-type"
+HEADERS = {CONTENT_TYPE: "Content-Type", ":cache-control": "Cache-Control",
+           ":content-disposition": "Content-Disposition", ":content-encoding": "Content-Encoding",
+           ":content-language": "Content-Language", ":expires": "Expires",
+           ":storage-class": "x-amz-storage-class"}
+
+
+def split_headers(metadata: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(user metadata, standard headers by their keys in HEADERS) of a metadata dict."""
+    user = {k: v for k, v in metadata.items() if not k.startswith(":")}
+    return user, {k: v for k, v in metadata.items() if k in HEADERS}
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One listing or stat result. A prefix (`is_prefix`) is a directory: key ends with '/'."""

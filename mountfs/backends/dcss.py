@@ -25,7 +25,7 @@ from typing import BinaryIO, Protocol
 import urllib3
 
 from mountfs.backends import Scope, Source
-from mountfs.backends.base import Backend, Features, ObjectInfo
+from mountfs.backends.base import HEADERS, Backend, Features, ObjectInfo, split_headers
 from mountfs.backends.dcss_token import TOKEN_ENV, Token, load_public_key, parse_token
 from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, ListingPage,
                                         PartFolder, PartRun, api_error, combined_etag,
@@ -338,6 +338,8 @@ class DcssBackend(Backend):
         metadata = {name[len(AMZ_META):]: value for name, value in first.items()
                     if name.startswith(AMZ_META)
                     and name[len(AMZ_META):] not in (META_PARTS, META_OWNER)}
+        metadata.update({key: first[header.lower()] for key, header in HEADERS.items()
+                         if first.get(header.lower())})
         stamps = [email.utils.parsedate_to_datetime(p["last-modified"]) for p in parts
                   if p.get("last-modified")]
         etags = [p.get("etag", "").strip('"') for p in parts]
@@ -415,11 +417,16 @@ class DcssBackend(Backend):
         """PUT the `length` bytes from `offset` as one object, with the metadata the official
         client sends; its ETag."""
         assert self.token is not None
-        meta = {AMZ_META + name: value for name, value in metadata.items()}
+        user, standard = split_headers(metadata)
+        meta = {AMZ_META + name: value for name, value in user.items()}
         meta[AMZ_META + META_PARTS] = str(count)
         meta[AMZ_META + META_OWNER] = str(self.token.uid)
         url = await self._authorize("put_object", space, key, headers=meta)
-        what, headers = f"PUT {space}/{key}", {"Content-Length": str(length), **meta}
+        # Content-Type and the like are not signed (the official client's URLs sign the
+        # metadata only); an x-amz- header would have to be: the storage class stays behind.
+        plain = {HEADERS[k]: v for k, v in standard.items() if not HEADERS[k].startswith("x-")}
+        what = f"PUT {space}/{key}"
+        headers = {"Content-Length": str(length), **meta, **plain}
 
         async def one_try() -> urllib3.BaseHTTPResponse:
             async with open_range(offset, length) as data:

@@ -22,7 +22,7 @@ import trio
 
 from mountfs.backends import Scope
 from mountfs.backends import Source as BackendSource
-from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo
+from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo, split_headers
 from mountfs.backends.http import retry_after, status_error, timeouts
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.errors import (AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket,
@@ -40,10 +40,12 @@ MAX_PARTS = 10_000
 PARALLEL_PARTS = 8
 MAX_COPY = 5 * 1024**3  # the largest object CopyObject takes
 MAX_OBJECT = 5 * 1024**4  # the largest object S3 stores
-# Request headers kept when an object is rewritten by a multipart or streamed copy (CopyObject
-# keeps them itself); HEAD answers with them under the same names.
-CARRIED_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
-                   "CacheControl")
+# The object headers mountfs keeps (base.HEADER_KEYS) as boto3 names them in requests and in
+# HEAD's reply (Expires aside: HEAD's is parsed, its raw text is under HTTPHeaders).
+HEADER_PARAMS = {":content-type": "ContentType", ":cache-control": "CacheControl",
+                 ":content-disposition": "ContentDisposition",
+                 ":content-encoding": "ContentEncoding", ":content-language": "ContentLanguage",
+                 ":expires": "Expires", ":storage-class": "StorageClass"}
 
 # Sends one part of a multipart upload: (upload id, part number, offset, length) -> its ETag.
 PartSender = Callable[[str, int, int, int], Awaitable[str]]
@@ -183,6 +185,33 @@ class PartBody:
         self._chunk, self._chunk_at = memoryview(buf), self.pos
 
 
+def metadata_of(head: dict[str, Any]) -> dict[str, str]:
+    """An object's metadata as mountfs carries it: its user metadata and its headers."""
+    metadata = dict(head.get("Metadata", {}))
+    for key, name in HEADER_PARAMS.items():
+        value = head.get(name) if name != "Expires" else \
+            head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("expires")
+        if value:
+            metadata[key] = str(value)
+    return metadata
+
+
+def object_fields(metadata: dict[str, str]) -> dict[str, Any]:
+    """The request fields that store `metadata` (PutObject, CreateMultipartUpload, CopyObject
+    with REPLACE): user metadata and headers."""
+    user, headers = split_headers(metadata)
+    fields: dict[str, Any] = {"Metadata": user}
+    for key, value in headers.items():
+        if key == ":expires":
+            try:
+                fields["Expires"] = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                log.info("not keeping an unreadable Expires header: %r", value)
+            continue
+        fields[HEADER_PARAMS[key]] = value
+    return fields
+
+
 @dataclass(frozen=True)
 class Source:
     """The object a copy reads, as one HEAD saw it; copies are conditional on its ETag so that
@@ -192,14 +221,19 @@ class Source:
     key: str
     size: int
     etag: str  # as the server sent it, quotes included: for If-Match headers
-    metadata: dict[str, str]
-    headers: dict[str, Any]  # CARRIED_HEADERS it has
+    metadata: dict[str, str]  # user metadata and headers (`metadata_of`)
 
     @classmethod
     def from_head(cls, bucket: str, key: str, head: dict[str, Any]) -> Source:
         return cls(bucket, key, int(head.get("ContentLength", 0)), str(head.get("ETag", "")),
-                   dict(head.get("Metadata", {})),
-                   {name: head[name] for name in CARRIED_HEADERS if head.get(name)})
+                   metadata_of(head))
+
+    def replaced(self, metadata: dict[str, str] | None) -> dict[str, str]:
+        """What a copy of it stores: its own metadata, or `metadata` with its headers where
+        `metadata` names none (a caller that never read them does not drop them)."""
+        if metadata is None:
+            return self.metadata
+        return {**split_headers(self.metadata)[1], **metadata}
 
 
 class S3Backend(Backend):
@@ -297,12 +331,13 @@ class S3Backend(Backend):
                  operation, exc)
 
     def _info(self, bucket: str, key: str, meta: dict[str, Any]) -> ObjectInfo:
+        """From a HEAD reply (with metadata) or a listing entry (without)."""
         mtime = meta.get("LastModified")
         return ObjectInfo(
             bucket, key, int(meta.get("ContentLength", meta.get("Size", 0))),
             int(mtime.timestamp() * 1e9) if mtime else 0,
             etag_of(meta),
-            meta.get("Metadata"),
+            metadata_of(meta) if "Metadata" in meta else None,
         )
 
     @staticmethod
@@ -452,9 +487,9 @@ class S3Backend(Backend):
                 if len(body) != size:
                     raise BackendError(f"short read of {key}: {len(body)} of {size} bytes")
                 reply = await self._call(self.client.put_object, Bucket=bucket, Key=key,
-                                         Body=body, Metadata=metadata, **condition)
+                                         Body=body, **object_fields(metadata), **condition)
             else:
-                reply = await self._multipart(bucket, key, size, {"Metadata": metadata},
+                reply = await self._multipart(bucket, key, size, object_fields(metadata),
                                               self._file_parts(bucket, key, data),
                                               complete=condition, part_etags=part_etags)
         except NotSupported as exc:
@@ -640,7 +675,7 @@ class S3Backend(Backend):
         """`source` to bucket/key, on the server where it can; `metadata` None keeps the
         source's."""
         reply = await self._server_side_copy(source, bucket, key, metadata)
-        kept = source.metadata if metadata is None else metadata
+        kept = source.replaced(metadata)
         if reply is None:
             reply = await self._streamed_copy(source, bucket, key, kept)
         return self._written(bucket, key, source.size, kept, reply)
@@ -656,8 +691,7 @@ class S3Backend(Backend):
         try:
             if whole:
                 return await self._copy_whole(source, bucket, key, metadata)
-            create = {"Metadata": source.metadata if metadata is None else metadata,
-                      **source.headers}
+            create = object_fields(source.replaced(metadata))
             return await self._multipart(bucket, key, source.size, create,
                                          self._copied_parts(source, bucket, key))
         except NotSupported as exc:
@@ -666,7 +700,10 @@ class S3Backend(Backend):
 
     async def _copy_whole(self, source: Source, bucket: str, key: str,
                           metadata: dict[str, str] | None) -> dict[str, Any]:
-        replace = {} if metadata is None else {"Metadata": metadata, **source.headers}
+        # A COPY keeps metadata and headers but not the storage class: name it again.
+        storage_class = source.metadata.get(":storage-class")
+        replace = object_fields(source.replaced(metadata)) if metadata is not None else \
+            {"StorageClass": storage_class} if storage_class else {}
         return await self._call(self.client.copy_object, Bucket=bucket, Key=key,
                                 CopySource={"Bucket": source.bucket, "Key": source.key},
                                 CopySourceIfMatch=source.etag,
@@ -689,7 +726,7 @@ class S3Backend(Backend):
                              metadata: dict[str, str]) -> dict[str, Any]:
         """The copy through this client, for servers without server-side copies: ranged GETs
         fed to an upload, never more in memory than the parts in flight."""
-        create = {"Metadata": metadata, **source.headers}
+        create = object_fields(metadata)
         if source.size > MIN_PART:
             return await self._multipart(bucket, key, source.size, create,
                                          self._streamed_parts(source, bucket, key))
