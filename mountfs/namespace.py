@@ -26,8 +26,8 @@ from mountfs.backends import Scope
 from mountfs.backends.base import CONTENT_TYPE, Backend, ObjectInfo
 from mountfs.conflicts import ConflictSettler
 from mountfs.dirtimes import DirTimes
-from mountfs.errors import (InvalidArgument, NoSuchAttribute, NoSuchObject, NotEmpty,
-                            NotPermitted, ReadOnly, TooLarge)
+from mountfs.errors import (InvalidArgument, NameTooLong, NoSuchAttribute, NoSuchObject,
+                            NotEmpty, NotPermitted, ReadOnly, TooLarge)
 from mountfs.listings import Listings
 from mountfs.nodes import Node, check_name
 from mountfs.rename import Mover
@@ -112,6 +112,7 @@ class Namespace:
         self._writable()
         if self.table.lists_buckets(parent):
             raise NotPermitted("files cannot live at the root, only buckets")
+        self._check_key(parent, name)
         await self._check_absent(parent, name)
         attrs = self._new_attrs((stat.S_IFMT(mode) or stat.S_IFREG) | stat.S_IMODE(mode),
                                 uid, gid)
@@ -127,6 +128,7 @@ class Namespace:
 
     async def mkdir(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
         self._writable()
+        self._check_key(parent, name + "/")
         await self._check_absent(parent, name)
         attrs = self._new_attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
         if self.table.lists_buckets(parent):
@@ -144,6 +146,7 @@ class Namespace:
         self._writable()
         if self.table.lists_buckets(parent):
             raise NotPermitted("symlinks cannot live at the root, only buckets")
+        self._check_key(parent, name)
         await self._check_absent(parent, name)
         attrs = self._new_attrs(stat.S_IFLNK | 0o777, uid, gid)
         bucket, prefix = self.table.location(parent)
@@ -218,6 +221,7 @@ class Namespace:
         self._writable()
         check_name(new_name)
         node = await self.lookup(old_parent, old_name)
+        self._check_key(new_parent, new_name + ("/" if node.is_dir else ""))
         if self.table.lists_buckets(old_parent) or self.table.lists_buckets(new_parent):
             raise NotPermitted("buckets cannot be renamed")
         if node.is_dir and new_parent.is_under(node):
@@ -377,6 +381,15 @@ class Namespace:
         limit = self.backend.features.max_object_size
         if limit is not None and size > limit:
             raise TooLarge(f"{size} bytes: the store holds objects of up to {limit} bytes")
+
+    def _check_key(self, parent: Node, name: str) -> None:
+        """ENAMETOOLONG for a name whose key the store could not hold (S3: 1,024 bytes)."""
+        limit = self.backend.features.max_key_length
+        if limit is None or self.table.lists_buckets(parent):
+            return
+        key = self.table.location(parent)[1] + name
+        if len(key.encode()) > limit:
+            raise NameTooLong(f"{key[:40]}...: keys hold up to {limit} bytes")
 
     def _buckets_editable(self) -> None:
         if not self.backend.features.buckets_editable:

@@ -75,6 +75,9 @@ class Features:
     # The largest object the service stores (None: no limit): a write or truncate past it
     # fails with EFBIG at once, not at the upload after close.
     max_object_size: int | None = None
+    # The longest key the service stores, in UTF-8 bytes (None: only the kernel's limits): a
+    # name whose key would be longer fails with ENAMETOOLONG at once, not at the upload.
+    max_key_length: int | None = None
 
 
 class Backend(abc.ABC):

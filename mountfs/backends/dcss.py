@@ -31,6 +31,7 @@ from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, Li
                                         PartFolder, PartRun, api_error, combined_etag,
                                         envelope_url, parse_listing, part_key, s3_error)
 from mountfs.backends.registry import Driver, DriverContext, Option
+from mountfs.backends.s3 import MAX_KEY as S3_MAX_KEY
 from mountfs.backends.http import HttpPool, give_back, retry_after
 from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, NoSuchObject,
                             NotSupported, PermissionDenied, ReadOnly)
@@ -72,6 +73,8 @@ class DcssBackend(Backend):
         self.token = token
         self.features = Features(
             buckets_editable=False, writable=token is not None,
+            # S3's limit, less the `<uid>/` before every key of the user space
+            max_key_length=S3_MAX_KEY - len(f"{token.uid}/" if token else ""),
             why_read_only=f"anonymous: writes need a Duckietown token (--token-file FILE, or "
                           f"{' or '.join(TOKEN_ENV)} in the environment)")
         self.api_url = api_url.rstrip("/")

@@ -40,6 +40,7 @@ MAX_PARTS = 10_000
 PARALLEL_PARTS = 8
 MAX_COPY = 5 * 1024**3  # the largest object CopyObject takes
 MAX_OBJECT = 5 * 1024**4  # the largest object S3 stores
+MAX_KEY = 1024  # bytes of UTF-8
 # The object headers mountfs keeps (base.HEADER_KEYS) as boto3 names them in requests and in
 # HEAD's reply (Expires aside: HEAD's is parsed, its raw text is under HTTPHeaders).
 HEADER_PARAMS = {":content-type": "ContentType", ":cache-control": "CacheControl",
@@ -240,7 +241,8 @@ class S3Backend(Backend):
     # Conditional writes: If-Match / If-None-Match on PutObject and CompleteMultipartUpload
     # (AWS since 2024, MinIO, moto in part). A server that ignores the headers stores
     # unconditionally: the later upload wins whole, as without them.
-    features = Features(conditional_writes=True, max_object_size=MAX_OBJECT)
+    features = Features(conditional_writes=True, max_object_size=MAX_OBJECT,
+                        max_key_length=MAX_KEY)
 
     def __init__(self, endpoint_url: str | None = None, region: str | None = None,
                  profile: str | None = None, path_style: bool = False, workers: int = 8,
