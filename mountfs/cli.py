@@ -228,7 +228,7 @@ def spawn_background(args: argparse.Namespace, cache_dir: Path) -> int:
             "--ready-fd", str(write_fd)]
     proc = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=same_code_environment())
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
         message = pipe.read().strip()
@@ -238,6 +238,16 @@ def spawn_background(args: argparse.Namespace, cache_dir: Path) -> int:
         proc.wait()
         message = f"the mount process exited ({proc.returncode}); see {log_file}"
     raise ConfigError(message)
+
+
+def same_code_environment() -> dict[str, str]:
+    """The environment in which `python -m mountfs` runs this very mountfs: `-m` would look in
+    the working directory first, where a folder named `cache` or `mountfs` (a user's own)
+    would be imported instead (PYTHONSAFEPATH, Python 3.11+, keeps it out)."""
+    home = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONSAFEPATH": "1",
+            "PYTHONPATH": home + (os.pathsep + path if path else "")}
 
 
 def setup_logging(log_file: Path | None, verbose: int) -> None:

@@ -6,6 +6,7 @@ no traceback, and leave nothing mounted and no process behind.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -224,6 +225,28 @@ def test_help() -> None:
 def test_console_script() -> None:
     proc = subprocess.run(["mountfs", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "umount" in proc.stdout
+
+
+def test_mount_from_a_directory_holding_folders_named_like_its_packages(
+        mounter: Mounter, store: Store, tmp_path: Path) -> None:
+    """The background process runs `python -m mountfs` in the caller's directory: a user's
+    own `cache/` or `mountfs/` there must not be imported in place of mountfs's."""
+    work = tmp_path / "work"
+    for decoy in ("cache", "mountfs"):
+        (work / decoy).mkdir(parents=True)
+        (work / decoy / "__init__.py").write_text("raise SystemExit('decoy imported')\n")
+    place = tmp_path / "mnt"
+    place.mkdir()
+    mountfs = shutil.which("mountfs")
+    assert mountfs is not None
+    proc = subprocess.run([mountfs, "mount", store.source, str(place), "--cache-dir",
+                           str(tmp_path / "c")], cwd=work, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert sorted(os.listdir(place)) == store.buckets
+    finally:
+        run_cli("umount", str(place))
 
 
 def test_umount_waits_for_the_queue(mounter: Mounter, store: Store) -> None:
