@@ -30,7 +30,7 @@ import trio
 from cache.blocks import BlockCache
 from mountfs import attrs as attrs_mod
 from mountfs.attrs import Attributes, Defaults
-from mountfs.backends.base import Backend, ObjectInfo
+from mountfs.backends.base import CONTENT_TYPE, Backend, ObjectInfo
 from mountfs.errors import InvalidArgument, NameTooLong, NoSuchObject
 from mountfs.nodes import Node, check_name
 from mountfs.table import NodeTable
@@ -46,6 +46,17 @@ SMALL_DIR = 1000
 METADATA_BATCH = 64
 # Negative lookups remembered per directory (for the TTL) before the stale ones are dropped.
 ABSENT_KEPT = 4096
+# Directories as older tools write them, beside the `dir/` marker of s3fs and rclone: a key
+# `NAME_$folder$` (Hadoop, S3 Organizer), and an empty object `NAME` whose Content-Type says it
+# is a directory (older s3fs). Both show as the directory NAME; the object itself is not shown.
+FOLDER_SUFFIX = "_$folder$"
+DIRECTORY_TYPE = "application/x-directory"
+
+
+def is_directory_object(info: ObjectInfo) -> bool:
+    """An empty object that an older tool wrote for a directory (known only from metadata)."""
+    return (not info.is_prefix and info.size == 0 and info.metadata is not None
+            and info.metadata.get(CONTENT_TYPE) == DIRECTORY_TYPE)
 
 
 class Listings:
@@ -99,11 +110,13 @@ class Listings:
         node = parent.children.get(name)
         if node is not None and node.is_dir == is_dir:
             self._apply(node, info, kind, asked_at)
-            return node
-        if node is not None:
-            self.table.detach(node)
-        node = self.table.new(parent, name, self._attrs(info, kind), info.size, info.etag)
-        node.meta_known = info.metadata is not None or self.table.lists_buckets(parent)
+        else:
+            if node is not None:
+                self.table.detach(node)
+            node = self.table.new(parent, name, self._attrs(info, kind), info.size, info.etag)
+            node.meta_known = info.metadata is not None or self.table.lists_buckets(parent)
+        if is_dir and info.key and not info.is_prefix and not info.key.endswith("/"):
+            node.directory_object = info.key  # an older tool's directory object
         return node
 
     def _name_ok(self, where: str, name: str) -> bool:
@@ -195,7 +208,8 @@ class Listings:
             node.meta_known = below[0].key != key + "/"
             return node
         if file:
-            return self._child_from_info(parent, name, file[0], False, asked_at)
+            return self._child_from_info(parent, name, file[0], is_directory_object(file[0]),
+                                         asked_at)
         return None
 
     @staticmethod
@@ -268,8 +282,9 @@ class Listings:
             if name in seen or not is_dir and name in dirs:
                 if is_dir:  # a file `a` beside keys `a/...`: the directory wins
                     self._child_from_info(node, name, info, True, started)
-                self._warn_once(node, name,
-                                "is both a file and a directory; showing the directory")
+                if not (is_dir and info.key.endswith(FOLDER_SUFFIX)):  # NAME_$folder$ and NAME/
+                    self._warn_once(node, name,  # are one directory, as the tools meant
+                                    "is both a file and a directory; showing the directory")
                 continue
             seen.add(name)
             names.append(name)
@@ -299,6 +314,9 @@ class Listings:
                 name = rest[:-1] if rest.endswith("/") else rest
                 if not rest or "/" in name:
                     continue  # the directory's own marker, or a key with '//' inside
+                if not is_dir and name.endswith(FOLDER_SUFFIX) and len(name) > len(FOLDER_SUFFIX):
+                    name, is_dir = name[:-len(FOLDER_SUFFIX)], True
+                is_dir = is_dir or is_directory_object(info)  # where listings carry metadata
                 if self._name_ok(prefix, name):
                     entries.append((name, info, is_dir))
             yield entries
@@ -320,7 +338,7 @@ class Listings:
             for sibling in siblings:
                 nursery.start_soon(self._read_metadata_if_can, sibling)
             try:
-                await self._read_metadata(node)
+                node = await self._read_metadata(node)
             except Exception as exc:  # raised past the nursery, not wrapped in a group by it
                 failure = exc
         if failure is not None:
@@ -334,7 +352,9 @@ class Listings:
         except Exception as exc:
             log.debug("metadata of %s not read ahead: %s", "/".join(node.path()), exc)
 
-    async def _read_metadata(self, node: Node) -> None:
+    async def _read_metadata(self, node: Node) -> Node:
+        """Read the node's metadata; the node that stands for its name now (a directory, if
+        the metadata says an older tool wrote the object for one)."""
         bucket, key = self.table.location(node)
         asked_at = time.monotonic()
         try:
@@ -342,11 +362,19 @@ class Listings:
         except NoSuchObject:
             pass  # a directory without a marker, or gone since listed: the defaults hold
         else:
+            if not node.is_dir and is_directory_object(info) and node.parent is not None \
+                    and not node.pending:
+                # Listed as an empty file; a directory by its Content-Type. A new node (a new
+                # inode): the kernel cannot turn a file's inode into a directory's.
+                return self._child_from_info(node.parent, node.name, info, True, asked_at)
             self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG, asked_at)
         node.meta_known = True  # (a pending node's own attributes win over the server's)
+        return node
 
     async def getattr(self, node: Node) -> Node:
-        """The node, its attributes re-read from the server once the TTL has passed."""
+        """The node, its attributes re-read from the server once the TTL has passed. (Should
+        `complete` find it is a directory, the kernel learns of that by its next lookup: the
+        node, whose metadata was unknown, has no kernel cache time.)"""
         await self.complete(node)
         node.settle()
         if node.is_dir or node.pending or node.unlinked or self.table.fresh(node.refreshed_at) \

@@ -203,6 +203,8 @@ class Namespace:
             await self.backend.delete_bucket(bucket)
         else:
             await self.backend.delete_object(bucket, prefix)
+            if node.directory_object:  # else the directory comes back, as an older tool's
+                await self.backend.delete_object(bucket, node.directory_object)
         node.unlinked = True
         self._entries_changed(parent)
         self.table.detach(node)
@@ -245,7 +247,12 @@ class Namespace:
         dst_bucket, dst_prefix = self.table.location(new_parent)
         dst_key = dst_prefix + new_name + ("/" if node.is_dir else "")
         if node.is_dir:
+            if node.directory_object:  # moves as a marker of ours; made before the tree moves
+                await self._put_small(dst_bucket, dst_key, b"", node.attrs)
             await self._mover.move_tree(src_bucket, src_key, dst_bucket, dst_key)
+            if node.directory_object:
+                await self.backend.delete_object(src_bucket, node.directory_object)
+                node.directory_object = ""
         else:
             await self._mover.move_object(node, src_bucket, src_key, dst_bucket, dst_key,
                                           target if target is not None

@@ -81,6 +81,9 @@ class Node:
     entries_      when this mount last changed the      ns._entries_changed;      directories; 0:
     changed_ns    directory's entries (ns since the     cleared once stored on    nothing newer
                   epoch); its times are at least that   its marker (dirtimes)     than the store
+    directory_    the key of an older tool's object     lst._child_from_info      directories; "":
+    object        that makes it a directory (NAME_$fol-                           none
+                  der$, or NAME of x-directory type)
     """
     inode: int
     parent: Node | None
@@ -102,6 +105,7 @@ class Node:
     removed: dict[str, float] = field(default_factory=dict)
     listed_size: int | None = None
     entries_changed_ns: int = 0
+    directory_object: str = ""
     absent: dict[str, float] = field(default_factory=dict)
 
     @property

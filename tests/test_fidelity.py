@@ -273,3 +273,52 @@ def test_new_files_get_a_content_type_from_their_name(mounted: Mount) -> None:
         os.fsync(f.fileno())
     assert (stored_info(mounted.store, "page.html").metadata or {}).get(CONTENT_TYPE) \
         == "text/html"  # type: ignore[arg-type]
+
+
+# ---- directories as older tools write them --------------------------------------------------------
+
+def test_directories_of_older_tools(mounted: Mount) -> None:
+    """`NAME_$folder$` (Hadoop, S3 Organizer) and an empty object of Content-Type
+    application/x-directory (older s3fs) are directories; the objects themselves are hidden,
+    and go with the directory when it is removed or renamed."""
+    store = mounted.store
+    assert not isinstance(store, Path)
+
+    def put(key: str, data: bytes = b"", **metadata: str) -> None:
+        in_store(store, "write_object", key, io.BytesIO(data), len(data), metadata)
+
+    put("hadoop_$folder$")
+    put("hadoop/part-0000", b"rows")
+    put("empty_$folder$")
+    put("olds3fs", **{CONTENT_TYPE: "application/x-directory", "mode": str(0o40750)})
+    put("olds3fs2", **{CONTENT_TYPE: "application/x-directory"})
+    assert sorted(os.listdir(mounted.bucket)) == ["empty", "hadoop", "olds3fs", "olds3fs2"]
+    for name in ("empty", "hadoop", "olds3fs", "olds3fs2"):
+        assert stat.S_ISDIR(os.stat(mounted.bucket / name).st_mode), name
+    assert stat.S_IMODE(os.stat(mounted.bucket / "olds3fs").st_mode) == 0o750
+    assert os.listdir(mounted.bucket / "hadoop") == ["part-0000"]
+    assert (mounted.bucket / "hadoop" / "part-0000").read_bytes() == b"rows"
+    if store.kit.any_key:  # a store of keys, not a directory tree: NAME beside NAME/new
+        (mounted.bucket / "olds3fs" / "new").write_bytes(b"in an old directory")
+    os.rmdir(mounted.bucket / "empty")
+    os.rmdir(mounted.bucket / "olds3fs2")
+    os.rename(mounted.bucket / "hadoop", mounted.bucket / "renamed")
+    assert sorted(os.listdir(mounted.bucket)) == ["olds3fs", "renamed"]
+    if store.kit.any_key:
+        wait_store(mounted.stored / "olds3fs" / "new", b"in an old directory")
+    keys = {info.key for page in in_store_listing(store) for info in page}
+    assert not keys & {"empty_$folder$", "olds3fs2", "hadoop_$folder$", "hadoop/part-0000"}
+    assert {"renamed/", "renamed/part-0000", "olds3fs"} <= keys
+
+
+def in_store_listing(store: Store) -> list[list[ObjectInfo]]:
+    async def go() -> list[list[ObjectInfo]]:
+        source = await store.open()
+        try:
+            return [page async for page in source.backend.list_objects(store.bucket, "",
+                                                                       delimiter=None)]
+        finally:
+            await source.backend.aclose()
+
+    with environment(store.env):
+        return trio.run(go)
