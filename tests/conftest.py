@@ -8,7 +8,8 @@ in teardown, also when a test fails.
 The store's driver is the fixture `backend` (its name; `kit` is its test kit, tests/kits/):
 `local` unless the test is marked `@pytest.mark.backends("local", "s3")`, which runs it once
 per driver named (ids `[local]`, `[s3]`, `[dcss]`); `backends(*BACKENDS)` names every driver
-that has a kit. `@pytest.mark.requires("buckets_editable", ...)` skips the test on a driver
+whose kit's store can be mounted and looked at from outside (`DRIVERS`: every kit, for the
+contract suite). `@pytest.mark.requires("buckets_editable", ...)` skips the test on a driver
 whose `Features` lack one of those; `@pytest.mark.backend_bug("s3", reason=...)` makes that
 one case a strict xfail. Servers (moto_server, the DCSS service) are shared by the session (by
 each xdist worker) and reset for every test. Tests look at a store directly through
@@ -35,7 +36,8 @@ from servers.dcss import DcssService, make_keypair
 from servers.s3 import S3Server
 from stores import StorePath
 
-BACKENDS = tuple(KITS)  # every driver with a test kit
+DRIVERS = tuple(KITS)  # every driver with a test kit: the contract suite runs on each
+BACKENDS = tuple(name for name, kit in KITS.items() if kit.mountable)  # and the mounted suites
 
 
 def run_cli(*args: str, check: bool = True, timeout: float = 60,

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from conftest import BACKENDS
+from conftest import DRIVERS
 from kits import Store
 from mountfs.backends.base import IF_ABSENT, Backend, ObjectInfo
 from mountfs.errors import NoSuchObject, NotEmpty, PreconditionLost
 
-pytestmark = pytest.mark.backends(*BACKENDS)
+pytestmark = pytest.mark.backends(*DRIVERS)
 
 
 @pytest.fixture

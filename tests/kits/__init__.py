@@ -106,6 +106,10 @@ class Kit(abc.ABC):
     # Whether the store keeps any UTF-8 key ('..', '//', NUL), as S3 does, or only what a
     # directory tree can hold.
     any_key: bool = True
+    # Whether the store outlives a mount and can be seen from outside it (the mounted suites
+    # look at it directly and mount it again); a store that lives in its driver's process
+    # only (the example driver's memory) runs the contract suite alone.
+    mountable: bool = True
 
     _features: Features | None = None
 
