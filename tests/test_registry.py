@@ -144,3 +144,45 @@ def test_a_missing_plugin_driver_is_one_line(tmp_path: Path) -> None:
     assert proc.stderr.startswith("mountfs: driver module 'no_such_driver_module' "
                                   "(MOUNTFS_DRIVERS): No module named")
     assert proc.stderr.count("\n") == 1
+
+
+PLUGIN = '''
+"""A driver outside the package, with a subcommand that uses its state directory."""
+from mountfs.backends.registry import Driver, state_dir
+
+
+def add_commands(parser):
+    sub = parser.add_subparsers(dest="action", required=True)
+    hello = sub.add_parser("hello")
+    hello.add_argument("who")
+    hello.set_defaults(handler=lambda args: say_hello(args.who))
+
+
+def say_hello(who):
+    note = state_dir("plugin") / "greeted"
+    note.write_text(who)
+    print(f"hello {who}, noted in {note}")
+    return 0
+
+
+async def _open(context):
+    raise NotImplementedError
+
+
+DRIVER = Driver(name="plugin", schemes=("plugin",), open=_open, summary="plugin:",
+                commands=add_commands)
+'''
+
+
+def test_a_plugin_driver_brings_its_own_subcommand(tmp_path: Path) -> None:
+    (tmp_path / "mountfs_plugin_test.py").write_text(PLUGIN)
+    env = {registry.PLUGINS_ENV: "mountfs_plugin_test", "XDG_STATE_HOME": str(tmp_path / "st"),
+           "PYTHONPATH": str(tmp_path)}
+    proc = run_cli("plugin", "hello", "world", env=env)
+    note = tmp_path / "st" / "mountfs" / "plugin" / "greeted"
+    assert proc.stdout == f"hello world, noted in {note}\n"
+    assert note.read_text() == "world"
+    assert stat.S_IMODE(note.parent.stat().st_mode) == 0o700
+    assert "plugin:" in run_cli("mount", "--help", env=env).stdout  # its group in the help
+    wrong = run_cli("plugin", check=False, env=env)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("mountfs: ")
