@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from conftest import Mounter, is_mounted, run_cli, wait_gone
 from mountfs.processes import pid_alive
+from test_fidelity import in_store
+from test_posix import wait_store
 
 if TYPE_CHECKING:
     from kits import Store
 
-pytestmark = pytest.mark.mounted
+pytestmark = [pytest.mark.mounted, pytest.mark.backends("local", "s3")]
 
 
 def wait_for(check: callable, timeout: float = 20) -> None:  # type: ignore[valid-type]
@@ -35,11 +35,12 @@ def wait_for(check: callable, timeout: float = 20) -> None:  # type: ignore[vali
         time.sleep(0.05)
 
 
+@pytest.mark.requires("buckets_editable")
 def test_a_second_sigterm_ends_a_mount_waiting_on_a_failing_upload(mounter: Mounter,
                                                                     store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "300")
     (m.bucket / "f").write_bytes(b"kept in the journal")
-    shutil.rmtree(Path(str(store.stored)))  # the upload fails for good: NoSuchBucket
+    in_store(store, "delete_bucket")  # the upload fails for good: NoSuchBucket
     subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=True)
     time.sleep(1.5)
     assert pid_alive(m.pid), "the process waits for the upload after the kernel unmounted"
@@ -53,10 +54,9 @@ def test_a_second_sigterm_ends_a_mount_waiting_on_a_failing_upload(mounter: Moun
     log = (m.cache / "mountfs.log").read_text()
     assert "stopped waiting for uploads: the journal keeps what is not uploaded" in log
     # the next mount uploads it once the bucket is back
-    Path(str(store.stored)).mkdir()
+    in_store(store, "create_bucket")
     mounter.remount(m)
-    wait_for(lambda: (Path(str(store.stored)) / "f").exists())
-    assert (Path(str(store.stored)) / "f").read_bytes() == b"kept in the journal"
+    wait_store(store.stored / "f", b"kept in the journal")
 
 
 def test_an_upload_whose_cache_data_is_gone_fails_once(mounter: Mounter, store: Store) -> None:
@@ -88,7 +88,7 @@ def test_an_upload_whose_cache_data_is_gone_fails_once(mounter: Mounter, store: 
     # the next mount reports it again, and never uploads zeros in its place
     m = mounter.remount(m)
     wait_for(lambda: m.status()["lost"] == 1)
-    assert not (Path(str(store.stored)) / "f").exists()
+    assert not (store.stored / "f").exists()
     run_cli("discard", str(m.path), f"{store.bucket}/f")
     assert m.status()["queued"] == 0
     assert not (m.bucket / "f").exists()

@@ -3,7 +3,6 @@ upload's error as its own, for pipelines that hand the object on as soon as `cp`
 from __future__ import annotations
 
 import errno
-import shutil
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from conftest import Mounter
+from test_fidelity import in_store
 
 if TYPE_CHECKING:
     from kits import Store
@@ -33,19 +33,20 @@ def test_close_returns_once_the_file_is_on_the_server(mounter: Mounter, store: S
     assert m.status()["queued"] == 0
 
 
-@pytest.mark.backends("local")
+@pytest.mark.requires("buckets_editable")
 def test_close_reports_the_upload_error_and_keeps_the_file(mounter: Mounter,
                                                            store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "300", "--upload-on-close")
     (m.bucket / "dir").mkdir()
-    shutil.rmtree(Path(str(store.stored)))  # every upload now fails for good: no bucket
+    in_store(store, "delete_object", "dir/")
+    in_store(store, "delete_bucket")  # every upload now fails for good: no bucket
     with pytest.raises(OSError) as raised:
         with open(m.bucket / "dir" / "f", "wb") as f:
             f.write(b"kept for a retry")
     assert raised.value.errno == errno.ENOENT
     [entry] = m.status()["queue"]
     assert entry["state"] == "failed" and entry["key"] == "dir/f"
-    Path(str(store.stored)).mkdir()  # the cause fixed: the kept file goes up
+    in_store(store, "create_bucket")  # the cause fixed: the kept file goes up
     with open(m.bucket / "dir" / "f", "rb+") as f:
         f.write(b"K")
     assert (store.stored / "dir" / "f").read_bytes() == b"Kept for a retry"
