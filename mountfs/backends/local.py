@@ -25,7 +25,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from itertools import chain, islice
+from itertools import islice
 from typing import BinaryIO, TypeVar
 
 import trio
