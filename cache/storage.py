@@ -5,11 +5,17 @@ from typing import BinaryIO, Protocol
 
 
 class StoredVersion(Protocol):
-    """What a completed upload tells about the object now on the server."""
+    """What a completed upload tells about the object now on the server (read-only: drivers
+    answer with frozen records)."""
 
-    etag: str
-    size: int
-    mtime_ns: int
+    @property
+    def etag(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def mtime_ns(self) -> int: ...
 
 
 class Storage(Protocol):

@@ -14,6 +14,7 @@ import binascii
 import json
 import stat
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 META_MODE = "mode"  # st_mode in decimal, file type bits included
 META_UID = "uid"
@@ -81,7 +82,7 @@ def decode(metadata: dict[str, str] | None, kind: int, mtime_ns: int,
     default (times: the store's modification time)."""
     meta = metadata or {}
     attrs = Attributes(defaults.mode(kind), defaults.uid, defaults.gid, mtime_ns)
-    mode = _int(meta.get(META_MODE))
+    mode = _int(meta.get(META_MODE), None)
     if mode is not None:
         if kind == stat.S_IFREG and stat.S_IFMT(mode) in SPECIAL_KINDS:
             kind = stat.S_IFMT(mode)
@@ -138,7 +139,10 @@ def _time(text: str | None, default: int) -> int:
         return default
 
 
-def _int(value: str | None, default: int | None = None) -> int | None:  # type: ignore[misc]
+D = TypeVar("D", int, None)
+
+
+def _int(value: str | None, default: D) -> int | D:
     try:
         return int(value) if value is not None else default
     except ValueError:

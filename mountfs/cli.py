@@ -153,19 +153,19 @@ def driver_values(args: argparse.Namespace, driver: registry.Driver,
                                   f"sources, not of {driver.name}")
             values[option.name] = value
     by_dest = {o.dest(driver.name): o for o in driver.options}
-    left = []
+    left: list[str] = []
     for item in fuse_options:
         name, sep, text = item.partition("=")
-        option = by_dest.get(name)
-        if option is None:
+        ours = by_dest.get(name)
+        if ours is None:
             if any(name == o.dest(d.name) for d in registry.drivers() for o in d.options):
                 raise ConfigError(f"-o {name} is an option of another driver, not of "
                                   f"{driver.name}")
             left.append(item)
             continue
-        if not sep and not option.switch:
+        if not sep and not ours.switch:
             raise ConfigError(f"-o {name} needs a value: -o {name}=VALUE")
-        values[option.name] = registry.parse_value(driver, option, text)
+        values[ours.name] = registry.parse_value(driver, ours, text)
     return values, left
 
 
