@@ -229,8 +229,10 @@ def test_tokens_expire_and_are_renewed(api: str, request: pytest.FixtureRequest)
     service: FirecrestService = request.getfixturevalue(f"{api}_service")
     auth = credentials(service)
     client = FirecrestV2(service.url, auth) if api == "v2" else FirecrestV1(service.url, auth)
-    list_home = (lambda: client.list_files(SYSTEM, service.home())) if api == "v2" \
-        else (lambda: client.list_files(SYSTEM, service.home()))
+
+    def list_home() -> None:
+        client.list_files(SYSTEM, service.home())  # the same call in both clients
+
     list_home()
     token = auth.get_access_token()
     time.sleep(TOKEN_LIFETIME + 0.2)
