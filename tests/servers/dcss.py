@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -56,7 +55,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from .s3 import CREDENTIALS, S3Server, free_port, stop_process
+from .s3 import CREDENTIALS, S3Server, free_port, start_server, stop_process
 
 SPACES = ("public", "private", "user")
 BUCKETS = {space: f"duckietown-{space}-storage" for space in SPACES}
@@ -680,23 +679,9 @@ class DcssService:
         self._dir.mkdir(exist_ok=True)
         self.public_key_path.write_text(self.public_key_pem)
         # stderr is inherited: a traceback of the service shows in the test's output.
-        self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the DCSS service did not start on {self.url} (see stderr)")
-            time.sleep(0.1)
+        self.proc = start_server(self.command(), self.url + "/", "the DCSS service", timeout,
+                                 cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
         return self
-
-    def _answers(self) -> bool:
-        try:
-            urllib.request.urlopen(self.url + "/", timeout=1).close()
-        except urllib.error.HTTPError:
-            return True  # 403 to an anonymous ListBuckets: it serves (and made the buckets)
-        except OSError:
-            return False
-        return True
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -75,8 +75,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,7 +85,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from .dcss import REPO_ROOT, admin_client, own_s3_server
-from .s3 import free_port, stop_process
+from .s3 import free_port, start_server, stop_process
 
 USER = "f7tuser"  # the account the credentials belong to (the real one: the client's owner)
 CLIENT_ID = "firecrest-test-client"
@@ -1590,23 +1588,10 @@ class FirecrestService:
 
     def start(self, timeout: float = 30) -> FirecrestService:
         # stderr is inherited: a traceback of the service shows in the test's output.
-        self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the FirecREST service did not start on {self.url}")
-            time.sleep(0.1)
+        self.proc = start_server(self.command(), self.url + "/status/systems",
+                                 "the FirecREST service", timeout, cwd=REPO_ROOT,
+                                 stdout=subprocess.DEVNULL)
         return self
-
-    def _answers(self) -> bool:
-        try:
-            urllib.request.urlopen(self.url + "/status/systems", timeout=1).close()
-        except urllib.error.HTTPError:
-            return True  # 401 without a token: it serves
-        except OSError:
-            return False
-        return True
 
     def stop(self) -> None:
         stop_process(self.proc)

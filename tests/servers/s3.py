@@ -1,7 +1,9 @@
 """A real S3-compatible server for the tests: moto's standalone server, as its own process.
 
 `python -m tests.servers.s3 --port N` runs it in the foreground; `S3Server` starts it on a free
-port of 127.0.0.1 for a fixture and stops it afterwards.
+port of 127.0.0.1 for a fixture and stops it afterwards. Also what every local server of the
+tests uses to run as a process: a free port, starting one and waiting until it answers,
+stopping it.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from typing import Any
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -38,22 +42,39 @@ class S3Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> S3Server:
-        self.proc = subprocess.Popen(command(self.port), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, env={**os.environ, **CREDENTIALS})
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/moto-api/", timeout=1).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"moto_server did not start on {self.url}")
-                time.sleep(0.1)
+        self.proc = start_server(command(self.port), self.url + "/moto-api/", "moto_server",
+                                 timeout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env={**os.environ, **CREDENTIALS})
+        return self
 
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+
+
+def answers(url: str) -> bool:
+    """Whether a server answers at `url`, whatever its answer (a 401 or 403 too)."""
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def start_server(command: list[str], url: str, what: str, timeout: float = 30,
+                 **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until it answers at `url`; RuntimeError naming `what`
+    if it exits first or does not answer within `timeout` seconds."""
+    proc: subprocess.Popen[bytes] = subprocess.Popen(command, **popen)
+    deadline = time.monotonic() + timeout
+    while not answers(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"{what} did not start on {url} (see stderr)")
+        time.sleep(0.1)
+    return proc
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
