@@ -33,7 +33,8 @@ from mountfs.errors import ConfigError
 if TYPE_CHECKING:
     from mountfs.backends import Source
 
-BUILTIN = ("mountfs.backends.local", "mountfs.backends.s3", "mountfs.backends.dcss")
+BUILTIN = ("mountfs.backends.local", "mountfs.backends.s3", "mountfs.backends.dcss",
+           "mountfs.backends.firecrest")
 PLUGINS_ENV = "MOUNTFS_DRIVERS"
 # A SOURCE without a scheme (a plain path) is a store of this driver.
 DEFAULT_DRIVER = "local"
