@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from itertools import count
@@ -16,6 +17,9 @@ class FileHandle:
     obj: CachedObject
     writable: bool
     append: bool
+    # Written (or truncated, or created) since its last commit: the next flush or release
+    # commits it; otherwise the object's journal record already says all there is.
+    uncommitted: bool = False
 
 
 @dataclass(eq=False)
@@ -27,6 +31,7 @@ class DirHandle:
     pages: AsyncGenerator[list[tuple[str, Node]], None]
     entries: list[tuple[str, Node]] = field(default_factory=list)
     done: bool = False
+    opened_at: float = field(default_factory=time.monotonic)  # (in node.readers while open)
 
     async def more(self) -> bool:
         """Take the next page; False at the end of the listing."""

@@ -3,10 +3,18 @@ listings merged into a directory's children and streamed to readdir, and the met
 listing leaves out, read in batches.
 
 A directory's children are authoritative for lookups (positive and negative) while its
-listing is younger than the TTL. Files being written live in the block cache until uploaded;
-such "pending" nodes are kept in listings even though the server does not list them yet. A
-listing is as old as its request: what this mount created, moved in or uploaded while it ran
-stays, and what this mount removed meanwhile is not brought back by it.
+listing is fresh: for the TTL from the listing's end, and while a program still reads it
+(`NodeTable.listing_fresh`). Files being written live in the block cache until uploaded;
+such "pending" nodes are kept in listings even though the server does not list them yet.
+Against this mount's own changes a listing is as old as its request: what this mount created,
+moved in or uploaded while it ran stays, and what this mount removed meanwhile is not brought
+back by it.
+
+A walk (`rsync`, `ls -l`, `find`) costs about one listing per directory plus the metadata its
+entries need: the first lookup that misses in a directory never listed lists it (up to
+`SMALL_DIR` entries; a larger one is probed name by name), a name a listing brought is checked
+by the very request that reads its metadata, and concurrent lookups of one directory, or
+metadata reads of one entry, share one request.
 
 A listing need not carry metadata (S3 lists none; no store lists it for a common prefix). Its
 entries then have default attributes until `complete` stats them, which the FUSE layer calls
@@ -67,6 +75,11 @@ class Listings:
         self.table = table
         self.defaults = defaults
         self._warned: set[str] = set()  # names logged once as hidden or ambiguous
+        # Requests under way that others would repeat: a lookup's listing of a directory, a
+        # probe of a name, a read of a node's metadata. Whoever comes second waits for it.
+        self._listing: dict[Node, trio.Event] = {}
+        self._probing: dict[tuple[Node, str], trio.Event] = {}
+        self._reading: dict[Node, trio.Event] = {}
 
     # ---- attributes from the store ---------------------------------------------------------
 
@@ -141,14 +154,32 @@ class Listings:
             return child
         if child is None and self.table.fresh(parent.absent.get(name, -1e18)):
             raise FileNotFoundError(errno.ENOENT, name)
-        if self._small(parent):
-            await self.refresh_listing(parent)
-        if self.table.fresh(parent.listed_at):
+        if child is not None and not child.meta_known and not child.is_dir:
+            # A file a listing brought, its metadata not read yet: the read the caller needs
+            # anyway (a HEAD) also says whether it is still there; a probe would cost two more.
+            node = await self.complete(child)
+            if parent.children.get(name) is node:
+                return node
+            if name not in parent.children:
+                self._remember_absent(parent, name)
+            raise FileNotFoundError(errno.ENOENT, name)
+        if self._listable(parent):
+            await self._list_to_answer(parent)
+        if self.table.listing_fresh(parent):
             child = parent.children.get(name)
             if child is None:
                 raise FileNotFoundError(errno.ENOENT, name)
             return child
-        found = await self._probe(parent, name)
+        probing = self._probing.get((parent, name))
+        if probing is not None:  # the kernel asks again, or another program: one answer
+            await probing.wait()
+            return await self.lookup(parent, name)
+        done = self._probing[parent, name] = trio.Event()
+        try:
+            found = await self._probe(parent, name)
+        finally:
+            del self._probing[parent, name]
+            done.set()
         if found is None:
             if child is not None:
                 self.table.detach(child)
@@ -156,11 +187,37 @@ class Listings:
             raise FileNotFoundError(errno.ENOENT, name)
         return found
 
-    def _small(self, node: Node) -> bool:
-        """Listing it answers a lookup as cheaply as probing for the name would (and a listing
-        answers lookups at all: not with a zero TTL)."""
+    def _listable(self, node: Node) -> bool:
+        """Listing it answers a lookup as cheaply as probing for the name would: it was small
+        when last listed, or it was never listed (then `_list_to_answer` stops where it is
+        not small); and a listing answers lookups at all (not with a zero TTL)."""
         return self.table.ttl > 0 and (self.table.lists_buckets(node) or
-                                 node.listed_size is not None and node.listed_size < SMALL_DIR)
+                                       node.listed_size is None or node.listed_size < SMALL_DIR)
+
+    async def _list_to_answer(self, node: Node) -> None:
+        """List the directory to answer lookups in it, unless its listing is fresh; one such
+        listing at a time (lookups meanwhile wait for it). A listing that reaches `SMALL_DIR`
+        entries stops there: the entries it read answer for themselves, and the directory is
+        probed name by name until a program lists it whole."""
+        listing = self._listing.get(node)
+        if listing is not None:
+            await listing.wait()
+            return
+        done = self._listing[node] = trio.Event()
+        try:
+            entries = 0
+            pages = self.list_dir(node)
+            try:
+                async for page in pages:
+                    entries += len(page)
+                    if entries >= SMALL_DIR and not self.table.listing_fresh(node):
+                        node.listed_size = entries
+                        break
+            finally:
+                await pages.aclose()
+        finally:
+            del self._listing[node]
+            done.set()
 
     def _remember_absent(self, parent: Node, name: str) -> None:
         if len(parent.absent) >= ABSENT_KEPT:
@@ -242,7 +299,7 @@ class Listings:
         this mount has; from the last listing, if it is fresh. Merged into `node.children`:
         the listing is complete (and fresh) only when the iteration ran to its end."""
         assert node.children is not None
-        if self.table.fresh(node.listed_at):
+        if self.table.listing_fresh(node):
             yield sorted(node.children.items())
             return
         started = time.monotonic()
@@ -263,7 +320,9 @@ class Listings:
             if name not in seen and not child.pending and child not in was_pending \
                     and child.refreshed_at < started:
                 self.table.detach(child)
-        node.listed_at = started  # the server's answer is as old as the request
+        # Fresh from its end: a listing of many pages is used as long as a short one. (This
+        # mount's own changes while it ran were merged above by `started`.)
+        node.listed_at = time.monotonic()
         node.listed_size = len(seen)
         yield sorted((name, child) for name, child in node.children.items() if name not in seen)
 
@@ -328,39 +387,60 @@ class Listings:
         a file manager) is about to ask for the others'."""
         if node.meta_known:
             return node
+        reading = self._reading.get(node)
+        if reading is not None:  # read with the siblings of another entry: one HEAD
+            await reading.wait()
+            if node.meta_known:
+                return node
         siblings: list[Node] = []
         if node.parent is not None and node.parent.children is not None:
             siblings = list(islice((sibling for sibling in node.parent.children.values()
-                                    if not sibling.meta_known and sibling is not node),
+                                    if not sibling.meta_known and sibling is not node
+                                    and sibling not in self._reading),
                                    METADATA_BATCH - 1))
+        done = {each: trio.Event() for each in (node, *siblings)}
+        self._reading.update(done)
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             for sibling in siblings:
-                nursery.start_soon(self._read_metadata_if_can, sibling)
+                nursery.start_soon(self._read_metadata_if_can, sibling, done[sibling])
             try:
-                node = await self._read_metadata(node)
+                node = await self._read_metadata(node, done[node])
             except Exception as exc:  # raised past the nursery, not wrapped in a group by it
                 failure = exc
         if failure is not None:
             raise failure
         return node
 
-    async def _read_metadata_if_can(self, node: Node) -> None:
+    async def _read_metadata_if_can(self, node: Node, done: trio.Event) -> None:
         """A sibling read on speculation: a failure leaves it for its own turn to report."""
         try:
-            await self._read_metadata(node)
+            await self._read_metadata(node, done)
         except Exception as exc:
             log.debug("metadata of %s not read ahead: %s", "/".join(node.path()), exc)
 
-    async def _read_metadata(self, node: Node) -> Node:
-        """Read the node's metadata; the node that stands for its name now (a directory, if
-        the metadata says an older tool wrote the object for one)."""
+    async def _read_metadata(self, node: Node, done: trio.Event) -> Node:
+        """Read the node's metadata (`complete` registered the read in `_reading` as `done`);
+        the node that stands for its name now (a directory, if the metadata says an older tool
+        wrote the object for one). A file gone from the server since listed leaves its parent."""
+        try:
+            return await self._read_metadata_now(node)
+        finally:
+            if self._reading.get(node) is done:
+                del self._reading[node]
+            done.set()
+
+    async def _read_metadata_now(self, node: Node) -> Node:
         bucket, key = self.table.location(node)
         asked_at = time.monotonic()
         try:
             info = await self.backend.stat_object(bucket, key)
         except NoSuchObject:
-            pass  # a directory without a marker, or gone since listed: the defaults hold
+            # A directory without a marker: the defaults hold. A file deleted elsewhere since
+            # listed: gone (unless it changed here meanwhile: renamed, written).
+            if not node.is_dir and not node.pending and node.refreshed_at < asked_at \
+                    and self.table.location(node) == (bucket, key):
+                self.table.detach(node)
         else:
             if not node.is_dir and is_directory_object(info) and node.parent is not None \
                     and not node.pending:

@@ -12,11 +12,14 @@ that lost a race with another client (mountfs/conflicts.py, `ConflictSettler`).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import mimetypes
 import stat
 import time
+
+import trio
 
 from cache.blocks import BlockCache, CachedObject
 from cache.writeback import WritebackQueue
@@ -62,6 +65,7 @@ class Namespace:
         queue.conditional = backend.features.conditional_writes
         queue.resolve_conflict = ConflictSettler(cache, self.table.nodes).settle
         self.dir_times = DirTimes(self._save_dir_times, dir_times_delay)
+        self._tree_moves = trio.Lock()  # directory renames against saves of dir times
 
     def _writable(self) -> None:
         if self.read_only:
@@ -90,11 +94,14 @@ class Namespace:
             return
         changed_ns = node.entries_changed_ns
         await self.complete(node)  # the marker's mode and owner go back with the times
-        bucket, key = self.table.location(node)
-        try:
-            await self.backend.set_metadata(bucket, key, attrs_mod.encode(node.attrs))
-        except NoSuchObject:
-            return
+        async with self._tree_moves:  # not while a rename moves the marker
+            if node.unlinked:
+                return
+            bucket, key = self.table.location(node)
+            try:
+                await self.backend.set_metadata(bucket, key, attrs_mod.encode(node.attrs))
+            except NoSuchObject:
+                return
         if node.entries_changed_ns == changed_ns:  # else changed again meanwhile: saved later
             node.entries_changed_ns = 0
 
@@ -243,32 +250,35 @@ class Namespace:
                 raise IsADirectoryError(errno.EISDIR, new_name)
             if target.is_dir:
                 await self._check_empty(target)
-        src_bucket, src_key = self.table.location(node)
-        dst_bucket, dst_prefix = self.table.location(new_parent)
-        dst_key = dst_prefix + new_name + ("/" if node.is_dir else "")
-        if node.is_dir:
-            if node.directory_object:  # moves as a marker of ours; made before the tree moves
-                await self._put_small(dst_bucket, dst_key, b"", node.attrs)
-            await self._mover.move_tree(src_bucket, src_key, dst_bucket, dst_key)
-            if node.directory_object:
-                await self.backend.delete_object(src_bucket, node.directory_object)
-                node.directory_object = ""
-        else:
-            await self._mover.move_object(node, src_bucket, src_key, dst_bucket, dst_key,
-                                          target if target is not None
-                                          and target.exists_on_server else None)
-        if target is not None:
-            target.unlinked = True
-            self.table.detach(target)
-        assert old_parent.children is not None and new_parent.children is not None
-        del old_parent.children[old_name]
-        self.table.note_removed(old_parent, old_name)
-        node.parent, node.name = new_parent, new_name
-        new_parent.children[new_name] = node
-        new_parent.absent.pop(new_name, None)
-        node.refreshed_at = time.monotonic()  # newer than any listing of new_parent under way
-        node.attrs.changed(time.time_ns())
-        self._entries_changed(old_parent, new_parent)
+        # A directory's times saved meanwhile (mountfs/dirtimes.py) would write a marker of the
+        # tree being moved back under its old name.
+        async with self._tree_moves if node.is_dir else contextlib.nullcontext():
+            src_bucket, src_key = self.table.location(node)
+            dst_bucket, dst_prefix = self.table.location(new_parent)
+            dst_key = dst_prefix + new_name + ("/" if node.is_dir else "")
+            if node.is_dir:
+                if node.directory_object:  # moves as a marker of ours; made before the tree moves
+                    await self._put_small(dst_bucket, dst_key, b"", node.attrs)
+                await self._mover.move_tree(src_bucket, src_key, dst_bucket, dst_key)
+                if node.directory_object:
+                    await self.backend.delete_object(src_bucket, node.directory_object)
+                    node.directory_object = ""
+            else:
+                await self._mover.move_object(node, src_bucket, src_key, dst_bucket, dst_key,
+                                              target if target is not None
+                                              and target.exists_on_server else None)
+            if target is not None:
+                target.unlinked = True
+                self.table.detach(target)
+            assert old_parent.children is not None and new_parent.children is not None
+            del old_parent.children[old_name]
+            self.table.note_removed(old_parent, old_name)
+            node.parent, node.name = new_parent, new_name
+            new_parent.children[new_name] = node
+            new_parent.absent.pop(new_name, None)
+            node.refreshed_at = time.monotonic()  # newer than any listing of new_parent under way
+            node.attrs.changed(time.time_ns())
+            self._entries_changed(old_parent, new_parent)
 
     # ---- attributes ------------------------------------------------------------------------
 

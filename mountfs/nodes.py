@@ -66,12 +66,17 @@ class Node:
     children      a directory's entries by name, this   table (new, detach); lst  directories (None
                   mount's pending files included        (listings); ns.rename;    for files)
                                                         conflicts
-    listed_at     when the last complete listing        lst.list_dir; ns.mkdir;   directories; fresh
-                  began; children are the whole         ns._check_empty and       for the TTL
-                  directory while it is fresh           conflicts reset it
-    listed_size   entries in the last listing (None:    lst.list_dir; ns.mkdir    directories
-                  never listed)
+    listed_at     when the last complete listing        lst.list_dir; ns.mkdir;   directories; see
+                  ended; children are the whole         ns._check_empty and       table.listing_
+                  directory while it is fresh           conflicts reset it        fresh
+    listed_size   entries in the last listing (None:    lst (list_dir, a lookup's directories
+                  never listed; a listing a lookup      listing); ns.mkdir
+                  cut short counts what it read)
     listings      listings of this directory under way  lst.list_dir              directories
+    readers       when each open directory handle on    ops (opendir,             directories
+                  it was opened (a listing that ended   releasedir)
+                  after one stays fresh while it is
+                  open: table.listing_fresh)
     removed       name -> when removed here, so that    table.note_removed;       while listings > 0
                   listings under way do not bring it    lst.list_dir clears it
                   back                                  when no listing runs
@@ -102,6 +107,7 @@ class Node:
     link_target: bytes | None = None
     meta_known: bool = True
     listings: int = 0
+    readers: list[float] = field(default_factory=list)
     removed: dict[str, float] = field(default_factory=dict)
     listed_size: int | None = None
     entries_changed_ns: int = 0

@@ -121,23 +121,26 @@ class Operations(pyfuse3.Operations):
                 handle = self.handles.file(fh)
                 self.ns.check_size(attr.st_size)
                 await self.cache.truncate(handle.obj, attr.st_size)
+                handle.uncommitted = True
                 node.size = attr.st_size
                 node.attrs.modified(now)
             else:
                 await self.ns.truncate(node, attr.st_size)
-        changed = False
+        a = node.attrs
+        before = (a.mode, a.uid, a.gid, a.mtime_ns, a.atime_ns)
         if fields.update_mode:
-            node.attrs.mode = stat.S_IFMT(node.attrs.mode) | stat.S_IMODE(attr.st_mode)
-            changed = True
+            a.mode = stat.S_IFMT(a.mode) | stat.S_IMODE(attr.st_mode)
         if fields.update_uid:
-            node.attrs.uid, changed = attr.st_uid, True
+            a.uid = attr.st_uid
         if fields.update_gid:
-            node.attrs.gid, changed = attr.st_gid, True
+            a.gid = attr.st_gid
         if fields.update_mtime:
-            node.attrs.mtime_ns, changed = attr.st_mtime_ns, True
+            a.mtime_ns = attr.st_mtime_ns
         if fields.update_atime:
-            node.attrs.atime_ns, changed = attr.st_atime_ns, True
-        if changed:
+            a.atime_ns = attr.st_atime_ns
+        # Values equal to the current ones (rsync's fchmod to the mode it created the file
+        # with) are no change: nothing to store.
+        if (a.mode, a.uid, a.gid, a.mtime_ns, a.atime_ns) != before:
             node.attrs.changed(now)  # utimensat moves ctime too
             await self.ns.save_attrs(node)
         return self.entry(node)
@@ -207,8 +210,10 @@ class Operations(pyfuse3.Operations):
         if writable and self.ns.read_only:
             raise ReadOnly("read-only mount")
         obj = await self.ns.open_data(node)
-        fh = self.handles.add(FileHandle(node, obj, writable, bool(flags & os.O_APPEND)))
+        handle = FileHandle(node, obj, writable, bool(flags & os.O_APPEND))
+        fh = self.handles.add(handle)
         if flags & os.O_TRUNC and writable and node.size:
+            handle.uncommitted = True
             await self.cache.truncate(obj, 0)
             node.size = 0
             node.attrs.mtime_ns = time.time_ns()
@@ -221,7 +226,8 @@ class Operations(pyfuse3.Operations):
         node = await self.ns.create(self.ns.get(parent_inode), decode_name(name), mode,
                                     ctx.uid, ctx.gid)
         obj = await self.ns.open_data(node)
-        fh = self.handles.add(FileHandle(node, obj, True, bool(flags & os.O_APPEND)))
+        fh = self.handles.add(FileHandle(node, obj, True, bool(flags & os.O_APPEND),
+                                         uncommitted=True))  # a new file, even if empty
         return pyfuse3.FileInfo(fh=fh), self._lookup_reply(node)
 
     @fuse_errors
@@ -234,6 +240,7 @@ class Operations(pyfuse3.Operations):
         if handle.append:
             off = handle.obj.size
         self.ns.check_size(off + len(buf))
+        handle.uncommitted = True
         await self.cache.write(handle.obj, off, buf)
         handle.node.size = handle.obj.size
         handle.node.attrs.modified(time.time_ns())
@@ -242,7 +249,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def flush(self, fh: int) -> None:
         handle = self.handles.file(fh)
-        self.ns.commit(handle.node)
+        self._commit(handle)
         if handle.writable and self.upload_on_close:
             await self.queue.sync(handle.obj)
             return
@@ -258,8 +265,15 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop_file(fh)
-        self.ns.commit(handle.node)
+        self._commit(handle)
         self.ns.close_data(handle.node)
+
+    def _commit(self, handle: FileHandle) -> None:
+        """Commit what this handle wrote since its last commit: flush commits, and release,
+        which follows, or a reader's close, has nothing to add (a journal write each)."""
+        if handle.uncommitted:
+            handle.uncommitted = False
+            self.ns.commit(handle.node)
 
     # ---- directories -----------------------------------------------------------------------
 
@@ -269,10 +283,11 @@ class Operations(pyfuse3.Operations):
         if not node.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, node.name)
         handle = DirHandle(node, self.ns.list_dir(node))
+        node.readers.append(handle.opened_at)  # its listing stays fresh while it is read
         try:
             await handle.more()  # the first page now, so that opendir reports a failure
         except BaseException:
-            await handle.aclose()
+            await self._close_dir(handle)
             raise
         return self.handles.add(handle)
 
@@ -293,7 +308,12 @@ class Operations(pyfuse3.Operations):
             i += 1
 
     async def releasedir(self, fh: int) -> None:
-        await self.handles.pop_dir(fh).aclose()
+        await self._close_dir(self.handles.pop_dir(fh))
+
+    @staticmethod
+    async def _close_dir(handle: DirHandle) -> None:
+        handle.node.readers.remove(handle.opened_at)
+        await handle.aclose()
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         pass  # directory changes reach the server as they happen

@@ -61,6 +61,15 @@ class NodeTable:
     def fresh(self, stamp: float) -> bool:
         return time.monotonic() - stamp < self.ttl
 
+    def listing_fresh(self, node: Node) -> bool:
+        """A directory's children are the whole directory: its last listing ended less than
+        the TTL ago, or a program that opened the directory before that listing ended still
+        has it open (`ls -l` stats each entry between its readdir calls). A listing set aside
+        (`listed_at` reset) is never fresh."""
+        return node.listed_at > -1e18 and (
+            self.fresh(node.listed_at)
+            or self.ttl > 0 and bool(node.readers) and min(node.readers) <= node.listed_at)
+
     def forget(self, inode: int, count: int) -> None:
         node = self.nodes.get(inode)
         if node is None:

@@ -1,0 +1,194 @@
+"""Walks of a tree after a fresh mount (issue 12): what programs that visit every path cost.
+
+`rsync -an SRC/ MNT/dst/` stats each destination path without reading the directories; `ls -l`
+reads a directory and stats each entry while it reads. On S3 (behind tests/servers/s3_proxy.py,
+which counts requests by operation) such a walk costs about one listing per directory plus one
+HEAD per entry (its metadata), never a HEAD and a listing per name; a second walk within the
+TTL costs nothing; a listing stays trusted while a program that opened the directory before it
+ended holds it open. On every driver: the walk sees the tree as it is, and a name another
+mount removed after this mount listed it is gone once the TTL has passed.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import BACKENDS, Mount, Mounter
+from servers.s3 import S3Server
+from servers.s3_proxy import S3Proxy
+from test_s3 import bucket_name, client, mount_s3, s3_env  # noqa: F401 (fixtures)
+
+TOPS, SUBS, FILES = 3, 3, 5  # 3 + 9 directories, 5 files in each: 72 entries below dst/
+
+
+def tree() -> dict[str, int]:
+    """Relative path -> size of every file (directories are the parents)."""
+    out: dict[str, int] = {}
+    for t in range(TOPS):
+        for where in [f"top{t}"] + [f"top{t}/sub{s}" for s in range(SUBS)]:
+            for f in range(FILES):
+                out[f"{where}/f{f}.txt"] = 10 + 7 * f + t
+    return out
+
+
+def directories(files: dict[str, int]) -> set[str]:
+    return {str(Path(rel).parent) for rel in files} | {f"top{t}" for t in range(TOPS)}
+
+
+def write_local(root: Path, files: dict[str, int]) -> None:
+    for rel, size in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x" * size)
+
+
+def rsync_order(files: dict[str, int]) -> Iterator[str]:
+    """Every path as rsync's generator visits a destination: a directory, then its entries."""
+    for d in sorted(directories(files)):
+        yield d
+        yield from sorted(rel for rel in files if str(Path(rel).parent) == d)
+
+
+def stat_walk(root: Path, files: dict[str, int]) -> None:
+    """lstat every path without reading a directory (rsync -an into an existing tree); each
+    must be what the tree says."""
+    for rel in rsync_order(files):
+        st = os.lstat(root / rel)
+        if rel in files:
+            assert st.st_size == files[rel], rel
+        else:
+            assert Path(root / rel).is_dir(), rel
+
+
+@pytest.fixture
+def proxy(s3_env: S3Server) -> Iterator[S3Proxy]:
+    p = S3Proxy(s3_env.url).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def s3_tree(client, bucket_name: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The tree under `dst/` of the bucket as another tool wrote it: a marker per directory."""
+    files = tree()
+    for d in sorted(directories(files)):
+        client.put_object(Bucket=bucket_name, Key=f"dst/{d}/", Body=b"")
+    for rel, size in files.items():
+        client.put_object(Bucket=bucket_name, Key=f"dst/{rel}", Body=b"x" * size)
+    return files
+
+
+def mount_counted(mounter: Mounter, proxy: S3Proxy, bucket: str, ttl: float) -> Mount:
+    m = mount_s3(mounter, proxy, "--metadata-ttl", str(ttl),  # type: ignore[arg-type]
+                 source=f"s3://{bucket}")
+    proxy.seen.clear()  # what mounting asked is not the walk's
+    return m
+
+
+def taken(proxy: S3Proxy) -> Counter[str]:
+    """The requests since the last call, by operation."""
+    with proxy.lock:
+        seen = Counter(proxy.seen)
+        proxy.seen.clear()
+    return seen
+
+
+def assert_one_listing_per_directory(seen: Counter[str], files: dict[str, int]) -> None:
+    dirs = len(directories(files)) + 1  # dst/ itself
+    entries = len(files) + dirs
+    assert seen["ListObjectsV2"] <= dirs + 1, seen  # (+1: the bucket's root)
+    assert seen["HeadObject"] <= entries, seen  # each entry's metadata, once
+    assert seen["other"] == 0, seen
+
+
+def test_rsync_walk_costs_a_listing_per_directory(mounter: Mounter, proxy: S3Proxy,
+                                                  bucket_name: str, s3_tree: dict[str, int],
+                                                  tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_local(src, s3_tree)
+    m = mount_counted(mounter, proxy, bucket_name, ttl=60)
+    subprocess.run(["rsync", "-an", f"{src}/", f"{m.path}/dst/"], check=True)
+    assert_one_listing_per_directory(taken(proxy), s3_tree)
+    subprocess.run(["rsync", "-an", f"{src}/", f"{m.path}/dst/"], check=True)
+    assert sum(taken(proxy).values()) == 0, "a second walk within the TTL asks nothing"
+
+
+def test_stat_walk_costs_no_probes_and_a_second_costs_no_more(
+        mounter: Mounter, proxy: S3Proxy, bucket_name: str, s3_tree: dict[str, int]) -> None:
+    m = mount_counted(mounter, proxy, bucket_name, ttl=5)
+    stat_walk(m.path / "dst", s3_tree)
+    first = taken(proxy)
+    assert_one_listing_per_directory(first, s3_tree)
+    stat_walk(m.path / "dst", s3_tree)
+    assert sum(taken(proxy).values()) <= sum(first.values())
+
+
+def test_a_listing_stays_trusted_while_its_reader_holds_the_directory(
+        mounter: Mounter, proxy: S3Proxy, bucket_name: str, s3_tree: dict[str, int]) -> None:
+    ttl = 1.0
+    m = mount_counted(mounter, proxy, bucket_name, ttl=ttl)
+    where = m.path / "dst" / "top0"
+    held = os.open(where, os.O_PATH)  # lstat(name, dir_fd=held): no walk through dst/
+    fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)  # the kernel's opendir: one handle
+    try:
+        with os.scandir(fd) as it:  # reads that handle to its end
+            names = sorted(entry.name for entry in it)
+        taken(proxy)
+        time.sleep(ttl + 0.5)
+        for name in names:  # as `ls -l` does between its readdir calls
+            os.lstat(name, dir_fd=held)
+        with pytest.raises(FileNotFoundError):
+            os.lstat("not-there", dir_fd=held)
+        seen = taken(proxy)
+        assert seen["ListObjectsV2"] == 0, seen  # neither a probe nor a new listing
+        assert seen["HeadObject"] <= len(names), seen  # the metadata of each entry, once
+        os.close(fd)
+        fd = -1
+        time.sleep(ttl + 0.5)
+        with pytest.raises(FileNotFoundError):
+            os.lstat("nor-this", dir_fd=held)
+        assert taken(proxy)["ListObjectsV2"] == 1, "closed, the listing ages as any other"
+    finally:
+        os.close(held)
+        if fd >= 0:
+            os.close(fd)
+
+
+@pytest.mark.backends(*BACKENDS)
+def test_walk_sees_the_tree_and_names_removed_elsewhere(mounter: Mounter, store,  # type: ignore
+                                                        tmp_path: Path) -> None:
+    files = tree()
+    write_local(tmp_path / "src", files)
+    write_local(tmp_path / "src", {"unwalked/a": 1, "unwalked/b": 2})
+    writer = mounter.mount(store, "--writeback-delay", "0", name="writer")
+    shutil.copytree(tmp_path / "src", writer.bucket / "dst")
+    mounter.umount(writer)  # everything uploaded
+    ttl = 1.0
+    m = mounter.mount(store, "--metadata-ttl", str(ttl), name="walker")
+    stat_walk(m.bucket / "dst", files)
+    walked = sorted(os.listdir(m.bucket / "dst" / "top1"))
+    assert sorted(os.listdir(m.bucket / "dst" / "unwalked")) == ["a", "b"]  # listed only
+    other = mounter.mount(store, name="other")
+    os.unlink(other.bucket / "dst" / "top1" / "f0.txt")
+    os.unlink(other.bucket / "dst" / "unwalked" / "a")
+    time.sleep(ttl + 0.2)
+    # Once the TTL has passed the mount asks again, whether the name was stat'ed after the
+    # listing (f0.txt) or only listed (a: the HEAD that reads its metadata finds it gone).
+    for gone in ("top1/f0.txt", "unwalked/a"):
+        with pytest.raises(OSError) as failed:
+            os.lstat(m.bucket / "dst" / gone)
+        assert failed.value.errno == errno.ENOENT, gone
+    assert os.lstat(m.bucket / "dst" / "unwalked" / "b").st_size == 2
+    assert sorted(os.listdir(m.bucket / "dst" / "top1")) == [n for n in walked
+                                                             if n != "f0.txt"]
+    stat_walk(m.bucket / "dst", {rel: size for rel, size in files.items()
+                                 if rel != "top1/f0.txt"})
