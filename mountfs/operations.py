@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -102,7 +102,7 @@ class Operations(pyfuse3.Operations):
         node = await self.ns.lookup(self.ns.get(parent_inode), text)
         return self._lookup_reply(await self.ns.complete(node))
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             self.ns.forget(inode, count)
 
