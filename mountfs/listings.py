@@ -39,7 +39,7 @@ from cache.blocks import BlockCache
 from mountfs import attrs as attrs_mod
 from mountfs.attrs import Attributes, Defaults
 from mountfs.backends.base import CONTENT_TYPE, Backend, ObjectInfo
-from mountfs.errors import InvalidArgument, NameTooLong, NoSuchObject
+from mountfs.errors import BackendError, InvalidArgument, NameTooLong, NoSuchObject
 from mountfs.nodes import Node, check_name
 from mountfs.table import NodeTable
 
@@ -213,6 +213,12 @@ class Listings:
                     if entries >= SMALL_DIR and not self.table.listing_fresh(node):
                         node.listed_size = entries
                         break
+            except BackendError as exc:
+                # No answer, but the names can still be asked one by one (a DCSS service that
+                # cannot continue a listing past its first page): probe them from now on.
+                log.info("listing %s to answer lookups failed (%s); asking name by name",
+                         "/".join(node.path()) or "/", exc)
+                node.listed_size = SMALL_DIR
             finally:
                 await pages.aclose()
         finally:
