@@ -123,6 +123,8 @@ class Namespace:
         await self._check_absent(parent, name)
         attrs = self._new_attrs((stat.S_IFMT(mode) or stat.S_IFREG) | stat.S_IMODE(mode),
                                 uid, gid)
+        if attrs.kind != stat.S_IFREG and not self.backend.features.special_files:
+            raise NotPermitted(f"{self.backend.describe()} cannot hold special files")
         if attrs.kind in (stat.S_IFCHR, stat.S_IFBLK):
             attrs.rdev = rdev
         if attrs.kind == stat.S_IFREG:  # what a web server or browser reading the store needs

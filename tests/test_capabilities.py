@@ -1,6 +1,8 @@
 """What a driver declares in its `Features` is what the mount does: one test body per field the
 namespace reads, run on every driver, each asserting the behaviour its declaration implies.
-(`writable` is test_dcss.py's anonymous mount; `conditional_writes` is test_two_mounts.py.)"""
+(`writable` is test_dcss.py's anonymous mount; `conditional_writes` is test_two_mounts.py;
+`max_key_length` is test_long_paths.py; `special_files` test_fidelity.py and, where a store
+lacks it, test_firecrest.py.)"""
 from __future__ import annotations
 
 import errno

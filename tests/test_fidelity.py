@@ -64,6 +64,7 @@ def stored_info(store: Store, key: str, timeout: float = 10) -> ObjectInfo:
 
 # ---- special files ------------------------------------------------------------------------------
 
+@pytest.mark.requires("special_files")
 def test_fifo_socket_and_device_nodes(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
     os.mkfifo(m.bucket / "fifo", 0o640)

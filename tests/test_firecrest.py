@@ -158,6 +158,9 @@ def test_refused_names(mounter: Mounter, service: FirecrestService, home: str) -
         finally:
             with contextlib.suppress(OSError):
                 os.close(fd)
+    # no FIFOs or devices on FirecREST (Features.special_files): refused at once, not an
+    # upload failing for ever
+    assert oserror(os.mkfifo, m.path / "fifo") == errno.EPERM
     assert os.listdir(service.host_path(SYSTEM, home)) == []  # not "its", not "dont"
 
 

@@ -78,6 +78,9 @@ class Features:
     # The longest key the service stores, in UTF-8 bytes (None: only the kernel's limits): a
     # name whose key would be longer fails with ENAMETOOLONG at once, not at the upload.
     max_key_length: int | None = None
+    # FIFOs, sockets and device nodes can be stored (as s3fs stores them: empty objects whose
+    # mode says what they are); else mknod of one is EPERM at once, not an upload that fails.
+    special_files: bool = True
 
 
 class Backend(abc.ABC):

@@ -52,8 +52,9 @@ UNSAFE_IN_FORM = frozenset('"\\%\r\n') | frozenset(map(chr, range(32)))
 
 
 class FirecrestBackend(Backend):
+    # No FIFOs or devices: the API makes files, directories and symlinks only.
     features = Features(conditional_writes=False, buckets_editable=False,
-                        max_key_length=PATH_MAX - 2)
+                        max_key_length=PATH_MAX - 2, special_files=False)
 
     def __init__(self, url: str, http: HttpPool, auth: TokenSource,
                  api_version: str = "auto") -> None:
