@@ -65,7 +65,7 @@ class Namespace:
         queue.conditional = backend.features.conditional_writes
         queue.resolve_conflict = ConflictSettler(cache, self.table.nodes).settle
         self.dir_times = DirTimes(self._save_dir_times, dir_times_delay)
-        self._tree_moves = trio.Lock()  # directory renames against saves of dir times
+        self._marker_changes = trio.Lock()  # rmdir, directory renames against dir-times saves
 
     def _writable(self) -> None:
         if self.read_only:
@@ -94,7 +94,7 @@ class Namespace:
             return
         changed_ns = node.entries_changed_ns
         await self.complete(node)  # the marker's mode and owner go back with the times
-        async with self._tree_moves:  # not while a rename moves the marker
+        async with self._marker_changes:  # not while an rmdir or a rename takes the marker
             if node.unlinked:
                 return
             bucket, key = self.table.location(node)
@@ -208,13 +208,16 @@ class Namespace:
             self._buckets_editable()
         await self._check_empty(node)
         bucket, prefix = self.table.location(node)
-        if self.table.lists_buckets(parent):
-            await self.backend.delete_bucket(bucket)
-        else:
-            await self.backend.delete_object(bucket, prefix)
-            if node.directory_object:  # else the directory comes back, as an older tool's
-                await self.backend.delete_object(bucket, node.directory_object)
-        node.unlinked = True
+        # A save of its times under way would write its marker back after the delete (and its
+        # parent would not be empty for the next rmdir of `rm -r`).
+        async with self._marker_changes:
+            if self.table.lists_buckets(parent):
+                await self.backend.delete_bucket(bucket)
+            else:
+                await self.backend.delete_object(bucket, prefix)
+                if node.directory_object:  # else the directory comes back, as an older tool's
+                    await self.backend.delete_object(bucket, node.directory_object)
+            node.unlinked = True
         self._entries_changed(parent)
         self.table.detach(node)
 
@@ -254,7 +257,7 @@ class Namespace:
                 await self._check_empty(target)
         # A directory's times saved meanwhile (mountfs/dirtimes.py) would write a marker of the
         # tree being moved back under its old name.
-        async with self._tree_moves if node.is_dir else contextlib.nullcontext():
+        async with self._marker_changes if node.is_dir else contextlib.nullcontext():
             src_bucket, src_key = self.table.location(node)
             dst_bucket, dst_prefix = self.table.location(new_parent)
             dst_key = dst_prefix + new_name + ("/" if node.is_dir else "")
