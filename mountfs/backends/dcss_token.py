@@ -16,8 +16,9 @@ from pathlib import Path
 
 from mountfs.errors import ConfigError
 
-# The environment variables a token is read from (by the registry, see dcss.DRIVER), in order: the name the Duckietown tools and
-# containers use, then the one the Duckietown shell exports to the programs it runs.
+# The environment variables a token is read from (by the registry, see dcss.DRIVER), in order:
+# the name the Duckietown tools and containers use, then the one the Duckietown shell exports
+# to the programs it runs.
 TOKEN_ENV = ("DT_TOKEN", "DUCKIETOWN_TOKEN")
 
 # Duckietown's token verification keys (public keys, as shipped in dt-authentication).

@@ -5,8 +5,8 @@ A program waits in a syscall while a request is retried, so the budget is short:
 tries, none starting later than BUDGET seconds after the first; between them a full-jitter
 exponential backoff (a random wait up to 0.1 s, 0.2 s, 0.4 s, … at most 2 s), or the wait the
 service asked for in Retry-After (`TemporaryFailure.retry_after`; one longer than the budget
-has left ends the retries at once, so no wait is ever longer than the budget). Whether a failure is worth another try is
-the driver's `is_temp_failure`; a failed precondition never is (`PreconditionFailed`: the same
+has left ends the retries at once, so no wait is ever longer than the budget). Whether a
+failure is worth another try is the driver's `is_temp_failure`; a failed precondition never is (`PreconditionFailed`: the same
 conditional request fails again; the write-back queue and the namespace settle it). Whole
 uploads are retried again, on a longer schedule, by the write-back queue (cache/writeback.py).
 
