@@ -6,9 +6,10 @@ tries, none starting later than BUDGET seconds after the first; between them a f
 exponential backoff (a random wait up to 0.1 s, 0.2 s, 0.4 s, … at most 2 s), or the wait the
 service asked for in Retry-After (`TemporaryFailure.retry_after`; one longer than the budget
 has left ends the retries at once, so no wait is ever longer than the budget). Whether a
-failure is worth another try is the driver's `is_temp_failure`; a failed precondition never is (`PreconditionFailed`: the same
-conditional request fails again; the write-back queue and the namespace settle it). Whole
-uploads are retried again, on a longer schedule, by the write-back queue (cache/writeback.py).
+failure is worth another try is the driver's `is_temp_failure`; a failed precondition never
+is (`PreconditionFailed`: the same conditional request fails again; the write-back queue and
+the namespace settle it). Whole uploads are retried again, on a longer schedule, by the
+write-back queue (cache/writeback.py).
 
 Each retry is logged once, at INFO, in one format for every driver.
 """
