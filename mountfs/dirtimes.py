@@ -26,12 +26,16 @@ class DirTimes:
         self._save = save  # stores a directory's times on its marker
         self.delay = delay
         self._due: dict[Node, float] = {}  # directory -> when to save it
+        self._next_wake = math.inf  # when `run` wakes up by itself
         self._wake = trio.Event()
 
     def touch(self, node: Node) -> None:
-        """Entries of `node` changed: save its times after a quiet delay."""
-        self._due[node] = trio.current_time() + self.delay
-        self._wake.set()
+        """Entries of `node` changed: save its times after a quiet delay. Called for every
+        create in a copy: `run` is woken only when this save is due before it wakes anyway
+        (a directory touched again is only due later)."""
+        due = self._due[node] = trio.current_time() + self.delay
+        if due < self._next_wake:
+            self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -42,8 +46,8 @@ class DirTimes:
                 if due <= now:
                     del self._due[node]
                     await self._save_quietly(node)
-            next_due = min(self._due.values(), default=math.inf)
-            with trio.move_on_at(next_due):
+            self._next_wake = min(self._due.values(), default=math.inf)
+            with trio.move_on_at(self._next_wake):
                 await self._wake.wait()
             self._wake = trio.Event()
 

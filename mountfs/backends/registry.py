@@ -7,7 +7,8 @@ these the registry makes, for every driver alike:
 
 - the mount flags `--<driver>-<option>` (plus the older spellings a driver keeps as aliases),
   grouped per driver in `mountfs mount --help`, and the `-o <driver>_<option>=VALUE` form;
-  a name can never mean two things (`check_unique` runs when the parser is built);
+  a name can never mean two things (cli.add_driver_options refuses a flag taken twice when
+  it builds the parser);
 - the cache-dir key: the SOURCE plus the options that say which service it names;
 - secrets: read only from a file an option names or from the environment, never from argv,
   and remembered for the log filter (`mountfs.secrets`);
