@@ -588,7 +588,7 @@ def test_rename_file_over_file(mounted: Mount) -> None:
     os.rename(mounted.bucket / "a", mounted.bucket / "b")
     assert (mounted.bucket / "b").read_bytes() == b"new"
     assert os.listdir(mounted.bucket) == ["b"]
-    assert (mounted.stored / "b").read_bytes() == b"new"
+    wait_store(mounted.stored / "b", b"new")  # as in test_rename_file
     assert not (mounted.stored / "a").exists()
 
 
