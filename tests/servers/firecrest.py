@@ -1565,7 +1565,8 @@ class FirecrestService:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "tests.servers.firecrest", "--port", str(self.port),
                 "--api", self.api, "--root", str(self.root), "--s3-endpoint", self.s3_endpoint,
-                "--client-secret", self.client_secret, "--access-token", self.static_token,
+                # "=" because a generated secret may begin with "-" (argparse would read a flag)
+                f"--client-secret={self.client_secret}", f"--access-token={self.static_token}",
                 "--token-lifetime", str(self.token_lifetime),
                 "--job-delay", str(self.job_delay), "--staging-poll", str(self.staging_poll),
                 "--max-ops-size", str(self.max_ops_size),
