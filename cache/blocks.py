@@ -291,9 +291,12 @@ class BlockCache:
     def get(self, bucket: str, key: str) -> CachedObject | None:
         return self._by_key.get((bucket, key))
 
-    def dirty_under(self, bucket: str, prefix: str) -> list[CachedObject]:
+    def objects_under(self, bucket: str, prefix: str) -> list[CachedObject]:
         return [obj for (b, k), obj in self._by_key.items()
-                if b == bucket and k.startswith(prefix) and obj.dirty]
+                if b == bucket and k.startswith(prefix)]
+
+    def dirty_under(self, bucket: str, prefix: str) -> list[CachedObject]:
+        return [obj for obj in self.objects_under(bucket, prefix) if obj.dirty]
 
     def open_object(self, bucket: str, key: str, size: int, etag: str,
                     mtime_ns: int) -> CachedObject:

@@ -14,12 +14,13 @@ until the user gives it up, so the next mount reports it too.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,7 @@ class WritebackQueue:
         # Uploads of this process begin after this; older unfinished ones are a dead one's.
         self.started_ns = time.time_ns()
         self._entries: dict[CachedObject, Entry] = {}
+        self._held: list[tuple[str, str]] = []  # (bucket, key prefix): see `held`
         # Set by the namespace when the storage does conditional writes: each upload then
         # states its base (the version the data was based on), and a failed condition is
         # handed to `resolve_conflict`, which returns True once it settled it (the object
@@ -131,6 +133,29 @@ class WritebackQueue:
         while (entry := self._entries.get(obj)) is not None and entry.sent:
             obj.generation += 1
             await obj.attempt_done.wait()
+
+    @contextlib.asynccontextmanager
+    async def held(self, bucket: str, prefix: str) -> AsyncIterator[None]:
+        """No upload of an object whose key begins with `prefix` runs inside the block: those
+        under way are stopped first, and none starts until it ends (the service is moving
+        that tree: an upload under the old name would bring it back, one under the new name
+        could be moved into it)."""
+        where = (bucket, prefix)
+        self._held.append(where)
+        try:
+            for obj in self.cache.objects_under(bucket, prefix):
+                await self.cancel_inflight(obj)
+            yield
+        finally:
+            self._held.remove(where)
+            for entry in self._entries.values():
+                if not entry.sent:
+                    self._plan(entry)
+
+    def _is_held(self, obj: CachedObject) -> bool:
+        rec = obj.record
+        return any(rec.bucket == bucket and rec.key.startswith(prefix)
+                   for bucket, prefix in self._held)
 
     def discard(self, obj: CachedObject) -> None:
         if self._entries.pop(obj, None) is not None:
@@ -229,6 +254,8 @@ class WritebackQueue:
                 if entry.due > now:  # written to since: due later
                     heapq.heappush(self._plans, (entry.due, next(self._plan_order), entry))
                     continue
+                if self._held and self._is_held(entry.obj):
+                    continue  # planned again when the hold ends
                 entry.sent = True
                 self._send.send_nowait(entry.obj)
             self._next_wake = self._plans[0][0] if self._plans else math.inf

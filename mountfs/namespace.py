@@ -323,6 +323,9 @@ class Namespace:
             # ACLs (system.posix_acl_*) are refused: the kernel would not enforce them here.
             raise OSError(errno.ENOTSUP, f"{name}: only {', '.join(XATTR_NAMESPACES)}* "
                           "attributes are kept")
+        if not self.backend.features.keeps("xattr"):
+            raise OSError(errno.ENOTSUP, f"{self.backend.describe()} keeps no extended "
+                          "attributes")
         node.attrs.xattrs[name] = value
         node.attrs.changed(time.time_ns())
         await self.save_attrs(node)

@@ -2,9 +2,11 @@
 
 `Namespace.rename` checks the names and moves the nodes; `Mover` moves what they stand for. A
 file is copied on the server, then deleted (a file still being written here is renamed in the
-cache instead, and uploaded under its new name). A directory is every object below it and its
-markers, all copied before any is deleted, the markers last and deepest first, so a crash
-leaves the old tree or the new one whole. A cached object whose server copy is about to go
+cache instead, and uploaded under its new name). A service that renames on its own
+(`Features.native_rename`: FirecREST's `mv`, the local store's rename(2)) moves a file or a
+whole tree in one request instead, the uploads below it held meanwhile. Otherwise a directory
+is every object below it and its markers, all copied before any is deleted, the markers last and
+deepest first, so a crash leaves the old tree or the new one whole. A cached object whose server copy is about to go
 (replaced by a rename, or unlinked) is dropped here too, its data kept for open handles.
 """
 from __future__ import annotations
@@ -60,20 +62,41 @@ class Mover:
             obj.record.on_server = node.on_server = replaces_on_server
             obj.record.etag = replaced_etag  # its blocks are all here: the old ETag names none
             self.cache.rename(obj, dst_bucket, dst_key)
-        else:  # on the server, perhaps uploaded just now: copy it there
-            info = await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key)
+        else:  # on the server, perhaps uploaded just now: move it there
+            if self._native(src_bucket, dst_bucket):
+                info = await self.backend.rename_object(src_bucket, src_key, dst_key)
+                on_server = False  # nothing left under the old name
+            else:
+                info = await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key)
+                on_server = True
             if obj is not None:
                 self.cache.rename(obj, dst_bucket, dst_key)
                 self.cache.set_server_version(obj, info.etag, info.mtime_ns)
             node.etag = info.etag
-            on_server = True
         if on_server:
             await self.backend.delete_object(src_bucket, src_key)
+
+    def _native(self, src_bucket: str, dst_bucket: str) -> bool:
+        return self.backend.features.native_rename and src_bucket == dst_bucket
+
+    async def _rename_tree(self, bucket: str, src_prefix: str, dst_prefix: str) -> None:
+        """One request of the service moves the tree; what is cached below it (written here
+        and not uploaded yet, or read) follows under its new key, and uploads wait meanwhile.
+        An object being written here keeps its place in the queue: its upload replaces the
+        moved server copy, as it would have replaced the old one."""
+        async with self.queue.held(bucket, src_prefix):
+            await self.backend.rename_object(bucket, src_prefix, dst_prefix)
+            for obj in self.cache.objects_under(bucket, src_prefix):
+                self.cache.rename(obj, bucket, dst_prefix + obj.record.key[len(src_prefix):])
 
     async def move_tree(self, src_bucket: str, src_prefix: str, dst_bucket: str,
                         dst_prefix: str) -> None:
         """Every object below, copied first and deleted after, so a crash leaves one whole tree.
-        Objects still being written here move in the cache and upload under the new name."""
+        Objects still being written here move in the cache and upload under the new name.
+        A service that renames trees itself does it in one request."""
+        if self._native(src_bucket, dst_bucket):
+            await self._rename_tree(src_bucket, src_prefix, dst_prefix)
+            return
         # Taken before the listing: an upload that ends during it leaves an object neither
         # listed nor dirty, yet still to move.
         local = self.cache.dirty_under(src_bucket, src_prefix)

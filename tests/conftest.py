@@ -10,7 +10,8 @@ The store's driver is the fixture `backend` (its name; `kit` is its test kit, te
 per driver named (ids `[local]`, `[s3]`, `[dcss]`); `backends(*BACKENDS)` names every driver
 whose kit's store can be mounted and looked at from outside (`DRIVERS`: every kit, for the
 contract suite). `@pytest.mark.requires("buckets_editable", ...)` skips the test on a driver
-whose `Features` lack one of those; `@pytest.mark.backend_bug("s3", reason=...)` makes that
+whose `Features` lack one of those (`keeps=("xattr", ...)`: attributes the driver must keep);
+`@pytest.mark.backend_bug("s3", reason=...)` makes that
 one case a strict xfail. Servers (moto_server, the DCSS service) are shared by the session (by
 each xdist worker) and reset for every test. Tests look at a store directly through
 `stores.StorePath`, the same for every driver.
@@ -157,8 +158,8 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backends(*names): run once per driver named")
-    config.addinivalue_line("markers", "requires(*features): skip on a driver whose Features "
-                                       "lack one of these")
+    config.addinivalue_line("markers", "requires(*features, keeps=()): skip on a driver whose "
+                                       "Features lack one of these, or keep not those attributes")
     config.addinivalue_line("markers", "backend_bug(name, reason): a strict xfail on that "
                                        "driver, for a known bug of mountfs")
 
@@ -213,6 +214,9 @@ def make_store(request: pytest.FixtureRequest, backend: str, directory: Path) ->
         for feature in marker.args:
             if not getattr(store.features, feature):
                 pytest.skip(f"the {backend} driver declares no {feature}")
+        for attribute in marker.kwargs.get("keeps", ()):
+            if not store.features.keeps(attribute):
+                pytest.skip(f"the {backend} driver keeps no {attribute}")
     return store
 
 

@@ -164,6 +164,28 @@ async def test_copy(driver: Backend, store: Store) -> None:
         await driver.copy_object(store.bucket, "missing", store.bucket, "dst/other")
 
 
+@pytest.mark.requires("native_rename")
+async def test_rename_object(driver: Backend, store: Store) -> None:
+    """A file replaces one at its new name; a directory moves with its tree, onto nothing or
+    an empty directory, the service's own objects under it untouched."""
+    body = data(5_000, seed=5)
+    moved = await put(driver, store.bucket, "a/file", body, METADATA)
+    await put(driver, store.bucket, "a/other", b"replaced")
+    info = await driver.rename_object(store.bucket, "a/file", "a/other")
+    assert (info.key, info.size, info.etag) == ("a/other", len(body), moved.etag)
+    assert (store.stored / "a" / "other").read_bytes() == body
+    assert not (store.stored / "a" / "file").exists()
+    await put(driver, store.bucket, "tree/sub/deep", b"deep")
+    await put(driver, store.bucket, "empty/", b"")
+    await driver.rename_object(store.bucket, "tree/", "empty/")
+    assert (store.stored / "empty" / "sub" / "deep").read_bytes() == b"deep"
+    assert not (store.stored / "tree").exists()
+    await driver.rename_object(store.bucket, "empty/", "new/")
+    assert keys(await listing(driver, store.bucket, "new/", delimiter=None)) == ["new/sub/deep"]
+    with pytest.raises(NoSuchObject):
+        await driver.rename_object(store.bucket, "missing", "elsewhere")
+
+
 # ---- listings --------------------------------------------------------------------------------
 
 # Keys whose byte order differs from a naive per-name sort: '-' < '/' < '0'.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, TypeVar
 
 from mountfs.backends.retry import retrying
-from mountfs.errors import TemporaryFailure
+from mountfs.errors import NotSupported, TemporaryFailure
 
 T = TypeVar("T")
 
@@ -81,6 +81,18 @@ class Features:
     # FIFOs, sockets and device nodes can be stored (as s3fs stores them: empty objects whose
     # mode says what they are); else mknod of one is EPERM at once, not an upload that fails.
     special_files: bool = True
+    # The attributes the service keeps (attrs.py's names: mode, uid, gid, atime, mtime,
+    # ctime, rdev, xattr); None: all of them, in the object's metadata. One it does not keep
+    # is taken as rclone takes it (shown until the entry is read again from the service),
+    # except extended attributes: setxattr is ENOTSUP, not a value that silently vanishes.
+    kept_attributes: frozenset[str] | None = None
+    # `rename_object` moves a file, or a directory with everything below it, in one request of
+    # the service's own: the namespace renames with it instead of copying and deleting each
+    # object below (mountfs/rename.py).
+    native_rename: bool = False
+
+    def keeps(self, attribute: str) -> bool:
+        return self.kept_attributes is None or attribute in self.kept_attributes
 
 
 class Backend(abc.ABC):
@@ -144,6 +156,13 @@ class Backend(abc.ABC):
         self, bucket: str, key: str, dst_bucket: str, dst_key: str
     ) -> ObjectInfo:
         """Server-side copy, data and metadata."""
+
+    async def rename_object(self, bucket: str, key: str, dst_key: str) -> ObjectInfo:
+        """With `features.native_rename`: move the object `key` to `dst_key` in the same
+        bucket, or, for a marker key (ending '/'), the directory with everything below it.
+        A file at `dst_key` is replaced; a directory there is empty (the namespace checked) and
+        is replaced too. The result describes the object at its new name."""
+        raise NotSupported(f"{self.describe()} renames by copy and delete")
 
     async def abort_incomplete_uploads(self, bucket: str, key: str, before_ns: int) -> None:
         """Abort what uploads of `key` begun before `before_ns` (ns since the epoch) left on the

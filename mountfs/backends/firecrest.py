@@ -14,6 +14,7 @@ FirecREST keeps no user metadata: of the attributes only the mode is stored (chm
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import stat
@@ -53,8 +54,10 @@ UNSAFE_IN_FORM = frozenset('"\\%\r\n') | frozenset(map(chr, range(32)))
 
 class FirecrestBackend(Backend):
     # No FIFOs or devices: the API makes files, directories and symlinks only.
+    # Of the attributes only the mode is kept (chmod); `mv` renames files and trees at once.
     features = Features(conditional_writes=False, buckets_editable=False,
-                        max_key_length=PATH_MAX - 2, special_files=False)
+                        max_key_length=PATH_MAX - 2, special_files=False,
+                        kept_attributes=frozenset({"mode"}), native_rename=True)
 
     def __init__(self, url: str, http: HttpPool, auth: TokenSource,
                  api_version: str = "auto") -> None:
@@ -405,6 +408,24 @@ class FirecrestBackend(Backend):
                                      body={"sourcePath": path_of(key), "targetPath": dst})
         await self.api.follow(bucket, answer["transferJob"], what)
         return await self.stat_object(dst_bucket, dst_key)
+
+    async def rename_object(self, bucket: str, key: str, dst_key: str) -> ObjectInfo:
+        """`transfer/mv`, a job. `mv` moves a file or a tree INTO a directory found at the
+        target, so an empty one there (the namespace checked it is empty) is removed first."""
+        check_name(key)
+        src, dst = path_of(key), await self.writable_path(bucket, dst_key)
+        await self.writable_path(bucket, key)
+        self._forget(bucket, key)
+        self._forget(bucket, dst_key)
+        if key.endswith("/"):
+            with contextlib.suppress(NoSuchObject):
+                if stat.S_ISDIR(int((await self.stat_path(bucket, dst))["mode"])):
+                    await self.delete_object(bucket, dst_key)
+        what = f"mv {bucket}:{src} {dst}"
+        answer = await self.api.call("POST", f"/filesystem/{bucket}/transfer/mv", what,
+                                     body={"sourcePath": src, "targetPath": dst})
+        await self.api.follow(bucket, answer["transferJob"], what)
+        return await self.stat_object(bucket, dst_key)
 
     async def delete_object(self, bucket: str, key: str) -> None:
         """`ops/rm` is `rm -r`: a file's key removes a file or link only, a marker's an empty

@@ -190,7 +190,7 @@ def _split(key: str) -> list[str]:
 
 
 class LocalBackend(Backend):
-    features = Features(conditional_writes=True)
+    features = Features(conditional_writes=True, native_rename=True)
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -526,6 +526,25 @@ class LocalBackend(Backend):
                     raise  # else no object by that key: deleting it is a success
 
         await self._call(delete)
+
+    async def rename_object(self, bucket: str, key: str, dst_key: str) -> ObjectInfo:
+        """rename(2): a file, or a directory with everything below it; an empty directory at
+        the target is replaced, as rename(2) does. The inode and mtime stay, so the ETag does."""
+        marker = key.endswith("/")
+
+        def move() -> ObjectInfo:
+            with self._parent(bucket, key) as (src_dir, name), \
+                    self._parent(bucket, dst_key, create=True) as (dst_dir, dst_name):
+                with _entry(src_dir, name, marker):
+                    pass  # NoSuchObject unless a file (or, for a marker, a directory)
+                os.rename(name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+                with _entry(dst_dir, dst_name, marker) as (fd, st):
+                    if marker:  # (a directory holding objects is no marker object)
+                        return ObjectInfo(bucket, dst_key, mtime_ns=st.st_mtime_ns,
+                                          is_prefix=True)
+                    return _info_of(bucket, dst_key, fd, st)
+
+        return await self._call(move)
 
     async def copy_object(
         self, bucket: str, key: str, dst_bucket: str, dst_key: str
