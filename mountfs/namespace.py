@@ -39,6 +39,9 @@ from mountfs.table import NodeTable
 
 # Extended attribute namespaces kept (the kernel checks who may set trusted.* and security.*).
 XATTR_NAMESPACES = ("user.", "trusted.", "security.")
+# How long after its mtime a version told apart by its mtime in whole seconds is unsure
+# (the second itself, and some clock skew between the service and this machine).
+UNSURE_VERSION_NS = 2 * 10**9
 # New files' Content-Type, from the name's extension as s3fs finds it in /etc/mime.types.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
@@ -157,6 +160,9 @@ class Namespace:
             raise NotPermitted("symlinks cannot live at the root, only buckets")
         self._check_key(parent, name)
         await self._check_absent(parent, name)
+        if not target.startswith(b"/") and not self.backend.features.relative_symlinks:
+            raise OSError(errno.ENOTSUP, f"{self.backend.describe()} makes symlinks to "
+                          f"absolute paths only, not to {target!r}")
         attrs = self._new_attrs(stat.S_IFLNK | 0o777, uid, gid)
         bucket, prefix = self.table.location(parent)
         info = await self._put_small(bucket, prefix + name, target, attrs)
@@ -347,11 +353,23 @@ class Namespace:
             if not self.table.fresh(node.refreshed_at) and node.exists_on_server:
                 await self.getattr(node)
             bucket, key = self.table.location(node)
-            node.obj = self.cache.open_object(bucket, key, node.size, node.etag,
+            node.obj = self.cache.open_object(bucket, key, node.size,
+                                              self._version(node, bucket, key),
                                               node.attrs.mtime_ns)
         node.open_count += 1
         self.cache.opened(node.obj)
         return node.obj
+
+    def _version(self, node: Node, bucket: str, key: str) -> str:
+        """The ETag the cache keys a file's blocks by. Where versions are only size and mtime
+        in seconds, one whose second may not be over (another write of the same size could
+        follow within it, under the same ETag) gets an ETag of its own, and the driver drops
+        what it keeps of the data: what is read now is not served to a later open."""
+        if self.backend.features.exact_versions or \
+                time.time_ns() - node.attrs.mtime_ns > UNSURE_VERSION_NS:
+            return node.etag
+        self.backend.forget(bucket, key)
+        return f"{node.etag}~unsure-{time.time_ns()}"
 
     def close_data(self, node: Node) -> None:
         obj = node.obj

@@ -31,9 +31,11 @@ from pathlib import Path
 import pytest
 
 from kits import KITS, Kit, Store, environment
+from kits import firecrest as firecrest_kit
 from mountfs.processes import pid_alive
 from mountfs.status import STATUS_XATTR
 from servers.dcss import DcssService, make_keypair
+from servers.firecrest import FirecrestService, firecrest_service
 from servers.s3 import S3Server
 from stores import StorePath
 
@@ -245,6 +247,16 @@ def dcss_service(s3_server: S3Server) -> Iterator[DcssService]:
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def firecrest_kit_service(s3_server: S3Server) -> Iterator[FirecrestService]:
+    """The FirecREST service of the firecrest kit (tests/kits/firecrest.py), staging through
+    the session's moto_server; its jobs take a few hundredths of a second."""
+    with firecrest_service(s3_server.url, systems=firecrest_kit.SYSTEMS,
+                           max_ops_size=firecrest_kit.DIRECT_LIMIT, job_delay=0.02,
+                           staging_poll=0.05) as service:
+        yield service
 
 
 @pytest.fixture

@@ -111,6 +111,7 @@ def test_an_open_file_unlinked_has_no_links(mounted: Mount) -> None:
 
 # ---- times ----------------------------------------------------------------------------------------
 
+@pytest.mark.requires(keeps=("ctime",))
 def test_ctime_moves_with_every_change_and_is_stored(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
     path = m.bucket / "f"
@@ -144,6 +145,7 @@ def test_ctime_moves_with_every_change_and_is_stored(mounter: Mounter, store: St
     assert meta["ctime"] == (f"{seconds}.{fraction:09d}" if fraction else str(seconds))
 
 
+@pytest.mark.requires("relative_symlinks", keeps=("mtime",))
 def test_directory_times_move_when_entries_change(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
     d = m.bucket / "d"
@@ -177,6 +179,7 @@ def test_python_imports_a_module_written_after_an_import(mounted: Mount) -> None
 
 # ---- extended attributes --------------------------------------------------------------------------
 
+@pytest.mark.requires(keeps=("xattr",))
 def test_trusted_and_security_xattrs_are_kept_acls_are_not(mounter: Mounter,
                                                             store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
@@ -200,6 +203,7 @@ def test_trusted_and_security_xattrs_are_kept_acls_are_not(mounter: Mounter,
 FOREIGN = {"foreign": "keepme", "owner-team": "geo"}
 
 
+@pytest.mark.requires(keeps=("other",))
 def test_other_tools_metadata_survives_every_change(mounted: Mount) -> None:
     store = mounted.store
     assert not isinstance(store, Path)
@@ -262,6 +266,7 @@ def test_s3_headers_and_metadata_of_other_tools_survive_every_change(mounted: Mo
     assert client.get_object(Bucket=bucket, Key="index.html")["Body"].read() == b"<p>hello"
 
 
+@pytest.mark.requires(keeps=(CONTENT_TYPE,))
 def test_new_files_get_a_content_type_from_their_name(mounted: Mount) -> None:
     for name, expected in (("page.html", "text/html"), ("data.csv", "text/csv"),
                            ("blob", "application/octet-stream")):
@@ -278,6 +283,7 @@ def test_new_files_get_a_content_type_from_their_name(mounted: Mount) -> None:
 
 # ---- directories as older tools write them --------------------------------------------------------
 
+@pytest.mark.requires(keeps=(CONTENT_TYPE,))
 def test_directories_of_older_tools(mounted: Mount) -> None:
     """`NAME_$folder$` (Hadoop, S3 Organizer) and an empty object of Content-Type
     application/x-directory (older s3fs) are directories; the objects themselves are hidden,

@@ -66,9 +66,11 @@ def populate(store: Store) -> tuple[set[str], dict[str, bytes], list[tuple[str, 
         with open(bad, "wb") as f:
             f.write(b"not utf-8")
         hidden.append((os.fsdecode(b"bad-\xff-utf8"), ""))
-        # Symlinks out of the store are not objects: never followed, never shown.
-        os.symlink("/", bucket / "to-root")
-        os.symlink("..", bucket / "dd" / "up")
+        if not store.kit.store_symlinks:
+            # Symlinks out of the store are not objects: never followed, never shown. (Where
+            # the store's symlinks are the service's own, they are symlinks on the mount.)
+            os.symlink("/", bucket / "to-root")
+            os.symlink("..", bucket / "dd" / "up")
         top = {"plain", "dd", *control}
     return top, files, hidden
 

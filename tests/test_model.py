@@ -689,9 +689,11 @@ def test_listing_keeps_a_file_whose_upload_finishes_during_the_listing(model_mou
 def test_rename_during_upload_keeps_the_data(mounter: Mounter, store: Store) -> None:
     """Rename a file while its upload is under way (still filling the blocks it needs from the
     server): the data must reach the store under the new name."""
+    data = random.Random(7).randbytes(1 << 20)
+    if len(data) <= store.kit.reads_whole_up_to:
+        pytest.skip("each block would be a whole download: the upload would take minutes")
     m = mounter.mount(store, *MOUNT_OPTIONS, "--cache-size", "64K", name="small-cache")
     d = m.bucket
-    data = random.Random(7).randbytes(1 << 20)
     (d / "big").write_bytes(data)
     wait_until("big is uploaded", lambda: m.served_status()["queued"] == 0)
     (d / "other").write_bytes(bytes(1 << 20))  # in a 64 KiB cache: evicts big's blocks

@@ -708,6 +708,7 @@ def test_rename_before_upload(mounter: Mounter, store: Store) -> None:
     assert os.listdir(m.bucket) == ["b"]
 
 
+@pytest.mark.requires("relative_symlinks")
 def test_rename_pending_over_uploaded_then_unlink(mounter: Mounter, store: Store) -> None:
     """The replaced target must not come back when the renamed file is removed before its
     upload (found by the model test: a symlink target reappeared)."""
@@ -815,6 +816,7 @@ def test_rename_bucket_is_refused(mounted: Mount) -> None:
 
 # ---- symlinks ----------------------------------------------------------------------------------
 
+@pytest.mark.requires("relative_symlinks")
 def test_symlink_readlink(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store)
     write_file(m.bucket / "target", b"through the link")
@@ -837,6 +839,7 @@ def test_symlink_readlink(mounter: Mounter, store: Store) -> None:
     assert (m.bucket / "target").read_bytes() == b"through the link"
 
 
+@pytest.mark.requires("relative_symlinks")
 def test_rename_symlink(mounted: Mount) -> None:
     os.symlink("somewhere", mounted.bucket / "l1")
     os.rename(mounted.bucket / "l1", mounted.bucket / "l2")
@@ -846,6 +849,7 @@ def test_rename_symlink(mounted: Mount) -> None:
 
 # ---- attributes, persisted -------------------------------------------------------------------
 
+@pytest.mark.requires(keeps=("uid", "gid", "mtime"))
 def test_chmod_chown_utime_persist(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
     f, d = m.bucket / "f", m.bucket / "d"
@@ -874,6 +878,7 @@ def test_chmod_chown_utime_persist(mounter: Mounter, store: Store) -> None:
     check(mounter.remount(m))
 
 
+@pytest.mark.requires("relative_symlinks", keeps=("uid", "gid"))
 def test_directory_attributes_seen_through_listing(mounter: Mounter, store: Store,
                                                    kit: Kit) -> None:
     """After a remount, `ls -l` of the parent shows a directory's own mode and owner."""
@@ -896,6 +901,7 @@ def test_directory_attributes_seen_through_listing(mounter: Mounter, store: Stor
     assert line[0].split()[:4] == ["drwx------", "1", "1000", "1000"]
 
 
+@pytest.mark.requires(keeps=("uid", "gid", "mtime"))
 def test_attributes_of_pending_file_persist(mounter: Mounter, store: Store) -> None:
     """chmod/chown/utime on a file not uploaded yet travel with its upload."""
     m = mounter.mount(store, "--writeback-delay", "1")
@@ -954,6 +960,7 @@ def test_mtime_updates_on_write(mounted: Mount) -> None:
     assert before - 10**9 <= mtime <= time.time_ns() + 10**9
 
 
+@pytest.mark.requires(keeps=("xattr",))
 def test_xattrs(mounter: Mounter, store: Store) -> None:
     m = mounter.mount(store, "--writeback-delay", "0.2")
     f, d = m.bucket / "f", m.bucket / "d"
@@ -1069,6 +1076,7 @@ def test_cp_r_and_diff(mounted: Mount, tmp_path: Path) -> None:
     run("diff", "-r", src, tmp_path / "back")
 
 
+@pytest.mark.requires("relative_symlinks")  # cp -a of a tree with a link
 def test_find(mounted: Mount, tmp_path: Path) -> None:
     src = tmp_path / "src-tree"
     make_tree(src)
@@ -1154,6 +1162,7 @@ def test_dd(mounted: Mount, tmp_path: Path) -> None:
     wait_store(mounted.stored / "dd.bin", expected)
 
 
+@pytest.mark.requires("relative_symlinks")
 def test_ln_s_program(mounted: Mount) -> None:
     write_file(mounted.bucket / "t", b"target")
     run("ln", "-s", "t", mounted.bucket / "l")

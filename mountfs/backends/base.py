@@ -82,7 +82,8 @@ class Features:
     # mode says what they are); else mknod of one is EPERM at once, not an upload that fails.
     special_files: bool = True
     # The attributes the service keeps (attrs.py's names: mode, uid, gid, atime, mtime,
-    # ctime, rdev, xattr); None: all of them, in the object's metadata. One it does not keep
+    # ctime, rdev, xattr; the standard headers by their keys in HEADERS; "other" for other
+    # tools' metadata); None: all of them, in the object's metadata. One it does not keep
     # is taken as rclone takes it (shown until the entry is read again from the service),
     # except extended attributes: setxattr is ENOTSUP, not a value that silently vanishes.
     kept_attributes: frozenset[str] | None = None
@@ -90,6 +91,13 @@ class Features:
     # the service's own: the namespace renames with it instead of copying and deleting each
     # object below (mountfs/rename.py).
     native_rename: bool = False
+    # Symlinks may point anywhere, as the program said; else only to absolute paths (a
+    # relative target is ENOTSUP at once: the service would make another link).
+    relative_symlinks: bool = True
+    # Each new version of an object has a new ETag. False: versions are told apart by size
+    # and an mtime in whole seconds only (FirecREST's ls, as rclone on SFTP), so data cached
+    # while its version's second may not be over is not trusted by a later open.
+    exact_versions: bool = True
 
     def keeps(self, attribute: str) -> bool:
         return self.kept_attributes is None or attribute in self.kept_attributes
@@ -163,6 +171,11 @@ class Backend(abc.ABC):
         A file at `dst_key` is replaced; a directory there is empty (the namespace checked) and
         is replaced too. The result describes the object at its new name."""
         raise NotSupported(f"{self.describe()} renames by copy and delete")
+
+    def forget(self, bucket: str, key: str) -> None:
+        """Drop what the driver keeps of the object's data between reads (a staged copy): the
+        namespace is about to read a version it cannot tell from the last one by its ETag
+        (`Features.exact_versions` False)."""
 
     async def abort_incomplete_uploads(self, bucket: str, key: str, before_ns: int) -> None:
         """Abort what uploads of `key` begun before `before_ns` (ns since the epoch) left on the

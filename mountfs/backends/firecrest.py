@@ -35,7 +35,7 @@ from mountfs.backends.http import HttpPool
 from mountfs.backends.oauth import ClientCredentials, StaticToken, TokenSource
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, NoSuchObject,
-                            NotSupported, PermissionDenied, TooLarge)
+                            NotPermitted, NotSupported, PermissionDenied, TooLarge)
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,13 @@ UNSAFE_IN_FORM = frozenset('"\\%\r\n') | frozenset(map(chr, range(32)))
 
 class FirecrestBackend(Backend):
     # No FIFOs or devices: the API makes files, directories and symlinks only.
-    # Of the attributes only the mode is kept (chmod); `mv` renames files and trees at once.
+    # Of the attributes only the mode is kept (chmod); `mv` renames files and trees at once;
+    # symlink targets must be absolute paths (the API checks them as paths to act on); ls
+    # gives mtimes in whole seconds, and no ETag.
     features = Features(conditional_writes=False, buckets_editable=False,
                         max_key_length=PATH_MAX - 2, special_files=False,
-                        kept_attributes=frozenset({"mode"}), native_rename=True)
+                        kept_attributes=frozenset({"mode"}), native_rename=True,
+                        relative_symlinks=False, exact_versions=False)
 
     def __init__(self, url: str, http: HttpPool, auth: TokenSource,
                  api_version: str = "auto") -> None:
@@ -66,7 +69,8 @@ class FirecrestBackend(Backend):
         self.direct_limit = DIRECT_LIMIT
         self._systems: dict[str, list[str]] | None = None
         self._links: dict[tuple[str, str], str] = {}  # symlink targets, from listings
-        self._large: set[tuple[str, str]] = set()  # files over the direct limit
+        # Files over the direct limit, with the version (ETag) a listing or stat saw last.
+        self._large: dict[tuple[str, str], str] = {}
         self._urls: dict[tuple[str, str], tuple[str, float]] = {}  # staged downloads
 
     def describe(self) -> str:
@@ -122,12 +126,14 @@ class FirecrestBackend(Backend):
         return "outside"
 
     async def writable_path(self, bucket: str, key: str) -> str:
-        """The path of `key` to change; InvalidName or PermissionDenied before any request
-        when the service cannot or may not change it."""
+        """The path of `key` to change; InvalidName or NotPermitted before any request where
+        the service cannot or may not change it: above or outside the system's file systems,
+        or one of them itself (its mount point is the system's, as a bucket is the store's)."""
         check_name(key)
         path = path_of(key)
-        if await self.where(bucket, path) != "inside":
-            raise PermissionDenied(f"{bucket}:{path} is outside the system's file systems")
+        if await self.where(bucket, path) != "inside" or path in await self.file_systems(bucket):
+            raise NotPermitted(f"{bucket}:{path} is no path of the system's file systems that "
+                               "can be changed")
         return path
 
     async def list_buckets(self) -> list[str]:
@@ -162,7 +168,9 @@ class FirecrestBackend(Backend):
         if entry.get("type") == "l":
             self._links[where] = unescape(str(entry.get("linkTarget") or ""))
         elif info.size > self.direct_limit:
-            self._large.add(where)
+            if self._large.get(where, info.etag) != info.etag:
+                self._urls.pop(where, None)  # a new version: its staged copy is of the old
+            self._large[where] = info.etag
 
     async def list_objects(self, bucket: str, prefix: str, delimiter: str | None = "/",
                            page_size: int = 1000) -> AsyncIterator[list[ObjectInfo]]:
@@ -256,7 +264,7 @@ class FirecrestBackend(Backend):
                 data = await self.api.read_small(bucket, path_of(key), f"download {bucket}:/{key}")
                 return data[offset:offset + length]
             except TooLarge:
-                self._large.add((bucket, key))
+                self._large[(bucket, key)] = ""
         return await self._read_staged(bucket, key, offset, length)
 
     async def _read_staged(self, bucket: str, key: str, offset: int, length: int) -> bytes:
@@ -293,11 +301,14 @@ class FirecrestBackend(Backend):
         self._urls[(bucket, key)] = (url, time.monotonic() + reuse)
         return url
 
+    def forget(self, bucket: str, key: str) -> None:
+        self._urls.pop((bucket, key), None)
+
     # ---- changing the tree -------------------------------------------------------------------
 
     def _forget(self, bucket: str, key: str) -> None:
         self._links.pop((bucket, key), None)
-        self._large.discard((bucket, key))
+        self._large.pop((bucket, key), None)
         self._urls.pop((bucket, key), None)
 
     async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
@@ -431,11 +442,8 @@ class FirecrestBackend(Backend):
         """`ops/rm` is `rm -r`: a file's key removes a file or link only, a marker's an empty
         directory only (a directory with entries stays, as a prefix stays in S3 when its
         marker goes). Between the look and the rm another client could add an entry."""
-        check_name(key)
-        path = path_of(key)
+        path = await self.writable_path(bucket, key)
         self._forget(bucket, key)
-        if await self.where(bucket, path) != "inside":
-            return
         try:
             entries = await self.ls(bucket, path)
         except NoSuchObject:

@@ -106,6 +106,12 @@ class Kit(abc.ABC):
     # Whether the store keeps any UTF-8 key ('..', '//', NUL), as S3 does, or only what a
     # directory tree can hold.
     any_key: bool = True
+    # Files up to this size the service reads only whole (no ranges): a cache too small for
+    # one reads it block by block with a whole download each (0: every read is ranged).
+    reads_whole_up_to: int = 0
+    # Whether a symlink made in the store itself is one on the mount (a service of real
+    # directories and links) rather than no object at all (the local store).
+    store_symlinks: bool = False
     # Whether the store outlives a mount and can be seen from outside it (the mounted suites
     # look at it directly and mount it again); a store that lives in its driver's process
     # only (the example driver's memory) runs the contract suite alone.

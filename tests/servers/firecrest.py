@@ -624,20 +624,16 @@ class Firecrest:
         self.staged: dict[str, tuple[str, str]] = {}  # v1 download task -> (bucket, key)
         self._job_ids = itertools.count(1000)
         self.s3 = admin_client(settings.s3_endpoint)
-        self._buckets: set[str] = set()
-        self._lock = threading.Lock()
 
     def fs(self, system: str) -> Files:
         return self.files[system]
 
     def bucket(self) -> str:
-        """The user's staging bucket (the real services name it after the user)."""
-        with self._lock:
-            if USER not in self._buckets:
-                with contextlib.suppress(self.s3.exceptions.BucketAlreadyOwnedByYou,
-                                         self.s3.exceptions.BucketAlreadyExists):
-                    self.s3.create_bucket(Bucket=USER)
-                self._buckets.add(USER)
+        """The user's staging bucket (the real services name it after the user), made at
+        every staging: tests share one S3 server and reset it between them."""
+        with contextlib.suppress(self.s3.exceptions.BucketAlreadyOwnedByYou,
+                                 self.s3.exceptions.BucketAlreadyExists):
+            self.s3.create_bucket(Bucket=USER)
         return USER
 
     def presign(self, action: str, **params: Any) -> str:
