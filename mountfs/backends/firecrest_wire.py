@@ -39,8 +39,13 @@ STDERR_ERRORS: tuple[tuple[str, type[BackendError]], ...] = (
     # a path through a file: no object there, as a key below a file's key names none in S3
     ("Not a directory", NoSuchObject))
 OUTSIDE = "does not match any of the defined filesystem paths"
-# Slowest first poll of a job, the longest wait between polls (pyfirecrest: 0.2 s, up to 60).
-JOB_POLL_FIRST, JOB_POLL_MAX = 0.1, 2.0
+OK = (200, 201, 204)
+# The first wait between two polls of a job, and the longest (pyfirecrest: 0.2 s, up to
+# 60 s): a job takes seconds, a staged upload's a minute on the real service.
+POLL_FIRST, POLL_MAX = 0.1, 2.0
+# Characters of a path the service cannot carry (see check_name): v2 puts every path between
+# single quotes in a shell command.
+V2_REFUSED = re.compile("'")
 
 
 def path_of(key: str) -> str:
@@ -48,11 +53,12 @@ def path_of(key: str) -> str:
     return "/" + key.rstrip("/")
 
 
-def check_name(key: str) -> None:
-    """Refuse what the real service cannot carry: it puts every path between single quotes in
-    a shell command, so a quote breaks the command, and its mkdir creates ANOTHER name."""
-    if "'" in key:
-        raise InvalidName(f"FirecREST cannot store names with a single quote: {key!r}")
+def check_name(key: str, refused: re.Pattern[str] = V2_REFUSED) -> None:
+    """Refuse what the service cannot carry before asking it: v2's shell commands break on a
+    single quote (and its mkdir creates ANOTHER name)."""
+    found = refused.search(key)
+    if found:
+        raise InvalidName(f"FirecREST cannot store names holding {found.group()!r}: {key!r}")
 
 
 def unescape(name: str) -> str:
@@ -112,7 +118,8 @@ def etag(size: int, mtime: int) -> str:
 
 
 def entry_info(bucket: str, key: str, entry: dict[str, Any]) -> ObjectInfo:
-    """An `ops/ls` entry as the object (or, a directory, the prefix `key/`) it stands for."""
+    """An `ls` entry (v2's spelling) as the object (or, a directory, the prefix `key/`) it
+    stands for."""
     kind = KINDS.get(str(entry.get("type", "-")), stat.S_IFREG)
     mtime = listed_mtime(str(entry.get("lastModified", "")))
     size = int(entry.get("size") or 0)
@@ -142,6 +149,13 @@ def message(body: bytes) -> str:
     if isinstance(answer, dict):
         return str(answer.get("message") or answer.get("detail") or answer)
     return str(answer)
+
+
+def reply_error(status: int, headers: Any, body: bytes, what: str,
+                retry_after: float | None = None) -> BackendError | None:
+    """The error a service's reply reports, None if it reports none: a status other than
+    200, 201 and 204 (api_error)."""
+    return None if status in OK else api_error(status, body, what, retry_after)
 
 
 def api_error(status: int, body: bytes, what: str,
