@@ -4,7 +4,8 @@ errors of every reply read in one place (firecrest_wire.reply_error), polling of
 service runs in the background (v2 jobs, v1 tasks), and requests to the presigned URLs of the
 S3 staging area.
 
-`Dialect` is what the driver asks of an API version; firecrest_v2.py spells it. The driver (firecrest.py) says what to ask, a dialect how it is asked, this module how it
+`Dialect` is what the driver asks of an API version; firecrest_v2.py and firecrest_v1.py spell
+it. The driver (firecrest.py) says what to ask, a dialect how it is asked, this module how it
 is sent.
 """
 from __future__ import annotations
@@ -112,7 +113,7 @@ class FirecrestApi:
 @dataclass(frozen=True)
 class Staged:
     """A file's copy in the staging area: `url`, a presigned GET read by ranges; `ticket`,
-    what releases the copy, None where nothing needs to."""
+    what releases the copy (v1: its task, invalidated), None where nothing needs to."""
 
     url: str
     ticket: str | None = None
@@ -131,7 +132,8 @@ class Dialect(abc.ABC):
 
     @abc.abstractmethod
     async def systems(self) -> dict[str, list[str]]:
-        """Each system's file systems (their paths)."""
+        """Each system's file systems (their paths); the v1 dialect also learns the direct
+        limit here."""
 
     @abc.abstractmethod
     async def ls(self, system: str, path: str, recursive: bool) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The FirecREST store: an HPC system's file systems through CSCS's REST API (v2).
+"""The FirecREST store: an HPC system's file systems through CSCS's REST API, v2 or v1.
 
 Owns the mapping of FirecREST onto mountfs's object stores: a system is a bucket, a key is an
 absolute path without its leading '/', a directory is the marker `dir/` (writing it is
@@ -12,7 +12,7 @@ elsewhere. Files up to the direct limit move whole; larger ones through the S3 s
 (firecrest_staged.py reads them). FirecREST keeps no user metadata: of the attributes only the
 mode is stored (chmod).
 
-The requests are a dialect's (firecrest_v2.py; v1 to come), picked at check(): the API
+The requests are a dialect's (firecrest_v2.py, firecrest_v1.py), picked at check(): the API
 version given, or detected (v2 answers with an `f7t-appversion` header). This module owns the
 rules, the same for both: names refused, what is looked at before an rm or a rename, symlink
 targets, what is remembered from listings.
@@ -31,6 +31,7 @@ import trio
 from mountfs.backends.base import Backend, Features, ObjectInfo
 from mountfs.backends.firecrest_api import Dialect, FirecrestApi
 from mountfs.backends.firecrest_staged import StagedCopies
+from mountfs.backends.firecrest_v1 import V1
 from mountfs.backends.firecrest_v2 import V2
 from mountfs.backends.firecrest_wire import (check_name, entry_info, mode_of, path_of,
                                              stat_info, unescape)
@@ -39,7 +40,7 @@ from mountfs.backends.oauth import TokenSource
 from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, NoSuchObject,
                             NotSupported, PermissionDenied, TooLarge)
 
-DIALECTS: dict[str, type[Dialect]] = {"v2": V2}
+DIALECTS: dict[str, type[Dialect]] = {"v2": V2, "v1": V1}
 REMEMBERED_MAX = 100_000  # symlink targets and large files remembered from listings
 PATH_MAX = 4096
 # File names a multipart part header cannot carry as they are (the WHATWG escaping of
@@ -94,8 +95,6 @@ class FirecrestBackend(Backend):
             raise ConfigError(f"{self.describe()}: {exc}") from None
         detected = "v2" if "f7t-appversion" in reply.headers else "v1"
         version = detected if self.api_version == "auto" else self.api_version
-        if version not in DIALECTS:
-            raise ConfigError(f"{self.url}: FirecREST API {version} is not supported yet")
         self._dialect = DIALECTS[version](self.api)
         try:
             await self.systems()
@@ -353,7 +352,7 @@ class FirecrestBackend(Backend):
         return await self.stat_object(dst_bucket, dst_key)
 
     async def rename_object(self, bucket: str, key: str, dst_key: str) -> ObjectInfo:
-        """`mv` of a file or a tree in one request (v2: a job). `mv`
+        """`mv` of a file or a tree in one request (v2: a job; v1: `utilities/rename`). `mv`
         moves INTO a directory found at the target, so an empty one there (the namespace
         checked it is empty) is removed first."""
         self._check(key)
@@ -387,6 +386,6 @@ class FirecrestBackend(Backend):
                 await self.dialect.rm(bucket, path)
 
     async def aclose(self) -> None:
-        """Release the staged copies still kept, then the connections."""
+        """Release the staged copies still kept (v1 invalidates them), then the connections."""
         await self._staged.release_all()
         self.http.close()

@@ -2,7 +2,7 @@
 once and its presigned URL read by ranges, again for a while (URL_REUSE, at most half the URL's
 validity), so that reading a large file block by block does not stage it once per block. A
 staged copy no longer wanted (its file changed, a newer copy replaced it, the mount ends) is
-released (the dialect's release).
+released: v1 invalidates it, as pyfirecrest's ExternalDownload does after use.
 """
 from __future__ import annotations
 
