@@ -23,6 +23,15 @@ class NoSuchObject(BackendError):
     pass
 
 
+class NotADirectory(NoSuchObject):
+    """A path through something that is not a directory (FirecREST v1's X-Not-A-Directory):
+    nothing is there, as nothing is below a file's key in S3, and a program is told ENOTDIR."""
+
+
+class IsADirectory(BackendError):
+    """A file's operation on a directory (FirecREST v1's X-A-Directory)."""
+
+
 class AlreadyExists(BackendError):
     pass
 
@@ -105,11 +114,13 @@ class ConfigError(Exception):
 
 _ERRNO: list[tuple[type[BaseException], int]] = [
     (NoSuchBucket, errno.ENOENT),
+    (NotADirectory, errno.ENOTDIR),  # before NoSuchObject, its base
     (NoSuchObject, errno.ENOENT),
     (FileNotFoundError, errno.ENOENT),
     (AlreadyExists, errno.EEXIST),
     (FileExistsError, errno.EEXIST),
     (NotEmpty, errno.ENOTEMPTY),
+    (IsADirectory, errno.EISDIR),
     (PermissionDenied, errno.EACCES),
     (PermissionError, errno.EACCES),
     (QuotaExceeded, errno.EDQUOT),

@@ -124,6 +124,7 @@ class Namespace:
             raise NotPermitted("files cannot live at the root, only buckets")
         self._check_key(parent, name)
         await self._check_absent(parent, name)
+        await self._check_storable(parent, name)
         attrs = self._new_attrs((stat.S_IFMT(mode) or stat.S_IFREG) | stat.S_IMODE(mode),
                                 uid, gid)
         if attrs.kind != stat.S_IFREG and not self.backend.features.special_files:
@@ -142,6 +143,7 @@ class Namespace:
         self._writable()
         self._check_key(parent, name + "/")
         await self._check_absent(parent, name)
+        await self._check_storable(parent, name + "/")
         attrs = self._new_attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
         if self.table.lists_buckets(parent):
             self._buckets_editable()
@@ -160,6 +162,7 @@ class Namespace:
             raise NotPermitted("symlinks cannot live at the root, only buckets")
         self._check_key(parent, name)
         await self._check_absent(parent, name)
+        await self._check_storable(parent, name)
         if not target.startswith(b"/") and not self.backend.features.relative_symlinks:
             raise OSError(errno.ENOTSUP, f"{self.backend.describe()} makes symlinks to "
                           f"absolute paths only, not to {target!r}")
@@ -252,6 +255,7 @@ class Namespace:
             target = None
         if target is node:
             return
+        await self._check_storable(new_parent, new_name + ("/" if node.is_dir else ""))
         if target is not None:
             if noreplace:
                 raise FileExistsError(errno.EEXIST, new_name)
@@ -354,13 +358,13 @@ class Namespace:
                 await self.getattr(node)
             bucket, key = self.table.location(node)
             node.obj = self.cache.open_object(bucket, key, node.size,
-                                              self._version(node, bucket, key),
+                                              await self._version(node, bucket, key),
                                               node.attrs.mtime_ns)
         node.open_count += 1
         self.cache.opened(node.obj)
         return node.obj
 
-    def _version(self, node: Node, bucket: str, key: str) -> str:
+    async def _version(self, node: Node, bucket: str, key: str) -> str:
         """The ETag the cache keys a file's blocks by. Where versions are only size and mtime
         in seconds, one whose second may not be over (another write of the same size could
         follow within it, under the same ETag) gets an ETag of its own, and the driver drops
@@ -368,7 +372,7 @@ class Namespace:
         if self.backend.features.exact_versions or \
                 time.time_ns() - node.attrs.mtime_ns > UNSURE_VERSION_NS:
             return node.etag
-        self.backend.forget(bucket, key)
+        await self.backend.forget(bucket, key)
         return f"{node.etag}~unsure-{time.time_ns()}"
 
     def close_data(self, node: Node) -> None:
@@ -433,6 +437,13 @@ class Namespace:
         key = self.table.location(parent)[1] + name
         if len(key.encode()) > limit:
             raise NameTooLong(f"{key[:40]}...: keys hold up to {limit} bytes")
+
+    async def _check_storable(self, parent: Node, name: str) -> None:
+        """What the driver knows it will never store is refused now (FirecREST: nothing above
+        or outside a system's file systems), not at the upload after close."""
+        if not self.table.lists_buckets(parent):
+            bucket, prefix = self.table.location(parent)
+            await self.backend.check_key(bucket, prefix + name)
 
     def _buckets_editable(self) -> None:
         if not self.backend.features.buckets_editable:

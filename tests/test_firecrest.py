@@ -1,8 +1,10 @@
-"""The FirecREST driver (API v2) mounted for real against the local FirecREST service
-(tests/servers/firecrest.py): the three kinds of SOURCE, editing a user's directory with
-ordinary tools (cp -r, mv, rm -r, chmod, symlinks), files over the direct limit both ways
-(staged through S3), names the service cannot carry, mistakes that stop a mount in one line,
-and tokens expiring while the mount works. Files are checked in the service's tree directly.
+"""The FirecREST driver mounted for real against the local FirecREST service
+(tests/servers/firecrest.py), every test on API v2 and on API v1 (the fixture `api`): the three
+kinds of SOURCE, editing a user's directory with ordinary tools (cp -r, mv, rm -r, chmod,
+symlinks), files over the direct limit both ways (staged through S3), names the service cannot
+carry, mistakes that stop a mount in one line (a wrong API version among them), tokens expiring
+while the mount works, and staged copies released. Files are checked in the service's tree
+directly.
 """
 from __future__ import annotations
 
@@ -19,17 +21,29 @@ from pathlib import Path
 import pytest
 
 from conftest import Mount, Mounter, run_cli
+from mountfs.backends.firecrest_backend import FirecrestBackend
+from mountfs.backends.firecrest_wire import reply_error
+from mountfs.backends.http import HttpPool
+from mountfs.backends.oauth import StaticToken
+from mountfs.errors import TemporaryFailure, to_errno
 from servers.firecrest import FirecrestService, firecrest_service
 from servers.s3 import S3Server
 
 SYSTEM = "cluster"
-DIRECT_LIMIT = 1024 * 1024  # the service's, as the real v2's (pyfirecrest's constant)
-STAGED = 5 * DIRECT_LIMIT + 4321  # over it: staged, in two parts (S3 wants 5 MiB parts)
+# The service's direct limit: the real v2's (pyfirecrest's constant); v1 says it in MB.
+DIRECT_LIMIT = 1024 * 1024
+STAGED = 5 * DIRECT_LIMIT + 4321  # over it: staged (v2: in two parts, as S3 wants 5 MiB parts)
+
+
+@pytest.fixture(scope="module", params=["v2", "v1"])
+def api(request: pytest.FixtureRequest) -> str:
+    """The API version the service speaks: each test runs on both."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def service(s3_server: S3Server) -> Iterator[FirecrestService]:
-    with firecrest_service(s3_server.url, max_ops_size=DIRECT_LIMIT, job_delay=0.05,
+def service(s3_server: S3Server, api: str) -> Iterator[FirecrestService]:
+    with firecrest_service(s3_server.url, api=api, max_ops_size=DIRECT_LIMIT, job_delay=0.05,
                            staging_poll=0.1) as running:
         yield running
 
@@ -147,6 +161,8 @@ def test_staged_both_ways(mounter: Mounter, service: FirecrestService, home: str
 def test_refused_names(mounter: Mounter, service: FirecrestService, home: str) -> None:
     m = mount(mounter, service, f"firecrest://{SYSTEM}{home}")
     assert oserror(os.mkdir, m.path / "it's") == errno.EINVAL
+    if service.api == "v1":  # v1 refuses more than the quote, before running anything
+        assert oserror(os.mkdir, m.path / "a(b)") == errno.EINVAL
     try:  # refused at the lookup that open(O_CREAT) makes, or else at the upload
         fd = os.open(m.path / "don't", os.O_CREAT | os.O_WRONLY)
     except OSError as exc:
@@ -164,11 +180,33 @@ def test_refused_names(mounter: Mounter, service: FirecrestService, home: str) -
     assert os.listdir(service.host_path(SYSTEM, home)) == []  # not "its", not "dont"
 
 
-def one_line_failure(service: FirecrestService, source: str, tmp_path: Path,
+def test_permission_denied(mounter: Mounter, service: FirecrestService, home: str) -> None:
+    secret = service.host_path(SYSTEM, f"{home}/secret")
+    secret.write_text("no")
+    secret.chmod(0)  # the service's user (this uid) may not read it, root or not
+    m = mount(mounter, service, f"firecrest://{SYSTEM}{home}")
+    assert oserror((m.path / "secret").read_bytes) == errno.EACCES
+
+
+@pytest.mark.parametrize("header, code", [
+    ("X-Permission-Denied", errno.EACCES), ("X-Not-Found", errno.ENOENT),
+    ("X-Invalid-Path", errno.ENOENT), ("X-Not-A-Directory", errno.ENOTDIR),
+    ("X-A-Directory", errno.EISDIR), ("X-Exists", errno.EEXIST), ("X-Timeout", errno.EIO)])
+def test_v1_error_headers(header: str, code: int) -> None:
+    """Issue 13's table: each v1 error header as the errno a program sees, the service's
+    message kept; a timeout is retried."""
+    body = b'{"description": "Error on ls operation", "error": "what the command said"}'
+    error = reply_error(400, {header: "..."}, body, "ls")
+    assert error is not None and to_errno(error) == code
+    assert "what the command said" in str(error)
+    assert isinstance(error, TemporaryFailure) == (header == "X-Timeout")
+
+
+def one_line_failure(service: FirecrestService, source: str, tmp_path: Path, *options: str,
                      **env: str) -> str:
     (tmp_path / "mnt").mkdir(exist_ok=True)
     proc = run_cli("mount", source, str(tmp_path / "mnt"), "--cache-dir",
-                   str(tmp_path / "cache"), check=False, timeout=60,
+                   str(tmp_path / "cache"), *options, check=False, timeout=60,
                    env={**service.environment(), "FIRECREST_TOKEN": "", **env})
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
@@ -187,12 +225,15 @@ def test_mistakes_are_one_line(service: FirecrestService, home: str, tmp_path: P
     assert "outside" in one_line_failure(service, f"firecrest://{SYSTEM}/etc", tmp_path)
     assert "No such file" in one_line_failure(service, f"firecrest://{SYSTEM}{home}/missing",
                                               tmp_path)
+    other = "v1" if service.api == "v2" else "v2"
+    assert f"looks like API {service.api}" in one_line_failure(
+        service, "firecrest://", tmp_path, "--firecrest-api-version", other)
 
 
-def test_tokens_expire_while_mounted(mounter: Mounter, s3_server: S3Server,
+def test_tokens_expire_while_mounted(mounter: Mounter, s3_server: S3Server, api: str,
                                      tmp_path: Path) -> None:
-    with firecrest_service(s3_server.url, max_ops_size=DIRECT_LIMIT, token_lifetime=2,
-                           job_delay=0.5, staging_poll=0.5) as short:
+    with firecrest_service(s3_server.url, api=api, max_ops_size=DIRECT_LIMIT,
+                           token_lifetime=2, job_delay=0.5, staging_poll=0.5) as short:
         m = mount(mounter, short, f"firecrest://{SYSTEM}{short.home()}")
         data = os.urandom(STAGED)
         (m.path / "big").write_bytes(data)  # its staged upload outlives several tokens
@@ -201,3 +242,20 @@ def test_tokens_expire_while_mounted(mounter: Mounter, s3_server: S3Server,
         assert (m.path / "big").read_bytes() == data
         assert short.host_path(SYSTEM, f"{short.home()}/big").read_bytes() == data
         mounter.umount(m)
+
+
+async def test_staged_copies_are_released(service: FirecrestService, home: str) -> None:
+    """A large file read is staged once; the copy is released when the driver closes: v1
+    invalidates it (its URL answers 404 then), v2 leaves it to expire."""
+    data = os.urandom(STAGED)
+    service.host_path(SYSTEM, f"{home}/big").write_bytes(data)
+    http = HttpPool(4)
+    backend = FirecrestBackend(service.url, http, StaticToken(service.static_token))
+    await backend.check()
+    key = f"{home.lstrip('/')}/big"
+    assert await backend.read_object(SYSTEM, key, 0, 10) == data[:10]
+    assert await backend.read_object(SYSTEM, key, STAGED - 5, 10) == data[-5:]
+    [(staged, _, _)] = backend._staged._copies.values()  # one copy for both reads
+    await backend.aclose()
+    gone = http.request("GET", staged.url).status == 404
+    assert gone == (service.api == "v1")

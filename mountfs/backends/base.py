@@ -172,7 +172,12 @@ class Backend(abc.ABC):
         is replaced too. The result describes the object at its new name."""
         raise NotSupported(f"{self.describe()} renames by copy and delete")
 
-    def forget(self, bucket: str, key: str) -> None:
+    async def check_key(self, bucket: str, key: str) -> None:
+        """Raise (NotPermitted, InvalidName) before a name is made that the service would
+        never store, without a request where it can: else the upload after close would fail
+        for ever. By default any key can be stored."""
+
+    async def forget(self, bucket: str, key: str) -> None:
         """Drop what the driver keeps of the object's data between reads (a staged copy): the
         namespace is about to read a version it cannot tell from the last one by its ETag
         (`Features.exact_versions` False)."""

@@ -1,30 +1,38 @@
-"""FirecREST API v2 requests: the bearer token on each (a 401 renews it and tries once more),
-the one retry policy around each, JSON and multipart bodies, scheduler jobs followed to their
-end with their logs read for the outcome, and the S3 staging area (presigned multipart part
-URLs and a complete URL up; a presigned URL read by ranges down).
+"""FirecREST requests, for both API versions: the bearer token on each (a 401 renews it and
+tries once more), the one retry policy around each, JSON, form and multipart bodies, the
+errors of every reply read in one place (firecrest_wire.reply_error), polling of what the
+service runs in the background (v2 jobs, v1 tasks), and requests to the presigned URLs of the
+S3 staging area.
 
-The driver (firecrest.py) says what to ask; this module owns how it is asked.
+`Dialect` is what the driver asks of an API version; firecrest_v2.py and firecrest_v1.py spell
+it. The driver (firecrest.py) says what to ask, a dialect how it is asked, this module how it
+is sent.
 """
 from __future__ import annotations
 
+import abc
 import json
 import logging
+import re
 import urllib.parse
-from typing import Any, BinaryIO
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TypeVar
 
 import trio
 import urllib3
 
 from mountfs.backends.base import Backend
-from mountfs.backends.firecrest_wire import (JOB_ENDED, JOB_POLL_FIRST, JOB_POLL_MAX,
-                                             JOB_SUCCESS, api_error, job_log_error)
+from mountfs.backends.firecrest_wire import POLL_FIRST, POLL_MAX, api_error, reply_error
 from mountfs.backends.http import HttpPool, retry_after
 from mountfs.backends.oauth import TokenSource
-from mountfs.errors import BackendError, NoSuchObject
+from mountfs.errors import NoSuchObject
 
 log = logging.getLogger(__name__)
 
-OK = (200, 201, 204)
+T = TypeVar("T")
+# pyfirecrest's MAX_DIRECT_UPLOAD_SIZE (v2); a smaller limit is learnt from the service.
+DIRECT_LIMIT = 1024 * 1024
 
 
 class FirecrestApi:
@@ -39,7 +47,7 @@ class FirecrestApi:
     async def once(self, method: str, url: str, what: str, body: Any = None,
                    headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
         """One try: the request with a token, again with a new one if the service refused
-        it (401) and the token source can renew; an error for any failure status."""
+        it (401) and the token source can renew; an error for any failure the reply reports."""
         for renewed in (False, True):
             token = await self.auth.token()
             sent = {"Authorization": f"Bearer {token}", **(headers or {})}
@@ -48,100 +56,50 @@ class FirecrestApi:
                 log.info("%s: token refused (HTTP 401), trying once more with a new one", what)
                 continue
             break
-        if reply.status not in OK:
-            error = api_error(reply.status, reply.data, what,
-                              retry_after(reply.headers.get("Retry-After")))
+        error = reply_error(reply.status, reply.headers, reply.data, what,
+                            retry_after(reply.headers.get("Retry-After")))
+        if error is not None:
             log.log(logging.DEBUG if isinstance(error, NoSuchObject) else logging.WARNING,
                     "%s", error)
             raise error
         return reply
 
-    async def call(self, method: str, path: str, what: str, query: dict[str, Any] | None = None,
-                   body: Any = None, form: dict[str, Any] | None = None) -> Any:
-        """A request under the retry policy: `body` as JSON or `form` as multipart; the
-        reply's JSON (None when it has none)."""
-        headers: dict[str, str] = {}
+    async def request(self, method: str, path: str, what: str,
+                      query: dict[str, Any] | None = None, body: Any = None,
+                      form: dict[str, Any] | None = None,
+                      headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+        """A request under the retry policy: `body` as JSON, or `form` as a form (urlencoded,
+        as pyfirecrest sends v1's, or multipart when a field is a file: a tuple)."""
+        sent = dict(headers or {})
         data: bytes | None = None
         if body is not None:
-            data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+            data, sent["Content-Type"] = json.dumps(body).encode(), "application/json"
+        elif form is not None and any(isinstance(v, tuple) for v in form.values()):
+            data, sent["Content-Type"] = urllib3.encode_multipart_formdata(form)
         elif form is not None:
-            data, headers["Content-Type"] = urllib3.encode_multipart_formdata(form)
+            data = urllib.parse.urlencode(form).encode()
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
         url = self.endpoint(path, query)
-        reply = await self.backend.retried(what, lambda: self.once(method, url, what, data,
-                                                                   headers))
-        if not reply.data or reply.headers.get("Content-Type", "").find("json") < 0:
-            return reply.data if method == "GET" else None
+        return await self.backend.retried(what, lambda: self.once(method, url, what, data, sent))
+
+    async def call(self, method: str, path: str, what: str, query: dict[str, Any] | None = None,
+                   body: Any = None, form: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> Any:
+        """`request`, and its reply's JSON (None when it has none)."""
+        reply = await self.request(method, path, what, query, body, form, headers)
+        if not reply.data or "json" not in reply.headers.get("Content-Type", ""):
+            return None
         return json.loads(reply.data)
 
-    # ---- scheduler jobs ------------------------------------------------------------------------
-
-    async def follow(self, system: str, job: dict[str, Any], what: str) -> None:
-        """Wait until the transfer job `job` (a reply's `transferJob`) has ended, then read
-        its output log for the outcome, as pyfirecrest does (a job COMPLETEs also when its
-        command failed); the error log says why it failed."""
-        job_id = job["jobId"]
-        pause = JOB_POLL_FIRST
-        while True:
-            answer = await self.call("GET", f"/compute/{system}/jobs/{job_id}",
-                                     f"{what} (job {job_id})")
-            states = [j.get("status", {}).get("state") for j in answer.get("jobs", [])]
-            if states and all(s in JOB_ENDED for s in states):
-                break
+    async def poll(self, probe: Callable[[], Awaitable[T | None]]) -> T:
+        """`probe` again, waiting longer each time, until it returns something."""
+        pause = POLL_FIRST
+        while (found := await probe()) is None:
             await trio.sleep(pause)
-            pause = min(JOB_POLL_MAX, pause * 2)
-        logs = job.get("logs", {})
-        try:
-            output = await self.read_small(system, logs["outputLog"], f"{what}: output log")
-        except NoSuchObject:
-            output = b""  # a job cancelled before it ran writes none
-        if any(s.encode() in output for s in JOB_SUCCESS):
-            return
-        try:
-            error = await self.read_small(system, logs["errorLog"], f"{what}: error log")
-        except NoSuchObject:
-            error = b""
-        raise job_log_error(error.decode("utf-8", "replace"), what)
+            pause = min(POLL_MAX, pause * 2)
+        return found
 
-    async def read_small(self, system: str, path: str, what: str) -> bytes:
-        """A file up to the direct limit, whole (`ops/download`)."""
-        data = await self.call("GET", f"/filesystem/{system}/ops/download", what,
-                               {"path": path})
-        return data if isinstance(data, bytes) else json.dumps(data).encode()
-
-    # ---- the staging area ----------------------------------------------------------------------
-
-    async def upload_parts(self, directives: dict[str, Any], data: BinaryIO, size: int,
-                           what: str) -> None:
-        """Send `size` bytes of `data` to the presigned part URLs, each part read again from
-        its offset for every try, then complete the multipart upload."""
-        urls: list[str] = directives["partsUploadUrls"]
-        part = int(directives.get("maxPartSize") or -(-size // max(1, len(urls))))
-        etags = []
-        for number, url in enumerate(urls, 1):
-            offset = (number - 1) * part
-            length = max(0, min(part, size - offset))
-
-            def read(offset: int = offset, length: int = length) -> bytes:
-                data.seek(offset)
-                chunk = data.read(length)
-                if len(chunk) != length:
-                    raise BackendError(f"{what}: short read of the data to upload")
-                return chunk
-
-            async def put(url: str = url, number: int = number) -> str:
-                chunk = await trio.to_thread.run_sync(read)
-                reply = await self.staging("PUT", url, f"{what}: part {number}", chunk)
-                return str(reply.headers.get("ETag", ""))
-
-            etags.append(await self.backend.retried(f"{what}: part {number}", put))
-        body = "<CompleteMultipartUpload>" + "".join(
-            f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
-            for n, etag in enumerate(etags, 1)) + "</CompleteMultipartUpload>"
-        complete = directives["completeUploadUrl"]
-        await self.backend.retried(f"{what}: complete", lambda: self.staging(
-            "POST", complete, f"{what}: complete", body.encode()))
-
-    async def staging(self, method: str, url: str, what: str, body: bytes | None = None,
+    async def staging(self, method: str, url: str, what: str, body: Any = None,
                       headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
         """One request to a presigned URL of the staging area (no token: the URL is the
         grant); a GET's 416 (a range past the end) is no error."""
@@ -152,6 +110,77 @@ class FirecrestApi:
         return reply
 
 
-def ranged(offset: int, length: int) -> dict[str, str]:
-    return {"Range": f"bytes={offset}-{offset + length - 1}"}
+@dataclass(frozen=True)
+class Staged:
+    """A file's copy in the staging area: `url`, a presigned GET read by ranges; `ticket`,
+    what releases the copy (v1: its task, invalidated), None where nothing needs to."""
 
+    url: str
+    ticket: str | None = None
+
+
+class Dialect(abc.ABC):
+    """What the driver asks of one API version, for a system (the driver's bucket) and an
+    absolute path in it. Each request goes through `api`, so under the retry policy."""
+
+    version: str
+    refused: re.Pattern[str]  # characters of a path it cannot carry (firecrest_wire.check_name)
+
+    def __init__(self, api: FirecrestApi) -> None:
+        self.api = api
+        self.direct_limit = DIRECT_LIMIT  # the largest file ops/upload and ops/download move
+
+    @abc.abstractmethod
+    async def systems(self) -> dict[str, list[str]]:
+        """Each system's file systems (their paths); the v1 dialect also learns the direct
+        limit here."""
+
+    @abc.abstractmethod
+    async def ls(self, system: str, path: str, recursive: bool) -> list[dict[str, Any]]:
+        """`ls -l` of a directory (every level when `recursive`) or of a file (one entry named
+        by `path`), hidden files and numeric owners included, in v2's spelling."""
+
+    @abc.abstractmethod
+    async def stat(self, system: str, path: str) -> dict[str, Any]:
+        """`stat` of `path` (not followed): mode, uid, gid, size, mtime..."""
+
+    @abc.abstractmethod
+    async def mkdir(self, system: str, path: str) -> None:
+        """`mkdir -p`."""
+
+    @abc.abstractmethod
+    async def rm(self, system: str, path: str) -> None:
+        """`rm -r`."""
+
+    @abc.abstractmethod
+    async def chmod(self, system: str, path: str, mode: int) -> None: ...
+
+    @abc.abstractmethod
+    async def symlink(self, system: str, target: str, link: str) -> None: ...
+
+    @abc.abstractmethod
+    async def mv(self, system: str, src: str, dst: str) -> None:
+        """`mv` of a file or a tree, to its end (INTO a directory found at `dst`)."""
+
+    @abc.abstractmethod
+    async def cp(self, system: str, src: str, dst: str) -> None:
+        """`cp` of a file, to its end."""
+
+    @abc.abstractmethod
+    async def upload(self, system: str, path: str, data: bytes) -> None:
+        """A file up to the direct limit, whole; TooLarge when the service finds it over."""
+
+    @abc.abstractmethod
+    async def download(self, system: str, path: str) -> bytes:
+        """A file up to the direct limit, whole; TooLarge when it is over."""
+
+    @abc.abstractmethod
+    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int) -> None:
+        """`size` bytes of `data` through the staging area, until the file is in place."""
+
+    @abc.abstractmethod
+    async def stage_download(self, system: str, path: str) -> Staged:
+        """A copy of the file in the staging area, once it is there."""
+
+    async def release(self, staged: Staged) -> None:
+        """Done with a staged copy (v2: nothing to do; its copy expires)."""

@@ -1,10 +1,11 @@
-"""FirecREST API v2 on the wire: what its replies mean, without any I/O.
+"""FirecREST on the wire, both API versions: what their replies mean, without any I/O.
 
-Owns the reading of `ops/ls` entries (C-escaped names, `rwxr-xr-x` permissions, string sizes,
-zone-less `lastModified`) and `ops/stat` records into `ObjectInfo`s whose metadata is in
-mountfs's format (mountfs/attrs.py), the mapping between keys and system paths, the single
-quote the real service cannot carry, the error bodies (`{"errorType","message",...}`) as
-mountfs errors (the status table of issue 13), and the states of scheduler jobs.
+Owns the reading of `ls` entries (C-escaped names, `rwxr-xr-x` permissions, string sizes,
+zone-less `lastModified`; v1's snake_case spelling turned into v2's) and `stat` records into
+`ObjectInfo`s whose metadata is in mountfs's format (mountfs/attrs.py), the mapping between keys
+and system paths, the characters in a path each version cannot carry, the errors of a reply as
+mountfs errors (v1's `X-*` headers and v2's statuses and bodies, the tables of issue 13, in one
+function), and the states of v2 scheduler jobs and v1 tasks.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from typing import Any
 from mountfs import attrs
 from mountfs.backends.base import ObjectInfo
 from mountfs.backends.http import status_error
-from mountfs.errors import (AlreadyExists, BackendError, InvalidName, NoSuchBucket,
-                            NoSuchObject, NotEmpty, PermissionDenied, TooLarge)
+from mountfs.errors import (AlreadyExists, BackendError, InvalidName, IsADirectory,
+                            NoSuchBucket, NoSuchObject, NotADirectory, NotEmpty,
+                            PermissionDenied, TemporaryFailure, TooLarge)
 
 # The `ls -l` type letter -> the file type bits.
 KINDS = {"-": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "p": stat.S_IFIFO,
@@ -39,8 +41,31 @@ STDERR_ERRORS: tuple[tuple[str, type[BackendError]], ...] = (
     # a path through a file: no object there, as a key below a file's key names none in S3
     ("Not a directory", NoSuchObject))
 OUTSIDE = "does not match any of the defined filesystem paths"
-# Slowest first poll of a job, the longest wait between polls (pyfirecrest: 0.2 s, up to 60).
-JOB_POLL_FIRST, JOB_POLL_MAX = 0.1, 2.0
+# v1's error headers (whatever the status, as pyfirecrest reads them) -> the error; the first
+# found wins. A machine down for maintenance or a command over the utilities' time limit may
+# do better on a later try. (The storage service spells the unknown machine's `...-Exists`.)
+V1_HEADERS: tuple[tuple[str, type[BackendError]], ...] = (
+    ("X-Permission-Denied", PermissionDenied), ("X-Not-Found", NoSuchObject),
+    ("X-Invalid-Path", NoSuchObject), ("X-Not-A-Directory", NotADirectory),
+    ("X-A-Directory", IsADirectory), ("X-Exists", AlreadyExists),
+    ("X-Timeout", TemporaryFailure), ("X-Machine-Not-Available", TemporaryFailure),
+    ("X-Machine-Does-Not-Exist", NoSuchBucket), ("X-Machine-Does-Not-Exists", NoSuchBucket),
+    ("X-Size-Limit", TooLarge), ("X-Error", BackendError))
+OK = (200, 201, 204)
+# v1 task codes (the real service's src/common/async_task.py): an external upload's form is
+# ready at 111 and its file in place at 114, an external download's URL ready at 117; 115 and
+# 118 are their failures, and from 300 on a task is deleted, expired, invalid or failed.
+TASK_FORM, TASK_UPLOADED, TASK_STAGED = 111, 114, 117
+TASK_FAILED = frozenset({115, 118})
+# The first wait between two polls of a job or task, and the longest (pyfirecrest: 0.2 s, up
+# to 60 s): a job takes seconds, a staged upload's a minute on the real service.
+POLL_FIRST, POLL_MAX = 0.1, 2.0
+# Characters of a path each version cannot carry (see check_name): v2 puts every path between
+# single quotes in a shell command; v1 refuses its FORBIDDEN_INPUT_CHARS before running any.
+V2_REFUSED = re.compile("'")
+V1_REFUSED = re.compile(r"[<>|;\"'&\\()\x00-\x1f`]")
+# v1's spelling of `ls` fields -> v2's, which entry_info reads.
+V1_FIELDS = {"link_target": "linkTarget", "last_modified": "lastModified"}
 
 
 def path_of(key: str) -> str:
@@ -48,11 +73,12 @@ def path_of(key: str) -> str:
     return "/" + key.rstrip("/")
 
 
-def check_name(key: str) -> None:
-    """Refuse what the real service cannot carry: it puts every path between single quotes in
-    a shell command, so a quote breaks the command, and its mkdir creates ANOTHER name."""
-    if "'" in key:
-        raise InvalidName(f"FirecREST cannot store names with a single quote: {key!r}")
+def check_name(key: str, refused: re.Pattern[str] = V2_REFUSED) -> None:
+    """Refuse what the service cannot carry before asking it: v2's shell commands break on a
+    single quote (and its mkdir creates ANOTHER name); v1 refuses a set of characters."""
+    found = refused.search(key)
+    if found:
+        raise InvalidName(f"FirecREST cannot store names holding {found.group()!r}: {key!r}")
 
 
 def unescape(name: str) -> str:
@@ -111,8 +137,14 @@ def etag(size: int, mtime: int) -> str:
     return f"{mtime:x}-{size:x}"
 
 
+def v1_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A v1 `ls` entry in v2's spelling."""
+    return {V1_FIELDS.get(name, name): value for name, value in entry.items()}
+
+
 def entry_info(bucket: str, key: str, entry: dict[str, Any]) -> ObjectInfo:
-    """An `ops/ls` entry as the object (or, a directory, the prefix `key/`) it stands for."""
+    """An `ls` entry (v2's spelling) as the object (or, a directory, the prefix `key/`) it
+    stands for."""
     kind = KINDS.get(str(entry.get("type", "-")), stat.S_IFREG)
     mtime = listed_mtime(str(entry.get("lastModified", "")))
     size = int(entry.get("size") or 0)
@@ -139,14 +171,26 @@ def message(body: bytes) -> str:
         answer = json.loads(body)
     except ValueError:
         return body[:300].decode("utf-8", "replace")
-    if isinstance(answer, dict):
-        return str(answer.get("message") or answer.get("detail") or answer)
+    if isinstance(answer, dict):  # v2: message or detail; v1: error, else description
+        return str(answer.get("message") or answer.get("detail") or answer.get("error")
+                   or answer.get("description") or answer)
     return str(answer)
+
+
+def reply_error(status: int, headers: Any, body: bytes, what: str,
+                retry_after: float | None = None) -> BackendError | None:
+    """The error a service's reply reports, None if it reports none: a v1 error header (the
+    v2 service sends none), else a status other than 200, 201 and 204 (api_error)."""
+    for header, cls in V1_HEADERS:
+        if header in headers:
+            return cls(f"{what}: HTTP {status}: {header}: {message(body)}")
+    return None if status in OK else api_error(status, body, what, retry_after)
 
 
 def api_error(status: int, body: bytes, what: str,
               retry_after: float | None = None) -> BackendError:
-    """The error of a v2 reply of `status` (issue 13's table of what the real one answers)."""
+    """The error of a reply of `status` without a v1 error header (issue 13's table of what
+    the real v2 answers; v1 without a header: a refused input, 401 or 413)."""
     text = message(body)
     full = f"{what}: HTTP {status}: {text}"
     if status == 404 and "System not found" in text:
@@ -166,12 +210,23 @@ def api_error(status: int, body: bytes, what: str,
 
 
 def job_log_error(log: str, what: str) -> BackendError:
-    """The error a transfer job's error log reports."""
+    """The error a transfer job's error log (or a failed v1 task's message) reports."""
     line = log.strip().splitlines()[-1] if log.strip() else "the job did not succeed"
     for needle, cls in STDERR_ERRORS:
         if needle in line:
             return cls(f"{what}: {line}")
     return BackendError(f"{what}: {line}")
+
+
+def task_error(task: dict[str, Any], what: str) -> BackendError | None:
+    """The error a v1 task reports by its status code, None while it has not failed."""
+    status = int(task.get("status") or 0)
+    if status not in TASK_FAILED and status < 300:
+        return None
+    data = task.get("data")
+    text = (data.get("error") or data.get("msg")) if isinstance(data, dict) else data
+    return job_log_error(str(text or task.get("description") or f"status {status}"),
+                         f"{what} (task status {status})")
 
 
 def mode_of(meta: dict[str, str] | None) -> int | None:

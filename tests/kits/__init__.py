@@ -130,9 +130,12 @@ class Kit(abc.ABC):
         return store.root.multipart_uploads() if isinstance(store.root, S3Path) else []
 
     async def open(self, store: Store) -> Source:
-        """The store's driver in-process, through the driver registry. Secrets come from the
-        environment: the caller sets `store.env` (the contract suite with monkeypatch)."""
-        return await open_source(store.source, store.driver_options)
+        """The store's driver in-process, through the driver registry, checked as the mount
+        checks it. Secrets come from the environment: the caller sets `store.env` (the
+        contract suite with monkeypatch)."""
+        source = await open_source(store.source, store.driver_options)
+        await source.check()
+        return source
 
     def features(self, store: Store) -> Features:
         """The driver's `Features` for this kit's stores (asked of the driver once)."""
