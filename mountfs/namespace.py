@@ -272,10 +272,15 @@ class Namespace:
             dst_bucket, dst_prefix = self.table.location(new_parent)
             dst_key = dst_prefix + new_name + ("/" if node.is_dir else "")
             if node.is_dir:
-                if node.directory_object:  # moves as a marker of ours; made before the tree moves
+                # An older tool's directory moves as a marker of ours: made before the tree
+                # is copied, or after a service moved it whole (over the marker).
+                native = self._mover.native(src_bucket, dst_bucket)
+                if node.directory_object and not native:
                     await self._put_small(dst_bucket, dst_key, b"", node.attrs)
                 await self._mover.move_tree(src_bucket, src_key, dst_bucket, dst_key)
                 if node.directory_object:
+                    if native:
+                        await self._put_small(dst_bucket, dst_key, b"", node.attrs)
                     await self.backend.delete_object(src_bucket, node.directory_object)
                     node.directory_object = ""
             else:
@@ -349,8 +354,11 @@ class Namespace:
 
     # ---- file data -------------------------------------------------------------------------
 
-    async def open_data(self, node: Node) -> CachedObject:
-        """The cached object behind a file, revalidated against the server (close-to-open)."""
+    async def open_data(self, node: Node) -> tuple[CachedObject, bool]:
+        """The cached object behind a file, revalidated against the server (close-to-open),
+        and whether the kernel may keep the pages it cached of the file: only while the
+        version is the one it last opened (where versions are told apart by size and mtime
+        in seconds, the kernel would not see a new one by its attributes)."""
         await self.complete(node)  # its metadata goes with the next upload
         node.settle()
         if node.obj is None or not node.obj.dirty:
@@ -362,7 +370,8 @@ class Namespace:
                                               node.attrs.mtime_ns)
         node.open_count += 1
         self.cache.opened(node.obj)
-        return node.obj
+        version, node.kernel_version = node.kernel_version, node.obj.record.etag
+        return node.obj, version == node.kernel_version
 
     async def _version(self, node: Node, bucket: str, key: str) -> str:
         """The ETag the cache keys a file's blocks by. Where versions are only size and mtime
@@ -414,7 +423,7 @@ class Namespace:
         if node.is_dir:
             raise IsADirectoryError(errno.EISDIR, node.name)
         self.check_size(size)
-        obj = await self.open_data(node)
+        obj, _ = await self.open_data(node)
         try:
             await self.cache.truncate(obj, size)
             node.size = size

@@ -51,6 +51,9 @@ class Node:
     obj           the cached object, while the file is  ns (create, open_data;    files
                   open or pending (holds data not       settle and
                   uploaded)                             discard_upload clear it)
+    kernel_       the version (cache ETag) of the file  ns.open_data             files; "": none
+    version       the kernel last opened: its pages of
+                  another version are dropped at open
     link_target   a symlink's target, once read         ns (symlink, readlink);   symlinks; None:
                                                         lst._apply clears it      not read yet
     lookups       the kernel's lookup count             ops (+: entry replies);   always
@@ -105,6 +108,7 @@ class Node:
     listed_at: float = -1e18
     obj: CachedObject | None = None
     link_target: bytes | None = None
+    kernel_version: str = ""
     meta_known: bool = True
     listings: int = 0
     readers: list[float] = field(default_factory=list)

@@ -209,7 +209,7 @@ class Operations(pyfuse3.Operations):
         writable = bool(flags & WRITE_FLAGS)
         if writable and self.ns.read_only:
             raise ReadOnly("read-only mount")
-        obj = await self.ns.open_data(node)
+        obj, keep_cache = await self.ns.open_data(node)
         handle = FileHandle(node, obj, writable, bool(flags & os.O_APPEND))
         fh = self.handles.add(handle)
         if flags & os.O_TRUNC and writable and node.size:
@@ -217,7 +217,7 @@ class Operations(pyfuse3.Operations):
             await self.cache.truncate(obj, 0)
             node.size = 0
             node.attrs.mtime_ns = time.time_ns()
-        return pyfuse3.FileInfo(fh=fh)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -225,7 +225,7 @@ class Operations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node = await self.ns.create(self.ns.get(parent_inode), decode_name(name), mode,
                                     ctx.uid, ctx.gid)
-        obj = await self.ns.open_data(node)
+        obj, _ = await self.ns.open_data(node)  # new: nothing of it in the kernel's cache
         fh = self.handles.add(FileHandle(node, obj, True, bool(flags & os.O_APPEND),
                                          uncommitted=True))  # a new file, even if empty
         return pyfuse3.FileInfo(fh=fh), self._lookup_reply(node)

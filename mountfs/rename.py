@@ -63,7 +63,7 @@ class Mover:
             obj.record.etag = replaced_etag  # its blocks are all here: the old ETag names none
             self.cache.rename(obj, dst_bucket, dst_key)
         else:  # on the server, perhaps uploaded just now: move it there
-            if self._native(src_bucket, dst_bucket):
+            if self.native(src_bucket, dst_bucket):
                 info = await self.backend.rename_object(src_bucket, src_key, dst_key)
                 on_server = False  # nothing left under the old name
             else:
@@ -76,7 +76,8 @@ class Mover:
         if on_server:
             await self.backend.delete_object(src_bucket, src_key)
 
-    def _native(self, src_bucket: str, dst_bucket: str) -> bool:
+    def native(self, src_bucket: str, dst_bucket: str) -> bool:
+        """Whether the service moves objects from one bucket to the other itself."""
         return self.backend.features.native_rename and src_bucket == dst_bucket
 
     async def _rename_tree(self, bucket: str, src_prefix: str, dst_prefix: str) -> None:
@@ -94,7 +95,7 @@ class Mover:
         """Every object below, copied first and deleted after, so a crash leaves one whole tree.
         Objects still being written here move in the cache and upload under the new name.
         A service that renames trees itself does it in one request."""
-        if self._native(src_bucket, dst_bucket):
+        if self.native(src_bucket, dst_bucket):
             await self._rename_tree(src_bucket, src_prefix, dst_prefix)
             return
         # Taken before the listing: an upload that ends during it leaves an object neither

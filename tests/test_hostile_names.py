@@ -117,7 +117,7 @@ def test_hostile_names_are_hidden_or_shown_as_documented(mounter: Mounter,
         assert (m.bucket / name).read_bytes() == files[name]
     log = log_text(m)
     for name, where in hidden:
-        line = f"hiding {name!r} under {where!r}"
+        line = f"hiding {name!r} under {store.kit.bucket_prefix + where!r}"
         assert log.count(line) == 1, (line, log.count(line))
     if store.kit.any_key:
         assert log.count(f"'both' in {store.bucket} is both a file and a directory") == 1

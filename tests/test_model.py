@@ -421,6 +421,7 @@ class FsModel(RuleBasedStateMachine):
         src = self.path(src)
         self.both(f"rename({src!r}, {src!r})", lambda s: os.rename(s.p(src), s.p(src)))
 
+    @precondition(lambda self: self.mount.store.features.relative_symlinks)
     @rule(link=link_targets, path=paths)
     def symlink(self, link: str, path: PathSpec) -> None:
         path = self.path(path)

@@ -106,6 +106,9 @@ class Kit(abc.ABC):
     # Whether the store keeps any UTF-8 key ('..', '//', NUL), as S3 does, or only what a
     # directory tree can hold.
     any_key: bool = True
+    # Where the bucket is in the mount's scope, as a key prefix (as the log names places):
+    # "" where the mount's root lists buckets.
+    bucket_prefix: str = ""
     # Files up to this size the service reads only whole (no ranges): a cache too small for
     # one reads it block by block with a whole download each (0: every read is ranged).
     reads_whole_up_to: int = 0

@@ -38,6 +38,7 @@ class FirecrestKit(Kit):
     lists_metadata = True  # `ops/ls` carries mode, owner and mtime
     any_key = False  # a directory tree
     store_symlinks = True
+    bucket_prefix = "bucket/"  # a directory of the system the mount shows
     reads_whole_up_to = DIRECT_LIMIT  # ops/download; larger files are staged, read by ranges
 
     def make_store(self, request: pytest.FixtureRequest, directory: Path) -> Store:
