@@ -249,14 +249,23 @@ def dcss_service(s3_server: S3Server) -> Iterator[DcssService]:
         service.stop()
 
 
-@pytest.fixture(scope="session")
-def firecrest_kit_service(s3_server: S3Server) -> Iterator[FirecrestService]:
-    """The FirecREST service of the firecrest kit (tests/kits/firecrest.py), staging through
-    the session's moto_server; its jobs take a few hundredths of a second."""
-    with firecrest_service(s3_server.url, systems=firecrest_kit.SYSTEMS,
+def kit_service(s3_server: S3Server, api: str) -> Iterator[FirecrestService]:
+    """The FirecREST service of the firecrest kits (tests/kits/firecrest.py) on `api`, staging
+    through the session's moto_server; its jobs and tasks take a few hundredths of a second."""
+    with firecrest_service(s3_server.url, api=api, systems=firecrest_kit.SYSTEMS,
                            max_ops_size=firecrest_kit.DIRECT_LIMIT, job_delay=0.02,
                            staging_poll=0.05) as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def firecrest_v2_service(s3_server: S3Server) -> Iterator[FirecrestService]:
+    yield from kit_service(s3_server, "v2")
+
+
+@pytest.fixture(scope="session")
+def firecrest_v1_service(s3_server: S3Server) -> Iterator[FirecrestService]:
+    yield from kit_service(s3_server, "v1")
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ def populate(store: Store) -> tuple[set[str], dict[str, bytes], list[tuple[str, 
     """Fill the store; returns the names the bucket should show, every file the mount should
     show (path below the bucket -> contents), and the hidden (name, where) that must be logged."""
     control = CONTROL if store.kit.any_key else [*CONTROL, NEWLINE]
+    if not store.kit.control_characters:
+        control = [name for name in control if name.isprintable()]
     files: dict[str, bytes] = {"plain": b"plain", "dd/ok": b"ok"}
     files.update({name: name.encode() for name in control})
     hidden: list[tuple[str, str]] = []

@@ -106,6 +106,9 @@ class Kit(abc.ABC):
     # Whether the store keeps any UTF-8 key ('..', '//', NUL), as S3 does, or only what a
     # directory tree can hold.
     any_key: bool = True
+    # Whether files whose names hold control characters can be read and changed (FirecREST
+    # v1 refuses them, as the real service does: they are listed, and EINVAL).
+    control_characters: bool = True
     # Where the bucket is in the mount's scope, as a key prefix (as the log names places):
     # "" where the mount's root lists buckets.
     bucket_prefix: str = ""

@@ -1,5 +1,6 @@
-"""Kit of the `firecrest` driver: the session's local FirecREST service (API v2, fixture
-`firecrest_kit_service`, tests/servers/firecrest.py), staging through its moto_server.
+"""Kit of the `firecrest` driver on API v2: the session's local FirecREST service (fixture
+`firecrest_v2_service`, tests/servers/firecrest.py), staging through its moto_server; the kit
+`firecrest_v1` (tests/kits/firecrest_v1.py) is the same on API v1.
 
 Its system `kit` has two file systems, `/bucket` and `/work`: the mount of `firecrest://kit`
 lists both at its root (`buckets`), tests work in `/bucket`, and the transfer jobs write their
@@ -33,7 +34,6 @@ DIRECT_LIMIT = 1024 * 1024  # the real v2's (pyfirecrest's MAX_DIRECT_UPLOAD_SIZ
 
 
 class FirecrestKit(Kit):
-    name = "firecrest"
     buckets = ("bucket", "work")
     lists_metadata = True  # `ops/ls` carries mode, owner and mtime
     any_key = False  # a directory tree
@@ -41,8 +41,11 @@ class FirecrestKit(Kit):
     bucket_prefix = "bucket/"  # a directory of the system the mount shows
     reads_whole_up_to = DIRECT_LIMIT  # ops/download; larger files are staged, read by ranges
 
+    def __init__(self, name: str, api: str) -> None:
+        self.name, self.api = name, api
+
     def make_store(self, request: pytest.FixtureRequest, directory: Path) -> Store:
-        service = request.getfixturevalue("firecrest_kit_service")
+        service = request.getfixturevalue(f"firecrest_{self.api}_service")
         stored = service.host_path(SYSTEM, f"/{self.bucket}")
         for entry in stored.iterdir():  # fresh: what earlier tests left goes
             if entry.is_dir() and not entry.is_symlink():
@@ -50,7 +53,9 @@ class FirecrestKit(Kit):
             else:
                 entry.unlink()
         return Store(self, service.host_path(SYSTEM, "/"), f"firecrest://{SYSTEM}",
-                     env={**service.environment(), "FIRECREST_TOKEN": ""})
+                     ["--firecrest-api-version", self.api],
+                     env={**service.environment(), "FIRECREST_TOKEN": ""},
+                     driver_options={"api_version": self.api})
 
     async def open(self, store: Store) -> Source:
         source = await super().open(store)
@@ -132,4 +137,4 @@ class DirectoryAsBucket(Backend):
         await self.backend.aclose()
 
 
-KIT = FirecrestKit()
+KIT = FirecrestKit("firecrest", "v2")
