@@ -296,6 +296,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if e.get("next_try") is not None and e["tries"]:
             line += f"  next try in {e['next_try']:.0f}s"
         print(line + (f"  last error: {e['error']}" if e["error"] else ""))
+    if status.get("transfers"):
+        print("transfers under way in steps (staging, jobs):")
+    for t in status.get("transfers", []):
+        sent = f", {human(t['done'])} of {human(t['size'])} sent" if t["size"] else ""
+        print(f"  {t['what']}: {t['phase'] or 'starting'}{sent}")
     if any(e["state"] == "failed" for e in status["queue"]):
         print("failed uploads stay in the cache and are tried again (at once by an fsync of the "
               "file); to give one up and drop its data: "
@@ -355,6 +360,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     while awaited(status):
         waiting = ", ".join(f"{e['bucket']}/{e['key']}" for e in status["queue"][:5]
                             if e["state"] != "lost")
+        steps = "; ".join(f"{t['what']}: {t['phase']}" for t in status.get("transfers", [])[:5])
+        if steps:  # a staged upload's job can take minutes: say which phase it is in
+            waiting += f" ({steps})"
         failed = [e for e in status["queue"] if e["state"] == "failed"]
         if failed:  # each retried every minute; say why and how to give up
             waiting += "; failing: " + ", ".join(

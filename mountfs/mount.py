@@ -96,7 +96,8 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     ns = Namespace(backend, source.scope, cache, queue,
                    Defaults(config.uid, config.gid, config.umask), config.metadata_ttl,
                    config.read_only, dir_times_delay=config.writeback_delay)
-    ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue),
+    ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue,
+                                 backend.transfers),
                      config.block_size, config.upload_on_close)
     try:
         pyfuse3.init(ops, config.mountpoint, config.options())

@@ -1,4 +1,5 @@
-"""What `mountfs status` shows: the write-back queue and the cache, as one JSON document.
+"""What `mountfs status` shows: the write-back queue, the driver's transfers under way in several
+steps (staging, jobs) and the cache, as one JSON document.
 
 The running mount serves it as the extended attribute `user.mountfs.status` of its root, so
 the status command finds the right process from the mount point alone.
@@ -6,6 +7,7 @@ the status command finds the right process from the mount point alone.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from cache.blocks import BlockCache
@@ -24,9 +26,9 @@ MAX_LISTED = 200  # keeps the document well under the 64 KiB an xattr may hold
 
 class Status:
     def __init__(self, source: str, mountpoint: str, cache: BlockCache,
-                 queue: WritebackQueue) -> None:
+                 queue: WritebackQueue, transfers: Callable[[], list[dict[str, Any]]]) -> None:
         self.source, self.mountpoint = source, mountpoint
-        self.cache, self.queue = cache, queue
+        self.cache, self.queue, self.transfers = cache, queue, transfers
 
     def snapshot(self) -> dict[str, Any]:
         c = self.cache
@@ -41,6 +43,7 @@ class Status:
             # of those, uploads whose data is gone from the cache: nothing waits for them
             "lost": sum(e["state"] == "lost" for e in entries),
             "uploaded": self.queue.uploaded_count,
+            "transfers": self.transfers()[:MAX_LISTED],
             "cache": {
                 "dir": str(c.dir), "used": c.used, "cap": c.cap, "dirty": c.dirty_bytes(),
                 "hits": c.hits, "misses": c.misses,

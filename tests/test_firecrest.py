@@ -2,8 +2,8 @@
 (tests/servers/firecrest.py), every test on API v2 and on API v1 (the fixture `api`): the three
 kinds of SOURCE, editing a user's directory with ordinary tools (cp -r, mv, rm -r, chmod,
 symlinks), files over the direct limit both ways (staged through S3), names the service cannot
-carry, mistakes that stop a mount in one line (a wrong API version among them), tokens expiring
-while the mount works, and staged copies released. Files are checked in the service's tree
+carry, mistakes that stop a mount in one line (a wrong API version among them), staged
+transfers shown in `mountfs status` while tokens expire, and staged copies released. Files are checked in the service's tree
 directly.
 """
 from __future__ import annotations
@@ -14,9 +14,11 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,16 +232,47 @@ def test_mistakes_are_one_line(service: FirecrestService, home: str, tmp_path: P
         service, "firecrest://", tmp_path, "--firecrest-api-version", other)
 
 
-def test_tokens_expire_while_mounted(mounter: Mounter, s3_server: S3Server, api: str,
-                                     tmp_path: Path) -> None:
+def transfers_during(m: Mount, action: Callable[[], object]) -> list[dict[str, Any]]:
+    """Every state of the mount's staged transfers that `mountfs status` showed while
+    `action` ran (in a thread), and the text `mountfs status` printed for the first."""
+    seen: list[dict[str, Any]] = []
+    worker = threading.Thread(target=action)
+    worker.start()
+    while worker.is_alive():
+        for transfer in m.served_status()["transfers"]:
+            if transfer not in seen:
+                seen.append(transfer)
+                if len(seen) == 1:  # the command's own words for it
+                    assert transfer["what"] in run_cli("status", str(m.path)).stdout
+        time.sleep(0.02)
+    worker.join()
+    return seen
+
+
+def test_staged_transfers_in_status_with_tokens_expiring(mounter: Mounter, s3_server: S3Server,
+                                                         api: str) -> None:
+    """A staged upload and a staged read outlive several tokens; `mountfs status` shows
+    each, its phase (the job's state on v2, the task's status on v1) and the bytes sent."""
     with firecrest_service(s3_server.url, api=api, max_ops_size=DIRECT_LIMIT,
                            token_lifetime=2, job_delay=0.5, staging_poll=0.5) as short:
         m = mount(mounter, short, f"firecrest://{SYSTEM}{short.home()}")
         data = os.urandom(STAGED)
-        (m.path / "big").write_bytes(data)  # its staged upload outlives several tokens
-        sync(m)
+        (m.path / "big").write_bytes(data)
+        up = transfers_during(m, lambda: sync(m))
+        path = f"{SYSTEM}:{short.home()}/big"
+        assert {t["what"] for t in up} == {f"upload {path}"}
+        step = "job" if api == "v2" else "task"
+        assert any(t["phase"].startswith(step) and t["done"] == t["size"] == STAGED
+                   for t in up), up
         time.sleep(2.5)
-        assert (m.path / "big").read_bytes() == data
+        mounter.umount(m)
+        m = mount(mounter, short, f"firecrest://{SYSTEM}{short.home()}", name="again")
+        read: list[bytes] = []
+        down = transfers_during(m, lambda: read.append((m.path / "big").read_bytes()))
+        assert read == [data]
+        assert {t["what"] for t in down} == {f"download {path}"}
+        assert any(t["phase"].startswith(step) for t in down), down
+        assert m.served_status()["transfers"] == []
         assert short.host_path(SYSTEM, f"{short.home()}/big").read_bytes() == data
         mounter.umount(m)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from mountfs.backends.retry import retrying
 from mountfs.errors import NotSupported, TemporaryFailure
@@ -171,6 +171,12 @@ class Backend(abc.ABC):
         A file at `dst_key` is replaced; a directory there is empty (the namespace checked) and
         is replaced too. The result describes the object at its new name."""
         raise NotSupported(f"{self.describe()} renames by copy and delete")
+
+    def transfers(self) -> list[dict[str, Any]]:
+        """Transfers under way in several steps (`mountfs/backends/progress.py`): what each
+        is, its size, the bytes sent and its phase. Drivers whose requests are single steps
+        have none to show."""
+        return []
 
     async def check_key(self, bucket: str, key: str) -> None:
         """Raise (NotPermitted, InvalidName) before a name is made that the service would

@@ -26,6 +26,7 @@ from mountfs.backends.base import Backend
 from mountfs.backends.firecrest_wire import POLL_FIRST, POLL_MAX, api_error, reply_error
 from mountfs.backends.http import HttpPool, retry_after
 from mountfs.backends.oauth import TokenSource
+from mountfs.backends.progress import Transfer
 from mountfs.errors import NoSuchObject
 
 log = logging.getLogger(__name__)
@@ -175,12 +176,15 @@ class Dialect(abc.ABC):
         """A file up to the direct limit, whole; TooLarge when it is over."""
 
     @abc.abstractmethod
-    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int) -> None:
-        """`size` bytes of `data` through the staging area, until the file is in place."""
+    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int,
+                            transfer: Transfer) -> None:
+        """`size` bytes of `data` through the staging area, until the file is in place; the
+        bytes sent and the phase go to `transfer`."""
 
     @abc.abstractmethod
-    async def stage_download(self, system: str, path: str) -> Staged:
-        """A copy of the file in the staging area, once it is there."""
+    async def stage_download(self, system: str, path: str, transfer: Transfer) -> Staged:
+        """A copy of the file in the staging area, once it is there; the phase goes to
+        `transfer`."""
 
     async def release(self, staged: Staged) -> None:
         """Done with a staged copy (v2: nothing to do; its copy expires)."""

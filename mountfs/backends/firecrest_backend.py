@@ -31,6 +31,7 @@ import trio
 from mountfs.backends.base import Backend, Features, ObjectInfo
 from mountfs.backends.firecrest_api import Dialect, FirecrestApi
 from mountfs.backends.firecrest_staged import StagedCopies
+from mountfs.backends.progress import Transfers
 from mountfs.backends.firecrest_v1 import V1
 from mountfs.backends.firecrest_v2 import V2
 from mountfs.backends.firecrest_wire import (check_name, entry_info, mode_of, path_of,
@@ -66,7 +67,8 @@ class FirecrestBackend(Backend):
         self._links: dict[tuple[str, str], str] = {}  # symlink targets, from listings
         # Files over the direct limit, with the version (ETag) a listing or stat saw last.
         self._large: dict[tuple[str, str], str] = {}
-        self._staged = StagedCopies(self.api, lambda: self.dialect)  # large files read
+        self.progress = Transfers()  # staged transfers under way, for `mountfs status`
+        self._staged = StagedCopies(self.api, lambda: self.dialect, self.progress)
 
     def describe(self) -> str:
         return f"firecrest:{urllib.parse.urlsplit(self.url).netloc}"
@@ -312,7 +314,11 @@ class FirecrestBackend(Backend):
 
     async def _upload_staged(self, bucket: str, path: str, data: BinaryIO, size: int) -> None:
         await self.dialect.mkdir(bucket, posixpath.dirname(path))
-        await self.dialect.upload_staged(bucket, path, data, size)
+        with self.progress.track(f"upload {bucket}:{path}", size) as transfer:
+            await self.dialect.upload_staged(bucket, path, data, size, transfer)
+
+    def transfers(self) -> list[dict[str, Any]]:
+        return self.progress.snapshot()
 
     async def _symlink(self, bucket: str, key: str, target: str) -> ObjectInfo:
         path = path_of(key)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 from mountfs.backends.firecrest_api import Dialect, FirecrestApi, Staged
+from mountfs.backends.progress import Transfers
 from mountfs.errors import BackendError, NoSuchObject, PermissionDenied
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,9 @@ class StagedCopies:
     """The staged copies of one service's files, by (system, path); `dialect` gives the
     dialect that stages and releases them (picked when the driver checks the service)."""
 
-    def __init__(self, api: FirecrestApi, dialect: Callable[[], Dialect]) -> None:
-        self.api, self.dialect = api, dialect
+    def __init__(self, api: FirecrestApi, dialect: Callable[[], Dialect],
+                 progress: Transfers) -> None:
+        self.api, self.dialect, self.progress = api, dialect, progress
         # (system, path) -> (copy, reuse until, the version staged)
         self._copies: dict[tuple[str, str], tuple[Staged, float, str]] = {}
 
@@ -59,7 +61,8 @@ class StagedCopies:
         cached = self._copies.get((system, path))
         if cached and cached[1] > time.monotonic() and cached[2] == version:
             return cached[0].url
-        staged = await self.dialect().stage_download(system, path)
+        with self.progress.track(f"download {system}:{path}") as transfer:
+            staged = await self.dialect().stage_download(system, path, transfer)
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(staged.url).query)
         valid = float(query.get("X-Amz-Expires", ["0"])[0] or 0)
         reuse = min(URL_REUSE, valid / 2) if valid else URL_REUSE

@@ -20,6 +20,7 @@ from urllib3.filepost import choose_boundary, encode_multipart_formdata
 from mountfs.backends.firecrest_api import Dialect, Staged
 from mountfs.backends.firecrest_wire import (TASK_FORM, TASK_STAGED, TASK_UPLOADED,
                                              V1_REFUSED, task_error, v1_entry)
+from mountfs.backends.progress import Transfer
 from mountfs.errors import BackendError
 
 MB = 1024 * 1024  # UTILITIES_MAX_FILE_SIZE's unit: the real service multiplies by 1024 * 1024
@@ -96,23 +97,26 @@ class V1(Dialect):
                                        {"sourcePath": path}, headers={"X-Machine-Name": system})
         return bytes(reply.data)
 
-    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int) -> None:
+    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int,
+                            transfer: Transfer) -> None:
         parent, _, name = path.rpartition("/")
         what = f"staged upload {system}:{path}"
         # The file lands in the directory targetPath under sourcePath's last component.
         answer = await self._call("POST", "/storage/xfer-external/upload", system, what,
                                   form={"targetPath": parent or "/", "sourcePath": name})
         task_id = str(answer["task_id"])
-        task = await self._task(task_id, TASK_FORM, what)
+        task = await self._task(task_id, TASK_FORM, what, transfer)
+        transfer.phase = "sending to the staging area"
         await self._send(task["data"]["msg"]["parameters"], name, data, size, what)
-        await self._task(task_id, TASK_UPLOADED, what)
+        transfer.done = size
+        await self._task(task_id, TASK_UPLOADED, what, transfer)
 
-    async def stage_download(self, system: str, path: str) -> Staged:
+    async def stage_download(self, system: str, path: str, transfer: Transfer) -> Staged:
         what = f"stage {system}:{path}"
         answer = await self._call("POST", "/storage/xfer-external/download", system, what,
                                   form={"sourcePath": path})
         task_id = str(answer["task_id"])
-        task = await self._task(task_id, TASK_STAGED, what)
+        task = await self._task(task_id, TASK_STAGED, what, transfer)
         return Staged(task["data"]["url"], task_id)
 
     async def release(self, staged: Staged) -> None:
@@ -122,14 +126,17 @@ class V1(Dialect):
 
     # ---- tasks and the staging area ------------------------------------------------------------
 
-    async def _task(self, task_id: str, status: int, what: str) -> dict[str, Any]:
-        """The task once its status has reached `status`; its error if it fails first."""
+    async def _task(self, task_id: str, status: int, what: str,
+                    transfer: Transfer) -> dict[str, Any]:
+        """The task once its status has reached `status` (each status seen the phase of
+        `transfer`); its error if it fails first."""
         async def reached() -> dict[str, Any] | None:
             answer = await self.api.call("GET", "/tasks", f"{what} (task {task_id})",
                                          {"tasks": task_id})
             task = (answer.get("tasks") or {}).get(task_id)
             if task is None:
                 raise BackendError(f"{what}: the service knows no task {task_id}")
+            transfer.phase = f"task {task['status']} {task.get('description') or ''}".strip()
             error = task_error(task, what)
             if error is not None:
                 raise error

@@ -12,6 +12,7 @@ import trio
 
 from mountfs.backends.firecrest_api import Dialect, Staged
 from mountfs.backends.firecrest_wire import JOB_ENDED, JOB_SUCCESS, V2_REFUSED, job_log_error
+from mountfs.backends.progress import Transfer
 from mountfs.errors import BackendError, NoSuchObject
 
 
@@ -79,34 +80,40 @@ class V2(Dialect):
                                        f"download {system}:{path}", {"path": path})
         return bytes(reply.data)
 
-    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int) -> None:
+    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int,
+                            transfer: Transfer) -> None:
         what = f"staged upload {system}:{path}"
         answer = await self.api.call("POST", f"/filesystem/{system}/transfer/upload", what,
                                      body={"sourcePath": path, "transferDirectives": {
                                          "transferMethod": "s3", "fileSize": size}})
-        await self.upload_parts(answer["transferDirectives"], data, size, what)
-        await self.follow(system, answer["transferJob"], what)
+        transfer.phase = "sending to the staging area"
+        await self.upload_parts(answer["transferDirectives"], data, size, what, transfer)
+        await self.follow(system, answer["transferJob"], what, transfer)
 
-    async def stage_download(self, system: str, path: str) -> Staged:
+    async def stage_download(self, system: str, path: str, transfer: Transfer) -> Staged:
         what = f"stage {system}:{path}"
         answer = await self.api.call("POST", f"/filesystem/{system}/transfer/download", what,
                                      body={"sourcePath": path,
                                            "transferDirectives": {"transferMethod": "s3"}})
-        await self.follow(system, answer["transferJob"], what)
+        await self.follow(system, answer["transferJob"], what, transfer)
         return Staged(answer["transferDirectives"]["downloadUrl"])
 
     # ---- scheduler jobs and the staging area ---------------------------------------------------
 
-    async def follow(self, system: str, job: dict[str, Any], what: str) -> None:
-        """Wait until the transfer job `job` (a reply's `transferJob`) has ended, then read
-        its output log for the outcome, as pyfirecrest does (a job COMPLETEs also when its
-        command failed); the error log says why it failed."""
+    async def follow(self, system: str, job: dict[str, Any], what: str,
+                     transfer: Transfer | None = None) -> None:
+        """Wait until the transfer job `job` (a reply's `transferJob`) has ended (its state
+        the phase of `transfer`), then read its output log for the outcome, as pyfirecrest
+        does (a job COMPLETEs also when its command failed); the error log says why it
+        failed."""
         job_id = job["jobId"]
 
         async def ended() -> bool | None:
             answer = await self.api.call("GET", f"/compute/{system}/jobs/{job_id}",
                                          f"{what} (job {job_id})")
             states = [j.get("status", {}).get("state") for j in answer.get("jobs", [])]
+            if transfer is not None:
+                transfer.phase = f"job {'/'.join(map(str, states)) or 'submitted'}"
             return True if states and all(s in JOB_ENDED for s in states) else None
 
         await self.api.poll(ended)
@@ -124,7 +131,7 @@ class V2(Dialect):
         raise job_log_error(error.decode("utf-8", "replace"), what)
 
     async def upload_parts(self, directives: dict[str, Any], data: BinaryIO, size: int,
-                           what: str) -> None:
+                           what: str, transfer: Transfer) -> None:
         """Send `size` bytes of `data` to the presigned part URLs, each part read again from
         its offset for every try, then complete the multipart upload."""
         urls: list[str] = directives["partsUploadUrls"]
@@ -147,6 +154,7 @@ class V2(Dialect):
                 return str(reply.headers.get("ETag", ""))
 
             etags.append(await self.api.backend.retried(f"{what}: part {number}", put))
+            transfer.done += length
         body = "<CompleteMultipartUpload>" + "".join(
             f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
             for n, etag in enumerate(etags, 1)) + "</CompleteMultipartUpload>"
