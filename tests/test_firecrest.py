@@ -121,6 +121,11 @@ def test_edit_a_tree(mounter: Mounter, service: FirecrestService, home: str,
     assert (host / "moved" / "b.txt").read_text() == "beta"
     os.chmod(m.path / "tree" / "renamed.txt", 0o600)
     assert stat.S_IMODE((host / "tree" / "renamed.txt").stat().st_mode) == 0o600
+    # touch: a new empty file, and an existing one (its times taken, not kept: no error)
+    subprocess.run(["touch", m.path / "tree" / "empty", m.path / "tree" / "renamed.txt"],
+                   check=True)
+    sync(m)
+    assert (host / "tree" / "empty").read_bytes() == b""
     os.symlink(f"{home}/tree/renamed.txt", m.path / "link")
     assert os.readlink(m.path / "link") == f"{home}/tree/renamed.txt"
     assert os.readlink(host / "link") == f"{home}/tree/renamed.txt"
