@@ -6,7 +6,7 @@ as much as the file itself. A block file shorter
 than B, or a block past `remote_size` that is absent, reads as zeros up to the object's size.
 An absent block below `remote_size` is fetched from the server version named by the record.
 
-Locking, all on the one trio thread: a block being fetched has an Event in `_fetching`, and
+Locking, all on the one trio thread: a block being fetched has an Event in `fetching`, and
 other readers of it wait on that instead of fetching again. Writers bump the object's
 generation *before* touching a block, and the upload reader (in a worker thread) checks the
 generation *after* each read, so an upload either reads a consistent snapshot or gives up
@@ -52,8 +52,10 @@ from pathlib import Path
 
 import trio
 
+from cache.errors import DataLost, ObjectChanged, Superseded
 from cache.journal import Journal, ObjectRecord
 from cache.storage import Storage
+from cache.whole import WholeReads
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +71,6 @@ READAHEAD_PARALLEL = 8  # read-ahead GETs under way at once (the default)
 READAHEAD_RUN_BYTES = 8 * 1024 * 1024
 # Block files kept open; at most a quarter of the process's descriptor limit (see _FdCache).
 MAX_OPEN_FDS = 1024
-
-
-class Superseded(Exception):
-    """The object changed while its upload was reading it; upload again later."""
-
-
-class ObjectChanged(Exception):
-    """The server's copy changed under a partly cached object; the cached blocks are void."""
-
-
-class DataLost(Exception):
-    """Data written to an object is gone from the cache (its block file was deleted under the
-    mount): no upload of it can ever succeed."""
 
 
 @dataclass(eq=False)
@@ -201,7 +190,8 @@ class BlockCache:
                  readahead_parallel: int = READAHEAD_PARALLEL,
                  readahead_max_blocks: int = READAHEAD_MAX_BLOCKS,
                  readahead_run_blocks: int | None = None,
-                 max_open_fds: int = MAX_OPEN_FDS) -> None:
+                 max_open_fds: int = MAX_OPEN_FDS,
+                 whole_reads_up_to: int | None = 0) -> None:
         self.dir = directory
         self.blocks_dir = directory / "blocks"
         self.journal = Journal(directory / "journal")
@@ -213,9 +203,13 @@ class BlockCache:
         self.misses = 0
         self._by_key: dict[tuple[str, str], CachedObject] = {}
         self._lru: OrderedDict[tuple[CachedObject, int], None] = OrderedDict()
-        self._fetching: dict[tuple[CachedObject, int], trio.Event] = {}
+        # Blocks being fetched, each to the event set when its fetch is over: one fetch of a
+        # block at a time (its tmp file name is the fetch's own), the others wait for it.
+        self.fetching: dict[tuple[CachedObject, int], trio.Event] = {}
+        # Objects the storage serves only whole: streamed into their blocks (cache/whole.py).
+        self.whole = WholeReads(self, whole_reads_up_to)
         self._room = trio.Event()
-        self._background: trio.Nursery | None = None
+        self.background: trio.Nursery | None = None
         self.readahead_max_blocks = readahead_max_blocks
         if readahead_run_blocks is None:
             readahead_run_blocks = max(1, READAHEAD_RUN_BYTES // block_size)
@@ -416,7 +410,7 @@ class BlockCache:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host read-ahead fetches until cancelled."""
         async with trio.open_nursery() as nursery:
-            self._background = nursery
+            self.background = nursery
             task_status.started()
             await trio.sleep_forever()
 
@@ -465,11 +459,13 @@ class BlockCache:
         the window's edge moves a block at a time; a run starts only once enough blocks are
         due (half the window while it still grows), not one GET per block."""
         sequential, obj.next_read = offset == obj.next_read, end
+        if self.whole.applies(obj):
+            return  # read only whole: its stream is the read-ahead
         if not sequential:
             obj.streak = 0
             return
         obj.streak += 1
-        if self._background is None:
+        if self.background is None:
             return
         bs = self.block_size
         window = min(self.readahead_max_blocks, 1 << min(obj.streak, 20))
@@ -479,7 +475,7 @@ class BlockCache:
         if last - first + 1 < min(run_blocks, max(1, window // 2)) and last < (obj.size - 1) // bs:
             return  # wait until a longer run is due
         for run_first, count in self._missing_runs(obj, first, last, run_blocks):
-            self._background.start_soon(self._prefetch_run, obj, run_first, count)
+            self.background.start_soon(self._prefetch_run, obj, run_first, count)
         obj.readahead_to = max(obj.readahead_to, last + 1)
 
     def _run_blocks(self) -> int:
@@ -494,13 +490,13 @@ class BlockCache:
         runs: list[tuple[int, int]] = []
         n = first
         while n <= last:
-            if self.has_block(obj, n) or (obj, n) in self._fetching:
+            if self.has_block(obj, n) or (obj, n) in self.fetching:
                 n += 1
                 continue
             count = 1
             while (count < run_blocks and n + count <= last
                    and not self.has_block(obj, n + count)
-                   and (obj, n + count) not in self._fetching):
+                   and (obj, n + count) not in self.fetching):
                 count += 1
             runs.append((n, count))
             n += count
@@ -519,8 +515,8 @@ class BlockCache:
             if not runs:
                 return
             for later in runs[1:]:
-                assert self._background is not None
-                self._background.start_soon(self._prefetch_run, obj, *later)
+                assert self.background is not None
+                self.background.start_soon(self._prefetch_run, obj, *later)
             await self._fetch(obj, runs[0][0], runs[0][1], slot)
         except Exception as exc:  # a reader fetches the block again and gets the error itself
             log.debug("read-ahead of %s blocks %d+%d failed: %s", obj.record.key, first, count,
@@ -551,9 +547,12 @@ class BlockCache:
                 return
             if n * self.block_size >= obj.record.remote_size:
                 return
-            pending = self._fetching.get((obj, n))
+            pending = self.fetching.get((obj, n))
             if pending is None:
-                break
+                if not self.whole.applies(obj):
+                    break
+                await self.whole.ensure(obj, n)  # streamed in with the rest of the object
+                continue
             await pending.wait()
         await self._fetch(obj, n, 1)
 
@@ -564,13 +563,13 @@ class BlockCache:
         blocks = range(first, first + count)
         done = trio.Event()
         for n in blocks:
-            self._fetching[(obj, n)] = done
+            self.fetching[(obj, n)] = done
         self.misses += count
         try:
             await self._fetch_unlocked(obj, first, count, slot)
         finally:
             for n in blocks:
-                del self._fetching[(obj, n)]
+                del self.fetching[(obj, n)]
             done.set()
 
     async def _fetch_unlocked(self, obj: CachedObject, first: int, count: int,
@@ -587,12 +586,20 @@ class BlockCache:
         if len(data) != want and rec.etag == etag:
             raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + len(data)} bytes on the "
                                 f"server, expected {rec.remote_size}")
+        await self.store_fetched(obj, first, data, etag)
+
+    async def store_fetched(self, obj: CachedObject, first: int, data: bytes,
+                            etag: str) -> None:
+        """Put `data`, read from the server's version `etag` of the object at block `first`,
+        into the blocks it covers; a block cached meanwhile, or data of a version no longer
+        the object's, is dropped."""
+        rec = obj.record
+        bs = self.block_size
         view = memoryview(data)
-        pieces = [(n, view[(n - first) * bs:(n - first + 1) * bs])
-                  for n in range(first, first + count) if (n - first) * bs < len(data)]
+        pieces = [(first + i, view[i * bs:(i + 1) * bs]) for i in range(-(-len(data) // bs))]
         # Copying a block into the page cache takes about a millisecond: a worker thread does
         # it, to tmp names (`<id>.<n>.fetch`, which load() sweeps). Only one fetch of a block
-        # runs at a time (`_fetching`), so the names are the fetch's own.
+        # runs at a time (`fetching`), so the names are the fetch's own.
         tmps = {n: f"{self.blocks_dir}/{obj.id}.{n}.fetch" for n, _ in pieces}
         try:
             await trio.to_thread.run_sync(_write_files, [(tmps[n], p) for n, p in pieces])

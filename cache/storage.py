@@ -1,6 +1,7 @@
 """What the cache needs from a storage service; mountfs passes a backend driver that fits."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import BinaryIO, Protocol
 
 
@@ -20,6 +21,10 @@ class StoredVersion(Protocol):
 
 class Storage(Protocol):
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes: ...
+
+    def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes from its start, in pieces (for objects read only whole)."""
+        ...
 
     async def write_object(
         self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str]

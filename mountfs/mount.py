@@ -90,7 +90,8 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                     backend.features.why_read_only)
         config = dataclasses.replace(config, read_only=True)
     lock_fd = lock_cache_dir(config.cache_dir)
-    cache = BlockCache(config.cache_dir, backend, config.cache_size, config.block_size)
+    cache = BlockCache(config.cache_dir, backend, config.cache_size, config.block_size,
+                       whole_reads_up_to=backend.features.whole_reads_up_to)
     dirty = cache.load()
     queue = WritebackQueue(cache, backend, config.writeback_delay, config.workers)
     ns = Namespace(backend, source.scope, cache, queue,

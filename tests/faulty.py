@@ -2,14 +2,14 @@
 
 `FaultyStorage` fits `cache.storage.Storage`. Every call goes to the wrapped backend; the test
 can make the next write_object calls fail, or run its own code at the moments a real service
-leaves open to races: while a ranged read is on the wire, halfway through reading the data of
+leaves open to races: while a ranged read is on the wire, in the middle of a stream, halfway through reading the data of
 an upload, and after an upload was stored but before the caller hears of it. It records what
 was asked of it, so tests can assert on fetches (and how many ran at once), upload times and
 every version ever stored.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import BinaryIO
 
 import trio
@@ -32,6 +32,9 @@ class FaultyStorage:
         self.read_delay = 0.0  # trio seconds every read_object takes, to overlap fetches
         self.reads_in_flight = 0
         self.max_reads_in_flight = 0  # the most read_object calls under way at once
+        self.streams: list[str] = []  # the key of every stream_object
+        self.stream_error: BaseException | None = None  # raised by the next stream, once
+        self.stream_piece = 0  # bytes a stream yields at a time (0: as the backend does)
 
     def fail_writes(self, exc: BaseException, times: int = 1) -> None:
         """The next `times` write_object calls raise `exc` and store nothing."""
@@ -57,6 +60,20 @@ class FaultyStorage:
         if hook is not None:
             await hook()
         return data
+
+    async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+        """The wrapped backend's stream, in pieces of `stream_piece` bytes, each after a
+        `read_delay`; `stream_error` is raised after the first piece."""
+        self.streams.append(key)
+        async for piece in self.inner.stream_object(bucket, key):
+            step = self.stream_piece or len(piece)
+            for at in range(0, len(piece), step):
+                if self.read_delay:
+                    await trio.sleep(self.read_delay)
+                yield piece[at:at + step]
+                error, self.stream_error = self.stream_error, None
+                if error is not None:
+                    raise error
 
     async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
                            metadata: dict[str, str]) -> ObjectInfo:

@@ -291,6 +291,69 @@ async def test_partial_write_keeps_fetched_blocks_under_a_tiny_cap(
     assert cache.used == disk_usage(cache_dir)
 
 
+def whole_reads_cache(cache_dir: Path, storage: FaultyStorage,
+                      up_to: int | None) -> BlockCache:
+    cache = BlockCache(cache_dir, storage, BIG, BS,  # type: ignore[arg-type]
+                       whole_reads_up_to=up_to)
+    cache.load()
+    return cache
+
+
+async def test_an_object_read_only_whole_is_streamed_once_for_every_reader(
+        cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
+    """Readers of different blocks, at once and after, share one stream from the start; each
+    goes on once its own block is in; nothing is asked by ranges."""
+    data = pattern(5 * BS + 123, seed=7)
+    info = await put(backend, "whole", data)
+    cache = whole_reads_cache(cache_dir, storage, None)
+    storage.stream_piece, storage.read_delay = BS // 3, 0.001
+    got: dict[int, bytes] = {}
+
+    async def reader(n: int) -> None:
+        got[n] = await cache.read(obj, n * BS, BS)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        obj = open_remote(cache, info)
+        async with trio.open_nursery() as readers:
+            for n in (4, 0, 5, 2):
+                readers.start_soon(reader, n)
+        assert await contents(cache, obj) == data
+        nursery.cancel_scope.cancel()
+    assert got == {n: data[n * BS:(n + 1) * BS] for n in (4, 0, 5, 2)}
+    assert storage.streams == ["whole"]
+    assert cache.misses == 6
+
+
+async def test_a_failed_stream_fails_its_readers_and_the_next_read_streams_again(
+        cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
+    data = pattern(4 * BS, seed=8)
+    info = await put(backend, "whole", data)
+    cache = whole_reads_cache(cache_dir, storage, None)
+    storage.stream_piece = BS
+    storage.stream_error = TemporaryFailure("the service went away mid-stream")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        obj = open_remote(cache, info)
+        with pytest.raises(TemporaryFailure):
+            await cache.read(obj, 3 * BS, 10)
+        assert await cache.read(obj, 0, 10) == data[:10]  # the block it brought stays
+        assert await contents(cache, obj) == data
+        nursery.cancel_scope.cancel()
+    assert storage.streams == ["whole", "whole"]
+
+
+async def test_objects_over_the_whole_reads_size_are_read_by_ranges(
+        cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
+    small, large = pattern(2 * BS, seed=1), pattern(3 * BS, seed=2)
+    small_info, large_info = await put(backend, "small", small), await put(backend, "large", large)
+    cache = whole_reads_cache(cache_dir, storage, 2 * BS)
+    assert await cache.read(open_remote(cache, large_info), BS, 10) == large[BS:BS + 10]
+    assert await cache.read(open_remote(cache, small_info), BS, 10) == small[BS:BS + 10]
+    assert storage.reads[0] == ("large", BS, BS)  # one block, by its range
+    assert storage.streams == ["small"]
+
+
 # ---- 2. eviction and the cap -----------------------------------------------------------------
 
 async def test_clean_blocks_are_evicted_least_recently_used_first(

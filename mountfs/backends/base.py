@@ -21,6 +21,9 @@ T = TypeVar("T")
 # `write_object(if_match=IF_ABSENT)`: store only if no object has the key (If-None-Match: *).
 IF_ABSENT = ""
 
+# The pieces `Backend.stream_object` reads by default.
+STREAM_PIECE = 8 * 1024 * 1024
+
 # What a retry may cure, whichever driver raised it.
 TEMPORARY_FAILURES = (TemporaryFailure, ConnectionError, TimeoutError)
 
@@ -98,6 +101,10 @@ class Features:
     # and an mtime in whole seconds only (FirecREST's ls, as rclone on SFTP), so data cached
     # while its version's second may not be over is not trusted by a later open.
     exact_versions: bool = True
+    # Objects of at most this many bytes (None: every object) the service serves only whole:
+    # the cache streams such an object into its blocks from its start (`stream_object`), once
+    # for all its readers, instead of asking a range per block (cache/whole.py).
+    whole_reads_up_to: int | None = 0
 
     def keeps(self, attribute: str) -> bool:
         return self.kept_attributes is None or attribute in self.kept_attributes
@@ -138,6 +145,19 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length), fewer at the end of the object."""
+
+    async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes from its start, in pieces: how the cache reads the objects
+        `features.whole_reads_up_to` names. By default ranged reads of STREAM_PIECE bytes; a
+        service without ranges streams its one download."""
+        offset = 0
+        while True:
+            piece = await self.read_object(bucket, key, offset, STREAM_PIECE)
+            if piece:
+                yield piece
+            if len(piece) < STREAM_PIECE:
+                return
+            offset += len(piece)
 
     @abc.abstractmethod
     async def write_object(

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import trio
 
 from mountfs.backends.base import Backend, Features, ObjectInfo
-from mountfs.backends.firecrest_api import Dialect, FirecrestApi
+from mountfs.backends.firecrest_api import DIRECT_LIMIT, Dialect, FirecrestApi
 from mountfs.backends.firecrest_staged import StagedCopies
 from mountfs.backends.progress import Transfers
 from mountfs.backends.firecrest_v1 import V1
@@ -51,12 +51,15 @@ UNSAFE_IN_FORM = frozenset('"\\%\r\n') | frozenset(map(chr, range(32)))
 
 
 class FirecrestBackend(Backend):
-    # No FIFOs or devices: the API makes files, directories and symlinks only.
-    # Of the attributes only the mode is kept (chmod); `mv` renames files and trees at once.
+    # No FIFOs or devices: the API makes files, directories and symlinks only. Of the
+    # attributes only the mode is kept (chmod); `mv` renames files and trees at once; symlink
+    # targets must be absolute (the API checks them as paths to act on); ls gives mtimes in
+    # whole seconds and no ETag; files up to the direct limit download only whole.
     features = Features(conditional_writes=False, buckets_editable=False,
                         max_key_length=PATH_MAX - 2, special_files=False,
                         kept_attributes=frozenset({"mode"}), native_rename=True,
-                        relative_symlinks=False, exact_versions=False)
+                        relative_symlinks=False, exact_versions=False,
+                        whole_reads_up_to=DIRECT_LIMIT)
 
     def __init__(self, url: str, http: HttpPool, auth: TokenSource,
                  api_version: str = "auto") -> None:
