@@ -39,6 +39,11 @@ class Defaults:
     uid: int
     gid: int
     umask: int
+    # Listed objects take these (and the listing's size and mtime) as they are, never asking
+    # for their own metadata (`--attributes-from-listings`, as goofys and mountpoint-s3 do): a
+    # walk costs a listing per directory and nothing per entry, but modes, owners and
+    # symlinks kept in metadata (by other tools, or by earlier mounts) are not seen.
+    from_listings: bool = False
 
     def mode(self, kind: int) -> int:
         return kind | ((0o777 if kind != stat.S_IFREG else 0o666) & ~self.umask)

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "uploaded, with the upload's error")
     m.add_argument("--metadata-ttl", type=non_negative, default=5.0, metavar="SECONDS",
                    help="how long listings and attributes are trusted (default 5)")
+    m.add_argument("--attributes-from-listings", action="store_true",
+                   help="take listed objects' attributes from the listing (size, mtime) and "
+                        "--uid/--gid/--umask, with no request per entry: faster walks, but "
+                        "modes, owners and symlinks kept in metadata are not seen")
     m.add_argument("--workers", type=int, default=8, help=argparse.SUPPRESS)
     m.add_argument("-o", dest="fuse_options", action="append", default=[],
                    help="options, comma separated: a driver's <driver>_<name>=VALUE, "
@@ -196,6 +200,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         block_size=args.block_size, read_only=args.read_only, uid=args.uid, gid=args.gid,
         umask=args.umask, allow_other=args.allow_other, writeback_delay=args.writeback_delay,
         metadata_ttl=args.metadata_ttl, workers=args.workers, driver_values=values,
+        attributes_from_listings=args.attributes_from_listings,
         upload_on_close=args.upload_on_close,
         fuse_options=fuse_options)
     setup_logging(args.log_file, args.verbose)

@@ -111,7 +111,7 @@ class Listings:
             new.ctime_ns = max(new.ctime_ns, node.entries_changed_ns)
         if info.metadata is not None or not node.is_dir:
             node.attrs = new
-            node.meta_known = info.metadata is not None
+            node.meta_known = info.metadata is not None or self.defaults.from_listings
         if not node.is_dir:
             node.size, node.etag, node.on_server = info.size, info.etag, True
             node.link_target = None
@@ -127,7 +127,8 @@ class Listings:
             if node is not None:
                 self.table.detach(node)
             node = self.table.new(parent, name, self._attrs(info, kind), info.size, info.etag)
-            node.meta_known = info.metadata is not None or self.table.lists_buckets(parent)
+            node.meta_known = (info.metadata is not None or self.table.lists_buckets(parent)
+                               or self.defaults.from_listings)
         if is_dir and info.key and not info.is_prefix and not info.key.endswith("/"):
             node.directory_object = info.key  # an older tool's directory object
         return node
@@ -268,7 +269,7 @@ class Listings:
                                          asked_at)
             # Its marker, if it has one, holds its attributes (read by `complete`); without
             # one, the defaults are its attributes.
-            node.meta_known = below[0].key != key + "/"
+            node.meta_known = below[0].key != key + "/" or self.defaults.from_listings
             return node
         if file:
             return self._child_from_info(parent, name, file[0], is_directory_object(file[0]),

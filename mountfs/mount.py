@@ -48,6 +48,7 @@ class MountConfig:
     allow_other: bool
     writeback_delay: float
     metadata_ttl: float
+    attributes_from_listings: bool = False
     workers: int = 8  # uploads at once: many small files go up at the pace of 8 PUTs in flight
     upload_on_close: bool = False
     driver_values: dict[str, Any] = field(default_factory=dict)  # by the driver's option name
@@ -95,7 +96,8 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     dirty = cache.load()
     queue = WritebackQueue(cache, backend, config.writeback_delay, config.workers)
     ns = Namespace(backend, source.scope, cache, queue,
-                   Defaults(config.uid, config.gid, config.umask), config.metadata_ttl,
+                   Defaults(config.uid, config.gid, config.umask,
+                            config.attributes_from_listings), config.metadata_ttl,
                    config.read_only, dir_times_delay=config.writeback_delay)
     ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue,
                                  backend.transfers),

@@ -163,6 +163,30 @@ def test_a_listing_stays_trusted_while_its_reader_holds_the_directory(
             os.close(fd)
 
 
+def test_attributes_from_listings_cost_no_request_per_entry(
+        mounter: Mounter, proxy: S3Proxy, client, bucket_name: str,  # type: ignore[no-untyped-def]
+        s3_tree: dict[str, int]) -> None:
+    """`--attributes-from-listings`: `ls -lR` costs a listing per directory and no HEAD, and
+    so does looking again after the TTL; listed objects have the mount's defaults, not the
+    mode their metadata holds."""
+    client.put_object(Bucket=bucket_name, Key="dst/top0/private", Body=b"secret",
+                      Metadata={"mode": str(0o100600)})
+    ttl = 1.0
+    m = mount_s3(mounter, proxy, "--metadata-ttl", str(ttl),  # type: ignore[arg-type]
+                 "--attributes-from-listings", source=f"s3://{bucket_name}")
+    taken(proxy)
+    subprocess.run(["ls", "-lR", str(m.path / "dst")], check=True, capture_output=True)
+    seen = taken(proxy)
+    assert seen["HeadObject"] == 0, seen
+    assert seen["ListObjectsV2"] <= len(directories(s3_tree)) + 2, seen
+    private = m.path / "dst" / "top0" / "private"
+    assert os.lstat(private).st_mode == 0o100644  # 0666 & ~022, not its own 0600
+    time.sleep(ttl + 0.2)
+    assert os.lstat(private).st_mode == 0o100644
+    assert private.read_bytes() == b"secret"
+    assert taken(proxy)["HeadObject"] == 0
+
+
 @pytest.mark.backends(*BACKENDS)
 def test_walk_sees_the_tree_and_names_removed_elsewhere(mounter: Mounter, store,  # type: ignore
                                                         tmp_path: Path) -> None:
