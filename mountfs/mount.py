@@ -102,6 +102,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue,
                                  backend.transfers),
                      config.block_size, config.upload_on_close)
+    target = os.path.realpath(config.mountpoint)  # (once mounted, its lstat would hang)
     try:
         pyfuse3.init(ops, config.mountpoint, config.options())
     except RuntimeError as exc:
@@ -117,6 +118,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             if dirty:
                 log.info("journal replay: %d objects queued for upload", len(dirty))
             nursery.start_soon(stop.on_signals, nursery)
+            nursery.start_soon(raise_read_ahead, ops.initialized, target)
             ready()
             await pyfuse3.main()
             stop.unmounted = True
@@ -198,3 +200,31 @@ def check_mountpoint(path: str) -> None:
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise ConfigError("/dev/fuse is missing or not accessible: install fuse3 and load the "
                           "fuse module")
+
+
+# The kernel's read-ahead on the mount, in KiB (its default is 128): a 512 MiB file read with
+# dd through a `local` mount, from the block cache, went from 1.3 to 2.4 GB/s (and, on a
+# machine loaded by other work, from 260 to 510-635 MB/s); read cold, from 419 to 556 MB/s
+# (2 cores, 2026-12-03).
+READ_AHEAD_KB = 1024
+
+
+async def raise_read_ahead(initialized: trio.Event, target: str) -> None:
+    """Set the read-ahead of the mount at `target` (a real path) where this process may
+    (root): larger read requests. Only after the kernel's INIT exchange, which sets it to the
+    smaller of its own and the reply's (the reply is sent once Operations.init returned: it
+    is looked at again until it holds). The device comes from /proc/self/mountinfo: a stat of
+    the mount point would go through this very mount."""
+    await initialized.wait()
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            devices = [fields[2] for fields in map(str.split, mounts)
+                       if fields[4].replace("\\040", " ") == target]
+        knob = Path(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb")
+        for _ in range(20):
+            if int(knob.read_text()) >= READ_AHEAD_KB:
+                return
+            knob.write_text(f"{READ_AHEAD_KB}\n")
+            await trio.sleep(0.05)
+    except (OSError, ValueError, IndexError) as exc:  # not root, no such knob: as it was
+        log.debug("read-ahead of %s left as it is: %s", target, exc)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from mountfs.errors import InvalidArgument, NotPermitted, ReadOnly, to_errno
 from mountfs.handles import DirHandle, FileHandle, HandleTable
@@ -55,6 +56,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, ns: Namespace, status: Status, block_size: int,
                  upload_on_close: bool = False) -> None:
         super().__init__()
+        self.initialized = trio.Event()  # the kernel's INIT exchange is under way or done
         self.ns = ns
         self.cache = ns.cache
         self.queue = ns.queue
@@ -64,6 +66,9 @@ class Operations(pyfuse3.Operations):
         # on as soon as `cp` returns), with the upload's error as close's.
         self.upload_on_close = upload_on_close
         self.handles = HandleTable()
+
+    def init(self) -> None:
+        self.initialized.set()
 
     # ---- attributes ------------------------------------------------------------------------
 
