@@ -38,7 +38,8 @@ def credentials(context: DriverContext) -> Auth:
 
 
 def canonical(rest: str) -> str:
-    return "//" + rest.strip("/").lower()
+    """`//HOST[:PORT]` in lower case; anything else as given, for `_open` to refuse."""
+    return "//" + rest[2:].strip("/").lower() if rest.startswith("//") else rest
 
 
 async def _open(context: DriverContext) -> Source:

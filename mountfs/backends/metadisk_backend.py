@@ -149,8 +149,10 @@ class MetadiskBackend(Backend):
         """Metadisk files are flat: no directory can be made below a bucket (EPERM), and the
         name index's own name is the mount's."""
         if key.endswith("/"):
-            raise NotPermitted(f"{self.source}: files in a Metadisk bucket are flat, no "
-                               f"directory can be made ({bucket}/{key})")
+            why = (f"{self.source}: files in a Metadisk bucket are flat, no directory can be "
+                   f"made ({bucket}/{key})")
+            log.warning("%s", why)  # EPERM alone would not tell the user why
+            raise NotPermitted(why)
         if key == INDEX_NAME:
             raise NotPermitted(f"{INDEX_NAME} is the name index of the mount, not a file")
 

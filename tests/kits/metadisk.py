@@ -69,8 +69,9 @@ def start_service(directory: Path) -> MetadiskService:
 class MetadiskPath:
     """A bucket, or a name in one, of the kit's account on the bridge: `StorePath`."""
 
-    def __init__(self, service: MetadiskService, bucket: str = "", key: str = "") -> None:
-        self.service, self.bucket, self.key = service, bucket, key
+    def __init__(self, service: MetadiskService, bucket: str = "", key: str = "",
+                 email: str = EMAIL) -> None:
+        self.service, self.bucket, self.key, self.email = service, bucket, key, email
 
     @property
     def bridge(self) -> Bridge:
@@ -82,13 +83,18 @@ class MetadiskPath:
 
     def __truediv__(self, name: str) -> MetadiskPath:
         if not self.bucket:
-            return MetadiskPath(self.service, name)
-        return MetadiskPath(self.service, self.bucket, f"{self.key}{name}" if not self.key
-                            else f"{self.key.rstrip('/')}/{name}")
+            return MetadiskPath(self.service, name, email=self.email)
+        return MetadiskPath(self.service, self.bucket, f"{self.key.rstrip('/')}/{name}"
+                            if self.key else name, self.email)
 
     def _bucket_id(self) -> str | None:
         return next((i for i, b in self.bridge.buckets.items()
-                     if b["name"] == self.bucket and b["user"] == EMAIL), None)
+                     if b["name"] == self.bucket and b["user"] == self.email), None)
+
+    def hashes(self) -> set[str]:
+        """The content hashes the bridge holds in this bucket (the name index's too)."""
+        bucket_id = self._bucket_id()
+        return set(self.bridge.entries[bucket_id]) if bucket_id else set()
 
     def names(self) -> index.Names:
         bucket_id = self._bucket_id()
@@ -128,13 +134,13 @@ class MetadiskPath:
 
     def mkdir(self) -> None:
         assert not self.key, "files in a Metadisk bucket are flat"
-        self.service.make_bucket(self.bucket)
+        self.service.make_bucket(self.bucket, self.email)
 
     def iterdir(self) -> Iterator[MetadiskPath]:
         if not self.bucket:
             for b in self.bridge.buckets.values():
-                if b["user"] == EMAIL:
-                    yield MetadiskPath(self.service, b["name"])
+                if b["user"] == self.email:
+                    yield MetadiskPath(self.service, b["name"], email=self.email)
             return
         prefix = self.key + "/" if self.key else ""
         seen = set()
@@ -143,7 +149,7 @@ class MetadiskPath:
                 child = name[len(prefix):].split("/", 1)[0]
                 if child not in seen:
                     seen.add(child)
-                    yield MetadiskPath(self.service, self.bucket, prefix + child)
+                    yield MetadiskPath(self.service, self.bucket, prefix + child, self.email)
 
 
 class MetadiskKit(Kit):
