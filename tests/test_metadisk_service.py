@@ -13,10 +13,13 @@ import pytest
 import urllib3
 import websockets.sync.client
 
-from mountfs.backends.metadisk_wire import KeyPair, QUOTA_STATUS, file_hash
-from servers.metadisk import TOKEN_TTL, Bridge, BridgeServer, basic
+from mountfs.backends.metadisk_api import Basic
+from mountfs.backends.metadisk_wire import (QUOTA_STATUS, KeyPair, file_hash,
+                                            password_hash)
+from servers.metadisk import TOKEN_TTL, Bridge, BridgeServer
 
 EMAIL, PASSWORD = "svc@example.org", "secret"
+BASIC = Basic(EMAIL, password_hash(PASSWORD)).header()
 http = urllib3.PoolManager(retries=False)
 
 
@@ -58,13 +61,13 @@ def account(server: BridgeServer) -> KeyPair:
     status, user = call(server, "POST", "/users", {
         "email": EMAIL, "password": hashlib.sha256(PASSWORD.encode()).hexdigest()})
     assert status == 200 and user == {**user, "email": EMAIL, "activated": False}
-    status, _ = call(server, "GET", "/keys", headers=basic(EMAIL, PASSWORD))
+    status, _ = call(server, "GET", "/keys", headers=BASIC)
     assert status == 401  # not activated yet
     token = server.bridge.activation_token(EMAIL)
     assert call(server, "GET", f"/activations/{token}")[1]["activated"] is True
     key = KeyPair.generate()
     status, added = call(server, "POST", "/keys", {"key": key.public},
-                         headers=basic(EMAIL, PASSWORD))
+                         headers=BASIC)
     assert status == 200 and added["key"] == key.public and key.public[:2] in ("02", "03")
     return key
 
@@ -75,7 +78,7 @@ def test_registration_refusals(server: BridgeServer, account: KeyPair) -> None:
         (500, {"error": "Email is already registered"})
     assert call(server, "GET", "/activations/" + "0" * 64) == \
         (400, {"error": "Invalid activation token"})
-    assert call(server, "POST", "/keys", {"key": "03zz"}, headers=basic(EMAIL, PASSWORD))[0] \
+    assert call(server, "POST", "/keys", {"key": "03zz"}, headers=BASIC)[0] \
         == 400
 
 

@@ -32,14 +32,6 @@ FROM_BODY = ("POST", "PATCH", "PUT")  # the others sign and carry their nonce in
 
 
 @dataclass(frozen=True)
-class Signer:
-    """A registered key and the nonces of its state directory."""
-
-    key: KeyPair
-    nonces: NonceFile
-
-
-@dataclass(frozen=True)
 class Basic:
     """HTTP Basic: the email and the password's SHA-256 in hex."""
 
@@ -49,6 +41,14 @@ class Basic:
     def header(self) -> dict[str, str]:
         pair = f"{self.email}:{self.password_sha256}".encode()
         return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+
+
+@dataclass(frozen=True)
+class Signer:
+    """ECDSA: a registered key and the nonces of its state directory."""
+
+    key: KeyPair
+    nonces: NonceFile
 
 
 Auth = Signer | Basic | None

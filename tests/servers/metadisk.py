@@ -35,7 +35,6 @@ Errors are `{"error": message}` with the status of errors.js (400, 401, 404, 500
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime
 import hashlib
 import json
@@ -439,12 +438,6 @@ class BridgeServer:
         self.http.shutdown()
         for node in self.bridge.nodes:
             node.server.shutdown()
-
-
-def basic(email: str, password: str) -> dict[str, str]:
-    """An Authorization header as pymdc sends it (the tests' own requests)."""
-    pair = f"{email}:{hashlib.sha256(password.encode()).hexdigest()}".encode()
-    return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
 
 
 def main(argv: list[str] | None = None) -> int:
