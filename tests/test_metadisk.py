@@ -21,6 +21,8 @@ import pytest
 from conftest import Mounter, run_cli
 from kits import Store, environment
 from kits.metadisk import KIT, MetadiskPath, MetadiskService
+from servers.metadisk import SHARD_SIZE
+from mountfs.backends.base import Backend
 from mountfs.backends.metadisk_wire import KeyPair
 from mountfs.backends.registry import open_source
 from mountfs.errors import QuotaExceeded
@@ -102,6 +104,10 @@ def test_the_seed_flow_from_the_command_line(service: MetadiskService, mounter: 
     assert sorted(p.name for p in stored.iterdir()) == ["sf.jpg"]
     assert (stored / "sf.jpg").read_bytes() == small.read_bytes()
     assert service.bridge.refusals == []
+    public = run_cli("metadisk", "keys", "list", env=store.env).stdout.strip()
+    assert run_cli("metadisk", "keys", "delete", env=store.env).stdout == f"deleted {public}\n"
+    gone = run_cli("mount", store.source, str(tmp_path / "again"), env=store.env, check=False)
+    assert gone.returncode != 0 and "Public key not registered" in gone.stderr
 
 
 def test_two_names_one_content(service: MetadiskService, mounter: Mounter,
@@ -218,9 +224,7 @@ def test_quota_is_edquot(service: MetadiskService, mounter: Mounter, store_kit: 
 async def test_used_token_is_replaced(service: MetadiskService, store_kit: Store,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A token the bridge refuses (used, expired) costs one more try with a new one."""
-    with environment(store_kit.env):
-        source = await open_source(store_kit.source, store_kit.driver_options)
-    backend = source.backend
+    backend = await in_process(store_kit)
     tokens = service.bridge.tokens
     real = service.bridge.token
 
@@ -237,5 +241,44 @@ async def test_used_token_is_replaced(service: MetadiskService, store_kit: Store
         assert await backend.read_object(store_kit.bucket, "f", 1, 2) == b"at"
         with pytest.raises(QuotaExceeded):
             await backend.write_object(store_kit.bucket, "g", io.BytesIO(b"x" * 2000), 2000, {})
+    finally:
+        await backend.aclose()
+
+
+async def in_process(store: Store) -> Backend:
+    """The store's driver without a mount (the caller closes it)."""
+    with environment(store.env):
+        source = await open_source(store.source, store.driver_options)
+    await source.check()
+    return source.backend
+
+
+async def test_stream_by_shards_and_a_spent_node_token(service: MetadiskService,
+                                                       store_kit: Store) -> None:
+    """stream_object yields the file shard by shard from one list of pointers; a node that
+    refuses a channel (its token spent) costs new pointers, not the read."""
+    data = os.urandom(SHARD_SIZE * 2 + 1000)
+    backend = await in_process(store_kit)
+    try:
+        await backend.write_object(store_kit.bucket, "f", io.BytesIO(data), len(data), {})
+        pieces = [p async for p in backend.stream_object(store_kit.bucket, "f")]
+        assert [len(p) for p in pieces] == [SHARD_SIZE, SHARD_SIZE, 1000]
+        assert b"".join(pieces) == data
+        node = service.bridge.nodes[1]  # holds the second shard
+        accept = node.accept
+        spent: list[str] = []
+
+        def spend_first(shard: str) -> str:
+            token = accept(shard)
+            if not spent:
+                spent.append(node.allowed.pop(token))
+            return token
+        node.accept = spend_first  # type: ignore[method-assign]
+        try:
+            assert b"".join([p async for p in backend.stream_object(store_kit.bucket, "f")]) \
+                == data
+        finally:
+            node.accept = accept  # type: ignore[method-assign]
+        assert spent
     finally:
         await backend.aclose()

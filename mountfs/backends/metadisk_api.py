@@ -11,24 +11,25 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
+import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import trio
 import urllib3
+import urllib3.fields
 import websockets.exceptions
 import websockets.sync.client
 
 from mountfs.backends.http import HttpPool
 from mountfs.backends.metadisk_wire import KeyPair, NonceFile, error_of
-from mountfs.errors import BackendError, TemporaryFailure
+from mountfs.errors import TemporaryFailure
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 FROM_BODY = ("POST", "PATCH", "PUT")  # the others sign and carry their nonce in the query
+UPLOAD_PIECE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -116,14 +117,16 @@ class BridgeApi:
                            {"operation": operation}, self.auth)
         return str(reply["token"])
 
-    async def upload(self, bucket_id: str, name: str, data: bytes, mimetype: str) -> dict:
-        """PUT the file (multipart, as pymdc posts it) with a new PUSH token: its entry."""
+    async def upload(self, bucket_id: str, name: str, data: BinaryIO, size: int,
+                     mimetype: str) -> dict:
+        """PUT the file (multipart, as pymdc posts it) with a new PUSH token: its entry. The
+        body is streamed from `data`, from its start at each try."""
         def attempt() -> dict:
             token = self._token(bucket_id, "PUSH")
-            body, content_type = urllib3.encode_multipart_formdata(
-                {"file": (name, data, mimetype)})
-            headers = {"x-token": token, "x-filesize": str(len(data)),
-                       "Content-Type": content_type, "Accept": "application/json"}
+            data.seek(0)
+            body, content_type, length = multipart(name, mimetype, data, size)
+            headers = {"x-token": token, "x-filesize": str(size), "Content-Type": content_type,
+                       "Content-Length": str(length), "Accept": "application/json"}
             reply = self.http.request("PUT", f"{self.url}/buckets/{bucket_id}/files",
                                       headers=headers, body=body)
             if reply.status >= 300:
@@ -140,14 +143,46 @@ class BridgeApi:
             raise error_of(reply.status, reply.data, f"pointers of {file_hash}")
         return list(json.loads(reply.data))
 
-    async def shards(self, bucket_id: str, file_hash: str) -> list[dict[str, Any]]:
-        return await self.retried(f"pointers of {file_hash}", lambda: self.http.run(
-            lambda: self.pointers(bucket_id, file_hash)))
+    async def content(self, bucket_id: str, file_hash: str) -> AsyncIterator[bytes]:
+        """The file's bytes, shard by shard, from the storage nodes' data channels. A shard
+        that fails is tried again from new pointers: a node's token is single-use."""
+        def fresh() -> list[dict[str, Any]]:
+            return self.pointers(bucket_id, file_hash)
+        held = [await self.retried(f"pointers of {file_hash}", lambda: self.http.run(fresh))]
+        for index in range(len(held[0])):
+            async def attempt() -> bytes:
+                if not held:  # the last try spent its token
+                    held.append(await self.http.run(fresh))
+                try:
+                    return await trio.to_thread.run_sync(
+                        lambda: b"".join(pull(held[0][index])), limiter=self.http.limiter)
+                except TemporaryFailure:
+                    held.clear()
+                    raise
+            yield await self.retried(f"shard {index} of {file_hash}", attempt)
 
-    async def shard(self, pointer: dict[str, Any]) -> bytes:
-        """The bytes of one shard from its storage node's data channel."""
-        return await self.retried(f"shard {pointer['hash']}", lambda: trio.to_thread.run_sync(
-            lambda: b"".join(pull(pointer)), limiter=self.http.limiter))
+
+def multipart(name: str, mimetype: str, data: BinaryIO, size: int
+              ) -> tuple[Iterator[bytes], str, int]:
+    """A multipart/form-data body of one file part `file` (the bytes read from `data`), as
+    pieces, with its content type and length: a large file is never whole in memory."""
+    boundary = secrets.token_hex(16)
+    part = urllib3.fields.RequestField("file", b"", filename=name)
+    part.make_multipart(content_type=mimetype)
+    head = f"--{boundary}\r\n{part.render_headers()}".encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def pieces() -> Iterator[bytes]:
+        yield head
+        left = size
+        while left > 0:
+            piece = data.read(min(left, UPLOAD_PIECE))
+            if not piece:
+                raise TemporaryFailure(f"upload {name}: the file ended {left} bytes early")
+            left -= len(piece)
+            yield piece
+        yield tail
+    return pieces(), f"multipart/form-data; boundary={boundary}", len(head) + size + len(tail)
 
 
 def pull(pointer: dict[str, Any]) -> Iterator[bytes]:
@@ -167,9 +202,9 @@ def pull(pointer: dict[str, Any]) -> Iterator[bytes]:
                     return
                 if isinstance(message, str):
                     refusal = json.loads(message)
-                    if refusal.get("code", 200) != 200:
-                        raise BackendError(f"storage node {pointer['channel']}: "
-                                           f"{refusal.get('message')}")
+                    if refusal.get("code", 200) != 200:  # new pointers bring new tokens
+                        raise TemporaryFailure(f"storage node {pointer['channel']}: "
+                                               f"{refusal.get('message')}")
                     continue
                 yield message
     except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:

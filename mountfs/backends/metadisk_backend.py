@@ -25,10 +25,11 @@ from mountfs.backends import metadisk_names as index
 from mountfs.backends.metadisk_names import INDEX_NAME, Named, Names
 from mountfs.errors import (AlreadyExists, BackendError, ConfigError, NoSuchBucket,
                             NoSuchObject, NotEmpty, NotPermitted, PermissionDenied,
-                            QuotaExceeded)
+                            QuotaExceeded, TemporaryFailure)
 
 log = logging.getLogger(__name__)
 DEFAULT_MIMETYPE = "application/octet-stream"
+UPLOADS = 3  # tries of an upload whose content a concurrent change freed meanwhile
 
 
 class MetadiskBackend(Backend):
@@ -115,12 +116,17 @@ class MetadiskBackend(Backend):
         return entries, index.visible(entries, index.merge(versions),
                                       int(created.timestamp() * 1e9))
 
-    async def _update(self, bucket: str, change: Callable[[Names], Names]) -> Names:
+    async def _update(self, bucket: str, change: Callable[[Names], Names],
+                      needs: str = "") -> Names | None:
         """Apply `change` to the bucket's names: the new index uploaded, the versions read
-        deleted, then the content no name uses any more. The names as changed."""
+        deleted, then the content no name uses any more. The names as changed; None, and
+        nothing changed, when the content `needs` is gone (a name it had was changed
+        meanwhile, and the content freed)."""
         async with self._locks.setdefault(bucket, trio.Lock()):
             found = await self._bucket(bucket)
             entries, before = await self._view(bucket)
+            if needs and all(e["hash"] != needs for e in entries):
+                return None
             after = change(dict(before))
             if after == before:
                 return after
@@ -128,8 +134,8 @@ class MetadiskBackend(Backend):
             new = ""
             if after:
                 data = index.encode(after)
-                new = (await self.api.upload(found["id"], INDEX_NAME, data, "application/json")
-                       )["hash"]
+                new = (await self.api.upload(found["id"], INDEX_NAME, io.BytesIO(data),
+                                             len(data), "application/json"))["hash"]
                 self._indexes[new] = after
             for file_hash in [h for h in old if h != new] + sorted(index.freed(before, after)):
                 await self._delete_hash(found, file_hash)
@@ -181,16 +187,12 @@ class MetadiskBackend(Backend):
     # ---- content -----------------------------------------------------------------------------
 
     async def _download(self, found: dict[str, Any], file_hash: str) -> bytes:
-        return b"".join([piece async for piece in self._pieces(found, file_hash)])
-
-    async def _pieces(self, found: dict[str, Any], file_hash: str) -> AsyncIterator[bytes]:
-        for pointer in await self.api.shards(found["id"], file_hash):
-            yield await self.api.shard(pointer)
+        return b"".join([piece async for piece in self.api.content(found["id"], file_hash)])
 
     async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
         """The file's bytes from its start, shard by shard (the bridge stores 8 MiB ones)."""
         named = await self.stat_object(bucket, key)
-        async for piece in self._pieces(await self._bucket(bucket), named.etag):
+        async for piece in self.api.content((await self._bucket(bucket))["id"], named.etag):
             yield piece
 
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
@@ -205,20 +207,23 @@ class MetadiskBackend(Backend):
         if key == INDEX_NAME:
             raise NotPermitted(f"{INDEX_NAME} is the name index of the mount, not a file")
         found = await self._bucket(bucket)
-        body = data.read(size)
         mimetype = mimetypes.guess_type(key)[0] or DEFAULT_MIMETYPE
-        try:
-            entry = await self.api.upload(found["id"], key, body, mimetype)
-        except QuotaExceeded as exc:
-            log.warning("%s: %s", self.source, exc)  # the bridge's own words on its quota
-            raise
-        named = Named(entry["hash"], len(body), time.time_ns())
+        for _ in range(UPLOADS):
+            try:
+                entry = await self.api.upload(found["id"], key, data, size, mimetype)
+            except QuotaExceeded as exc:
+                log.warning("%s: %s", self.source, exc)  # the bridge's own words on its quota
+                raise
+            named = Named(entry["hash"], size, time.time_ns())
 
-        def put(names: Names) -> Names:
-            names[key] = named
-            return names
-        await self._update(bucket, put)
-        return self._info(bucket, key, named)
+            def put(names: Names) -> Names:
+                names[key] = named
+                return names
+            # Another write may have freed these bytes (uploaded before as another name's)
+            # between the upload and now: then they go again.
+            if await self._update(bucket, put, needs=named.hash) is not None:
+                return self._info(bucket, key, named)
+        raise TemporaryFailure(f"{bucket}/{key}: its content was deleted after each upload")
 
     async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:
         return await self.stat_object(bucket, key)  # nothing kept: see Features
@@ -242,7 +247,9 @@ class MetadiskBackend(Backend):
                 raise NoSuchObject(f"{bucket}/{key}")
             names[dst_key] = Named(names[key].hash, names[key].size, time.time_ns())
             return names
-        return self._info(bucket, dst_key, (await self._update(bucket, add))[dst_key])
+        names = await self._update(bucket, add)
+        assert names is not None  # nothing needed
+        return self._info(bucket, dst_key, names[dst_key])
 
     async def rename_object(self, bucket: str, key: str, dst_key: str) -> ObjectInfo:
         """A change of the name index only: the content is never deleted nor sent again."""
@@ -259,6 +266,7 @@ class MetadiskBackend(Backend):
                 names[dst_key + k[len(key):]] = v
             return names
         names = await self._update(bucket, move)
+        assert names is not None  # nothing needed
         return self._info(bucket, dst_key, names.get(dst_key, Named("", 0, time.time_ns())))
 
     async def aclose(self) -> None:
