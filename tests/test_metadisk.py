@@ -150,6 +150,9 @@ def test_files_are_flat_and_attributes_live_with_the_mount(mounter: Mounter,
     assert flat.value.errno == errno.EPERM
     log = (m.cache / "mountfs.log").read_text()
     assert log.count("files in a Metadisk bucket are flat") == 1
+    with pytest.raises(OSError) as no_links:  # the bridge would keep no mode to say so
+        os.symlink("/somewhere", b / "link")
+    assert no_links.value.errno == errno.EPERM
     (b / "f").write_bytes(b"x")
     os.chmod(b / "f", 0o600)
     assert os.stat(b / "f").st_mode & 0o777 == 0o600  # kept for the mount's life

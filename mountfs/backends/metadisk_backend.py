@@ -33,7 +33,7 @@ UPLOADS = 3  # tries of an upload whose content a concurrent change freed meanwh
 
 
 class MetadiskBackend(Backend):
-    features = Features(conditional_writes=False, special_files=False,
+    features = Features(conditional_writes=False, special_files=False, symlinks=False,
                         kept_attributes=frozenset(), native_rename=True)
 
     def __init__(self, api: BridgeApi, source: str, storage_gb: int | None,
