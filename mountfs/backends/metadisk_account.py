@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, auth: Auth, method: str, path: str, what: str,
     async def request() -> Any:
         api = BridgeApi(base_url(args.bridge), HttpPool(1), auth)
         try:
-            return await api.call(method, path, what, params, auth=auth is not None)
+            return await api.call(method, path, what, params)
         finally:
             api.http.close()
     try:

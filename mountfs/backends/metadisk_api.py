@@ -56,21 +56,26 @@ Auth = Signer | Basic | None
 
 
 async def once(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """No retry policy: the attempt, once."""
     return await attempt()
 
 
 class BridgeApi:
+    """The bridge at `url` with one account's credentials (`auth`; None for the requests
+    that need none: register, activate)."""
+
     def __init__(self, url: str, http: HttpPool, auth: Auth = None) -> None:
         self.url, self.http, self.auth = url.rstrip("/"), http, auth
         self.retried: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]] = once
 
     # ---- requests ----------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, what: str, params: dict[str, Any] | None,
-              auth: Auth, headers: dict[str, str] | None = None) -> Any:
-        """Blocking: the request authorised by `auth`, its JSON reply (None when empty)."""
+    def _send(self, method: str, path: str, what: str, params: dict[str, Any] | None) -> Any:
+        """Blocking: the request with the API's credentials, its JSON reply (None when
+        empty)."""
         params = dict(params or {})
-        headers = {"Accept": "application/json", **(headers or {})}
+        headers = {"Accept": "application/json"}
+        auth = self.auth
         if isinstance(auth, Signer):
             with auth.nonces.signing() as nonce:
                 params["__nonce"] = nonce
@@ -100,21 +105,18 @@ class BridgeApi:
         return json.loads(reply.data) if reply.data.strip() else None
 
     async def call(self, method: str, path: str, what: str,
-                   params: dict[str, Any] | None = None, auth: Auth | bool = True,
-                   retry: bool = True) -> Any:
-        """A JSON request with the API's own credentials (`auth` True), none (False) or those
-        given, under the retry policy (else tried once: a mount's first request, which must
-        fail in one line at once)."""
-        chosen: Auth = self.auth if auth is True else None if auth is False else auth
+                   params: dict[str, Any] | None = None, retry: bool = True) -> Any:
+        """A JSON request with the API's credentials, under the retry policy (else tried
+        once: a mount's first request, which must fail in one line at once)."""
         return await (self.retried if retry else once)(what, lambda: self.http.run(
-            lambda: self._send(method, path, what, params, chosen)))
+            lambda: self._send(method, path, what, params)))
 
     # ---- tokens, files -----------------------------------------------------------------------
 
     def _token(self, bucket_id: str, operation: str) -> str:
         """Blocking: a new single-use token of the bucket for PUSH or PULL."""
         reply = self._send("POST", f"/buckets/{bucket_id}/tokens", f"{operation} token",
-                           {"operation": operation}, self.auth)
+                           {"operation": operation})
         return str(reply["token"])
 
     async def upload(self, bucket_id: str, name: str, data: BinaryIO, size: int,

@@ -42,7 +42,8 @@ class MetadiskBackend(Backend):
         self.storage_gb, self.transfer_gb = storage_gb, transfer_gb
         api.retried = self.retried
         self._buckets: dict[str, dict[str, Any]] = {}  # shown name -> the bridge's bucket
-        self._indexes: dict[str, Names] = {}  # an index version's hash -> its names
+        # bucket -> its index versions read last, by hash (a version never changes)
+        self._indexes: dict[str, dict[str, Names]] = {}
         self._locks: dict[str, trio.Lock] = {}  # index updates of one bucket, one at a time
 
     def describe(self) -> str:
@@ -107,13 +108,14 @@ class MetadiskBackend(Backend):
         except NoSuchBucket:
             self._buckets.pop(bucket, None)
             raise
-        versions = []
+        known = self._indexes.get(bucket, {})
+        versions = {}  # only the versions in the bucket now are kept
         for file_hash in index.index_hashes(entries):
-            if file_hash not in self._indexes:
-                self._indexes[file_hash] = index.decode(await self._download(found, file_hash))
-            versions.append(self._indexes[file_hash])
+            versions[file_hash] = known.get(file_hash) or \
+                index.decode(await self._download(found, file_hash))
+        self._indexes[bucket] = versions
         created = datetime.datetime.fromisoformat(found["created"].replace("Z", "+00:00"))
-        return entries, index.visible(entries, index.merge(versions),
+        return entries, index.visible(entries, index.merge(versions.values()),
                                       int(created.timestamp() * 1e9))
 
     async def _update(self, bucket: str, change: Callable[[Names], Names],
@@ -136,7 +138,7 @@ class MetadiskBackend(Backend):
                 data = index.encode(after)
                 new = (await self.api.upload(found["id"], INDEX_NAME, io.BytesIO(data),
                                              len(data), "application/json"))["hash"]
-                self._indexes[new] = after
+                self._indexes[bucket] = {new: after}
             for file_hash in [h for h in old if h != new] + sorted(index.freed(before, after)):
                 await self._delete_hash(found, file_hash)
             return after
