@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
 import trio
-import urllib3
-import urllib3.fields
 import websockets.exceptions
 import websockets.sync.client
 
-from mountfs.backends.http import HttpPool
+from mountfs.backends.http import HttpPool, multipart_around, streamed_body
 from mountfs.backends.metadisk_wire import KeyPair, NonceFile, error_of
 from mountfs.errors import TemporaryFailure
 
 T = TypeVar("T")
 FROM_BODY = ("POST", "PATCH", "PUT")  # the others sign and carry their nonce in the query
-UPLOAD_PIECE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -125,12 +121,14 @@ class BridgeApi:
         body is streamed from `data`, from its start at each try."""
         def attempt() -> dict:
             token = self._token(bucket_id, "PUSH")
-            data.seek(0)
-            body, content_type, length = multipart(name, mimetype, data, size)
+            head, tail, content_type = multipart_around([("file", (name, b"", mimetype))])
             headers = {"x-token": token, "x-filesize": str(size), "Content-Type": content_type,
-                       "Content-Length": str(length), "Accept": "application/json"}
+                       "Content-Length": str(len(head) + size + len(tail)),
+                       "Accept": "application/json"}
             reply = self.http.request("PUT", f"{self.url}/buckets/{bucket_id}/files",
-                                      headers=headers, body=body)
+                                      headers=headers,
+                                      body=streamed_body(data, size, f"upload {name}", head,
+                                                         tail))
             if reply.status >= 300:
                 raise error_of(reply.status, reply.data, f"upload {name}")
             return json.loads(reply.data)
@@ -162,29 +160,6 @@ class BridgeApi:
                     held.clear()
                     raise
             yield await self.retried(f"shard {index} of {file_hash}", attempt)
-
-
-def multipart(name: str, mimetype: str, data: BinaryIO, size: int
-              ) -> tuple[Iterator[bytes], str, int]:
-    """A multipart/form-data body of one file part `file` (the bytes read from `data`), as
-    pieces, with its content type and length: a large file is never whole in memory."""
-    boundary = secrets.token_hex(16)
-    part = urllib3.fields.RequestField("file", b"", filename=name)
-    part.make_multipart(content_type=mimetype)
-    head = f"--{boundary}\r\n{part.render_headers()}".encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-
-    def pieces() -> Iterator[bytes]:
-        yield head
-        left = size
-        while left > 0:
-            piece = data.read(min(left, UPLOAD_PIECE))
-            if not piece:
-                raise TemporaryFailure(f"upload {name}: the file ended {left} bytes early")
-            left -= len(piece)
-            yield piece
-        yield tail
-    return pieces(), f"multipart/form-data; boundary={boundary}", len(head) + size + len(tail)
 
 
 def pull(pointer: dict[str, Any]) -> Iterator[bytes]:
