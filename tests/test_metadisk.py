@@ -16,6 +16,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import ecdsa
 import pytest
 
 from conftest import Mounter, run_cli
@@ -188,7 +189,13 @@ def test_refusals_at_mount(service: MetadiskService, mounter: Mounter, store_kit
                            tmp_path: Path) -> None:
     stranger = tmp_path / "stranger.pem"
     KeyPair.generate().save(stranger)
+    other_curve = tmp_path / "p256.pem"
+    other_curve.write_bytes(ecdsa.SigningKey.generate(curve=ecdsa.NIST256p).to_pem())
     cases = {
+        "not a key": (store_kit.source, ["--metadisk-key-file", str(tmp_path / "password")],
+                      {}, "holds no secp256k1 key"),
+        "another curve": (store_kit.source, ["--metadisk-key-file", str(other_curve)], {},
+                          "holds a NIST256p key, not secp256k1"),
         "key not registered": (store_kit.source, ["--metadisk-key-file", str(stranger)], {},
                                "Public key not registered"),
         "no bridge there": ("metadisk://127.0.0.1:9", ["--metadisk-key-file",
@@ -199,6 +206,7 @@ def test_refusals_at_mount(service: MetadiskService, mounter: Mounter, store_kit
                                                   "METADISK_PASSWORD": "wrong"},
                            "Invalid email or password"),
     }
+    (tmp_path / "password").write_text("not a PEM\n")
     for what, (source, options, env, says) in cases.items():
         point = tmp_path / what.replace(" ", "-")
         point.mkdir()

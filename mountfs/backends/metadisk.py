@@ -44,7 +44,8 @@ def canonical(rest: str) -> str:
 
 async def _open(context: DriverContext) -> Source:
     url = bridge_url(context.rest, context["plain_http"])
-    api = BridgeApi(url, HttpPool(THREADS), credentials(context))
+    auth = credentials(context)  # a missing one is one line, before any connection is made
+    api = BridgeApi(url, HttpPool(THREADS), auth)
     return Source(MetadiskBackend(api, context.source, context["storage"],
                                   context["transfer"]), Scope())
 

@@ -49,12 +49,16 @@ class KeyPair:
     def load(cls, path: Path) -> KeyPair:
         """The key in the PEM file `path`; one line (ConfigError) when it is not one."""
         try:
-            return cls(ecdsa.SigningKey.from_pem(path.read_text()))
+            key = ecdsa.SigningKey.from_pem(path.read_text())
         except OSError as exc:
             raise ConfigError(f"Metadisk key file {path}: {exc.strerror}") from None
         except (ValueError, ecdsa.der.UnexpectedDER) as exc:
             raise ConfigError(f"Metadisk key file {path} holds no secp256k1 key: {exc}") \
                 from None
+        if key.curve != ecdsa.SECP256k1:
+            raise ConfigError(f"Metadisk key file {path} holds a {key.curve.name} key, not "
+                              "secp256k1")
+        return cls(key)
 
     def save(self, path: Path) -> None:
         """Written 0600 from its creation; an existing file is never replaced."""
