@@ -160,6 +160,8 @@ class Namespace:
         self._writable()
         if self.table.lists_buckets(parent):
             raise NotPermitted("symlinks cannot live at the root, only buckets")
+        if not self.backend.features.symlinks:
+            raise NotPermitted(f"{self.backend.describe()} cannot hold symlinks")
         self._check_key(parent, name)
         await self._check_absent(parent, name)
         await self._check_storable(parent, name)

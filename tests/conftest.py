@@ -32,6 +32,7 @@ import pytest
 
 from kits import KITS, Kit, Store, environment
 from kits import firecrest as firecrest_kit
+from kits.metadisk import MetadiskService, start_service
 from mountfs.processes import pid_alive
 from mountfs.status import STATUS_XATTR
 from servers.dcss import DcssService, make_keypair
@@ -274,3 +275,16 @@ def dcss(dcss_service: DcssService) -> Iterator[DcssService]:
     tests reset the moto_server)."""
     dcss_service.empty()
     yield dcss_service
+
+
+# --- Metadisk: the local bridge and its storage nodes (tests/servers/metadisk.py) ---------------
+
+
+@pytest.fixture(scope="session")
+def metadisk_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetadiskService]:
+    """The bridge with the kit's account activated and its key (`key_file`) registered."""
+    service = start_service(tmp_path_factory.mktemp("metadisk"))
+    try:
+        yield service
+    finally:
+        service.server.stop()

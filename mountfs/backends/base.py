@@ -94,6 +94,9 @@ class Features:
     # the service's own: the namespace renames with it instead of copying and deleting each
     # object below (mountfs/rename.py).
     native_rename: bool = False
+    # Symlinks can be made; else symlink is EPERM at once: a store that keeps no mode
+    # (Metadisk) would read one back as a regular file holding its target.
+    symlinks: bool = True
     # Symlinks may point anywhere, as the program said; else only to absolute paths (a
     # relative target is ENOTSUP at once: the service would make another link).
     relative_symlinks: bool = True

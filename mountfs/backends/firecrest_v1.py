@@ -12,19 +12,16 @@ its URL (117); its staged copy is invalidated when the driver releases it.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from urllib3.filepost import choose_boundary, encode_multipart_formdata
-
 from mountfs.backends.firecrest_api import Dialect, Staged
+from mountfs.backends.http import multipart_around, streamed_body
 from mountfs.backends.firecrest_wire import (TASK_FORM, TASK_STAGED, TASK_UPLOADED,
                                              V1_REFUSED, task_error, v1_entry)
 from mountfs.backends.progress import Transfer
 from mountfs.errors import BackendError
 
 MB = 1024 * 1024  # UTILITIES_MAX_FILE_SIZE's unit: the real service multiplies by 1024 * 1024
-CHUNK = 1024 * 1024  # a staged upload is read and sent in pieces of this size
 
 
 class V1(Dialect):
@@ -152,26 +149,9 @@ class V1(Dialect):
         headers = {str(k): str(v) for k, v in (form.get("headers") or {}).items()}
         head = tail = b""
         if method == "POST":
-            # The form's fields, then the file as the last part (S3 ignores fields after it):
-            # a multipart body whose file part is empty, cut where the file's bytes go.
-            boundary = choose_boundary()
+            # The form's fields, then the file as the last part (S3 ignores fields after it).
             fields = [*(form.get("data") or {}).items(), ("file", (name, b""))]
-            whole, headers["Content-Type"] = encode_multipart_formdata(fields, boundary)
-            tail = f"\r\n--{boundary}--\r\n".encode()
-            head = whole[:-len(tail)]
+            head, tail, headers["Content-Type"] = multipart_around(fields)
         headers["Content-Length"] = str(len(head) + size + len(tail))
-
-        def body() -> Iterator[bytes]:
-            yield head
-            data.seek(0)
-            left = size
-            while left:
-                chunk = data.read(min(CHUNK, left))
-                if not chunk:
-                    raise BackendError(f"{what}: short read of the data to upload")
-                left -= len(chunk)
-                yield chunk
-            yield tail
-
         await self.api.backend.retried(what, lambda: self.api.staging(
-            method, form["url"], what, body(), headers))
+            method, form["url"], what, streamed_body(data, size, what, head, tail), headers))

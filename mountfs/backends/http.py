@@ -13,16 +13,18 @@ import email.utils
 import os
 import time
 import urllib.parse
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, TypeVar
 
 import trio
 import urllib3
+from urllib3.filepost import choose_boundary, encode_multipart_formdata
 
 from mountfs.errors import (BackendError, ConfigError, NoSuchObject, NotSupported,
                             PermissionDenied, PreconditionFailed, TemporaryFailure)
 
 T = TypeVar("T")
+BODY_PIECE = 1024 * 1024  # a streamed request body is read and sent in pieces of this size
 
 # Seconds to wait for a connection, and for each reply (or the next bytes of one). The fault
 # tests set short ones, so a stalled server costs them seconds.
@@ -119,3 +121,28 @@ class HttpPool:
 
     def close(self) -> None:
         self.pool.clear()
+
+
+def multipart_around(fields: list[tuple[str, Any]]) -> tuple[bytes, bytes, str]:
+    """A multipart/form-data body of `fields` whose last one is a file given empty, cut where
+    the file's bytes go: (head, tail, its Content-Type)."""
+    boundary = choose_boundary()
+    whole, content_type = encode_multipart_formdata(fields, boundary)
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return whole[:-len(tail)], tail, content_type
+
+
+def streamed_body(data: BinaryIO, size: int, what: str, head: bytes = b"",
+                  tail: bytes = b"") -> Iterator[bytes]:
+    """A request body: `head`, the `size` bytes of `data` from its start, `tail`, in pieces,
+    so a large file is never whole in memory. Each try of a request makes its own."""
+    yield head
+    data.seek(0)
+    left = size
+    while left:
+        piece = data.read(min(BODY_PIECE, left))
+        if not piece:
+            raise BackendError(f"{what}: short read of the data to upload")
+        left -= len(piece)
+        yield piece
+    yield tail
