@@ -34,7 +34,8 @@ UPLOADS = 3  # tries of an upload whose content a concurrent change freed meanwh
 
 class MetadiskBackend(Backend):
     features = Features(conditional_writes=False, special_files=False, symlinks=False,
-                        kept_attributes=frozenset(), native_rename=True)
+                        kept_attributes=frozenset(), native_rename=True,
+                        whole_reads_up_to=None)  # data channels serve whole shards only
 
     def __init__(self, api: BridgeApi, source: str, storage_gb: int | None,
                  transfer_gb: int | None) -> None:
