@@ -59,6 +59,10 @@ class ObjectInfo:
     # None: the service lists without user metadata, ask stat_object for it.
     metadata: dict[str, str] | None = field(default=None, compare=False)
     is_prefix: bool = False
+    # False: `size` is not the object's but a listing's stand-in, where knowing it would cost
+    # work per entry (an AmigoCloud export not made yet). Opening the file asks stat_object
+    # first, and the kernel is told to ask for the attributes again.
+    sized: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
