@@ -50,7 +50,6 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +58,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from .dcss import REPO_ROOT
-from .s3 import free_port, start_server, stop_process
+from .s3 import free_port, running, start_server, stop_process
 
 MAX_SIZE_SIMPLE_UPLOAD = 8_000_000  # the client's limit; the service refuses more (413)
 PAGE_SIZE = 20  # DRF's default limit here
@@ -603,14 +602,10 @@ class AmigoCloudService:
         self.proc = None
 
 
-@contextlib.contextmanager
-def amigocloud_service(tmp: Any, **options: Any) -> Iterator[AmigoCloudService]:
+def amigocloud_service(tmp: Any, **options: Any) -> contextlib.AbstractContextManager[
+        AmigoCloudService]:
     """A running AmigoCloudService for a fixture; `tmp` a directory for its token file."""
-    service = AmigoCloudService(tmp, **options).start()
-    try:
-        yield service
-    finally:
-        service.stop()
+    return running(AmigoCloudService(tmp, **options))
 
 
 if __name__ == "__main__":
