@@ -147,3 +147,40 @@ def test_bad_token(service: AmigoCloudService) -> None:
     with pytest.raises(AmigoCloudError) as refused:
         client(service, "A:wrong")
     assert refused.value.response.status_code == 401
+
+
+def test_events_reach_the_official_client(service: AmigoCloudService, tmp_path: Path) -> None:
+    """The client's socket.io channel (Engine.IO v3, /amigosocket): after
+    listen_user_events (start_websocket_session, then `authenticate`), an import made with
+    another client brings `dataset:creation_succeeded` and `project:metadata_updated`."""
+    listener = AmigoCloud(token=service.token, base_url=service.url)
+    received: list[tuple[str, dict[str, Any]]] = []
+    for event in ("dataset:creation_succeeded", "project:metadata_updated"):
+        listener.add_callback(event, lambda data, event=event: received.append((event, data)))
+    listener.listen_user_events()
+    listener.start_listening(seconds=0.5)  # the authentication is handled
+    path = tmp_path / "evented.csv"
+    path.write_text("name,longitude,latitude\na,1,2\n")
+    job = client(service, service.token).upload_datafile(1, 1, str(path))["job"]
+    deadline = time.monotonic() + 10
+    while not any(e == "dataset:creation_succeeded" for e, _ in received):
+        assert time.monotonic() < deadline, received
+        listener.start_listening(seconds=0.5)
+    created = next(d for e, d in received if e == "dataset:creation_succeeded")
+    assert created["user_id"] == 1 and created["project_id"] == 1 and created["job"] == job
+    assert ("project:metadata_updated", {"user_id": 1, "project_id": 1}) in received
+    listener.socketio.disconnect()
+
+
+def test_events_need_a_session(service: AmigoCloudService) -> None:
+    """Only a session handed out to the user authenticates a socket."""
+    listener = AmigoCloud(token=service.token, base_url=service.url)
+    outcome: list[str] = []
+    listener.add_callback("authentication_failed", lambda data: outcome.append("failed"))
+    listener.add_callback("authentication_succeeded", lambda data: outcome.append("ok"))
+    listener.amigosocket.emit("authenticate", {"userid": 1, "websocket_session": "made-up"})
+    listener.start_listening(seconds=1)
+    listener.listen_user_events()
+    listener.start_listening(seconds=1)
+    assert outcome == ["failed", "ok"]
+    listener.socketio.disconnect()

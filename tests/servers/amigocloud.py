@@ -24,11 +24,20 @@ What it owns:
   Each answers `{"job"}`; the job walks PENDING, STARTED and ends SUCCESS (`extra.dataset_ids`,
   `extra.dataset_names`) with a new dataset named after the file, or FAILURE (`extra.error`) when
   the file is no GeoJSON FeatureCollection nor a CSV with a header;
-- jobs at `/api/v1/me/jobs/JOB` (`{"id","status","extra","url"}`); `me/start_websocket_session`.
+- jobs at `/api/v1/me/jobs/JOB` (`{"id","status","extra","url"}`);
+- the event channel: socket.io at `/v2_socket.io/socket.io/` speaking Engine.IO v3 (python-
+  socketio 4.x; what socketIO-client 0.7.2, the official client's, speaks), namespace
+  `/amigosocket`. `GET me/start_websocket_session` hands out a session; the event
+  `authenticate` `{"userid","websocket_session"}` with it joins the user's room, which then
+  receives `project:creation_succeeded` and `project:metadata_updated` `{user_id, project_id}`,
+  `dataset:creation_succeeded` `{user_id, project_id, dataset_id, job}` and `dataset:deleted`.
+  Threading mode: long-polling only (no websocket upgrade is offered; the client stays on
+  polling, as it does when a server offers none).
 
 Decisions where the real service is not known: the token prefixes (`A:` for a user's full
 token), the job's `extra.error` on FAILURE, the export link's path, the CSV export's columns
-(`WKT` first, then the properties, as ogr2ogr's GEOMETRY=AS_WKT writes them).
+(`WKT` first, then the properties, as ogr2ogr's GEOMETRY=AS_WKT writes them), the events'
+payloads beyond the help page's (`dataset_id`), a session good for one authentication.
 
 `python -m tests.servers.amigocloud --port N` runs it for a person and prints the URL, tokens and
 the mount command; `AmigoCloudService` runs it as a subprocess for fixtures.
@@ -53,6 +62,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+import socketio
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
@@ -65,6 +75,8 @@ PAGE_SIZE = 20  # DRF's default limit here
 FORMATS = {"GEOJSON": ("geojson", "application/geo+json"), "CSV": ("csv", "text/csv"),
            "KML": ("kml", "application/vnd.google-earth.kml+xml")}
 API = "/api/v1"
+SOCKET_PATH = "v2_socket.io/socket.io"  # socketIO-client: base_url + /v2_socket.io + /socket.io
+NAMESPACE = "/amigosocket"
 
 
 def point(name: str, lon: float, lat: float, **props: Any) -> dict[str, Any]:
@@ -140,6 +152,8 @@ class AmigoCloud:
 
     def __init__(self, url: str, tokens: dict[str, Token], job_delay: float) -> None:
         self.url, self.tokens, self.job_delay = url, tokens, job_delay
+        self.events = socketio.Server(async_mode="threading")
+        self.sessions: dict[str, int] = {}  # websocket session -> its user, until used
         self.lock = threading.RLock()
         self.ids = itertools.count(1)
         self.users = {1: "alice", 2: "bob"}
@@ -156,13 +170,47 @@ class AmigoCloud:
     def add_project(self, owner: int, name: str, description: str = "") -> Project:
         project = Project(next(self.ids), name, owner, description)
         self.projects[project.id] = project
+        self.emit(owner, "project:creation_succeeded", {"project_id": project.id})
         return project
 
-    def add_dataset(self, project: int, name: str, features: list[dict[str, Any]]) -> Dataset:
+    def add_dataset(self, project: int, name: str, features: list[dict[str, Any]],
+                    job: str | None = None) -> Dataset:
         dataset = Dataset(next(self.ids), name, project, features)
         self.datasets[dataset.id] = dataset
-        self.projects[project].modified = time.time()
+        self.touch(self.projects[project])
+        self.emit(self.projects[project].owner, "dataset:creation_succeeded",
+                  {"project_id": project, "dataset_id": dataset.id, "job": job})
         return dataset
+
+    def delete_dataset(self, dataset: Dataset) -> None:
+        del self.datasets[dataset.id]
+        project = self.projects[dataset.project]
+        self.touch(project)
+        self.emit(project.owner, "dataset:deleted",
+                  {"project_id": project.id, "dataset_id": dataset.id})
+
+    def touch(self, project: Project) -> None:
+        project.modified = time.time()
+        self.emit(project.owner, "project:metadata_updated", {"project_id": project.id})
+
+    def emit(self, user: int, event: str, data: dict[str, Any]) -> None:
+        """A multicast event to the user's authenticated sockets."""
+        self.events.emit(event, {"user_id": user, **data}, room=f"user:{user}",
+                         namespace=NAMESPACE)
+
+    def authenticate_socket(self, sid: str, data: Any) -> None:
+        """`authenticate` on /amigosocket: a session from start_websocket_session, for the
+        user it names, joins the socket to the user's room; else an `authentication_failed`."""
+        data = data if isinstance(data, dict) else {}
+        with self.lock:
+            user = self.sessions.pop(str(data.get("websocket_session")), None)
+        if user is None or str(user) != str(data.get("userid")):
+            self.events.emit("authentication_failed", {"detail": "invalid session"}, room=sid,
+                             namespace=NAMESPACE)
+            return
+        self.events.enter_room(sid, f"user:{user}", namespace=NAMESPACE)
+        self.events.emit("authentication_succeeded", {"user_id": user}, room=sid,
+                         namespace=NAMESPACE)
 
     # ---- authorization ---------------------------------------------------------------------
 
@@ -258,14 +306,17 @@ class AmigoCloud:
         return self.start_job(token, d.project, work)
 
     def import_(self, token: Token, project: Project, name: str, data: bytes) -> Job:
-        def work() -> dict[str, Any]:
+        def import_work() -> dict[str, Any]:
             features = parse(name, data)
             stem = name.rsplit(".", 1)[0] if "." in name else name
-            dataset = self.add_dataset(project.id, stem, features)
+            dataset = self.add_dataset(project.id, stem, features, job.id)
             return {"dataset_ids": [dataset.id], "dataset_names": [dataset.name],
                     "filename": name}
 
-        return self.start_job(token, project.id, work)
+        job = self.start_job(token, project.id, import_work)  # (runs after the delay)
+        self.emit(token.user, "project:process_file_started",
+                  {"project_id": project.id, "filename": name, "job": job.id})
+        return job
 
 
 def render(features: list[dict[str, Any]], fmt: str, name: str) -> bytes:
@@ -417,8 +468,7 @@ def create_app(ac: AmigoCloud) -> Flask:
         p = ac.project(auth(), uid, pid)
         d = ac.dataset(p, did)
         if request.method == "DELETE":
-            del ac.datasets[d.id]
-            p.modified = time.time()
+            ac.delete_dataset(d)
             return "", 204
         return jsonify(ac.dataset_json(d))
 
@@ -502,8 +552,9 @@ def create_app(ac: AmigoCloud) -> Flask:
 
     @app.get(f"{API}/me/start_websocket_session")
     def websocket_session() -> Response:
-        auth()
-        return jsonify({"websocket_session": secrets.token_hex(16)})
+        session = secrets.token_hex(16)
+        ac.sessions[session] = auth().user
+        return jsonify({"websocket_session": session})
 
     @app.get("/exports/<key>/<path:name>")
     def exported(key: str, name: str) -> Response:
@@ -514,6 +565,7 @@ def create_app(ac: AmigoCloud) -> Flask:
         return Response(data, mimetype=mime, headers={
             "Content-Disposition": f'attachment; filename="{filename}"'})
 
+    ac.events.on("authenticate", ac.authenticate_socket, namespace=NAMESPACE)
     return app
 
 
@@ -560,9 +612,10 @@ def main(argv: list[str] | None = None) -> int:
             tokens = {k: Token(*v) for k, v in json.load(f).items()}
     else:
         tokens = make_tokens()
-    server = make_server("127.0.0.1", args.port, create_app(AmigoCloud(url, tokens,
-                                                                       args.job_delay)),
-                         threaded=True)
+    ac = AmigoCloud(url, tokens, args.job_delay)
+    # The REST API and, under SOCKET_PATH, the event channel, on one port.
+    app = socketio.WSGIApp(ac.events, create_app(ac), socketio_path=SOCKET_PATH)
+    server = make_server("127.0.0.1", args.port, app, threaded=True)
     print(describe(url, tokens), flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
