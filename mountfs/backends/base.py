@@ -66,6 +66,16 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class Change:
+    """What a driver's change feed (`Backend.changes`) reports: the listing of `prefix` (a
+    directory's key, '' for the bucket's top) in `bucket` changed; bucket None: the list of
+    buckets changed."""
+
+    bucket: str | None
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
 class Features:
     """What a driver can do, as the mount reads it: each field is read by the namespace, the
     mount or the write-back queue (and the contract suite skips by it)."""
@@ -217,6 +227,19 @@ class Backend(abc.ABC):
         service, unfinished: a process killed mid-upload cannot. Called before the journal
         replay uploads an object again. Services whose writes leave nothing behind (the local
         store removes its own temporary files at mount) need not do anything."""
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """The service's changes as they happen, for as long as the mount runs (mountfs/
+        changes.py expires the listings they name): a driver whose service pushes events,
+        or polls in their stead while they are down. By default none: listings expire by
+        the metadata TTL alone."""
+        return
+        yield  # an async generator that yields nothing
+
+    def changes_via(self) -> str:
+        """How the change feed learns of changes now ("events", "polling"), for `mountfs
+        status`; "" without a feed."""
+        return ""
 
     def is_temp_failure(self, exc: BaseException) -> bool:
         return isinstance(exc, TEMPORARY_FAILURES)
