@@ -213,3 +213,49 @@ def test_mistakes_stop_the_mount_in_one_line(service: AmigoCloudService, tmp_pat
     assert proc.returncode != 0
     assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr and token not in proc.stderr
+
+
+def import_elsewhere(service: AmigoCloudService, name: str) -> None:
+    """A dataset imported by another client, over plain HTTP."""
+    data = b"name,longitude,latitude\nfar,10,20\n"
+    reply = requests.post(f"{service.url}/api/v1/users/1/projects/1/datasets/upload",
+                          params={"token": service.token}, files={"datafile": (name, data)},
+                          timeout=10)
+    reply.raise_for_status()
+
+
+def test_changes_elsewhere_show_by_events(mounter: Mounter, service: AmigoCloudService,
+                                          tmp_path: Path) -> None:
+    """With a metadata TTL of a minute, a dataset made through the official client shows
+    within seconds: its event sets the listing aside."""
+    official = pytest.importorskip("amigocloud")
+    m = mount(mounter, service, service.token, "--metadata-ttl", "60", name="events")
+    datasets = m.path / "Parks" / "datasets"
+    assert "faraway.csv" not in os.listdir(datasets)
+    wait_for("the event channel", lambda: m.status()["changes"] == "events")
+    (tmp_path / "faraway.csv").write_text("name,longitude,latitude\nfar,10,20\n")
+    official.AmigoCloud(token=service.token, base_url=service.url, use_websockets=False) \
+        .upload_datafile(1, 1, str(tmp_path / "faraway.csv"))
+    started = time.monotonic()
+    wait_for("the dataset made elsewhere", lambda: "faraway.csv" in os.listdir(datasets),
+             timeout=20)
+    assert time.monotonic() - started < 10  # well before the TTL
+    assert "changes made elsewhere: by events" in run_cli("status", str(m.path)).stdout
+    mounter.umount(m)
+
+
+def test_changes_elsewhere_show_by_polling(mounter: Mounter,
+                                           service: AmigoCloudService) -> None:
+    """A project token may not open the event channel: the projects are polled instead."""
+    m = mount(mounter, service, service.project_token, "--metadata-ttl", "60",
+              source="amigocloud:users/1/projects/1", name="polling")
+    datasets = m.path / "Parks" / "datasets"
+    assert "polled.csv" not in os.listdir(datasets)
+    wait_for("polling", lambda: m.status()["changes"] == "polling")
+    time.sleep(0.5)  # a first look at the projects, to compare the next with
+    import_elsewhere(service, "polled.csv")
+    started = time.monotonic()
+    wait_for("the dataset made elsewhere", lambda: "polled.csv" in os.listdir(datasets),
+             timeout=30)
+    assert time.monotonic() - started < 20
+    mounter.umount(m)

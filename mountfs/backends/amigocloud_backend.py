@@ -20,6 +20,13 @@ project token's mount shows its one project. In a project:
   FAILURE the service's error is raised as a permanent failure, so the queue keeps the file
   and shows it as failed. The service keeps no copy of the file itself.
 
+Changes made elsewhere (`changes`): the event channel (amigocloud_events.py) with a user
+token; a dataset or project event sets aside the project's `datasets/` listing, a project's
+creation, deletion or metadata the list of projects. While the channel is down (and always
+with a project token, which may not open it) the projects are polled every POLL_INTERVAL s:
+a project whose `last_modified` moved (the service moves it when its datasets change) has its
+`datasets/` listing set aside; the channel is tried again every EVENTS_RETRY s.
+
 Nothing else can be written (EPERM at once, `check_key`); mkdir at the root creates a
 project; projects are never deleted (no token may).
 """
@@ -36,9 +43,10 @@ import trio
 
 from mountfs.backends.amigocloud_api import AmigoApi
 from mountfs.backends.amigocloud_wire import (CHUNK_SIZE, FORMATS, MAX_SIZE_SIMPLE_UPLOAD,
-                                              READ, SUCCESS, DatasetFile,
+                                              PROJECT, READ, SUCCESS, DatasetFile,
                                               timestamp_ns, unique_names)
-from mountfs.backends.base import Backend, Features, ObjectInfo
+from mountfs.backends.amigocloud_events import EventChannel
+from mountfs.backends.base import Backend, Change, Features, ObjectInfo
 from mountfs.backends.http import HttpPool, give_back
 from mountfs.backends.progress import Transfer, Transfers
 from mountfs.errors import (BackendError, NoSuchBucket, NoSuchObject, NotPermitted,
@@ -47,6 +55,8 @@ from mountfs.errors import (BackendError, NoSuchBucket, NoSuchObject, NotPermitt
 log = logging.getLogger(__name__)
 
 TOP = ("datasets/", "uploads/")
+POLL_INTERVAL = 5.0  # seconds between looks at the projects while the event channel is down
+EVENTS_RETRY = 30.0  # seconds of polling before the event channel is tried again
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,8 @@ class AmigoCloudBackend(Backend):
         self._exports: dict[tuple[int, str], Export] = {}  # (dataset id, ext) -> its export
         self._imported: dict[tuple[str, str], ObjectInfo] = {}  # files this mount imported
         self.progress = Transfers()
+        self._via = ""  # how changes are learnt now: "events" or "polling"
+        self._stamps: dict[str, str] | None = None  # each project's last_modified, polled
 
     def describe(self) -> str:
         where = self.url.split("://", 1)[-1]
@@ -298,6 +310,70 @@ class AmigoCloudBackend(Backend):
         reply = await self.api.call("POST", url + "/complete", what,
                                     body={"upload_id": upload_id, "md5": md5.hexdigest()})
         return str(reply["job"])
+
+    # ---- changes made elsewhere -------------------------------------------------------------
+
+    def changes_via(self) -> str:
+        return self._via
+
+    async def changes(self) -> AsyncIterator[Change]:
+        channel = EventChannel(self.url)
+        try:
+            while True:
+                if not self.api.token.startswith(PROJECT):
+                    try:
+                        async for name, data in await self._listen(channel):
+                            for change in await self._changes_of(name, data):
+                                yield change
+                    except (BackendError, ValueError, KeyError, TypeError) as exc:
+                        log.warning("AmigoCloud event channel down (%s): polling every %gs",
+                                    exc, POLL_INTERVAL)
+                self._via = "polling"
+                retry = trio.current_time() + EVENTS_RETRY
+                while trio.current_time() < retry or self.api.token.startswith(PROJECT):
+                    for change in await self._poll():
+                        yield change
+                    await trio.sleep(POLL_INTERVAL)
+        finally:
+            channel.close()
+
+    async def _listen(self, channel: EventChannel) -> AsyncIterator[tuple[str, Any]]:
+        me = await self.api.call("GET", "/me", "get the token's user")
+        session = await self.api.call("GET", "/me/start_websocket_session",
+                                      "start an event session")
+
+        def opened() -> None:
+            self._via = "events"
+            log.info("following AmigoCloud's events")
+        return channel.listen(int(me["id"]), str(session["websocket_session"]), opened)
+
+    async def _changes_of(self, name: str, data: Any) -> list[Change]:
+        """What an event changed: the project list, a project's datasets, or both."""
+        found: list[Change] = []
+        if name.startswith("project:") and not name.startswith("project:process_file"):
+            found.append(Change(None))
+        project_id = data.get("project_id") if isinstance(data, dict) else None
+        if project_id is not None:
+            known = {int(p["id"]): b for b, p in self._projects.items()}
+            if int(project_id) not in known:
+                known = {int(p["id"]): b for b, p in (await self.projects()).items()}
+            if int(project_id) in known:
+                found.append(Change(known[int(project_id)], "datasets/"))
+        return found
+
+    async def _poll(self) -> list[Change]:
+        """The changes a look at the projects shows since the last look."""
+        try:
+            stamps = {b: str(p.get("last_modified")) for b, p in (await self.projects()).items()}
+        except BackendError as exc:
+            log.debug("polling AmigoCloud: %s", exc)
+            return []
+        last, self._stamps = self._stamps, stamps
+        if last is None:
+            return []
+        found = [Change(None)] if set(stamps) != set(last) else []
+        return found + [Change(b, "datasets/") for b, s in stamps.items()
+                        if b in last and last[b] != s]
 
     # ---- the rest ------------------------------------------------------------------------------
 
