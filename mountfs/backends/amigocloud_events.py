@@ -9,7 +9,9 @@ iteration with an error (the driver falls back to polling). Payloads are asked f
 framing (`b64=1`: `LENGTH:PACKET…`).
 
 Its requests run in worker threads that a cancellation abandons (a long poll waits up to the
-server's pingTimeout), through a pool of its own whose read timeout is above that wait.
+server's pingTimeout), through a pool of its own whose read timeout is above that wait. They
+are not under the retry policy: a failure ends the channel, the driver polls meanwhile and
+opens a new one later (amigocloud_backend.py).
 """
 from __future__ import annotations
 
