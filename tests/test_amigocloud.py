@@ -259,3 +259,17 @@ def test_changes_elsewhere_show_by_polling(mounter: Mounter,
              timeout=30)
     assert time.monotonic() - started < 20
     mounter.umount(m)
+
+
+def test_event_packets_and_names() -> None:
+    """Engine.IO v3 text framing (lengths in characters), Socket.IO events of the namespace
+    (an ack id before the arguments, other namespaces ignored), and names made unique."""
+    from mountfs.backends.amigocloud_events import decode, encode, event_of
+    from mountfs.backends.amigocloud_wire import unique_names
+    packets = ["40/amigosocket", '42/amigosocket,["dataset:creation_succeeded",{"n":"é"}]']
+    assert decode(encode(packets).decode()) == packets
+    assert event_of('2/amigosocket,7["realtime",{"a":1}]') == ("realtime", {"a": 1})
+    assert event_of('2/other,["x",{}]') is None and event_of("0/amigosocket") is None
+    named = unique_names([{"id": 9, "name": "a/b"}, {"id": 3, "name": "a/b"}])
+    assert named == {"a\u2215b": {"id": 3, "name": "a/b"},
+                     "a\u2215b (9)": {"id": 9, "name": "a/b"}}
