@@ -292,6 +292,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"cache: {human(c['used'])} of {human(c['cap'])} ({human(c['dirty'])} not uploaded), "
           f"hit rate {rate}, in {c['dir']}")
     print(f"uploads: {status['uploaded']} done, {status['queued']} queued")
+    if status.get("changes"):
+        print(f"changes made elsewhere: by {status['changes']}")
     for e in status["queue"]:
         line = (f"  {e['state']:9} {e['bucket']}/{e['key']}  {human(e['done'])}/"
                 f"{human(e['size'])}")

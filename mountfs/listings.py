@@ -114,6 +114,7 @@ class Listings:
             node.meta_known = info.metadata is not None or self.defaults.from_listings
         if not node.is_dir:
             node.size, node.etag, node.on_server = info.size, info.etag, True
+            node.sized = info.sized
             node.link_target = None
 
     def _child_from_info(self, parent: Node, name: str, info: ObjectInfo, is_dir: bool,
@@ -127,6 +128,7 @@ class Listings:
             if node is not None:
                 self.table.detach(node)
             node = self.table.new(parent, name, self._attrs(info, kind), info.size, info.etag)
+            node.sized = info.sized
             node.meta_known = (info.metadata is not None or self.table.lists_buckets(parent)
                                or self.defaults.from_listings)
         if is_dir and info.key and not info.is_prefix and not info.key.endswith("/"):

@@ -26,6 +26,7 @@ from cache.blocks import BlockCache
 from cache.writeback import WritebackQueue
 from mountfs.attrs import Defaults
 from mountfs.backends.registry import open_source
+from mountfs.changes import follow_changes
 from mountfs.errors import ConfigError
 from mountfs.namespace import Namespace
 from mountfs.operations import Operations
@@ -100,7 +101,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                             config.attributes_from_listings), config.metadata_ttl,
                    config.read_only, dir_times_delay=config.writeback_delay)
     ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue,
-                                 backend.transfers),
+                                 backend.transfers, backend.changes_via),
                      config.block_size, config.upload_on_close)
     target = os.path.realpath(config.mountpoint)  # (once mounted, its lstat would hang)
     try:
@@ -119,6 +120,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                 log.info("journal replay: %d objects queued for upload", len(dirty))
             nursery.start_soon(stop.on_signals, nursery)
             nursery.start_soon(raise_read_ahead, ops.initialized, target)
+            nursery.start_soon(follow_changes, ns.table, backend)
             ready()
             await pyfuse3.main()
             stop.unmounted = True

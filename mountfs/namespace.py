@@ -364,6 +364,8 @@ class Namespace:
         await self.complete(node)  # its metadata goes with the next upload
         node.settle()
         if node.obj is None or not node.obj.dirty:
+            if not node.sized:
+                node.refreshed_at = -1e18  # its size is a listing's stand-in: ask the file's
             if not self.table.fresh(node.refreshed_at) and node.exists_on_server:
                 await self.getattr(node)
             bucket, key = self.table.location(node)

@@ -41,6 +41,9 @@ class Node:
     size          a file's bytes (a symlink's: its      lst._apply; settle;       files
                   target's)                             ns.truncate; ops (write,
                                                         truncate, O_TRUNC)
+    sized         False: size is a listing's stand-in   lst (_apply,              files
+                  (ObjectInfo.sized): open_data stats   _child_from_info)
+                  the file first
     etag          the server version this mount last    lst._apply; settle; ns    files; obj's
                   saw ("": none or unknown)             (save_attrs,              record is newer
                                                         discard_upload); rename   while obj is set
@@ -117,6 +120,7 @@ class Node:
     entries_changed_ns: int = 0
     directory_object: str = ""
     absent: dict[str, float] = field(default_factory=dict)
+    sized: bool = True
 
     @property
     def is_dir(self) -> bool:

@@ -76,8 +76,9 @@ class Operations(pyfuse3.Operations):
         a = node.attrs
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.inode
-        # Defaults from a listing without metadata: the kernel must ask again, and get them.
-        e.entry_timeout = e.attr_timeout = self.ns.ttl if node.meta_known else 0
+        # Defaults from a listing without metadata, or a size that is a stand-in: the kernel
+        # must ask again, and get them.
+        e.entry_timeout = e.attr_timeout = self.ns.ttl if node.meta_known and node.sized else 0
         e.st_mode = a.mode
         # Directories report 1 (as btrfs: "unknown"), which find and fts take as "count not".
         e.st_nlink = 0 if node.unlinked else 1

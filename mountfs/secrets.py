@@ -3,7 +3,8 @@
 What it redacts: every secret a driver read through the registry (`remember`), the values of
 the environment variables drivers declare as credentials (`watch_variables`), and the
 credential fields of HTTP requests that client libraries log at -vv (Authorization headers,
-S3 session tokens), whichever driver sent them.
+S3 session tokens, a `token` query parameter as AmigoCloud's API takes it), whichever driver
+sent them.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ REDACTED = "<redacted>"
 # credential) and the Authorization header are in both, whatever file the credentials came from.
 # (An Authorization value, "AWS4-HMAC-SHA256 Credential=..., Signature=...", holds spaces.)
 SECRET_FIELDS = re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}]+"
-                           r"|(authorization['\"]?\s*[:=]\s*b?['\"]?)[^'\"\n]+", re.IGNORECASE)
+                           r"|(authorization['\"]?\s*[:=]\s*b?['\"]?)[^'\"\n]+"
+                           r"|([?&]token=)[^&#'\"\s]+", re.IGNORECASE)
 # Shorter values would redact ordinary words of log lines; no credential is that short.
 MIN_SECRET = 6
 
@@ -39,7 +41,8 @@ def watch_variables(names: Iterable[str]) -> None:
 class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = SECRET_FIELDS.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, message)
+        clean = SECRET_FIELDS.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + REDACTED,
+                                  message)
         for value in _secrets:
             clean = clean.replace(value, REDACTED)
         if clean != message:

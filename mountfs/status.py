@@ -26,9 +26,11 @@ MAX_LISTED = 200  # keeps the document well under the 64 KiB an xattr may hold
 
 class Status:
     def __init__(self, source: str, mountpoint: str, cache: BlockCache,
-                 queue: WritebackQueue, transfers: Callable[[], list[dict[str, Any]]]) -> None:
+                 queue: WritebackQueue, transfers: Callable[[], list[dict[str, Any]]],
+                 changes_via: Callable[[], str] = str) -> None:
         self.source, self.mountpoint = source, mountpoint
         self.cache, self.queue, self.transfers = cache, queue, transfers
+        self.changes_via = changes_via
 
     def snapshot(self) -> dict[str, Any]:
         c = self.cache
@@ -44,6 +46,9 @@ class Status:
             "lost": sum(e["state"] == "lost" for e in entries),
             "uploaded": self.queue.uploaded_count,
             "transfers": self.transfers()[:MAX_LISTED],
+            # how changes made elsewhere reach the listings: "events", "polling", or "" (the
+            # metadata TTL alone)
+            "changes": self.changes_via(),
             "cache": {
                 "dir": str(c.dir), "used": c.used, "cap": c.cap, "dirty": c.dirty_bytes(),
                 "hits": c.hits, "misses": c.misses,

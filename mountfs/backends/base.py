@@ -59,6 +59,20 @@ class ObjectInfo:
     # None: the service lists without user metadata, ask stat_object for it.
     metadata: dict[str, str] | None = field(default=None, compare=False)
     is_prefix: bool = False
+    # False: `size` is not the object's but a listing's stand-in, where knowing it would cost
+    # work per entry (an AmigoCloud export not made yet). Opening the file asks stat_object
+    # first, and the kernel is told to ask for the attributes again.
+    sized: bool = field(default=True, compare=False)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a driver's change feed (`Backend.changes`) reports: the listing of `prefix` (a
+    directory's key, '' for the bucket's top) in `bucket` changed; bucket None: the list of
+    buckets changed."""
+
+    bucket: str | None
+    prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -216,6 +230,19 @@ class Backend(abc.ABC):
         service, unfinished: a process killed mid-upload cannot. Called before the journal
         replay uploads an object again. Services whose writes leave nothing behind (the local
         store removes its own temporary files at mount) need not do anything."""
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """The service's changes as they happen, for as long as the mount runs (mountfs/
+        changes.py expires the listings they name): a driver whose service pushes events,
+        or polls in their stead while they are down. By default none: listings expire by
+        the metadata TTL alone."""
+        return
+        yield  # an async generator that yields nothing
+
+    def changes_via(self) -> str:
+        """How the change feed learns of changes now ("events", "polling"), for `mountfs
+        status`; "" without a feed."""
+        return ""
 
     def is_temp_failure(self, exc: BaseException) -> bool:
         return isinstance(exc, TEMPORARY_FAILURES)

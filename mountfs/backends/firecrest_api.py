@@ -24,10 +24,9 @@ import urllib3
 
 from mountfs.backends.base import Backend
 from mountfs.backends.firecrest_wire import POLL_FIRST, POLL_MAX, api_error, reply_error
-from mountfs.backends.http import HttpPool, retry_after
+from mountfs.backends.http import HttpPool, raise_reported, retry_after
 from mountfs.backends.oauth import TokenSource
 from mountfs.backends.progress import Transfer
-from mountfs.errors import NoSuchObject
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +56,8 @@ class FirecrestApi:
                 log.info("%s: token refused (HTTP 401), trying once more with a new one", what)
                 continue
             break
-        error = reply_error(reply.status, reply.headers, reply.data, what,
-                            retry_after(reply.headers.get("Retry-After")))
-        if error is not None:
-            log.log(logging.DEBUG if isinstance(error, NoSuchObject) else logging.WARNING,
-                    "%s", error)
-            raise error
+        raise_reported(reply_error(reply.status, reply.headers, reply.data, what,
+                                   retry_after(reply.headers.get("Retry-After"))))
         return reply
 
     async def request(self, method: str, path: str, what: str,

@@ -10,6 +10,7 @@ Nothing here retries: drivers put each request under the retry policy (retry.py)
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import time
 import urllib.parse
@@ -22,6 +23,8 @@ from urllib3.filepost import choose_boundary, encode_multipart_formdata
 
 from mountfs.errors import (BackendError, ConfigError, NoSuchObject, NotSupported,
                             PermissionDenied, PreconditionFailed, TemporaryFailure)
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BODY_PIECE = 1024 * 1024  # a streamed request body is read and sent in pieces of this size
@@ -81,6 +84,15 @@ def status_error(status: int, text: str, retry_after: float | None = None) -> Ba
     if status >= 500 or status in (408, 429):
         return TemporaryFailure(text, retry_after)
     return BackendError(text)
+
+
+def raise_reported(error: BackendError | None) -> None:
+    """Raise the error a reply reported, if any, logged first: a missing object at DEBUG (a
+    lookup's usual answer), anything else at WARNING."""
+    if error is not None:
+        log.log(logging.DEBUG if isinstance(error, NoSuchObject) else logging.WARNING,
+                "%s", error)
+        raise error
 
 
 def give_back(reply: urllib3.BaseHTTPResponse) -> None:

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from mountfs.backends import Source
 
 BUILTIN = ("mountfs.backends.local", "mountfs.backends.s3", "mountfs.backends.dcss",
-           "mountfs.backends.firecrest", "mountfs.backends.metadisk")
+           "mountfs.backends.firecrest", "mountfs.backends.metadisk",
+           "mountfs.backends.amigocloud")
 PLUGINS_ENV = "MOUNTFS_DRIVERS"
 # A SOURCE without a scheme (a plain path) is a store of this driver.
 DEFAULT_DRIVER = "local"

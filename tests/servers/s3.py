@@ -8,6 +8,7 @@ stopping it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -16,7 +17,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol, TypeVar
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -50,6 +52,24 @@ class S3Server:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+
+
+S = TypeVar("S", bound="Startable")
+
+
+class Startable(Protocol):
+    def start(self) -> Any: ...
+    def stop(self) -> None: ...
+
+
+@contextlib.contextmanager
+def running(service: S) -> Iterator[S]:
+    """`service` started for a fixture, and stopped after it."""
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 def answers(url: str) -> bool:
