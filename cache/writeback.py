@@ -67,6 +67,7 @@ class WritebackQueue:
         self.started_ns = time.time_ns()
         self._entries: dict[CachedObject, Entry] = {}
         self._held: list[tuple[str, str]] = []  # (bucket, key prefix): see `held`
+        self._waiting_for_hold: list[Entry] = []  # due while held: planned when a hold ends
         # Set by the namespace when the storage does conditional writes: each upload then
         # states its base (the version the data was based on), and a failed condition is
         # handed to `resolve_conflict`, which returns True once it settled it (the object
@@ -148,9 +149,9 @@ class WritebackQueue:
             yield
         finally:
             self._held.remove(where)
-            for entry in self._entries.values():
-                if not entry.sent:
-                    self._plan(entry)
+            waiting, self._waiting_for_hold = self._waiting_for_hold, []
+            for entry in waiting:
+                self._plan(entry)  # (one still held is set aside again by the scheduler)
 
     def _is_held(self, obj: CachedObject) -> bool:
         rec = obj.record
@@ -255,7 +256,8 @@ class WritebackQueue:
                     heapq.heappush(self._plans, (entry.due, next(self._plan_order), entry))
                     continue
                 if self._held and self._is_held(entry.obj):
-                    continue  # planned again when the hold ends
+                    self._waiting_for_hold.append(entry)
+                    continue
                 entry.sent = True
                 self._send.send_nowait(entry.obj)
             self._next_wake = self._plans[0][0] if self._plans else math.inf
