@@ -112,9 +112,6 @@ class Kit(abc.ABC):
     # Where the bucket is in the mount's scope, as a key prefix (as the log names places):
     # "" where the mount's root lists buckets.
     bucket_prefix: str = ""
-    # Files up to this size the service reads only whole (no ranges): a cache too small for
-    # one reads it block by block with a whole download each (0: every read is ranged).
-    reads_whole_up_to: int = 0
     # Whether a symlink made in the store itself is one on the mount (a service of real
     # directories and links) rather than no object at all (the local store).
     store_symlinks: bool = False

@@ -39,7 +39,6 @@ class FirecrestKit(Kit):
     any_key = False  # a directory tree
     store_symlinks = True
     bucket_prefix = "bucket/"  # a directory of the system the mount shows
-    reads_whole_up_to = DIRECT_LIMIT  # ops/download; larger files are staged, read by ranges
 
     def __init__(self, name: str, api: str) -> None:
         self.name, self.api = name, api
