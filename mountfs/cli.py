@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="the upload queue and the cache")
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--watch", action="store_true",
+                   help="follow it live (one line per event when not on a terminal); Ctrl-C ends")
 
     d = sub.add_parser("discard", help="give up queued uploads and drop their data")
     d.add_argument("mountpoint")
@@ -282,6 +284,11 @@ def read_status(mountpoint: str) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        if args.json:
+            raise ConfigError("--watch and --json do not go together")
+        from mountfs.watch import follow
+        return follow(args.mountpoint, read_status, sys.stdout)
     status = read_status(args.mountpoint)
     if args.json:
         print(json.dumps(status, indent=2))

@@ -101,7 +101,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                             config.attributes_from_listings), config.metadata_ttl,
                    config.read_only, dir_times_delay=config.writeback_delay)
     ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue,
-                                 backend.transfers, backend.changes_via),
+                                 backend.transfers, backend.changes_via, source.scope),
                      config.block_size, config.upload_on_close)
     target = os.path.realpath(config.mountpoint)  # (once mounted, its lstat would hang)
     try:

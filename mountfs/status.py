@@ -1,5 +1,6 @@
 """What `mountfs status` shows: the write-back queue, the driver's transfers under way in several
-steps (staging, jobs) and the cache, as one JSON document.
+steps (staging, jobs), the downloads under way and the cache, as one JSON document. Each upload
+and download carries its `path` on the mount (relative to the root) beside its bucket and key.
 
 The running mount serves it as the extended attribute `user.mountfs.status` of its root, so
 the status command finds the right process from the mount point alone.
@@ -12,6 +13,7 @@ from typing import Any
 
 from cache.blocks import BlockCache
 from cache.writeback import WritebackQueue
+from mountfs.backends import Scope
 
 STATUS_XATTR = b"user.mountfs.status"
 # Setting this extended attribute of the root to "BUCKET/KEY" (an entry as the status lists it)
@@ -27,8 +29,8 @@ MAX_LISTED = 200  # keeps the document well under the 64 KiB an xattr may hold
 class Status:
     def __init__(self, source: str, mountpoint: str, cache: BlockCache,
                  queue: WritebackQueue, transfers: Callable[[], list[dict[str, Any]]],
-                 changes_via: Callable[[], str] = str) -> None:
-        self.source, self.mountpoint = source, mountpoint
+                 changes_via: Callable[[], str] = str, scope: Scope = Scope()) -> None:
+        self.source, self.mountpoint, self.scope = source, mountpoint, scope
         self.cache, self.queue, self.transfers = cache, queue, transfers
         self.changes_via = changes_via
 
@@ -36,6 +38,8 @@ class Status:
         c = self.cache
         lookups = c.hits + c.misses
         entries = self.queue.status()
+        for e in entries:
+            e["path"] = mount_path(self.scope, e["bucket"], e["key"])
         return {
             "source": self.source,
             "mountpoint": self.mountpoint,
@@ -46,6 +50,8 @@ class Status:
             "lost": sum(e["state"] == "lost" for e in entries),
             "uploaded": self.queue.uploaded_count,
             "transfers": self.transfers()[:MAX_LISTED],
+            "downloads": [{**d, "path": mount_path(self.scope, d["bucket"], d["key"])}
+                          for d in downloads(c)[:MAX_LISTED]],
             # how changes made elsewhere reach the listings: "events", "polling", or "" (the
             # metadata TTL alone)
             "changes": self.changes_via(),
@@ -55,3 +61,22 @@ class Status:
                 "hit_rate": round(c.hits / lookups, 4) if lookups else None,
             },
         }
+
+
+def downloads(cache: BlockCache) -> list[dict[str, Any]]:
+    """Objects with blocks being fetched now (a read's misses and read-ahead, a whole-object
+    stream, an upload's fill): their size on the server and how much of it is cached."""
+    objects = {obj: None for obj, _ in cache.fetching}  # in order, once each
+    out = []
+    for obj in objects:
+        size = obj.record.remote_size
+        out.append({"bucket": obj.record.bucket, "key": obj.record.key, "size": size,
+                    "done": min(size, sum(obj.blocks.values()))})
+    return out
+
+
+def mount_path(scope: Scope, bucket: str, key: str) -> str:
+    """Where the object bucket/key is on the mount, relative to its root."""
+    if scope.bucket is None:
+        return f"{bucket}/{key}"
+    return key[len(scope.prefix):] if key.startswith(scope.prefix) else key

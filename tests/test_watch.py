@@ -1,0 +1,96 @@
+"""`mountfs status --watch`: the live view in a pseudo-terminal (pexpect) while a large upload
+crawls through a throttled proxy, and the piped form (plain event lines) on every driver.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from conftest import BACKENDS, Mount, Mounter
+from kits import Store
+from servers.faults import FaultProxy
+from test_faults import MiB, bucket, mount_via, on_server, proxy  # noqa: F401 (fixtures)
+from test_s3 import bucket_name, client, s3_env  # noqa: F401 (fixtures)
+
+
+def watch_env() -> dict[str, str]:
+    return {**os.environ, "TERM": "xterm-256color"}
+
+
+def test_watch_view_draws_a_bar_for_an_upload_and_ends_on_ctrl_c(
+        mounter: Mounter, proxy: FaultProxy, client, bucket: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOUNTFS_READ_TIMEOUT", "30")  # a throttled part's reply comes late
+    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "0")
+    proxy.bandwidth = 4 * MiB  # 24 MiB: three 8 MiB parts, some seconds on the wire
+    child = pexpect.spawn(sys.executable, ["-m", "mountfs", "status", "--watch", str(m.path)],
+                          env=watch_env(), dimensions=(30, 160), encoding="utf-8", timeout=30)
+    try:
+        child.expect("nothing under way")
+        data = os.urandom(24 * MiB)
+        (m.path / "big.bin").write_bytes(data)
+        # The upload's row: arrow, name, a bar (rich draws it with ━), bytes of the whole.
+        child.expect(r"↑ big\.bin[^\r\n]*━[^\r\n]*/24\.0 MiB")
+        child.expect(r"1 uploaded")
+        child.sendintr()
+        child.expect(pexpect.EOF)
+    finally:
+        proxy.bandwidth = 0
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+    assert "Traceback" not in (child.before or "")
+    assert on_server(client, bucket, "big.bin") == data
+    mounter.umount(m)
+
+
+def read_lines_until(proc: subprocess.Popen[str], wanted: str, timeout: float = 30) -> list[str]:
+    """Lines of `proc`'s stdout up to the first containing `wanted`."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if wanted in line:
+            return lines
+    raise AssertionError(f"no line with {wanted!r} in {lines}")
+
+
+@pytest.mark.backends(*BACKENDS)
+def test_piped_watch_prints_one_plain_line_per_event(mounter: Mounter, store: Store) -> None:
+    m: Mount = mounter.mount(store, "--writeback-delay", "0.5")
+    proc = subprocess.Popen([sys.executable, "-m", "mountfs", "status", "--watch", str(m.path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = read_lines_until(proc, "queue: 0 queued")
+        (m.bucket / "seen.txt").write_bytes(b"x" * 300_000)
+        name = f"{store.bucket}/seen.txt"
+        lines = first + read_lines_until(proc, f"uploaded {name}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    lines += out.splitlines(keepends=True)
+    text = "".join(lines)
+    assert proc.returncode == 0, err
+    assert "\x1b" not in text and "\r" not in text, text  # no control codes
+    assert all(len(line.split(" ", 1)[0]) == 8 for line in lines), text  # HH:MM:SS each
+    assert any(f"queued {name} (293.0 KiB)" in line for line in lines), text
+    assert any(f"uploaded {name} (293.0 KiB)" in line for line in lines), text
+    assert err == ""
+    mounter.umount(m)
+
+
+def test_watch_of_a_directory_that_is_no_mount_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "mountfs", "status", "--watch", str(tmp_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == f"mountfs: {tmp_path} is not a mountfs mount\n"
