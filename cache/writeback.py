@@ -176,6 +176,17 @@ class WritebackQueue:
                 entry.due = min(entry.due, now)
                 self._plan(entry)
 
+    def upload_now(self, chosen: Callable[[str, str], bool]) -> None:
+        """Upload now, without the delay or the backoff, every queued object whose (bucket,
+        key) is `chosen`, failed ones too (as an fsync would): `mountfs sync` waits for them.
+        Unlike `hurry`, later commits keep the delay."""
+        now = trio.current_time()
+        for entry in self._entries.values():
+            rec = entry.obj.record
+            if not entry.sent and not entry.lost and chosen(rec.bucket, rec.key):
+                entry.due = min(entry.due, now)
+                self._plan(entry)
+
     async def drain(self) -> None:
         """Wait until every queued object is uploaded."""
         await self._idle.wait()

@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch", action="store_true",
                    help="follow it live (one line per event when not on a terminal); Ctrl-C ends")
 
+    y = sub.add_parser("sync", help="upload now every closed file under PATH, and wait")
+    y.add_argument("mountpoint")
+    y.add_argument("path", nargs="?", help="a file or directory on the mount (default: all)")
+
     d = sub.add_parser("discard", help="give up queued uploads and drop their data")
     d.add_argument("mountpoint")
     d.add_argument("entries", nargs="+", metavar="BUCKET/KEY",
@@ -326,6 +330,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from mountfs.sync import sync
+    return sync(args.mountpoint, args.path, read_status, sys.stdout)
+
+
 def cmd_discard(args: argparse.Namespace) -> int:
     """Ask the mount to give up each upload (the root's DISCARD_XATTR), then check it did."""
     mountpoint = os.path.abspath(args.mountpoint)
@@ -403,7 +412,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     commands = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
-                "discard": cmd_discard}
+                "discard": cmd_discard, "sync": cmd_sync}
     try:
         args = build_parser().parse_args(argv)
         handler = getattr(args, "handler", None) or commands[args.command]

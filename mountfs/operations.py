@@ -22,7 +22,7 @@ from mountfs.errors import InvalidArgument, NotPermitted, ReadOnly, to_errno
 from mountfs.handles import DirHandle, FileHandle, HandleTable
 from mountfs.namespace import Namespace, Node
 from mountfs.nodes import NAME_MAX
-from mountfs.status import DISCARD_XATTR, FLUSH_XATTR, STATUS_XATTR, Status
+from mountfs.status import DISCARD_XATTR, FLUSH_XATTR, STATUS_XATTR, SYNC_XATTR, Status
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +353,9 @@ class Operations(pyfuse3.Operations):
             return
         if inode == pyfuse3.ROOT_INODE and name == FLUSH_XATTR:  # `mountfs umount`
             self.queue.hurry()
+            return
+        if inode == pyfuse3.ROOT_INODE and name == SYNC_XATTR:  # `mountfs sync`
+            self.status.upload_now(value.decode(errors="surrogateescape"))
             return
         await self.ns.setxattr(await self._node(inode), decode_name(name), value)
 

@@ -23,6 +23,9 @@ DISCARD_XATTR = b"user.mountfs.discard"
 # queued now, without the write-back delay, and to retry temporary failures soon: what
 # `mountfs umount` asks before it waits for the queue to drain.
 FLUSH_XATTR = b"user.mountfs.flush"
+# Setting this extended attribute of the root to a path relative to it ("" for all) uploads at
+# once every queued file at or under that path: what `mountfs sync` asks before it waits.
+SYNC_XATTR = b"user.mountfs.sync"
 MAX_LISTED = 200  # keeps the document well under the 64 KiB an xattr may hold
 
 
@@ -33,6 +36,11 @@ class Status:
         self.source, self.mountpoint, self.scope = source, mountpoint, scope
         self.cache, self.queue, self.transfers = cache, queue, transfers
         self.changes_via = changes_via
+
+    def upload_now(self, path: str) -> None:
+        """Upload now what is queued at or under `path` (relative to the mount's root)."""
+        self.queue.upload_now(lambda bucket, key: is_under(
+            mount_path(self.scope, bucket, key), path))
 
     def snapshot(self) -> dict[str, Any]:
         c = self.cache
@@ -80,3 +88,9 @@ def mount_path(scope: Scope, bucket: str, key: str) -> str:
     if scope.bucket is None:
         return f"{bucket}/{key}"
     return key[len(scope.prefix):] if key.startswith(scope.prefix) else key
+
+
+def is_under(path: str, top: str) -> bool:
+    """Whether `path` is `top` or below it (both relative to the mount's root; "" is the root)."""
+    top = top.strip("/")
+    return not top or path == top or path.startswith(top + "/")

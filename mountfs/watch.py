@@ -167,6 +167,11 @@ def failure_next(entry: dict[str, Any], mountpoint: str) -> str:
 # ---- the piped form ----------------------------------------------------------------------------
 
 
+def say(out: TextIO, line: str) -> None:
+    """One event's line, with the time of day."""
+    print(f"{time.strftime('%H:%M:%S')} {line}", file=out, flush=True)
+
+
 class EventLines:
     """One line per event, found by comparing each status document with the one before."""
 
@@ -177,7 +182,7 @@ class EventLines:
         self._said_queue_at = 0.0
 
     def say(self, line: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {line}", file=self.out, flush=True)
+        say(self.out, line)
 
     def show(self, status: Status) -> None:
         before = self.last or {"queue": [], "downloads": [], "transfers": [],

@@ -279,7 +279,8 @@ def test_status_json(mounter: Mounter, store: Store) -> None:
     entry = s["queue"][0]
     assert 0 < entry.pop("next_try") <= 30  # seconds until the upload starts
     assert s["queue"] == [{"bucket": store.bucket, "key": "queued", "size": 1000, "done": 0,
-                           "percent": 0.0, "state": "waiting", "tries": 0, "error": ""}]
+                           "percent": 0.0, "state": "waiting", "tries": 0, "error": "",
+                           "path": f"{store.bucket}/queued"}]
     c = s["cache"]
     assert c["dir"] == str(m.cache) and c["cap"] == 64 * 1024 * 1024
     assert c["used"] >= 1000 and c["dirty"] >= 1000
