@@ -201,6 +201,7 @@ class BlockCache:
         self.used = 0
         self.hits = 0
         self.misses = 0
+        self.evictions = 0  # clean blocks removed to stay under the cap
         self._by_key: dict[tuple[str, str], CachedObject] = {}
         self._lru: OrderedDict[tuple[CachedObject, int], None] = OrderedDict()
         # Blocks being fetched, each to the event set when its fetch is over: one fetch of a
@@ -732,6 +733,7 @@ class BlockCache:
             if not obj.pins:
                 victims.append((obj, n))
                 excess -= obj.blocks[n]
+        self.evictions += len(victims)
         for obj, n in victims:
             self._remove_block(obj, n)
             if not obj.blocks and obj.open_count == 0 and not obj.dirty:

@@ -48,6 +48,7 @@ class Entry:
     error: str = ""
     permanent: bool = False  # the last try failed in a way retrying alone will not cure
     lost: bool = False  # its data is gone from the cache: never tried again
+    queued_at: float = 0.0  # trio time it was queued (for how long the oldest waits)
 
     @property
     def awaited(self) -> bool:
@@ -97,7 +98,8 @@ class WritebackQueue:
             entry = self._entries.get(obj)
             if entry is None:
                 wait = self.delay if delay is None else delay
-                entry = self._entries[obj] = Entry(obj, trio.current_time() + wait)
+                now = trio.current_time()
+                entry = self._entries[obj] = Entry(obj, now + wait, queued_at=now)
                 if self._idle.is_set():  # a drain() already waiting keeps its event
                     self._idle = trio.Event()
                 self._plan(entry)
@@ -203,6 +205,15 @@ class WritebackQueue:
                 self.cache.discard(obj)
                 return True
         return False
+
+    def summary(self) -> dict[str, float]:
+        """Counts for the metrics: files queued, of which failed for good or lost, and how
+        long the one queued longest has waited (seconds; 0 when none is)."""
+        now = trio.current_time()
+        entries = self._entries.values()
+        return {"queued": len(self._entries),
+                "failed": sum(e.permanent or e.lost for e in entries),
+                "oldest_age": max((now - e.queued_at for e in entries), default=0.0)}
 
     def status(self) -> list[dict[str, Any]]:
         out = []

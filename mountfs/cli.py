@@ -25,6 +25,7 @@ import trio
 from cache.blocks import DEFAULT_BLOCK_SIZE
 from mountfs.backends import registry
 from mountfs.errors import ConfigError
+from mountfs.metrics import parse_addr
 from mountfs.processes import pid_alive
 from mountfs.secrets import RedactSecrets
 from mountfs.sizes import human, parse_size
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", dest="fuse_options", action="append", default=[],
                    help="options, comma separated: a driver's <driver>_<name>=VALUE, "
                    "others are FUSE mount options")
+    m.add_argument("--metrics-addr", type=parse_addr, metavar="HOST:PORT",
+                   help="serve Prometheus metrics there, e.g. 127.0.0.1:9101 (default: off)")
     m.add_argument("--log-file", type=Path, help="default: <cache-dir>/mountfs.log")
     m.add_argument("-v", "--verbose", action="count", default=0)
     add_driver_options(m)
@@ -208,7 +211,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         metadata_ttl=args.metadata_ttl, workers=args.workers, driver_values=values,
         attributes_from_listings=args.attributes_from_listings,
         upload_on_close=args.upload_on_close,
-        fuse_options=fuse_options)
+        fuse_options=fuse_options, metrics_addr=args.metrics_addr)
     setup_logging(args.log_file, args.verbose)
     ready_fd = args.ready_fd
 

@@ -25,9 +25,10 @@ import trio
 from cache.blocks import BlockCache
 from cache.writeback import WritebackQueue
 from mountfs.attrs import Defaults
-from mountfs.backends.registry import open_source
+from mountfs.backends.registry import open_source, split_source
 from mountfs.changes import follow_changes
 from mountfs.errors import ConfigError
+from mountfs.metrics import Metrics
 from mountfs.namespace import Namespace
 from mountfs.operations import Operations
 from mountfs.status import Status
@@ -54,6 +55,7 @@ class MountConfig:
     upload_on_close: bool = False
     driver_values: dict[str, Any] = field(default_factory=dict)  # by the driver's option name
     fuse_options: list[str] = field(default_factory=list)
+    metrics_addr: tuple[str, int] | None = None  # serve Prometheus metrics there
 
     def options(self) -> set[str]:
         opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
@@ -86,7 +88,8 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     sys.setswitchinterval(0.0002)
     source = await open_source(config.source, config.driver_values)
     await source.check()
-    backend = source.backend
+    metrics = Metrics(split_source(config.source)[0].name) if config.metrics_addr else None
+    backend = metrics.measure(source.backend) if metrics else source.backend
     if not backend.features.writable and not config.read_only:
         log.warning("%s cannot write (%s): mounted read-only", source.describe(),
                     backend.features.why_read_only)
@@ -104,9 +107,13 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                                  backend.transfers, backend.changes_via, source.scope),
                      config.block_size, config.upload_on_close)
     target = os.path.realpath(config.mountpoint)  # (once mounted, its lstat would hang)
+    if metrics and config.metrics_addr:
+        metrics.serve(config.metrics_addr, cache, queue)
     try:
         pyfuse3.init(ops, config.mountpoint, config.options())
     except RuntimeError as exc:
+        if metrics:
+            metrics.close()
         raise ConfigError(f"cannot mount on {config.mountpoint}: {exc}") from None
     stop = Stop(queue)
     try:
@@ -134,6 +141,8 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         # main() also returns when the kernel unmounted us (fusermount3 -u): then there is
         # nothing left to unmount.
         pyfuse3.close(unmount=stop.requested)
+        if metrics:
+            metrics.close()
         cache.close()
         await backend.aclose()
         os.close(lock_fd)

@@ -11,7 +11,8 @@ is (`PreconditionFailed`: the same conditional request fails again; the write-ba
 the namespace settle it). Whole uploads are retried again, on a longer schedule, by the
 write-back queue (cache/writeback.py).
 
-Each retry is logged once, at INFO, in one format for every driver.
+Each retry is logged once, at INFO, in one format for every driver, and told to each of
+`observers` (the metrics count them).
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ T = TypeVar("T")
 TRIES = 10
 BUDGET = 8.0  # seconds from the first try after which no other starts
 FIRST_WAIT, MAX_WAIT = 0.1, 2.0  # the backoff's first window and its largest, in seconds
+
+# Called with the request's name at each retry (mountfs/metrics.py counts them).
+observers: list[Callable[[str], None]] = []
 
 
 def worth_retrying(exc: BaseException, is_temp: Callable[[BaseException], bool]) -> bool:
@@ -63,6 +67,8 @@ async def retrying(what: str, attempt: Callable[[], Awaitable[T]],
         assert state.outcome is not None
         log.info("retrying %s in %.2fs (try %d of %d): %s", what, state.upcoming_sleep,
                  state.attempt_number + 1, TRIES, state.outcome.exception())
+        for observer in observers:
+            observer(what)
 
     async def one_try() -> T:
         # A coroutine function, whatever `attempt` is (a lambda returning an awaitable):
