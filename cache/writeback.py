@@ -355,8 +355,7 @@ class WritebackQueue:
             if entry.permanent:
                 backoff = MAX_BACKOFF
             entry.due = trio.current_time() + backoff
-            log.warning("upload of %s/%s failed (try %d, next in %.1fs): %s", rec.bucket,
-                        rec.key, entry.tries, backoff, entry.error)
+            log_failure(rec, entry, backoff)
             return
         self.cache.uploaded(obj, generation, version.etag, version.mtime_ns, reader.size)
         self.uploaded_count += 1
@@ -366,6 +365,20 @@ class WritebackQueue:
             entry.tries = 0
         else:
             self._entries.pop(obj, None)
+
+
+def log_failure(rec: ObjectRecord, entry: Entry, backoff: float) -> None:
+    """One line: the file, the service's message, and what happens next."""
+    at = time.strftime("%H:%M:%S", time.localtime(time.time() + backoff))
+    if entry.permanent:
+        log.error("upload of %s/%s failed (try %d): %s; retrying alone will not cure this: "
+                  "tried again in %.0fs (at %s) and at each fsync of the file, kept in the "
+                  "cache until then; to give it up: mountfs discard MOUNTPOINT %s/%s",
+                  rec.bucket, rec.key, entry.tries, entry.error, backoff, at, rec.bucket,
+                  rec.key)
+    else:
+        log.warning("upload of %s/%s failed (try %d): %s; retrying in %.1fs (at %s)",
+                    rec.bucket, rec.key, entry.tries, entry.error, backoff, at)
 
 
 def base_version(rec: ObjectRecord) -> str | None:

@@ -10,7 +10,6 @@ import argparse
 import errno
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -25,9 +24,9 @@ import trio
 from cache.blocks import DEFAULT_BLOCK_SIZE
 from mountfs.backends import registry
 from mountfs.errors import ConfigError
+from mountfs.logs import journal_stream, setup_logging
 from mountfs.metrics import parse_addr
 from mountfs.processes import pid_alive
-from mountfs.secrets import RedactSecrets
 from mountfs.sizes import human, parse_size
 from mountfs.status import DISCARD_XATTR, FLUSH_XATTR, STATUS_XATTR
 
@@ -235,14 +234,19 @@ def spawn_background(args: argparse.Namespace, cache_dir: Path) -> int:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cache dir {cache_dir}: {exc.strerror}") from None
+    # Under systemd (a mount unit, the fstab helper) the journal is the log: the mount keeps
+    # the journal stream as its stderr (mountfs/logs.py), unless a log file was asked for.
+    to_journal = args.log_file is None and journal_stream()
     log_file = args.log_file or cache_dir / "mountfs.log"
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-m", "mountfs", *sys.argv[1:], "--foreground",
-            "--cache-dir", str(cache_dir), "--log-file", str(log_file),
-            "--ready-fd", str(write_fd)]
+            "--cache-dir", str(cache_dir), "--ready-fd", str(write_fd)]
+    if not to_journal:
+        argv += ["--log-file", str(log_file)]
     proc = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=same_code_environment())
+                            stderr=None if to_journal else subprocess.DEVNULL,
+                            env=same_code_environment())
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
         message = pipe.read().strip()
@@ -250,7 +254,8 @@ def spawn_background(args: argparse.Namespace, cache_dir: Path) -> int:
         return 0
     if not message:
         proc.wait()
-        message = f"the mount process exited ({proc.returncode}); see {log_file}"
+        message = (f"the mount process exited ({proc.returncode}); see "
+                   + ("the journal" if to_journal else str(log_file)))
     raise ConfigError(message)
 
 
@@ -262,23 +267,6 @@ def same_code_environment() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONSAFEPATH": "1",
             "PYTHONPATH": home + (os.pathsep + path if path else "")}
-
-
-def setup_logging(log_file: Path | None, verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    handler: logging.Handler
-    if log_file:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        # created 0600 before the handler opens it: no moment at the umask's mode
-        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        handler = logging.FileHandler(log_file)
-        os.chmod(log_file, 0o600)  # a log file that existed before
-        level = min(level, logging.INFO)
-    else:
-        handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactSecrets())
-    logging.basicConfig(level=level, handlers=[handler])
 
 
 def read_status(mountpoint: str) -> dict[str, Any]:
