@@ -94,3 +94,40 @@ def test_watch_of_a_directory_that_is_no_mount_is_one_line(tmp_path: Path) -> No
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert done.stderr == f"mountfs: {tmp_path} is not a mountfs mount\n"
+
+
+def status_doc(queue: list[dict], downloads: tuple[dict, ...] | list[dict] = (),
+               transfers: tuple[dict, ...] | list[dict] = (),
+               uploaded: int = 0) -> dict:
+    return {"mountpoint": "/mnt", "queue": queue, "queued": len(queue), "uploaded": uploaded,
+            "downloads": list(downloads), "transfers": list(transfers)}
+
+
+def entry(path: str, state: str, tries: int = 0, error: str = "", done: int = 0) -> dict:
+    bucket, _, key = path.partition("/")
+    return {"bucket": bucket, "key": key, "path": path, "size": 2048, "done": done,
+            "state": state, "tries": tries, "error": error, "next_try": 60.0}
+
+
+def test_events_between_two_readings() -> None:
+    from mountfs.watch import changes
+
+    before = status_doc([entry("b/up", "uploading", done=1024), entry("b/bad", "failed", 1,
+                                                                      "PermissionDenied: no")],
+                        downloads=[{"path": "b/in", "size": 4096, "done": 0}],
+                        transfers=[{"what": "upload kit:/b/big", "size": 9, "done": 0,
+                                    "phase": "job PENDING"}])
+    after = status_doc([entry("b/bad", "failed", 2, "PermissionDenied: no"),
+                        entry("b/new", "waiting")],
+                       downloads=[{"path": "b/in2", "size": 4096, "done": 0}],
+                       transfers=[{"what": "upload kit:/b/big", "size": 9, "done": 9,
+                                   "phase": "job RUNNING"}], uploaded=1)
+    assert changes(before, after) == [
+        "upload failed b/bad: PermissionDenied: no (try 2, next try in 60s; to give it up: "
+        "mountfs discard /mnt b/bad)",
+        "queued b/new (2.0 KiB)",
+        "uploaded b/up (2.0 KiB)",
+        "download started b/in2 (4.0 KiB)",
+        "step upload kit:/b/big: job RUNNING",
+        "download done b/in",
+    ]
