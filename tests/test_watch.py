@@ -4,6 +4,7 @@ crawls through a throttled proxy, and the piped form (plain event lines) on ever
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,3 +132,31 @@ def test_events_between_two_readings() -> None:
         "step upload kit:/b/big: job RUNNING",
         "download done b/in",
     ]
+
+
+def test_live_view_shows_downloads_steps_and_failures() -> None:
+    import io
+
+    from rich.console import Console
+
+    from mountfs.watch import LiveView, moving
+
+    doc = status_doc([entry("b/bad", "failed", 3, "PermissionDenied: no"),
+                      entry("b/up", "uploading", done=1024)],
+                     downloads=[{"path": "b/in", "size": 4096, "done": 2048}],
+                     transfers=[{"what": "upload kit:/b/big", "size": 0, "done": 0,
+                                 "phase": ""}])
+    doc.update(source="s3://b", cache={"used": 3 << 20, "cap": 10 << 20, "dirty": 1 << 20})
+    out = io.StringIO()
+    console = Console(file=out, width=160, color_system=None)
+    view = LiveView(console)
+    view.bars.update(moving(doc))
+    console.print(view.render(doc))
+    text = out.getvalue()
+    assert "queue: 2 files (4.0 KiB), 1 uploading, 1 failing; 0 uploaded" in text
+    assert "3.0 MiB of 10.0 MiB (1.0 MiB not uploaded)" in text
+    assert re.search(r"↑ b/up .*1\.0/2\.0 KiB", text), text
+    assert re.search(r"↓ b/in .*2\.0/4\.0 KiB", text), text
+    assert re.search(r"⋯ upload kit:/b/big .*starting", text), text
+    assert "✗ b/bad: PermissionDenied: no (try 3, next try in 60s; to give it up: mountfs " \
+           "discard /mnt b/bad)" in text
