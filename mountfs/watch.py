@@ -169,7 +169,10 @@ def failure_next(entry: dict[str, Any], mountpoint: str) -> str:
 
 def say(out: TextIO, line: str) -> None:
     """One event's line, with the time of day."""
-    print(f"{time.strftime('%H:%M:%S')} {line}", file=out, flush=True)
+    # One write per line: a Ctrl-C between the text and its newline (print's two writes)
+    # would leave a broken line.
+    out.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+    out.flush()
 
 
 class EventLines:

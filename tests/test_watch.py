@@ -83,7 +83,7 @@ def test_piped_watch_prints_one_plain_line_per_event(mounter: Mounter, store: St
     text = "".join(lines)
     assert proc.returncode == 0, err
     assert "\x1b" not in text and "\r" not in text, text  # no control codes
-    assert all(len(line.split(" ", 1)[0]) == 8 for line in lines), text  # HH:MM:SS each
+    assert all(re.match(r"\d\d:\d\d:\d\d \S", line) for line in lines), lines  # stamped
     assert any(f"queued {name} (293.0 KiB)" in line for line in lines), text
     assert any(f"uploaded {name} (293.0 KiB)" in line for line in lines), text
     assert err == ""
