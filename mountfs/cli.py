@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import trio
 
 from cache.blocks import DEFAULT_BLOCK_SIZE
+from mountfs import remotes
 from mountfs.backends import registry
 from mountfs.errors import ConfigError
 from mountfs.processes import pid_alive
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("mountpoint")
     d.add_argument("entries", nargs="+", metavar="BUCKET/KEY",
                    help="an upload as `mountfs status` lists it")
+    remotes.add_commands(sub)
     for driver in registry.drivers():
         if driver.commands is not None:
             driver.commands(sub.add_parser(driver.name, help=f"{driver.name} commands"))
@@ -185,10 +187,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     if shutil.which("fusermount3") is None:
         raise ConfigError("fusermount3 not found: install fuse3")
-    driver, _, _ = registry.split_source(args.source)
-    source = registry.canonical_source(args.source)
+    saved = remotes.resolve(args.source)  # a remote's NAME: or NAME:path
+    os.environ.update(saved.environment)  # its secrets, for the driver (and the child)
+    driver, _, _ = registry.split_source(saved.source)
+    source = registry.canonical_source(saved.source)
     fuse_items = [o for opt in args.fuse_options for o in opt.split(",") if o]
     values, fuse_options = driver_values(args, driver, fuse_items)
+    values = {**saved.values, **values}
     mountpoint = os.path.abspath(args.mountpoint)
     check_mountpoint(mountpoint)
     cache_dir = (args.cache_dir or default_cache_dir(registry.cache_key(source, values))
