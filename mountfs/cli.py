@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import trio
 
 from cache.blocks import DEFAULT_BLOCK_SIZE
-from mountfs import remotes
+from mountfs import mount_helper, remotes
 from mountfs.backends import registry
 from mountfs.errors import ConfigError
 from mountfs.processes import pid_alive
@@ -233,7 +233,7 @@ def spawn_background(args: argparse.Namespace, cache_dir: Path) -> int:
         raise ConfigError(f"cache dir {cache_dir}: {exc.strerror}") from None
     log_file = args.log_file or cache_dir / "mountfs.log"
     read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "mountfs", *sys.argv[1:], "--foreground",
+    argv = [sys.executable, "-m", "mountfs", *args.argv, "--foreground",
             "--cache-dir", str(cache_dir), "--log-file", str(log_file),
             "--ready-fd", str(write_fd)]
     proc = subprocess.Popen(argv, pass_fds=(write_fd,), start_new_session=True,
@@ -402,8 +402,13 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     commands = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
                 "discard": cmd_discard}
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if mount_helper.helper_form(argv, set(mount_helper.subcommands(parser))):
+            return mount_helper.main(argv)  # mount.fuse3 runs `mountfs SOURCE DIR -o OPTS`
+        args = parser.parse_args(argv)
+        args.argv = argv  # what the background process is started with
         handler = getattr(args, "handler", None) or commands[args.command]
         return int(handler(args))
     except ConfigError as exc:
