@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import trio
 
 from cache.blocks import DEFAULT_BLOCK_SIZE
-from mountfs import doctor, mount_helper, remotes
+from mountfs import completion, doctor, mount_helper, remotes
 from mountfs.backends import registry
 from mountfs.errors import ConfigError
 from mountfs.processes import pid_alive
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an upload as `mountfs status` lists it")
     remotes.add_commands(sub)
     doctor.add_command(sub)
+    completion.add_command(sub)
     for driver in registry.drivers():
         if driver.commands is not None:
             driver.commands(sub.add_parser(driver.name, help=f"{driver.name} commands"))
