@@ -77,5 +77,5 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
     parser = build_parser()
     mark(parser)
-    print(shtab.complete(parser, shell=args.shell, preamble=PREAMBLE))
+    print(shtab.complete(parser, shell=args.shell, preamble=PREAMBLE[args.shell]))
     return 0

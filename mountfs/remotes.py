@@ -222,7 +222,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     delete.set_defaults(handler=cmd_delete)
 
 
-def stored(option: registry.Option, value: Any) -> str | bool:
+def stored(value: Any) -> str | bool:
     """A parsed option value as the file keeps it: paths absolute (the remote is used from
     any directory), switches as booleans, the rest as text the option parses back."""
     if isinstance(value, bool):
@@ -253,18 +253,18 @@ def cmd_add(args: argparse.Namespace) -> int:
     remote = Remote(args.name, source)
     for name, value in values.items():
         option = driver.option(name)
-        remote.options[name] = stored(option, value)
-        if option.secret and not Path(remote.options[name]).is_file():  # type: ignore[arg-type]
+        if option.secret and not Path(value).expanduser().is_file():
             raise ConfigError(f"{option.flag(driver.name)} {value}: no such file (it names "
                               f"the file holding the secret, never the secret itself)")
+        remote.options[name] = stored(value)
     for item in args.secret_env:
         name, sep, variable = item.partition("=")
-        option = {o.dest(driver.name): o for o in driver.options}.get(name)
-        if not sep or option is None:
+        by_dest = {o.dest(driver.name): o.name for o in driver.options}
+        if not sep or name not in by_dest:
             raise ConfigError(f"--secret-env {item}: give OPTION=VARIABLE with a secret option "
                               f"of {driver.name} ({secret_names(driver) or 'it has none'})")
-        secret_option(driver, option.name, variable)
-        remote.secret_env[option.name] = variable
+        secret_option(driver, by_dest[name], variable)
+        remote.secret_env[by_dest[name]] = variable
     remotes = load()
     remotes[args.name] = remote
     save(remotes)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import BACKENDS, run_cli
 from kits import Store
 from test_cli import assert_one_line_error
 
@@ -71,6 +71,19 @@ def test_a_store(store: Store, tmp_path: Path) -> None:
     assert probed.returncode == 0, probed.stdout
     assert has(probed, "ok", "write: a file written and deleted")
     assert sorted(p.name for p in store.stored.iterdir()) == ["dir", "large"]
+
+
+@pytest.mark.backends(*BACKENDS)
+def test_every_driver(store: Store) -> None:
+    """Each driver through the registry: reached, its five features said, list allowed."""
+    proc = doctor(store.source, *store.options, env=store.env)
+    assert proc.returncode == 0, proc.stdout
+    assert has(proc, "ok", "reached") and has(proc, "ok", "list:")
+    for feature in ("ranged reads", "server-side copy", "metadata:", "writes:",
+                    "change notifications"):
+        assert sum(feature in line for line in proc.stdout.splitlines()) == 1, feature
+    announced = "ok" if store.kit.name == "amigocloud" else "warning"
+    assert has(proc, announced, "change notifications")
 
 
 @pytest.mark.backends("s3")
