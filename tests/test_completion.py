@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 import mountfs
@@ -76,18 +77,23 @@ def test_bash(shell_env: dict[str, str], tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
 def test_zsh(shell_env: dict[str, str], tmp_path: Path) -> None:
-    """The script loads under compinit (`eval "$(mountfs completion zsh)"` in .zshrc) and
-    registers for mountfs; its remote-name function
-    offers `NAME:` without a space after (compadd stubbed to print what it is given)."""
+    """An interactive zsh in a pseudo-terminal, the script loaded as the README says
+    (`eval "$(mountfs completion zsh)"` after compinit): Tab completes a command, a remote
+    as `NAME:` (no space after: the path may follow) and a remote's name."""
     path = script("zsh", tmp_path)
-    program = f"""
-autoload -U compinit && compinit -u -d {tmp_path}/zcompdump
-eval "$(<{path})" || exit 3
-[[ $_comps[mountfs] == _shtab_mountfs ]] || exit 4
-compadd() {{ print -rl -- "$@" }}
-_mountfs_remotes
-"""
-    proc = subprocess.run(["zsh", "-f", "-c", program], env=shell_env, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0 and proc.stderr == "", (proc.returncode, proc.stderr)
-    assert proc.stdout.splitlines() == ["-S", "", "--", "home:", "work:"]
+    z = pexpect.spawn("zsh", ["-f", "-i"], env={**shell_env, "TERM": "dumb"},
+                      encoding="utf-8", timeout=30)
+    try:
+        z.sendline(f"PS1='ZP> '; autoload -U compinit; compinit -u -d {tmp_path}/zcompdump; "
+                   f"eval \"$(<{path})\"; print LOADED $_comps[mountfs]")
+        z.expect("LOADED _shtab_mountfs")
+        for typed, completed in [("mountfs mo", "mount "), ("mountfs mount wo", "work:"),
+                                 ("mountfs doctor ho", "home:"),
+                                 ("mountfs remote show w", "ork "),
+                                 ("mountfs mount --cache-s", "ize ")]:
+            z.expect("ZP> ")
+            z.send(typed + "\t")
+            z.expect_exact(completed)
+            z.send("\x03")  # abandon the line: a new prompt
+    finally:
+        z.close(force=True)
