@@ -266,6 +266,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         secret_option(driver, by_dest[name], variable)
         remote.secret_env[by_dest[name]] = variable
     remotes = load()
+    if args.name in remotes:  # never replace what may hold hand-made settings silently
+        raise ConfigError(f"remote {args.name} exists: mountfs remote delete {args.name} first")
     remotes[args.name] = remote
     save(remotes)
     print(f"saved remote {args.name}: {source} in {remotes_file()}")

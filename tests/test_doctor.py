@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS, run_cli
+from conftest import BACKENDS, Mount, run_cli
 from kits import Store
 from test_cli import assert_one_line_error
 
@@ -46,6 +46,12 @@ def test_cache_dir_problems(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert has(proc, "warning", "mode 755", "chmod 700")
     assert has(proc, "warning", "less than the cap", "--cache-size")
+
+
+def test_cache_dir_of_a_running_mount(mounted: Mount) -> None:
+    proc = doctor(mounted.source, "--cache-dir", str(mounted.cache))
+    assert proc.returncode == 0
+    assert has(proc, "ok", "mode 700") and has(proc, "warning", "in use by a running mount")
 
 
 @pytest.mark.backends("local", "s3", "dcss")

@@ -44,6 +44,8 @@ def test_add_list_show_delete(config: dict[str, str], tmp_path: Path) -> None:
     assert saved["duck"]["secret_env"] == {"token_file": "WORK_DT_TOKEN"}
     assert "dt2-not-in-the-file" not in path.read_text()
 
+    assert_one_line_error(run_cli("remote", "add", "work", "s3://other", check=False,
+                                  env=config), "exists")
     listed = run_cli("remote", "list", env=config).stdout.splitlines()
     assert listed == ["duck\tdcss:", "work\ts3://bucket/some/prefix"]
     shown = run_cli("remote", "show", "work", env=config).stdout
