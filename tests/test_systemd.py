@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,3 +97,14 @@ def test_abstract_socket_and_no_systemd() -> None:
         assert receive(sock, "STATUS=") == ["STATUS=two words\nREADY=1"]
     with environment({"NOTIFY_SOCKET": ""}):
         assert not notify(READY=1)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_unit_verifies(tmp_path: Path) -> None:
+    """systemd's own check of the template, instantiated as mountfs@work.service."""
+    (tmp_path / UNIT.name).write_text(UNIT.read_text())
+    (tmp_path / "mountfs@work.service").symlink_to(UNIT.name)
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                           str(tmp_path / "mountfs@work.service")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stderr
