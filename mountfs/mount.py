@@ -24,11 +24,11 @@ import trio
 
 from cache.blocks import BlockCache
 from cache.writeback import WritebackQueue
+from mountfs import notify
 from mountfs.attrs import Defaults
 from mountfs.backends.registry import open_source
 from mountfs.changes import follow_changes
 from mountfs.errors import ConfigError
-from mountfs import notify
 from mountfs.namespace import Namespace
 from mountfs.operations import Operations
 from mountfs.status import Status
