@@ -67,7 +67,7 @@ def test_a_store(store: Store, tmp_path: Path) -> None:
     proc = doctor("here:" if store.kit.name == "local" else f"here:{store.bucket}", env=env)
     assert proc.returncode == 0, proc.stdout
     assert has(proc, "ok", "reached") and has(proc, "ok", "list")
-    assert has(proc, "ok", "read:", f"{store.bucket}/large")  # the smallest of the page
+    assert has(proc, "ok", "read:", f"{store.bucket}/large")  # the top's only file
     assert has(proc, "warning", "write: not checked", "--write-probe")
     copies = "warning" if store.kit.name == "dcss" else "ok"
     assert has(proc, copies, "server-side copy")
