@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import trio
 
 from cache.blocks import DEFAULT_BLOCK_SIZE
+from mountfs import completion, doctor, mount_helper, remotes
 from mountfs.backends import registry
 from mountfs.errors import ConfigError
 from mountfs.logs import journal_stream, setup_logging
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("mountpoint")
     d.add_argument("entries", nargs="+", metavar="BUCKET/KEY",
                    help="an upload as `mountfs status` lists it")
+    remotes.add_commands(sub)
+    doctor.add_command(sub)
+    completion.add_command(sub)
     for driver in registry.drivers():
         if driver.commands is not None:
             driver.commands(sub.add_parser(driver.name, help=f"{driver.name} commands"))
@@ -193,10 +197,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     if shutil.which("fusermount3") is None:
         raise ConfigError("fusermount3 not found: install fuse3")
-    driver, _, _ = registry.split_source(args.source)
-    source = registry.canonical_source(args.source)
+    saved = remotes.resolve(args.source)  # a remote's NAME: or NAME:path
+    os.environ.update(saved.environment)  # its secrets, for the driver (and the child)
+    driver, _, _ = registry.split_source(saved.source)
+    source = registry.canonical_source(saved.source)
     fuse_items = [o for opt in args.fuse_options for o in opt.split(",") if o]
     values, fuse_options = driver_values(args, driver, fuse_items)
+    values = {**saved.values, **values}
     mountpoint = os.path.abspath(args.mountpoint)
     check_mountpoint(mountpoint)
     cache_dir = (args.cache_dir or default_cache_dir(registry.cache_key(source, values))
@@ -239,7 +246,7 @@ def spawn_background(args: argparse.Namespace, cache_dir: Path) -> int:
     to_journal = args.log_file is None and journal_stream()
     log_file = args.log_file or cache_dir / "mountfs.log"
     read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "mountfs", *sys.argv[1:], "--foreground",
+    argv = [sys.executable, "-m", "mountfs", *args.argv, "--foreground",
             "--cache-dir", str(cache_dir), "--ready-fd", str(write_fd)]
     if not to_journal:
         argv += ["--log-file", str(log_file)]
@@ -404,8 +411,13 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     commands = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
                 "discard": cmd_discard, "sync": cmd_sync}
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if mount_helper.helper_form(argv, set(mount_helper.subcommands(parser))):
+            return mount_helper.main(argv)  # mount.fuse3 runs `mountfs SOURCE DIR -o OPTS`
+        args = parser.parse_args(argv)
+        args.argv = argv  # what the background process is started with
         handler = getattr(args, "handler", None) or commands[args.command]
         return int(handler(args))
     except ConfigError as exc:

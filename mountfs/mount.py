@@ -24,6 +24,7 @@ import trio
 
 from cache.blocks import BlockCache
 from cache.writeback import WritebackQueue
+from mountfs import notify
 from mountfs.attrs import Defaults
 from mountfs.backends.registry import open_source, split_source
 from mountfs.changes import follow_changes
@@ -103,9 +104,9 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                    Defaults(config.uid, config.gid, config.umask,
                             config.attributes_from_listings), config.metadata_ttl,
                    config.read_only, dir_times_delay=config.writeback_delay)
-    ops = Operations(ns, Status(source.describe(), config.mountpoint, cache, queue,
-                                 backend.transfers, backend.changes_via, source.scope),
-                     config.block_size, config.upload_on_close)
+    status = Status(source.describe(), config.mountpoint, cache, queue, backend.transfers,
+                    backend.changes_via, source.scope)
+    ops = Operations(ns, status, config.block_size, config.upload_on_close)
     target = os.path.realpath(config.mountpoint)  # (once mounted, its lstat would hang)
     if metrics and config.metrics_addr:
         metrics.serve(config.metrics_addr, cache, queue)
@@ -115,7 +116,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         if metrics:
             metrics.close()
         raise ConfigError(f"cannot mount on {config.mountpoint}: {exc}") from None
-    stop = Stop(queue)
+    stop = Stop(queue, status)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(cache.run)
@@ -129,8 +130,10 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             nursery.start_soon(raise_read_ahead, ops.initialized, target)
             nursery.start_soon(follow_changes, ns.table, backend)
             ready()
+            nursery.start_soon(notify.report, status.snapshot)  # under systemd: READY=1
             await pyfuse3.main()
             stop.unmounted = True
+            notify.stopping(status.snapshot())
             if not stop.requested:
                 log.info("unmounted; uploading what is still queued")
             queue.hurry()  # nobody writes any more: no reason to wait out the delay
@@ -156,6 +159,7 @@ class Stop:
     for the next mount (an upload failing for good would otherwise hold the process)."""
 
     queue: WritebackQueue
+    status: Status
     requested: bool = False  # a signal asked to unmount: serve() unmounts on the way out
     unmounted: bool = False  # pyfuse3.main() returned: the kernel has no mount to end
     now: bool = False  # a second signal: no more waiting
@@ -186,6 +190,7 @@ class Stop:
                              "ends at once)")
                 else:
                     log.info("signal: uploading what is queued, then unmounting")
+                    notify.stopping(self.status.snapshot())
                     self.requested = True
                     self.queue.hurry()
                     nursery.start_soon(self._unmount_after_drain)

@@ -81,7 +81,7 @@ class AmigoCloudBackend(Backend):
             why_read_only="the token is a READ token (R:…): give one that may create",
             buckets_editable=not read_only and project_path is None,
             special_files=False, kept_attributes=frozenset(), relative_symlinks=False,
-            whole_reads_up_to=None)
+            whole_reads_up_to=None, server_side_copy=False)
         self._projects: dict[str, dict[str, Any]] = {}  # by bucket name, as last listed
         self._exports: dict[tuple[int, str], Export] = {}  # (dataset id, ext) -> its export
         self._imported: dict[tuple[str, str], ObjectInfo] = {}  # files this mount imported

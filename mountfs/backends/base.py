@@ -78,7 +78,7 @@ class Change:
 @dataclass(frozen=True)
 class Features:
     """What a driver can do, as the mount reads it: each field is read by the namespace, the
-    mount or the write-back queue (and the contract suite skips by it)."""
+    mount, the write-back queue or `mountfs doctor` (and the contract suite skips by it)."""
 
     # False: the mount is read-only (mount.py), and the log says `why_read_only`.
     writable: bool = True
@@ -122,6 +122,10 @@ class Features:
     # the cache streams such an object into its blocks from its start (`stream_object`), once
     # for all its readers, instead of asking a range per block (cache/whole.py).
     whole_reads_up_to: int | None = 0
+    # copy_object copies on the service; False: the bytes go through mountfs (DCSS) or it
+    # copies nothing (AmigoCloud). Said by `mountfs doctor`: renames and copies cost a
+    # download and an upload.
+    server_side_copy: bool = True
 
     def keeps(self, attribute: str) -> bool:
         return self.kept_attributes is None or attribute in self.kept_attributes

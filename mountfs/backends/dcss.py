@@ -72,7 +72,7 @@ class DcssBackend(Backend):
                  bucket_prefix: str = "") -> None:
         self.token = token
         self.features = Features(
-            buckets_editable=False, writable=token is not None,
+            buckets_editable=False, writable=token is not None, server_side_copy=False,
             # S3's limit, less the `<uid>/` before every key of the user space
             max_key_length=S3_MAX_KEY - len(f"{token.uid}/" if token else ""),
             why_read_only=f"anonymous: writes need a Duckietown token (--token-file FILE, or "
