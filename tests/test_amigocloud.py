@@ -24,6 +24,8 @@ import requests
 
 from conftest import Mount, Mounter, run_cli
 from servers.amigocloud import AmigoCloudService, amigocloud_service
+from servers.faults import LoseReplies
+from servers.s3 import free_port
 
 TTL = "1"  # --metadata-ttl: a new dataset shows within a second of its import
 
@@ -35,14 +37,16 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AmigoCloudServ
 
 
 def mount(mounter: Mounter, service: AmigoCloudService, token: str, *options: str,
-          source: str = "amigocloud:", name: str = "mnt") -> Mount:
+          source: str = "amigocloud:", name: str = "mnt", url: str | None = None) -> Mount:
+    """A mount of `service` (through `url`, a proxy, if given); the same `name` again (after
+    an unmount) mounts on the same cache."""
     path, cache = mounter.tmp / name, mounter.tmp / f"cache-{name}"
     path.mkdir(exist_ok=True)
     m = Mount(source, path, cache, path, options=list(options))
     mounter.mounts.append(m)
     run_cli("mount", source, str(path), "--cache-dir", str(cache), "-v",
             "--writeback-delay", "0.1", "--metadata-ttl", TTL,
-            "--amigocloud-url", service.url, *options, env={"AMIGOCLOUD_TOKEN": token})
+            "--amigocloud-url", url or service.url, *options, env={"AMIGOCLOUD_TOKEN": token})
     m.pid = m.served_status()["pid"]
     return m
 
@@ -109,8 +113,73 @@ def test_import_by_copy(mounter: Mounter, service: AmigoCloudService, tmp_path: 
     wait_for("the new dataset", lambda: (datasets / "stations.geojson").exists())
     doc = json.loads((datasets / "stations.geojson").read_text())
     assert doc["features"][0]["properties"]["name"] == "central"
-    assert os.listdir(m.path / "Parks" / "uploads") == ["stations.geojson"]
     assert "import Parks/uploads/stations.geojson: imported as dataset stations" in log_of(m)
+
+
+def test_imported_files_leave_uploads(mounter: Mounter, service: AmigoCloudService,
+                                      tmp_path: Path) -> None:
+    """uploads/ holds what is still to import: an imported file is readable while listed
+    (never EIO, though the cache is too small to keep it), leaves uploads/ on its dataset's
+    event, well before the metadata TTL, and stays gone after a remount; its dataset stays."""
+    options = ("--metadata-ttl", "60", "--cache-size", "1K")
+    m = mount(mounter, service, service.token, *options, name="outbox")
+    wait_for("the event channel", lambda: m.status()["changes"] == "events")
+    data = b"name,longitude,latitude\n" + b"north,4.9,52.4\n" * 100
+    uploads, datasets = m.path / "Survey" / "uploads", m.path / "Survey" / "datasets"
+    (uploads / "outbox.csv").write_bytes(data)
+    started, reads = time.monotonic(), 0
+    while "outbox.csv" in os.listdir(uploads):
+        assert time.monotonic() - started < 20, "still in uploads/"
+        try:
+            assert (uploads / "outbox.csv").read_bytes() == data
+            reads += 1
+        except FileNotFoundError:  # it left between the listing and the open
+            pass
+        time.sleep(0.05)
+    assert reads and "outbox.csv" in os.listdir(datasets)
+    assert "Parks/uploads/outbox.csv: imported" not in log_of(m)
+    assert "Survey/uploads/outbox.csv: imported as dataset outbox" in log_of(m)
+    mounter.umount(m)
+    m = mount(mounter, service, service.token, *options, name="outbox")
+    assert os.listdir(uploads) == [] and "outbox.geojson" in os.listdir(datasets)
+    mounter.umount(m)
+
+
+def datasets_named(service: AmigoCloudService, project: int, name: str) -> list[dict]:
+    return [d for d in api(service, f"users/1/projects/{project}/datasets?limit=1000")
+            ["results"] if d["name"] == name]
+
+
+@pytest.mark.parametrize("rows, lost", [(10, r"/datasets/upload$"),
+                                        (300_000, r"/chunked_upload/complete$")])
+def test_import_once_though_its_reply_was_lost(mounter: Mounter, tmp_path: Path, rows: int,
+                                               lost: str) -> None:
+    """The request that starts the import (a simple upload; a chunked upload's `complete`)
+    takes effect but its reply is lost: the retry finds the job it started, and one dataset
+    is made, not two."""
+    port = free_port()
+    with amigocloud_service(tmp_path, job_delay=0.3, public_url=f"http://127.0.0.1:{port}") \
+            as service:
+        proxy = LoseReplies(service.url, "POST", lost, port=port).start()
+        try:
+            m = mount(mounter, service, service.token, url=proxy.url)
+            local = tmp_path / "once.csv"
+            with open(local, "w") as f:
+                f.write("name,longitude,latitude\n")
+                f.writelines(f"point-number-{i:07d},{i % 180}.5,{i % 90}.25\n"
+                             for i in range(rows))
+            shutil.copy(local, m.path / "Parks" / "uploads")
+            wait_for("the new dataset", lambda: datasets_named(service, 1, "once"),
+                     timeout=60)
+            wait_for("the import's end", lambda: not m.status()["queue"], timeout=60)
+            time.sleep(1)  # a second import, had one been started, would have ended by now
+            assert proxy.lost == 1
+            assert len(datasets_named(service, 1, "once")) == 1
+            assert "before its reply was lost" in log_of(m)
+            assert os.listdir(m.path / "Parks" / "datasets").count("once.csv") == 1
+            mounter.umount(m)
+        finally:
+            proxy.stop()
 
 
 def test_chunked_import(mounter: Mounter, service: AmigoCloudService, tmp_path: Path) -> None:

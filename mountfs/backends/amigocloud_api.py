@@ -56,31 +56,42 @@ class AmigoApi:
                                    retry_after(reply.headers.get("Retry-After"))))
         return reply
 
-    async def call(self, method: str, target: str, what: str,
-                   query: dict[str, Any] | None = None, body: Any = None,
-                   fields: dict[str, Any] | None = None,
-                   headers: dict[str, str] | None = None) -> Any:
-        """A request under the retry policy, `body` as JSON or `fields` as a multipart form
-        (a file is a (name, bytes) tuple); its reply's JSON (None when it has none)."""
+    async def request(self, method: str, target: str, what: str,
+                      query: dict[str, Any] | None = None, body: Any = None,
+                      fields: dict[str, Any] | None = None,
+                      headers: dict[str, str] | None = None) -> Any:
+        """One try of a request, `body` as JSON or `fields` as a multipart form (a file is a
+        (name, bytes) tuple); its reply's JSON (None when it has none)."""
         sent = dict(headers or {})
         data: bytes | None = None
         if body is not None:
             data, sent["Content-Type"] = json.dumps(body).encode(), "application/json"
         elif fields is not None:
             data, sent["Content-Type"] = urllib3.encode_multipart_formdata(fields)
-        url = self.url(target, query)
-        reply = await self.backend.retried(what, lambda: self.once(method, url, what, data, sent))
+        reply = await self.once(method, self.url(target, query), what, data, sent)
         return json.loads(reply.data) if reply.data.strip() else None
 
-    async def pages(self, target: str, what: str) -> list[dict[str, Any]]:
-        """Every item of a DRF list, its `next` links followed."""
-        items: list[dict[str, Any]] = []
+    async def call(self, method: str, target: str, what: str,
+                   query: dict[str, Any] | None = None, body: Any = None,
+                   fields: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> Any:
+        """`request` under the retry policy."""
+        return await self.backend.retried(what, lambda: self.request(
+            method, target, what, query, body, fields, headers))
+
+    async def items(self, target: str, what: str) -> AsyncIterator[dict[str, Any]]:
+        """The items of a DRF list in its order, its `next` links followed as they are
+        needed."""
         link: str | None = target
         while link:
             page = await self.call("GET", link, what)
-            items += page.get("results") or []
+            for item in page.get("results") or []:
+                yield item
             link = page.get("next")
-        return items
+
+    async def pages(self, target: str, what: str) -> list[dict[str, Any]]:
+        """Every item of a DRF list."""
+        return [item async for item in self.items(target, what)]
 
     async def job(self, job_id: str, what: str, transfer: Transfer | None = None
                   ) -> dict[str, Any]:

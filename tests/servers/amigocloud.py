@@ -24,7 +24,9 @@ What it owns:
   Each answers `{"job"}`; the job walks PENDING, STARTED and ends SUCCESS (`extra.dataset_ids`,
   `extra.dataset_names`) with a new dataset named after the file, or FAILURE (`extra.error`) when
   the file is no GeoJSON FeatureCollection nor a CSV with a header;
-- jobs at `/api/v1/me/jobs/JOB` (`{"id","status","extra","url"}`);
+- jobs at `/api/v1/me/jobs/JOB` (`{"id","status","extra","url","project_id","created"}`, an
+  import's `extra.filename` from its start), and their list at `/api/v1/me/jobs`, newest first
+  (a project token sees its project's);
 - the event channel: socket.io at `/v2_socket.io/socket.io/` speaking Engine.IO v3 (python-
   socketio 4.x; what socketIO-client 0.7.2, the official client's, speaks), namespace
   `/amigosocket`. `GET me/start_websocket_session` hands out a session; the event
@@ -37,7 +39,8 @@ What it owns:
 Decisions where the real service is not known: the token prefixes (`A:` for a user's full
 token), the job's `extra.error` on FAILURE, the export link's path, the CSV export's columns
 (`WKT` first, then the properties, as ogr2ogr's GEOMETRY=AS_WKT writes them), the events'
-payloads beyond the help page's (`dataset_id`), a session good for one authentication.
+payloads beyond the help page's (`dataset_id`), a session good for one authentication, the
+list of jobs and a job's `project_id` and `created`.
 
 `python -m tests.servers.amigocloud --port N` runs it for a person and prints the URL, tokens and
 the mount command; `AmigoCloudService` runs it as a subprocess for fixtures.
@@ -133,6 +136,7 @@ class Job:
     project: int | None
     status: str = "PENDING"
     extra: dict[str, Any] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -225,8 +229,8 @@ class AmigoCloud:
             own = f"{API}/users/{token.user}/projects/{token.project}"
             job = self.jobs.get(path.rsplit("/", 1)[-1]) if path.startswith(f"{API}/me/jobs/") \
                 else None
-            if not (path == own or path.startswith(own + "/")) and \
-                    (job is None or job.project != token.project):
+            if not (path == own or path.startswith(own + "/") or path == f"{API}/me/jobs") \
+                    and (job is None or job.project != token.project):
                 raise ApiError(403, "This project token is not valid for this resource.")
         writes = method not in ("GET", "HEAD") and not path.endswith("/export")
         if writes and token.kind == "R":
@@ -268,14 +272,17 @@ class AmigoCloud:
 
     def job_json(self, job: Job) -> dict[str, Any]:
         return {"id": job.id, "status": job.status, "extra": job.extra,
+                "project_id": job.project, "created": iso(job.created),
                 "url": f"{self.url}{API}/me/jobs/{job.id}"}
 
     # ---- jobs ------------------------------------------------------------------------------
 
-    def start_job(self, token: Token, project: int | None, work: Any) -> Job:
+    def start_job(self, token: Token, project: int | None, work: Any,
+                  extra: dict[str, Any]) -> Job:
         """A job PENDING, STARTED after the delay, and done after another: `work()` gives its
-        extra (SUCCESS) or raises ApiError (FAILURE, its detail as extra.error)."""
-        job = Job(secrets.token_hex(8), token.user, project)
+        extra (SUCCESS) or raises ApiError (FAILURE, its detail as extra.error); `extra`
+        until then, and kept under either."""
+        job = Job(secrets.token_hex(8), token.user, project, extra=dict(extra))
         self.jobs[job.id] = job
 
         def run() -> None:
@@ -285,9 +292,9 @@ class AmigoCloud:
             time.sleep(self.job_delay)
             with self.lock:
                 try:
-                    job.extra, job.status = work(), "SUCCESS"
+                    job.extra, job.status = {**extra, **work()}, "SUCCESS"
                 except ApiError as exc:
-                    job.extra, job.status = {"error": exc.detail}, "FAILURE"
+                    job.extra, job.status = {**extra, "error": exc.detail}, "FAILURE"
 
         threading.Thread(target=run, daemon=True).start()
         return job
@@ -300,20 +307,19 @@ class AmigoCloud:
         def work() -> dict[str, Any]:
             key = secrets.token_urlsafe(12)
             self.exports[key] = (f"{d.name}.{ext}", mime, render(d.features, fmt, d.name))
-            return {"link": f"{self.url}/exports/{key}/{urllib.parse.quote(d.name)}.{ext}",
-                    "format": fmt, "dataset_id": d.id}
+            return {"link": f"{self.url}/exports/{key}/{urllib.parse.quote(d.name)}.{ext}"}
 
-        return self.start_job(token, d.project, work)
+        return self.start_job(token, d.project, work, {"format": fmt, "dataset_id": d.id})
 
     def import_(self, token: Token, project: Project, name: str, data: bytes) -> Job:
         def import_work() -> dict[str, Any]:
             features = parse(name, data)
             stem = name.rsplit(".", 1)[0] if "." in name else name
             dataset = self.add_dataset(project.id, stem, features, job.id)
-            return {"dataset_ids": [dataset.id], "dataset_names": [dataset.name],
-                    "filename": name}
+            return {"dataset_ids": [dataset.id], "dataset_names": [dataset.name]}
 
-        job = self.start_job(token, project.id, import_work)  # (runs after the delay)
+        job = self.start_job(token, project.id, import_work,  # (runs after the delay)
+                             {"filename": name})
         self.emit(token.user, "project:process_file_started",
                   {"project_id": project.id, "filename": name, "job": job.id})
         return job
@@ -542,6 +548,14 @@ def create_app(ac: AmigoCloud) -> Flask:
         name = str(body.get("filename") or up.name)
         return jsonify({"job": ac.import_(token, p, name, bytes(up.data)).id})
 
+    @app.get(f"{API}/me/jobs")
+    def jobs() -> Response:
+        token = auth()
+        mine = sorted((j for j in ac.jobs.values() if j.user == token.user and
+                       (token.project is None or j.project == token.project)),
+                      key=lambda j: j.created, reverse=True)
+        return jsonify(page([ac.job_json(j) for j in mine]))
+
     @app.get(f"{API}/me/jobs/<job_id>")
     def job(job_id: str) -> Response:
         token = auth()
@@ -584,6 +598,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=18557)
     parser.add_argument("--job-delay", type=float, default=0.3, metavar="SECONDS",
                         help="time a job stays PENDING, and then STARTED")
+    parser.add_argument("--public-url", metavar="URL",
+                        help="the URL its replies' links name, when a proxy is in front")
     parser.add_argument("--tokens", help="a JSON file {token: [kind, user, project]} "
                                          "(default: made up and printed)")
     return parser.parse_args(argv)
@@ -606,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    url = f"http://127.0.0.1:{args.port}"
+    url = args.public_url or f"http://127.0.0.1:{args.port}"
     if args.tokens:
         with open(args.tokens) as f:
             tokens = {k: Token(*v) for k, v in json.load(f).items()}
@@ -625,12 +641,14 @@ def main(argv: list[str] | None = None) -> int:
 
 class AmigoCloudService:
     """The service as a subprocess. `read_token`, `token` (alice's full token), `project_token`
-    (of `project_url`, alice's first project) and `other_token` (bob's full token)."""
+    (of `project_url`, alice's first project) and `other_token` (bob's full token); with
+    `public_url` (a proxy in front of it) its replies' links name that URL."""
 
-    def __init__(self, tmp: Any, *, port: int | None = None, job_delay: float = 0.2) -> None:
+    def __init__(self, tmp: Any, *, port: int | None = None, job_delay: float = 0.2,
+                 public_url: str | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.job_delay = job_delay
+        self.job_delay, self.public_url = job_delay, public_url
         self.read_token = f"R:{secrets.token_urlsafe(24)}"
         self.token = f"A:{secrets.token_urlsafe(24)}"
         self.project_token = f"C:{secrets.token_urlsafe(24)}"
@@ -645,7 +663,8 @@ class AmigoCloudService:
     def start(self, timeout: float = 30) -> AmigoCloudService:
         self.proc = start_server(
             [sys.executable, "-m", "tests.servers.amigocloud", "--port", str(self.port),
-             "--job-delay", str(self.job_delay), "--tokens", str(self.tokens_file)],
+             "--job-delay", str(self.job_delay), "--tokens", str(self.tokens_file)]
+            + (["--public-url", self.public_url] if self.public_url else []),
             self.url + f"{API}/me", "the AmigoCloud service", timeout, cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL)
         return self
