@@ -237,9 +237,9 @@ def test_edit_projects_and_datasets(mounter: Mounter, service: AmigoCloudService
     m = mount(mounter, service, service.token)
     os.mkdir(m.path / "Field work")
     assert "Field work" in [p["name"] for p in api(service, "me/projects")["results"]]
-    # Made here, it was empty: its two folders show once the listing is read again.
-    wait_for("its folders", lambda: sorted(os.listdir(m.path / "Field work")) ==
-             ["datasets", "uploads"])
+    # Its two folders show at once (the metadata TTL is a second: well before it).
+    assert sorted(os.listdir(m.path / "Field work")) == ["datasets", "uploads"]
+    assert os.listdir(m.path / "Field work" / "datasets") == []
     assert oserror((m.path / "Parks" / "datasets" / "mine.csv").write_text, "x") == errno.EPERM
     assert oserror(os.mkdir, m.path / "Parks" / "other") == errno.EPERM
     assert oserror(os.rmdir, m.path / "Field work") in (errno.EPERM, errno.ENOTEMPTY)
