@@ -313,6 +313,42 @@ def test_changes_elsewhere_show_by_events(mounter: Mounter, service: AmigoCloudS
     mounter.umount(m)
 
 
+def test_changed_dataset_reread_by_events(mounter: Mounter, service: AmigoCloudService,
+                                          tmp_path: Path) -> None:
+    """A dataset overwritten through the official client (its id kept, so the file is the
+    same inode): the event makes the kernel forget the file's attributes and pages, so `stat`
+    and a read show the new export within seconds, though the metadata TTL is a minute."""
+    official = pytest.importorskip("amigocloud")
+    client = official.AmigoCloud(token=service.token, base_url=service.url,
+                                 use_websockets=False)
+    local = tmp_path / "changing.csv"
+    local.write_text("name,longitude,latitude\nfar,10,20\n")
+    client.upload_datafile(1, 1, str(local))
+    m = mount(mounter, service, service.token, "--metadata-ttl", "60", name="changing")
+    wait_for("the event channel", lambda: m.status()["changes"] == "events")
+    path = m.path / "Parks" / "datasets" / "changing.geojson"
+    wait_for("the dataset", path.exists)
+    with open(path) as f:
+        assert len(json.load(f)["features"]) == 1
+    old = wait_for("the export's size", lambda: path.stat())
+    local.write_text("name,longitude,latitude\n" + "far,10,20\n" * 5)
+    client.upload_file("users/1/projects/1/datasets/upload", None, str(local),
+                       extra_data={"dataset_write_action": "overwrite"})
+    started = time.monotonic()
+
+    def reread() -> bool:
+        with open(path) as f:
+            try:
+                return len(json.load(f)["features"]) == 5
+            except ValueError:  # cut at the old size: the kernel's attributes were stale
+                return False
+    wait_for("the new content", reread, timeout=20)
+    assert time.monotonic() - started < 10  # well before the TTL
+    new = path.stat()
+    assert new.st_ino == old.st_ino and new.st_size == len(path.read_bytes()) > old.st_size
+    mounter.umount(m)
+
+
 def test_changes_elsewhere_show_by_polling(mounter: Mounter,
                                            service: AmigoCloudService) -> None:
     """A project token may not open the event channel: the projects are polled instead."""

@@ -22,8 +22,10 @@ What it owns:
   chunk answers `upload_id`, the next ones send it as a form field and must start where the
   last ended) then `chunked_upload/complete` (JSON `{"upload_id","md5"}`: a wrong MD5 is 400).
   Each answers `{"job"}`; the job walks PENDING, STARTED and ends SUCCESS (`extra.dataset_ids`,
-  `extra.dataset_names`) with a new dataset named after the file, or FAILURE (`extra.error`) when
-  the file is no GeoJSON FeatureCollection nor a CSV with a header;
+  `extra.dataset_names`) with a new dataset named after the file (with the form field
+  `dataset_write_action=overwrite`: the project's dataset of that name, its features replaced),
+  or FAILURE (`extra.error`) when the file is no GeoJSON FeatureCollection nor a CSV with a
+  header;
 - jobs at `/api/v1/me/jobs/JOB` (`{"id","status","extra","url","project_id","created"}`, an
   import's `extra.filename` from its start), and their list at `/api/v1/me/jobs`, newest first
   (a project token sees its project's);
@@ -40,7 +42,7 @@ Decisions where the real service is not known: the token prefixes (`A:` for a us
 token), the job's `extra.error` on FAILURE, the export link's path, the CSV export's columns
 (`WKT` first, then the properties, as ogr2ogr's GEOMETRY=AS_WKT writes them), the events'
 payloads beyond the help page's (`dataset_id`), a session good for one authentication, the
-list of jobs and a job's `project_id` and `created`.
+list of jobs and a job's `project_id` and `created`, what `overwrite` overwrites.
 
 `python -m tests.servers.amigocloud --port N` runs it for a person and prints the URL, tokens and
 the mount command; `AmigoCloudService` runs it as a subprocess for fixtures.
@@ -311,11 +313,21 @@ class AmigoCloud:
 
         return self.start_job(token, d.project, work, {"format": fmt, "dataset_id": d.id})
 
-    def import_(self, token: Token, project: Project, name: str, data: bytes) -> Job:
+    def import_(self, token: Token, project: Project, name: str, data: bytes,
+                action: str | None = None) -> Job:
+        """An import job; with `action` "overwrite", the features of the project's dataset of
+        the file's name are replaced (its id kept), if it has one."""
         def import_work() -> dict[str, Any]:
             features = parse(name, data)
             stem = name.rsplit(".", 1)[0] if "." in name else name
-            dataset = self.add_dataset(project.id, stem, features, job.id)
+            same = [d for d in self.datasets.values()
+                    if d.project == project.id and d.name == stem]
+            if action == "overwrite" and same:
+                dataset = same[0]
+                dataset.features, dataset.modified = features, time.time()
+                self.touch(project)
+            else:
+                dataset = self.add_dataset(project.id, stem, features, job.id)
             return {"dataset_ids": [dataset.id], "dataset_names": [dataset.name]}
 
         job = self.start_job(token, project.id, import_work,  # (runs after the delay)
@@ -497,7 +509,8 @@ def create_app(ac: AmigoCloud) -> Flask:
         data = file.read()
         if len(data) >= MAX_SIZE_SIMPLE_UPLOAD:
             raise ApiError(413, "File too large for a simple upload: use chunked_upload.")
-        return jsonify({"job": ac.import_(token, p, file.filename or "datafile", data).id})
+        return jsonify({"job": ac.import_(token, p, file.filename or "datafile", data,
+                                          request.form.get("dataset_write_action")).id})
 
     @app.post(f"{API}/users/<int:uid>/projects/<int:pid>/datasets/chunked_upload")
     def chunked_upload(uid: int, pid: int) -> Response:
@@ -546,7 +559,8 @@ def create_app(ac: AmigoCloud) -> Flask:
             raise ApiError(400, "md5 does not match the uploaded data.")
         del ac.uploads[str(body["upload_id"])]
         name = str(body.get("filename") or up.name)
-        return jsonify({"job": ac.import_(token, p, name, bytes(up.data)).id})
+        return jsonify({"job": ac.import_(token, p, name, bytes(up.data),
+                                          body.get("dataset_write_action")).id})
 
     @app.get(f"{API}/me/jobs")
     def jobs() -> Response:
