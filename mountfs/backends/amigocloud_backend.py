@@ -13,19 +13,20 @@ project token's mount shows its one project. In a project:
   entry would cost `ls -l` a job per file): such entries show size 0 and are marked
   `sized=False`, so that opening one asks for its size first; an export made before shows its
   size. Deleting any of a dataset's files deletes the dataset (EACCES if the token may not).
-- `uploads/NAME`: a file written there is imported when the write-back queue uploads it:
-  a simple upload under 8,000,000 bytes, else a chunked one (Content-Range, then the MD5 at
-  `complete`), then the import job is followed; its phases show in `mountfs status`. On
-  SUCCESS the new dataset is logged and the file stays listed (what this mount imported); on
-  FAILURE the service's error is raised as a permanent failure, so the queue keeps the file
-  and shows it as failed. The service keeps no copy of the file itself.
+- `uploads/NAME`, an outbox: a file written there is imported when the write-back queue
+  uploads it (amigocloud_imports.py: simple or chunked upload, the job started once, then
+  followed; its phases show in `mountfs status`). On SUCCESS the new dataset is logged and the
+  file leaves uploads/ (the service keeps no copy): nothing lists it, and the listing is set
+  aside by the dataset's event (which waits until the import is settled here, as the event
+  may come first) or the next poll; the cache serves it until then. On FAILURE the service's
+  error is raised as a permanent failure, so the queue keeps the file and shows it as failed.
 
 Changes made elsewhere (`changes`): the event channel (amigocloud_events.py) with a user
-token; a dataset or project event sets aside the project's `datasets/` listing, a project's
+token; a dataset or project event sets aside the project's `datasets/` and `uploads/`, a project's
 creation, deletion or metadata the list of projects. While the channel is down (and always
 with a project token, which may not open it) the projects are polled every POLL_INTERVAL s:
 a project whose `last_modified` moved (the service moves it when its datasets change) has its
-`datasets/` listing set aside; the channel is tried again every EVENTS_RETRY s.
+`datasets/` and `uploads/` listings set aside; the channel is tried again every EVENTS_RETRY s.
 
 Nothing else can be written (EPERM at once, `check_key`); mkdir at the root creates a
 project; projects are never deleted (no token may).
