@@ -46,8 +46,8 @@ class Status:
             "lost": sum(e["state"] == "lost" for e in entries),
             "uploaded": self.queue.uploaded_count,
             "transfers": self.transfers()[:MAX_LISTED],
-            # how changes made elsewhere reach the listings: "events", "polling", or "" (the
-            # metadata TTL alone)
+            # how changes made elsewhere reach the listings: "events over websocket" (the
+            # transport named), "polling", or "" (the metadata TTL alone)
             "changes": self.changes_via(),
             "cache": {
                 "dir": str(c.dir), "used": c.used, "cap": c.cap, "dirty": c.dirty_bytes(),

@@ -123,7 +123,7 @@ def test_imported_files_leave_uploads(mounter: Mounter, service: AmigoCloudServi
     event, well before the metadata TTL, and stays gone after a remount; its dataset stays."""
     options = ("--metadata-ttl", "60", "--cache-size", "1K")
     m = mount(mounter, service, service.token, *options, name="outbox")
-    wait_for("the event channel", lambda: m.status()["changes"] == "events")
+    wait_for("the event channel", lambda: m.status()["changes"] == "events over websocket")
     data = b"name,longitude,latitude\n" + b"north,4.9,52.4\n" * 100
     uploads, datasets = m.path / "Survey" / "uploads", m.path / "Survey" / "datasets"
     (uploads / "outbox.csv").write_bytes(data)
@@ -301,7 +301,7 @@ def test_changes_elsewhere_show_by_events(mounter: Mounter, service: AmigoCloudS
     m = mount(mounter, service, service.token, "--metadata-ttl", "60", name="events")
     datasets = m.path / "Parks" / "datasets"
     assert "faraway.csv" not in os.listdir(datasets)
-    wait_for("the event channel", lambda: m.status()["changes"] == "events")
+    wait_for("the event channel", lambda: m.status()["changes"] == "events over websocket")
     (tmp_path / "faraway.csv").write_text("name,longitude,latitude\nfar,10,20\n")
     official.AmigoCloud(token=service.token, base_url=service.url, use_websockets=False) \
         .upload_datafile(1, 1, str(tmp_path / "faraway.csv"))
@@ -309,7 +309,8 @@ def test_changes_elsewhere_show_by_events(mounter: Mounter, service: AmigoCloudS
     wait_for("the dataset made elsewhere", lambda: "faraway.csv" in os.listdir(datasets),
              timeout=20)
     assert time.monotonic() - started < 10  # well before the TTL
-    assert "changes made elsewhere: by events" in run_cli("status", str(m.path)).stdout
+    assert "changes made elsewhere: by events over websocket" in \
+        run_cli("status", str(m.path)).stdout
     mounter.umount(m)
 
 
@@ -325,7 +326,7 @@ def test_changed_dataset_reread_by_events(mounter: Mounter, service: AmigoCloudS
     local.write_text("name,longitude,latitude\nfar,10,20\n")
     client.upload_datafile(1, 1, str(local))
     m = mount(mounter, service, service.token, "--metadata-ttl", "60", name="changing")
-    wait_for("the event channel", lambda: m.status()["changes"] == "events")
+    wait_for("the event channel", lambda: m.status()["changes"] == "events over websocket")
     path = m.path / "Parks" / "datasets" / "changing.geojson"
     wait_for("the dataset", path.exists)
     with open(path) as f:

@@ -87,7 +87,8 @@ class AmigoCloudBackend(Backend):
         self.progress = Transfers()
         self.importer = Importer(self.api, self.progress)
         self._imported: set[str] = set()  # projects imported into since the last poll
-        self._via = ""  # how changes are learnt now: "events" or "polling"
+        # How changes are learnt now: "events over websocket" (or "over polling"), "polling".
+        self._via = ""
         self._stamps: dict[str, str] | None = None  # each project's last_modified, polled
 
     def describe(self) -> str:
@@ -298,9 +299,9 @@ class AmigoCloudBackend(Backend):
         session = await self.api.call("GET", "/me/start_websocket_session",
                                       "start an event session")
 
-        def opened() -> None:
-            self._via = "events"
-            log.info("following AmigoCloud's events")
+        def opened(transport: str) -> None:
+            self._via = f"events over {transport}"
+            log.info("following AmigoCloud's events over %s", transport)
         return channel.listen(int(me["id"]), str(session["websocket_session"]), opened)
 
     async def _changes_of(self, name: str, data: Any) -> list[Change]:

@@ -35,8 +35,9 @@ What it owns:
   `authenticate` `{"userid","websocket_session"}` with it joins the user's room, which then
   receives `project:creation_succeeded` and `project:metadata_updated` `{user_id, project_id}`,
   `dataset:creation_succeeded` `{user_id, project_id, dataset_id, job}` and `dataset:deleted`.
-  Threading mode: long-polling only (no websocket upgrade is offered; the client stays on
-  polling, as it does when a server offers none).
+  It offers the upgrade to websocket, as the real one does for socketIO-client (the service
+  runs on gevent's WSGI server with gevent-websocket, the server python-engineio 3.x needs for
+  websockets; jobs run in greenlets).
 
 Decisions where the real service is not known: the token prefixes (`A:` for a user's full
 token), the job's `extra.error` on FAILURE, the export link's path, the CSV export's columns
@@ -48,6 +49,10 @@ list of jobs and a job's `project_id` and `created`, what `overwrite` overwrites
 the mount command; `AmigoCloudService` runs it as a subprocess for fixtures.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as the service: on gevent's server, which speaks websocket
+    from gevent import monkey
+    monkey.patch_all()
 
 import argparse
 import contextlib
@@ -69,8 +74,9 @@ from typing import Any
 
 import socketio
 from flask import Flask, Response, jsonify, request
+from gevent import pywsgi
+from geventwebsocket.handler import WebSocketHandler
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
 
 from .dcss import REPO_ROOT
 from .s3 import free_port, running, start_server, stop_process
@@ -154,11 +160,11 @@ def iso(t: float) -> str:
 
 
 class AmigoCloud:
-    """The service's state; every method runs under one lock (Flask is threaded)."""
+    """The service's state; every method runs under one lock (requests and jobs run at once)."""
 
     def __init__(self, url: str, tokens: dict[str, Token], job_delay: float) -> None:
         self.url, self.tokens, self.job_delay = url, tokens, job_delay
-        self.events = socketio.Server(async_mode="threading")
+        self.events = socketio.Server(async_mode="gevent")
         self.sessions: dict[str, int] = {}  # websocket session -> its user, until used
         self.lock = threading.RLock()
         self.ids = itertools.count(1)
@@ -645,11 +651,12 @@ def main(argv: list[str] | None = None) -> int:
     ac = AmigoCloud(url, tokens, args.job_delay)
     # The REST API and, under SOCKET_PATH, the event channel, on one port.
     app = socketio.WSGIApp(ac.events, create_app(ac), socketio_path=SOCKET_PATH)
-    server = make_server("127.0.0.1", args.port, app, threaded=True)
+    server = pywsgi.WSGIServer(("127.0.0.1", args.port), app, handler_class=WebSocketHandler,
+                               log=None)
     print(describe(url, tokens), flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    server.server_close()
+    server.stop()
     return 0
 
 
