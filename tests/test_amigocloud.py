@@ -350,6 +350,22 @@ def test_changed_dataset_reread_by_events(mounter: Mounter, service: AmigoCloudS
     mounter.umount(m)
 
 
+def test_events_over_long_polling(mounter: Mounter, tmp_path: Path) -> None:
+    """A service that offers no websocket: the event channel stays on long-polling, and
+    `mountfs status` says so; its events still show a change at once."""
+    with amigocloud_service(tmp_path, job_delay=0.1, websocket=False) as service:
+        m = mount(mounter, service, service.token, "--metadata-ttl", "60")
+        datasets = m.path / "Parks" / "datasets"
+        assert "polled.csv" not in os.listdir(datasets)
+        wait_for("the event channel", lambda: m.status()["changes"] == "events over polling")
+        import_elsewhere(service, "longpolled.csv")
+        started = time.monotonic()
+        wait_for("the dataset made elsewhere", lambda: "longpolled.csv" in os.listdir(datasets),
+                 timeout=20)
+        assert time.monotonic() - started < 10
+        mounter.umount(m)
+
+
 def test_changes_elsewhere_show_by_polling(mounter: Mounter,
                                            service: AmigoCloudService) -> None:
     """A project token may not open the event channel: the projects are polled instead."""

@@ -37,7 +37,7 @@ What it owns:
   `dataset:creation_succeeded` `{user_id, project_id, dataset_id, job}` and `dataset:deleted`.
   It offers the upgrade to websocket, as the real one does for socketIO-client (the service
   runs on gevent's WSGI server with gevent-websocket, the server python-engineio 3.x needs for
-  websockets; jobs run in greenlets).
+  websockets; jobs run in greenlets); `--no-websocket` offers none.
 
 Decisions where the real service is not known: the token prefixes (`A:` for a user's full
 token), the job's `extra.error` on FAILURE, the export link's path, the CSV export's columns
@@ -162,9 +162,10 @@ def iso(t: float) -> str:
 class AmigoCloud:
     """The service's state; every method runs under one lock (requests and jobs run at once)."""
 
-    def __init__(self, url: str, tokens: dict[str, Token], job_delay: float) -> None:
+    def __init__(self, url: str, tokens: dict[str, Token], job_delay: float,
+                 websocket: bool = True) -> None:
         self.url, self.tokens, self.job_delay = url, tokens, job_delay
-        self.events = socketio.Server(async_mode="gevent")
+        self.events = socketio.Server(async_mode="gevent", allow_upgrades=websocket)
         self.sessions: dict[str, int] = {}  # websocket session -> its user, until used
         self.lock = threading.RLock()
         self.ids = itertools.count(1)
@@ -618,6 +619,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=18557)
     parser.add_argument("--job-delay", type=float, default=0.3, metavar="SECONDS",
                         help="time a job stays PENDING, and then STARTED")
+    parser.add_argument("--no-websocket", action="store_true",
+                        help="offer the event channel's clients no upgrade to websocket")
     parser.add_argument("--public-url", metavar="URL",
                         help="the URL its replies' links name, when a proxy is in front")
     parser.add_argument("--tokens", help="a JSON file {token: [kind, user, project]} "
@@ -648,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             tokens = {k: Token(*v) for k, v in json.load(f).items()}
     else:
         tokens = make_tokens()
-    ac = AmigoCloud(url, tokens, args.job_delay)
+    ac = AmigoCloud(url, tokens, args.job_delay, websocket=not args.no_websocket)
     # The REST API and, under SOCKET_PATH, the event channel, on one port.
     app = socketio.WSGIApp(ac.events, create_app(ac), socketio_path=SOCKET_PATH)
     server = pywsgi.WSGIServer(("127.0.0.1", args.port), app, handler_class=WebSocketHandler,
@@ -663,13 +666,14 @@ def main(argv: list[str] | None = None) -> int:
 class AmigoCloudService:
     """The service as a subprocess. `read_token`, `token` (alice's full token), `project_token`
     (of `project_url`, alice's first project) and `other_token` (bob's full token); with
-    `public_url` (a proxy in front of it) its replies' links name that URL."""
+    `public_url` (a proxy in front of it) its replies' links name that URL; without
+    `websocket` its event channel stays on long-polling."""
 
     def __init__(self, tmp: Any, *, port: int | None = None, job_delay: float = 0.2,
-                 public_url: str | None = None) -> None:
+                 public_url: str | None = None, websocket: bool = True) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.job_delay, self.public_url = job_delay, public_url
+        self.job_delay, self.public_url, self.websocket = job_delay, public_url, websocket
         self.read_token = f"R:{secrets.token_urlsafe(24)}"
         self.token = f"A:{secrets.token_urlsafe(24)}"
         self.project_token = f"C:{secrets.token_urlsafe(24)}"
@@ -685,7 +689,8 @@ class AmigoCloudService:
         self.proc = start_server(
             [sys.executable, "-m", "tests.servers.amigocloud", "--port", str(self.port),
              "--job-delay", str(self.job_delay), "--tokens", str(self.tokens_file)]
-            + (["--public-url", self.public_url] if self.public_url else []),
+            + (["--public-url", self.public_url] if self.public_url else [])
+            + ([] if self.websocket else ["--no-websocket"]),
             self.url + f"{API}/me", "the AmigoCloud service", timeout, cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL)
         return self
