@@ -150,17 +150,20 @@ def datasets_named(service: AmigoCloudService, project: int, name: str) -> list[
             ["results"] if d["name"] == name]
 
 
-@pytest.mark.parametrize("rows, lost", [(10, r"/datasets/upload$"),
-                                        (300_000, r"/chunked_upload/complete$")])
+@pytest.mark.parametrize("rows, lost, skip, logged", [
+    (10, r"/datasets/upload$", 0, "before its reply was lost"),
+    (300_000, r"/chunked_upload/complete$", 0, "before its reply was lost"),
+    (300_000, r"/chunked_upload$", 1, "had the chunk before its reply was lost")])
 def test_import_once_though_its_reply_was_lost(mounter: Mounter, tmp_path: Path, rows: int,
-                                               lost: str) -> None:
-    """The request that starts the import (a simple upload; a chunked upload's `complete`)
-    takes effect but its reply is lost: the retry finds the job it started, and one dataset
-    is made, not two."""
+                                               lost: str, skip: int, logged: str) -> None:
+    """A request of an import takes effect but its reply is lost: the request that starts
+    the job (a simple upload; a chunked upload's `complete`), whose retry finds the job it
+    started; or a chunk (the second), whose retry the service refuses with the offset it has,
+    the chunk's end. One dataset is made, not two, and the file is whole."""
     port = free_port()
     with amigocloud_service(tmp_path, job_delay=0.3, public_url=f"http://127.0.0.1:{port}") \
             as service:
-        proxy = LoseReplies(service.url, "POST", lost, port=port).start()
+        proxy = LoseReplies(service.url, "POST", lost, skip=skip, port=port).start()
         try:
             m = mount(mounter, service, service.token, url=proxy.url)
             local = tmp_path / "once.csv"
@@ -175,8 +178,9 @@ def test_import_once_though_its_reply_was_lost(mounter: Mounter, tmp_path: Path,
             time.sleep(1)  # a second import, had one been started, would have ended by now
             assert proxy.lost == 1
             assert len(datasets_named(service, 1, "once")) == 1
-            assert "before its reply was lost" in log_of(m)
+            assert logged in log_of(m)
             assert os.listdir(m.path / "Parks" / "datasets").count("once.csv") == 1
+            assert datasets_named(service, 1, "once")[0]["feature_count"] == rows
             mounter.umount(m)
         finally:
             proxy.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import trio
@@ -49,26 +49,31 @@ class AmigoApi:
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(pairs)))
 
     async def once(self, method: str, url: str, what: str, body: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
-        """One try; the error its reply reports raised (logged without the URL)."""
+                   headers: dict[str, str] | None = None,
+                   tolerate: Collection[int] = ()) -> urllib3.BaseHTTPResponse:
+        """One try; the error its reply reports raised (logged without the URL), unless its
+        status is one to `tolerate`: the caller reads that reply."""
         reply = await self.http.run(lambda: self.http.request(method, url, headers, body))
-        raise_reported(reply_error(reply.status, reply.data, what,
-                                   retry_after(reply.headers.get("Retry-After"))))
+        if reply.status not in tolerate:
+            raise_reported(reply_error(reply.status, reply.data, what,
+                                       retry_after(reply.headers.get("Retry-After"))))
         return reply
 
     async def request(self, method: str, target: str, what: str,
                       query: dict[str, Any] | None = None, body: Any = None,
                       fields: dict[str, Any] | None = None,
-                      headers: dict[str, str] | None = None) -> Any:
+                      headers: dict[str, str] | None = None,
+                      tolerate: Collection[int] = ()) -> Any:
         """One try of a request, `body` as JSON or `fields` as a multipart form (a file is a
-        (name, bytes) tuple); its reply's JSON (None when it has none)."""
+        (name, bytes) tuple); its reply's JSON (None when it has none), also that of an
+        error whose status is one to `tolerate`."""
         sent = dict(headers or {})
         data: bytes | None = None
         if body is not None:
             data, sent["Content-Type"] = json.dumps(body).encode(), "application/json"
         elif fields is not None:
             data, sent["Content-Type"] = urllib3.encode_multipart_formdata(fields)
-        reply = await self.once(method, self.url(target, query), what, data, sent)
+        reply = await self.once(method, self.url(target, query), what, data, sent, tolerate)
         return json.loads(reply.data) if reply.data.strip() else None
 
     async def call(self, method: str, target: str, what: str,

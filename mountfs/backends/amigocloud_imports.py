@@ -1,6 +1,7 @@
 """AmigoCloud imports: a file sent to a project by simple upload (under 8,000,000 bytes) or in
 chunks (Content-Range, then `complete` with the MD5 of the whole file), its import job
-started once, then followed to its end, the phases in `Transfers` for `mountfs status`.
+started once, then followed to its end, the phases in `Transfers` for `mountfs status`. A
+chunk whose reply was lost is not sent twice either (`_send_chunk`).
 
 Started once: the request that starts an import job (the simple upload, or the chunked
 upload's `complete`) is not idempotent, and AmigoCloud takes no key to make it so. When a try
@@ -25,7 +26,7 @@ import trio
 from mountfs.backends.amigocloud_api import AmigoApi
 from mountfs.backends.amigocloud_wire import CHUNK_SIZE, MAX_SIZE_SIMPLE_UPLOAD, timestamp_ns
 from mountfs.backends.progress import Transfer, Transfers
-from mountfs.errors import NoSuchObject, PermissionDenied
+from mountfs.errors import BackendError, NoSuchObject, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,29 @@ class Importer:
             return data.read(length)
         return await trio.to_thread.run_sync(read)
 
+    async def _send_chunk(self, url: str, fields: dict[str, Any], start: int, length: int,
+                          size: int, what: str) -> dict[str, Any]:
+        """One chunk, under the retry policy. A try after a failed one may find the service
+        has the chunk already (the reply was lost): it refuses the chunk with 400 and the
+        offset it has (django-chunked-upload's answer, whose replies AmigoCloud's are), which
+        at the chunk's end means the chunk was taken."""
+        tries = 0
+
+        async def attempt() -> dict[str, Any]:
+            nonlocal tries
+            tries += 1
+            reply = await self.api.request(
+                "POST", url, what, fields=fields,
+                headers={"Content-Range": f"bytes {start}-{start + length - 1}/{size}"},
+                tolerate=(400,) if tries > 1 else ()) or {}
+            if "upload_id" in reply:
+                return dict(reply)
+            if reply.get("offset") == start + length and "upload_id" in fields:
+                log.info("%s: the service had the chunk before its reply was lost", what)
+                return {"upload_id": fields["upload_id"], "offset": start + length}
+            raise BackendError(f"{what}: HTTP 400: {reply.get('detail', reply)}")
+        return await self.api.backend.retried(what, attempt)
+
     async def _simple_upload(self, project: dict[str, Any], name: str, data: BinaryIO,
                              size: int, what: str, transfer: Transfer) -> str:
         transfer.phase = "uploading"
@@ -134,9 +158,8 @@ class Importer:
             fields: dict[str, Any] = {"datafile": (name, chunk)}
             if upload_id is not None:
                 fields["upload_id"] = upload_id
-            reply = await self.api.call(
-                "POST", url, f"{what} (bytes {offset}-)", fields=fields,
-                headers={"Content-Range": f"bytes {offset}-{offset + len(chunk) - 1}/{size}"})
+            reply = await self._send_chunk(url, fields, offset, len(chunk), size,
+                                           f"{what} (bytes {offset}-)")
             upload_id = upload_id or reply["upload_id"]
             offset += len(chunk)
             transfer.done = offset

@@ -20,7 +20,8 @@ What it owns:
 - imports: `datasets/upload` (multipart `datafile`, under 8,000,000 bytes, else 413) and
   `datasets/chunked_upload` (multipart `datafile` + `Content-Range: bytes S-E/TOTAL`, the first
   chunk answers `upload_id`, the next ones send it as a form field and must start where the
-  last ended) then `chunked_upload/complete` (JSON `{"upload_id","md5"}`: a wrong MD5 is 400).
+  last ended, else 400 `{"detail": "Offsets do not match", "offset"}` as django-chunked-upload,
+  whose reply fields these are, answers) then `chunked_upload/complete` (JSON `{"upload_id","md5"}`: a wrong MD5 is 400).
   Each answers `{"job"}`; the job walks PENDING, STARTED and ends SUCCESS (`extra.dataset_ids`,
   `extra.dataset_names`) with a new dataset named after the file (with the form field
   `dataset_write_action=overwrite`: the project's dataset of that name, its features replaced),
@@ -107,9 +108,11 @@ SEED: list[tuple[str, dict[str, list[dict[str, Any]]]]] = [
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    """An error reply: `{"detail": …}` and any `extra` fields."""
+
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.extra = status, detail, extra
 
 
 @dataclass
@@ -430,7 +433,7 @@ def create_app(ac: AmigoCloud) -> Flask:
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
-        response = jsonify({"detail": exc.detail})
+        response = jsonify({"detail": exc.detail, **exc.extra})
         response.status_code = exc.status
         return response
 
@@ -545,9 +548,11 @@ def create_app(ac: AmigoCloud) -> Flask:
         up = ac.uploads.get(upload_id)
         if up is None or up.project != p.id:
             raise ApiError(404, "Upload not found.")
-        if start != len(up.data) or end - start + 1 != len(chunk) or total != up.total:
-            raise ApiError(400, f"Chunk bytes {start}-{end}/{total} does not follow the "
-                                f"{len(up.data)} bytes received.")
+        if start != len(up.data):  # as django-chunked-upload answers, with what it has
+            raise ApiError(400, "Offsets do not match", offset=len(up.data))
+        if end - start + 1 != len(chunk) or total != up.total:
+            raise ApiError(400, f"Chunk bytes {start}-{end}/{total} does not match the chunk "
+                                f"of {len(chunk)} bytes of an upload of {up.total}.")
         up.data += chunk
         return jsonify({"upload_id": upload_id, "offset": len(up.data),
                         "expires": iso(time.time() + 86400)})
