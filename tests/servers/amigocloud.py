@@ -21,7 +21,8 @@ What it owns:
   `datasets/chunked_upload` (multipart `datafile` + `Content-Range: bytes S-E/TOTAL`, the first
   chunk answers `upload_id`, the next ones send it as a form field and must start where the
   last ended, else 400 `{"detail": "Offsets do not match", "offset"}` as django-chunked-upload,
-  whose reply fields these are, answers) then `chunked_upload/complete` (JSON `{"upload_id","md5"}`: a wrong MD5 is 400).
+  whose reply fields these are, answers) then `chunked_upload/complete` (JSON
+  `{"upload_id","md5"}`: a wrong MD5 is 400).
   Each answers `{"job"}`; the job walks PENDING, STARTED and ends SUCCESS (`extra.dataset_ids`,
   `extra.dataset_names`) with a new dataset named after the file (with the form field
   `dataset_write_action=overwrite`: the project's dataset of that name, its features replaced),
