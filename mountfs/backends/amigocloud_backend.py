@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 TOP = ("datasets/", "uploads/")
 POLL_INTERVAL = 5.0  # seconds between looks at the projects while the event channel is down
 EVENTS_RETRY = 30.0  # seconds of polling before the event channel is tried again
+# The events that tell an import job's end (the help page's names), which may come before
+# this mount, following the job, has settled its import.
+IMPORT_ENDS = frozenset({"dataset:creation_succeeded", "dataset:creation_failed",
+                         "project:process_file_finished", "project:process_datasource_failed"})
 
 
 @dataclass(frozen=True)
@@ -311,7 +315,7 @@ class AmigoCloudBackend(Backend):
             found.append(Change(None))
         project_id = data.get("project_id") if isinstance(data, dict) else None
         settled = self.importer.following.get(str(data.get("job"))) \
-            if isinstance(data, dict) else None
+            if isinstance(data, dict) and name in IMPORT_ENDS else None
         if settled is not None:
             # The end of an import of this mount's, told before the import is settled here:
             # uploads/ is listed again once its file is no longer being uploaded.
