@@ -152,7 +152,10 @@ class Namespace:
             bucket, prefix = self.table.location(parent)
             await self._put_small(bucket, prefix + name + "/", b"", attrs)
         node = self.table.new(parent, name, attrs)
-        node.listed_at, node.listed_size = time.monotonic(), 0  # new and empty: nothing to list
+        if not self.table.lists_buckets(parent):
+            # New and empty: nothing to list. A new bucket is listed once: a service may make
+            # one with things in it (an AmigoCloud project has its datasets/ and uploads/).
+            node.listed_at, node.listed_size = time.monotonic(), 0
         self._entries_changed(parent)
         return node
 

@@ -60,8 +60,8 @@ class Status:
             "transfers": self.transfers()[:MAX_LISTED],
             "downloads": [{**d, "path": mount_path(self.scope, d["bucket"], d["key"])}
                           for d in downloads(c)[:MAX_LISTED]],
-            # how changes made elsewhere reach the listings: "events", "polling", or "" (the
-            # metadata TTL alone)
+            # how changes made elsewhere reach the listings: "events over websocket" (the
+            # transport named), "polling", or "" (the metadata TTL alone)
             "changes": self.changes_via(),
             "cache": {
                 "dir": str(c.dir), "used": c.used, "cap": c.cap, "dirty": c.dirty_bytes(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import trio
@@ -49,38 +49,54 @@ class AmigoApi:
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(pairs)))
 
     async def once(self, method: str, url: str, what: str, body: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
-        """One try; the error its reply reports raised (logged without the URL)."""
+                   headers: dict[str, str] | None = None,
+                   tolerate: Collection[int] = ()) -> urllib3.BaseHTTPResponse:
+        """One try; the error its reply reports raised (logged without the URL), unless its
+        status is one to `tolerate`: the caller reads that reply."""
         reply = await self.http.run(lambda: self.http.request(method, url, headers, body))
-        raise_reported(reply_error(reply.status, reply.data, what,
-                                   retry_after(reply.headers.get("Retry-After"))))
+        if reply.status not in tolerate:
+            raise_reported(reply_error(reply.status, reply.data, what,
+                                       retry_after(reply.headers.get("Retry-After"))))
         return reply
 
-    async def call(self, method: str, target: str, what: str,
-                   query: dict[str, Any] | None = None, body: Any = None,
-                   fields: dict[str, Any] | None = None,
-                   headers: dict[str, str] | None = None) -> Any:
-        """A request under the retry policy, `body` as JSON or `fields` as a multipart form
-        (a file is a (name, bytes) tuple); its reply's JSON (None when it has none)."""
+    async def request(self, method: str, target: str, what: str,
+                      query: dict[str, Any] | None = None, body: Any = None,
+                      fields: dict[str, Any] | None = None,
+                      headers: dict[str, str] | None = None,
+                      tolerate: Collection[int] = ()) -> Any:
+        """One try of a request, `body` as JSON or `fields` as a multipart form (a file is a
+        (name, bytes) tuple); its reply's JSON (None when it has none), also that of an
+        error whose status is one to `tolerate`."""
         sent = dict(headers or {})
         data: bytes | None = None
         if body is not None:
             data, sent["Content-Type"] = json.dumps(body).encode(), "application/json"
         elif fields is not None:
             data, sent["Content-Type"] = urllib3.encode_multipart_formdata(fields)
-        url = self.url(target, query)
-        reply = await self.backend.retried(what, lambda: self.once(method, url, what, data, sent))
+        reply = await self.once(method, self.url(target, query), what, data, sent, tolerate)
         return json.loads(reply.data) if reply.data.strip() else None
 
-    async def pages(self, target: str, what: str) -> list[dict[str, Any]]:
-        """Every item of a DRF list, its `next` links followed."""
-        items: list[dict[str, Any]] = []
+    async def call(self, method: str, target: str, what: str,
+                   query: dict[str, Any] | None = None, body: Any = None,
+                   fields: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> Any:
+        """`request` under the retry policy."""
+        return await self.backend.retried(what, lambda: self.request(
+            method, target, what, query, body, fields, headers))
+
+    async def items(self, target: str, what: str) -> AsyncIterator[dict[str, Any]]:
+        """The items of a DRF list in its order, its `next` links followed as they are
+        needed."""
         link: str | None = target
         while link:
             page = await self.call("GET", link, what)
-            items += page.get("results") or []
+            for item in page.get("results") or []:
+                yield item
             link = page.get("next")
-        return items
+
+    async def pages(self, target: str, what: str) -> list[dict[str, Any]]:
+        """Every item of a DRF list."""
+        return [item async for item in self.items(target, what)]
 
     async def job(self, job_id: str, what: str, transfer: Transfer | None = None
                   ) -> dict[str, Any]:

@@ -13,26 +13,26 @@ project token's mount shows its one project. In a project:
   entry would cost `ls -l` a job per file): such entries show size 0 and are marked
   `sized=False`, so that opening one asks for its size first; an export made before shows its
   size. Deleting any of a dataset's files deletes the dataset (EACCES if the token may not).
-- `uploads/NAME`: a file written there is imported when the write-back queue uploads it:
-  a simple upload under 8,000,000 bytes, else a chunked one (Content-Range, then the MD5 at
-  `complete`), then the import job is followed; its phases show in `mountfs status`. On
-  SUCCESS the new dataset is logged and the file stays listed (what this mount imported); on
-  FAILURE the service's error is raised as a permanent failure, so the queue keeps the file
-  and shows it as failed. The service keeps no copy of the file itself.
+- `uploads/NAME`, an outbox: a file written there is imported when the write-back queue
+  uploads it (amigocloud_imports.py: simple or chunked upload, the job started once, then
+  followed; its phases show in `mountfs status`). On SUCCESS the new dataset is logged and the
+  file leaves uploads/ (the service keeps no copy): nothing lists it, and the listing is set
+  aside by the dataset's event (which waits until the import is settled here, as the event
+  may come first) or the next poll; the cache serves it until then. On FAILURE the service's
+  error is raised as a permanent failure, so the queue keeps the file and shows it as failed.
 
 Changes made elsewhere (`changes`): the event channel (amigocloud_events.py) with a user
-token; a dataset or project event sets aside the project's `datasets/` listing, a project's
+token; a dataset or project event sets aside the project's `datasets/` and `uploads/`, a project's
 creation, deletion or metadata the list of projects. While the channel is down (and always
 with a project token, which may not open it) the projects are polled every POLL_INTERVAL s:
 a project whose `last_modified` moved (the service moves it when its datasets change) has its
-`datasets/` listing set aside; the channel is tried again every EVENTS_RETRY s.
+`datasets/` and `uploads/` listings set aside; the channel is tried again every EVENTS_RETRY s.
 
 Nothing else can be written (EPERM at once, `check_key`); mkdir at the root creates a
 project; projects are never deleted (no token may).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -42,13 +42,13 @@ from typing import Any, BinaryIO
 import trio
 
 from mountfs.backends.amigocloud_api import AmigoApi
-from mountfs.backends.amigocloud_wire import (CHUNK_SIZE, FORMATS, MAX_SIZE_SIMPLE_UPLOAD,
-                                              PROJECT, READ, SUCCESS, DatasetFile,
+from mountfs.backends.amigocloud_wire import (FORMATS, PROJECT, READ, SUCCESS, DatasetFile,
                                               timestamp_ns, unique_names)
 from mountfs.backends.amigocloud_events import EventChannel
+from mountfs.backends.amigocloud_imports import Importer
 from mountfs.backends.base import Backend, Change, Features, ObjectInfo
 from mountfs.backends.http import HttpPool, give_back
-from mountfs.backends.progress import Transfer, Transfers
+from mountfs.backends.progress import Transfers
 from mountfs.errors import (BackendError, NoSuchBucket, NoSuchObject, NotPermitted,
                             NotSupported)
 
@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 TOP = ("datasets/", "uploads/")
 POLL_INTERVAL = 5.0  # seconds between looks at the projects while the event channel is down
 EVENTS_RETRY = 30.0  # seconds of polling before the event channel is tried again
+# The events that tell an import job's end (the help page's names), which may come before
+# this mount, following the job, has settled its import.
+IMPORT_ENDS = frozenset({"dataset:creation_succeeded", "dataset:creation_failed",
+                         "project:process_file_finished", "project:process_datasource_failed"})
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,11 @@ class AmigoCloudBackend(Backend):
             whole_reads_up_to=None, server_side_copy=False)
         self._projects: dict[str, dict[str, Any]] = {}  # by bucket name, as last listed
         self._exports: dict[tuple[int, str], Export] = {}  # (dataset id, ext) -> its export
-        self._imported: dict[tuple[str, str], ObjectInfo] = {}  # files this mount imported
         self.progress = Transfers()
-        self._via = ""  # how changes are learnt now: "events" or "polling"
+        self.importer = Importer(self.api, self.progress)
+        self._imported: set[str] = set()  # projects imported into since the last poll
+        # How changes are learnt now: "events over websocket" (or "over polling"), "polling".
+        self._via = ""
         self._stamps: dict[str, str] | None = None  # each project's last_modified, polled
 
     def describe(self) -> str:
@@ -192,7 +198,6 @@ class AmigoCloudBackend(Backend):
                     files.append(self._dataset_info(
                         bucket, file, dataset, self._exports.get((dataset["id"], ext))))
         await self._project(bucket)  # a project gone: NoSuchBucket, whatever the prefix
-        files += [i for (b, _), i in self._imported.items() if b == bucket]
         return sorted((f for f in files if f.key.startswith(prefix)), key=lambda i: i.key)
 
     async def list_objects(self, bucket: str, prefix: str, delimiter: str | None = "/",
@@ -216,10 +221,7 @@ class AmigoCloudBackend(Backend):
         if key in TOP:
             return ObjectInfo(bucket, key, metadata={})
         if key.startswith("uploads/"):
-            found = self._imported.get((bucket, key))
-            if found is None:
-                raise NoSuchObject(f"{bucket}/{key}")
-            return found
+            raise NoSuchObject(f"{bucket}/{key}: imported files are not kept")
         file, dataset = await self._dataset_of(bucket, key)
         return self._dataset_info(bucket, file, dataset,
                                   await self._export(bucket, file, dataset))
@@ -227,7 +229,8 @@ class AmigoCloudBackend(Backend):
     async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
         """The export, from its link; made first if the dataset changed since."""
         if key.startswith("uploads/"):
-            raise NotSupported(f"{bucket}/{key}: AmigoCloud keeps no copy of imported files")
+            # Gone from uploads/ since its import: as a file deleted elsewhere, not an EIO.
+            raise NoSuchObject(f"{bucket}/{key}: imported, and AmigoCloud keeps no copy")
         file, dataset = await self._dataset_of(bucket, key)
         export = await self._export(bucket, file, dataset)
         what = f"read {bucket}/{key}"
@@ -253,63 +256,21 @@ class AmigoCloudBackend(Backend):
         project = await self._project(bucket)
         what = f"import {bucket}/{key}"
         name = key[len("uploads/"):]
-        with self.progress.track(what, size) as transfer:
-            if size < MAX_SIZE_SIMPLE_UPLOAD:
-                job = await self._simple_upload(project, name, data, size, what, transfer)
-            else:
-                job = await self._chunked_upload(project, name, data, size, what, transfer)
-            state = await self.api.job(job, what, transfer)
-        extra = state.get("extra") or {}
-        if state.get("status") != SUCCESS:
-            # Permanent: the queue keeps the file and shows it failed, with this reason.
-            message = f"{what} failed: {extra.get('error', 'no reason given')}"
-            log.warning("%s", message)
-            raise BackendError(message)
-        log.info("%s: imported as dataset %s", what,
-                 ", ".join(map(str, extra.get("dataset_names") or extra.get("dataset_ids")
-                               or ["?"])))
-        info = ObjectInfo(bucket, key, size, time.time_ns(), f"import-{job}", {})
-        self._imported[(bucket, key)] = info
-        return info
-
-    async def _read(self, data: BinaryIO, offset: int, length: int) -> bytes:
-        def read() -> bytes:
-            data.seek(offset)
-            return data.read(length)
-        return await trio.to_thread.run_sync(read)
-
-    async def _simple_upload(self, project: dict[str, Any], name: str, data: BinaryIO,
-                             size: int, what: str, transfer: Transfer) -> str:
-        transfer.phase = "uploading"
-        body = await self._read(data, 0, size)
-        reply = await self.api.call("POST", project["url"] + "/datasets/upload", what,
-                                    fields={"datafile": (name, body)})
-        transfer.done = size
-        return str(reply["job"])
-
-    async def _chunked_upload(self, project: dict[str, Any], name: str, data: BinaryIO,
-                              size: int, what: str, transfer: Transfer) -> str:
-        """Chunks with Content-Range, the first answering the upload's id, then `complete`
-        with the MD5 of the whole file, which the service checks."""
-        url = project["url"] + "/datasets/chunked_upload"
-        md5, upload_id, offset = hashlib.md5(), None, 0
-        transfer.phase = "uploading in chunks"
-        while offset < size:
-            chunk = await self._read(data, offset, min(CHUNK_SIZE, size - offset))
-            md5.update(chunk)
-            fields: dict[str, Any] = {"datafile": (name, chunk)}
-            if upload_id is not None:
-                fields["upload_id"] = upload_id
-            reply = await self.api.call(
-                "POST", url, f"{what} (bytes {offset}-)", fields=fields,
-                headers={"Content-Range": f"bytes {offset}-{offset + len(chunk) - 1}/{size}"})
-            upload_id = upload_id or reply["upload_id"]
-            offset += len(chunk)
-            transfer.done = offset
-        transfer.phase = "completing the upload"
-        reply = await self.api.call("POST", url + "/complete", what,
-                                    body={"upload_id": upload_id, "md5": md5.hexdigest()})
-        return str(reply["job"])
+        async with self.importer.importing(project, name, data, size, what) as state:
+            extra = state.get("extra") or {}
+            if state.get("status") != SUCCESS:
+                # Permanent: the queue keeps the file and shows it failed, with this reason.
+                message = f"{what} failed: {extra.get('error', 'no reason given')}"
+                log.warning("%s", message)
+                raise BackendError(message)
+            log.info("%s: imported as dataset %s", what,
+                     ", ".join(map(str, extra.get("dataset_names") or extra.get("dataset_ids")
+                                   or ["?"])))
+            # Imported, the file leaves uploads/ when the folder is listed next: its
+            # dataset's event, or the next poll, sets the listing aside. The cache serves
+            # it until then.
+            self._imported.add(bucket)
+            return ObjectInfo(bucket, key, size, time.time_ns(), f"import-{state['id']}", {})
 
     # ---- changes made elsewhere -------------------------------------------------------------
 
@@ -342,9 +303,9 @@ class AmigoCloudBackend(Backend):
         session = await self.api.call("GET", "/me/start_websocket_session",
                                       "start an event session")
 
-        def opened() -> None:
-            self._via = "events"
-            log.info("following AmigoCloud's events")
+        def opened(transport: str) -> None:
+            self._via = f"events over {transport}"
+            log.info("following AmigoCloud's events over %s", transport)
         return channel.listen(int(me["id"]), str(session["websocket_session"]), opened)
 
     async def _changes_of(self, name: str, data: Any) -> list[Change]:
@@ -353,12 +314,18 @@ class AmigoCloudBackend(Backend):
         if name.startswith("project:") and not name.startswith("project:process_file"):
             found.append(Change(None))
         project_id = data.get("project_id") if isinstance(data, dict) else None
+        settled = self.importer.following.get(str(data.get("job"))) \
+            if isinstance(data, dict) and name in IMPORT_ENDS else None
+        if settled is not None:
+            # The end of an import of this mount's, told before the import is settled here:
+            # uploads/ is listed again once its file is no longer being uploaded.
+            await settled.wait()
         if project_id is not None:
             known = {int(p["id"]): b for b, p in self._projects.items()}
             if int(project_id) not in known:
                 known = {int(p["id"]): b for b, p in (await self.projects()).items()}
             if int(project_id) in known:
-                found.append(Change(known[int(project_id)], "datasets/"))
+                found += self._project_changed(known[int(project_id)])
         return found
 
     async def _poll(self) -> list[Change]:
@@ -372,16 +339,23 @@ class AmigoCloudBackend(Backend):
         if last is None:
             return []
         found = [Change(None)] if set(stamps) != set(last) else []
-        return found + [Change(b, "datasets/") for b, s in stamps.items()
-                        if b in last and last[b] != s]
+        found += [Change(b, "uploads/") for b in self._imported]
+        self._imported.clear()
+        return found + [change for b, s in stamps.items() if b in last and last[b] != s
+                        for change in self._project_changed(b)]
+
+    @staticmethod
+    def _project_changed(bucket: str) -> list[Change]:
+        """A project's datasets changed: its datasets/, and its uploads/, which a file
+        imported as a dataset leaves."""
+        return [Change(bucket, "datasets/"), Change(bucket, "uploads/")]
 
     # ---- the rest ------------------------------------------------------------------------------
 
     async def delete_object(self, bucket: str, key: str) -> None:
-        """A dataset's file deletes the dataset (every format of it); an imported file is
-        forgotten (the dataset made of it stays)."""
+        """A dataset's file deletes the dataset (every format of it); a file of uploads/ is
+        not on the service (the dataset made of it stays)."""
         if key.startswith("uploads/"):
-            self._imported.pop((bucket, key), None)
             return
         if key in TOP:
             raise NotPermitted(f"{bucket}/{key} is part of every project")

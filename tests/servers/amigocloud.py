@@ -20,29 +20,41 @@ What it owns:
 - imports: `datasets/upload` (multipart `datafile`, under 8,000,000 bytes, else 413) and
   `datasets/chunked_upload` (multipart `datafile` + `Content-Range: bytes S-E/TOTAL`, the first
   chunk answers `upload_id`, the next ones send it as a form field and must start where the
-  last ended) then `chunked_upload/complete` (JSON `{"upload_id","md5"}`: a wrong MD5 is 400).
+  last ended, else 400 `{"detail": "Offsets do not match", "offset"}` as django-chunked-upload,
+  whose reply fields these are, answers) then `chunked_upload/complete` (JSON
+  `{"upload_id","md5"}`: a wrong MD5 is 400).
   Each answers `{"job"}`; the job walks PENDING, STARTED and ends SUCCESS (`extra.dataset_ids`,
-  `extra.dataset_names`) with a new dataset named after the file, or FAILURE (`extra.error`) when
-  the file is no GeoJSON FeatureCollection nor a CSV with a header;
-- jobs at `/api/v1/me/jobs/JOB` (`{"id","status","extra","url"}`);
+  `extra.dataset_names`) with a new dataset named after the file (with the form field
+  `dataset_write_action=overwrite`: the project's dataset of that name, its features replaced),
+  or FAILURE (`extra.error`) when the file is no GeoJSON FeatureCollection nor a CSV with a
+  header;
+- jobs at `/api/v1/me/jobs/JOB` (`{"id","status","extra","url","project_id","created"}`, an
+  import's `extra.filename` from its start), and their list at `/api/v1/me/jobs`, newest first
+  (a project token sees its project's);
 - the event channel: socket.io at `/v2_socket.io/socket.io/` speaking Engine.IO v3 (python-
   socketio 4.x; what socketIO-client 0.7.2, the official client's, speaks), namespace
   `/amigosocket`. `GET me/start_websocket_session` hands out a session; the event
   `authenticate` `{"userid","websocket_session"}` with it joins the user's room, which then
   receives `project:creation_succeeded` and `project:metadata_updated` `{user_id, project_id}`,
   `dataset:creation_succeeded` `{user_id, project_id, dataset_id, job}` and `dataset:deleted`.
-  Threading mode: long-polling only (no websocket upgrade is offered; the client stays on
-  polling, as it does when a server offers none).
+  It offers the upgrade to websocket, as the real one does for socketIO-client (the service
+  runs on gevent's WSGI server with gevent-websocket, the server python-engineio 3.x needs for
+  websockets; jobs run in greenlets); `--no-websocket` offers none.
 
 Decisions where the real service is not known: the token prefixes (`A:` for a user's full
 token), the job's `extra.error` on FAILURE, the export link's path, the CSV export's columns
 (`WKT` first, then the properties, as ogr2ogr's GEOMETRY=AS_WKT writes them), the events'
-payloads beyond the help page's (`dataset_id`), a session good for one authentication.
+payloads beyond the help page's (`dataset_id`), a session good for one authentication, the
+list of jobs and a job's `project_id` and `created`, what `overwrite` overwrites.
 
 `python -m tests.servers.amigocloud --port N` runs it for a person and prints the URL, tokens and
 the mount command; `AmigoCloudService` runs it as a subprocess for fixtures.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # run as the service: on gevent's server, which speaks websocket
+    from gevent import monkey
+    monkey.patch_all()
 
 import argparse
 import contextlib
@@ -64,8 +76,9 @@ from typing import Any
 
 import socketio
 from flask import Flask, Response, jsonify, request
+from gevent import pywsgi
+from geventwebsocket.handler import WebSocketHandler
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
 
 from .dcss import REPO_ROOT
 from .s3 import free_port, running, start_server, stop_process
@@ -96,9 +109,11 @@ SEED: list[tuple[str, dict[str, list[dict[str, Any]]]]] = [
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    """An error reply: `{"detail": …}` and any `extra` fields."""
+
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.extra = status, detail, extra
 
 
 @dataclass
@@ -133,6 +148,7 @@ class Job:
     project: int | None
     status: str = "PENDING"
     extra: dict[str, Any] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -148,11 +164,12 @@ def iso(t: float) -> str:
 
 
 class AmigoCloud:
-    """The service's state; every method runs under one lock (Flask is threaded)."""
+    """The service's state; every method runs under one lock (requests and jobs run at once)."""
 
-    def __init__(self, url: str, tokens: dict[str, Token], job_delay: float) -> None:
+    def __init__(self, url: str, tokens: dict[str, Token], job_delay: float,
+                 websocket: bool = True) -> None:
         self.url, self.tokens, self.job_delay = url, tokens, job_delay
-        self.events = socketio.Server(async_mode="threading")
+        self.events = socketio.Server(async_mode="gevent", allow_upgrades=websocket)
         self.sessions: dict[str, int] = {}  # websocket session -> its user, until used
         self.lock = threading.RLock()
         self.ids = itertools.count(1)
@@ -225,8 +242,8 @@ class AmigoCloud:
             own = f"{API}/users/{token.user}/projects/{token.project}"
             job = self.jobs.get(path.rsplit("/", 1)[-1]) if path.startswith(f"{API}/me/jobs/") \
                 else None
-            if not (path == own or path.startswith(own + "/")) and \
-                    (job is None or job.project != token.project):
+            if not (path == own or path.startswith(own + "/") or path == f"{API}/me/jobs") \
+                    and (job is None or job.project != token.project):
                 raise ApiError(403, "This project token is not valid for this resource.")
         writes = method not in ("GET", "HEAD") and not path.endswith("/export")
         if writes and token.kind == "R":
@@ -268,14 +285,17 @@ class AmigoCloud:
 
     def job_json(self, job: Job) -> dict[str, Any]:
         return {"id": job.id, "status": job.status, "extra": job.extra,
+                "project_id": job.project, "created": iso(job.created),
                 "url": f"{self.url}{API}/me/jobs/{job.id}"}
 
     # ---- jobs ------------------------------------------------------------------------------
 
-    def start_job(self, token: Token, project: int | None, work: Any) -> Job:
+    def start_job(self, token: Token, project: int | None, work: Any,
+                  extra: dict[str, Any]) -> Job:
         """A job PENDING, STARTED after the delay, and done after another: `work()` gives its
-        extra (SUCCESS) or raises ApiError (FAILURE, its detail as extra.error)."""
-        job = Job(secrets.token_hex(8), token.user, project)
+        extra (SUCCESS) or raises ApiError (FAILURE, its detail as extra.error); `extra`
+        until then, and kept under either."""
+        job = Job(secrets.token_hex(8), token.user, project, extra=dict(extra))
         self.jobs[job.id] = job
 
         def run() -> None:
@@ -285,9 +305,9 @@ class AmigoCloud:
             time.sleep(self.job_delay)
             with self.lock:
                 try:
-                    job.extra, job.status = work(), "SUCCESS"
+                    job.extra, job.status = {**extra, **work()}, "SUCCESS"
                 except ApiError as exc:
-                    job.extra, job.status = {"error": exc.detail}, "FAILURE"
+                    job.extra, job.status = {**extra, "error": exc.detail}, "FAILURE"
 
         threading.Thread(target=run, daemon=True).start()
         return job
@@ -300,20 +320,29 @@ class AmigoCloud:
         def work() -> dict[str, Any]:
             key = secrets.token_urlsafe(12)
             self.exports[key] = (f"{d.name}.{ext}", mime, render(d.features, fmt, d.name))
-            return {"link": f"{self.url}/exports/{key}/{urllib.parse.quote(d.name)}.{ext}",
-                    "format": fmt, "dataset_id": d.id}
+            return {"link": f"{self.url}/exports/{key}/{urllib.parse.quote(d.name)}.{ext}"}
 
-        return self.start_job(token, d.project, work)
+        return self.start_job(token, d.project, work, {"format": fmt, "dataset_id": d.id})
 
-    def import_(self, token: Token, project: Project, name: str, data: bytes) -> Job:
+    def import_(self, token: Token, project: Project, name: str, data: bytes,
+                action: str | None = None) -> Job:
+        """An import job; with `action` "overwrite", the features of the project's dataset of
+        the file's name are replaced (its id kept), if it has one."""
         def import_work() -> dict[str, Any]:
             features = parse(name, data)
             stem = name.rsplit(".", 1)[0] if "." in name else name
-            dataset = self.add_dataset(project.id, stem, features, job.id)
-            return {"dataset_ids": [dataset.id], "dataset_names": [dataset.name],
-                    "filename": name}
+            same = [d for d in self.datasets.values()
+                    if d.project == project.id and d.name == stem]
+            if action == "overwrite" and same:
+                dataset = same[0]
+                dataset.features, dataset.modified = features, time.time()
+                self.touch(project)
+            else:
+                dataset = self.add_dataset(project.id, stem, features, job.id)
+            return {"dataset_ids": [dataset.id], "dataset_names": [dataset.name]}
 
-        job = self.start_job(token, project.id, import_work)  # (runs after the delay)
+        job = self.start_job(token, project.id, import_work,  # (runs after the delay)
+                             {"filename": name})
         self.emit(token.user, "project:process_file_started",
                   {"project_id": project.id, "filename": name, "job": job.id})
         return job
@@ -405,7 +434,7 @@ def create_app(ac: AmigoCloud) -> Flask:
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
-        response = jsonify({"detail": exc.detail})
+        response = jsonify({"detail": exc.detail, **exc.extra})
         response.status_code = exc.status
         return response
 
@@ -491,7 +520,8 @@ def create_app(ac: AmigoCloud) -> Flask:
         data = file.read()
         if len(data) >= MAX_SIZE_SIMPLE_UPLOAD:
             raise ApiError(413, "File too large for a simple upload: use chunked_upload.")
-        return jsonify({"job": ac.import_(token, p, file.filename or "datafile", data).id})
+        return jsonify({"job": ac.import_(token, p, file.filename or "datafile", data,
+                                          request.form.get("dataset_write_action")).id})
 
     @app.post(f"{API}/users/<int:uid>/projects/<int:pid>/datasets/chunked_upload")
     def chunked_upload(uid: int, pid: int) -> Response:
@@ -519,9 +549,11 @@ def create_app(ac: AmigoCloud) -> Flask:
         up = ac.uploads.get(upload_id)
         if up is None or up.project != p.id:
             raise ApiError(404, "Upload not found.")
-        if start != len(up.data) or end - start + 1 != len(chunk) or total != up.total:
-            raise ApiError(400, f"Chunk bytes {start}-{end}/{total} does not follow the "
-                                f"{len(up.data)} bytes received.")
+        if start != len(up.data):  # as django-chunked-upload answers, with what it has
+            raise ApiError(400, "Offsets do not match", offset=len(up.data))
+        if end - start + 1 != len(chunk) or total != up.total:
+            raise ApiError(400, f"Chunk bytes {start}-{end}/{total} does not match the chunk "
+                                f"of {len(chunk)} bytes of an upload of {up.total}.")
         up.data += chunk
         return jsonify({"upload_id": upload_id, "offset": len(up.data),
                         "expires": iso(time.time() + 86400)})
@@ -540,7 +572,16 @@ def create_app(ac: AmigoCloud) -> Flask:
             raise ApiError(400, "md5 does not match the uploaded data.")
         del ac.uploads[str(body["upload_id"])]
         name = str(body.get("filename") or up.name)
-        return jsonify({"job": ac.import_(token, p, name, bytes(up.data)).id})
+        return jsonify({"job": ac.import_(token, p, name, bytes(up.data),
+                                          body.get("dataset_write_action")).id})
+
+    @app.get(f"{API}/me/jobs")
+    def jobs() -> Response:
+        token = auth()
+        mine = sorted((j for j in ac.jobs.values() if j.user == token.user and
+                       (token.project is None or j.project == token.project)),
+                      key=lambda j: j.created, reverse=True)
+        return jsonify(page([ac.job_json(j) for j in mine]))
 
     @app.get(f"{API}/me/jobs/<job_id>")
     def job(job_id: str) -> Response:
@@ -584,6 +625,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=18557)
     parser.add_argument("--job-delay", type=float, default=0.3, metavar="SECONDS",
                         help="time a job stays PENDING, and then STARTED")
+    parser.add_argument("--no-websocket", action="store_true",
+                        help="offer the event channel's clients no upgrade to websocket")
+    parser.add_argument("--public-url", metavar="URL",
+                        help="the URL its replies' links name, when a proxy is in front")
     parser.add_argument("--tokens", help="a JSON file {token: [kind, user, project]} "
                                          "(default: made up and printed)")
     return parser.parse_args(argv)
@@ -606,31 +651,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    url = f"http://127.0.0.1:{args.port}"
+    url = args.public_url or f"http://127.0.0.1:{args.port}"
     if args.tokens:
         with open(args.tokens) as f:
             tokens = {k: Token(*v) for k, v in json.load(f).items()}
     else:
         tokens = make_tokens()
-    ac = AmigoCloud(url, tokens, args.job_delay)
+    ac = AmigoCloud(url, tokens, args.job_delay, websocket=not args.no_websocket)
     # The REST API and, under SOCKET_PATH, the event channel, on one port.
     app = socketio.WSGIApp(ac.events, create_app(ac), socketio_path=SOCKET_PATH)
-    server = make_server("127.0.0.1", args.port, app, threaded=True)
+    server = pywsgi.WSGIServer(("127.0.0.1", args.port), app, handler_class=WebSocketHandler,
+                               log=None)
     print(describe(url, tokens), flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    server.server_close()
+    server.stop()
     return 0
 
 
 class AmigoCloudService:
     """The service as a subprocess. `read_token`, `token` (alice's full token), `project_token`
-    (of `project_url`, alice's first project) and `other_token` (bob's full token)."""
+    (of `project_url`, alice's first project) and `other_token` (bob's full token); with
+    `public_url` (a proxy in front of it) its replies' links name that URL; without
+    `websocket` its event channel stays on long-polling."""
 
-    def __init__(self, tmp: Any, *, port: int | None = None, job_delay: float = 0.2) -> None:
+    def __init__(self, tmp: Any, *, port: int | None = None, job_delay: float = 0.2,
+                 public_url: str | None = None, websocket: bool = True) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.job_delay = job_delay
+        self.job_delay, self.public_url, self.websocket = job_delay, public_url, websocket
         self.read_token = f"R:{secrets.token_urlsafe(24)}"
         self.token = f"A:{secrets.token_urlsafe(24)}"
         self.project_token = f"C:{secrets.token_urlsafe(24)}"
@@ -645,7 +694,9 @@ class AmigoCloudService:
     def start(self, timeout: float = 30) -> AmigoCloudService:
         self.proc = start_server(
             [sys.executable, "-m", "tests.servers.amigocloud", "--port", str(self.port),
-             "--job-delay", str(self.job_delay), "--tokens", str(self.tokens_file)],
+             "--job-delay", str(self.job_delay), "--tokens", str(self.tokens_file)]
+            + (["--public-url", self.public_url] if self.public_url else [])
+            + ([] if self.websocket else ["--no-websocket"]),
             self.url + f"{API}/me", "the AmigoCloud service", timeout, cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL)
         return self

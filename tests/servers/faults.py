@@ -197,6 +197,31 @@ class FaultProxy(S3Proxy):
         return f"{total} faults injected in {self.requests} requests ({kinds or 'none'})"
 
 
+class LoseReplies(S3Proxy):
+    """Forwards every request, but of the requests of `method` whose path matches `path` (a
+    regular expression), the `times` after the first `skip` lose their reply: the request
+    takes effect upstream, then the connection is reset before any byte of the reply (the
+    case of a non-idempotent request a client must not repeat blindly). `lost` counts them."""
+
+    def __init__(self, upstream: str, method: str, path: str, times: int = 1, skip: int = 0,
+                 port: int | None = None) -> None:
+        super().__init__(upstream, port=port)
+        self.method, self.path, self.times, self.skip = method, re.compile(path), times, skip
+        self.matched = self.lost = 0
+
+    def handle(self, h: ProxyHandler, op: str, body: bytes) -> None:
+        with self.lock:
+            match = h.command == self.method and bool(self.path.search(h.url_path))
+            self.matched += match
+            lose = match and self.matched > self.skip and self.lost < self.times
+            self.lost += lose
+        if not lose:
+            super().handle(h, op, body)
+            return
+        h.forward(body)
+        h.reset()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.servers.faults",
                                      description="A fault-injecting proxy in front of S3.")
