@@ -9,6 +9,7 @@ from itertools import count
 
 from cache.blocks import CachedObject
 from mountfs.namespace import Node
+from mountfs.statahead import Window
 
 
 @dataclass(eq=False)
@@ -32,6 +33,7 @@ class DirHandle:
     entries: list[tuple[str, Node]] = field(default_factory=list)
     done: bool = False
     opened_at: float = field(default_factory=time.monotonic)  # (in node.readers while open)
+    ahead: Window = field(init=False)  # the stat-ahead's view of it, set by opendir
 
     async def more(self) -> bool:
         """Take the next page; False at the end of the listing."""

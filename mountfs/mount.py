@@ -114,6 +114,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             await nursery.start(cache.run)
             await nursery.start(queue.run)
             await nursery.start(ns.dir_times.run)
+            await nursery.start(ns.stat_ahead.run)
             for obj in dirty:
                 queue.commit(obj, delay=0)  # closed long ago: no reason to wait
             if dirty:

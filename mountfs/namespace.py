@@ -62,6 +62,7 @@ class Namespace:
         self.get, self.forget = self.table.get, self.table.forget
         self.lookup, self.list_dir = self.listings.lookup, self.listings.list_dir
         self.complete, self.getattr = self.listings.complete, self.listings.getattr
+        self.stat_ahead = self.listings.stat_ahead
         self._mover = Mover(backend, cache, queue)
         # Uploads state the version they replace; a lost race with another client is settled
         # where names are known.

@@ -290,6 +290,7 @@ class Operations(pyfuse3.Operations):
             raise NotADirectoryError(errno.ENOTDIR, node.name)
         handle = DirHandle(node, self.ns.list_dir(node))
         node.readers.append(handle.opened_at)  # its listing stays fresh while it is read
+        handle.ahead = self.ns.stat_ahead.open(node, handle.entries)
         try:
             await handle.more()  # the first page now, so that opendir reports a failure
         except BaseException:
@@ -316,9 +317,9 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         await self._close_dir(self.handles.pop_dir(fh))
 
-    @staticmethod
-    async def _close_dir(handle: DirHandle) -> None:
+    async def _close_dir(self, handle: DirHandle) -> None:
         handle.node.readers.remove(handle.opened_at)
+        self.ns.stat_ahead.close(handle.ahead)
         await handle.aclose()
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
