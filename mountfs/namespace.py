@@ -416,12 +416,13 @@ class Namespace:
                 node.unlinked = True
                 self.table.detach(node)
 
-    def commit(self, node: Node) -> None:
-        """A program closed the file: its metadata goes with the upload queued now."""
+    def commit(self, node: Node, whole: bool = False) -> None:
+        """A program closed the file: its metadata goes with the upload queued now (`whole`:
+        written whole, so with the queue's delay for such files)."""
         obj = node.obj
         if obj is not None and obj.dirty and not node.unlinked:
             obj.record.metadata = attrs_mod.encode(node.attrs)
-            self.queue.commit(obj)
+            self.queue.commit(obj, whole=whole)
 
     async def truncate(self, node: Node, size: int) -> None:
         self._writable()

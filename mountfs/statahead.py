@@ -9,7 +9,7 @@ stats what it lists (unlike `find` or a plain `ls`, which then cost no request p
 starts reads of the `ahead` entries after it; each later stat moves that edge. Reads run ahead
 of the program's stats, never far ahead of them: what is read is used within moments, not
 after its TTL, and a huge directory is read only as far as its reader got, plus `ahead`. At
-most `parallel` reads (`Features.metadata_requests`, about the driver's connection pool) are
+most `parallel` reads (`Features.parallel_requests`, about the driver's connection pool) are
 under way at once across directories; a stat only starts tasks, and waits for its own entry
 alone. A read started here is claimed in the listings' registry (`Listings.claim`), so every
 stat of that entry waits for it and no entry is read twice. Closing the handle drops the reads

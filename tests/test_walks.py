@@ -296,7 +296,7 @@ def test_metadata_is_read_only_a_little_ahead_of_the_program(
         assert os.lstat(m.path / "flat" / names[0]).st_size == len(names[0])
         time.sleep(1.0)  # what was started ahead is done
         heads = taken(proxy)["HeadObject"]
-        assert 1 < heads <= 1 + 64, heads  # (64: 4 x Features.metadata_requests)
+        assert 1 < heads <= 1 + 64, heads  # (64: 4 x Features.parallel_requests)
         for name in names[1:40]:  # the next stats find their attributes read
             assert os.lstat(m.path / "flat" / name).st_size == len(name)
         assert taken(proxy)["HeadObject"] <= 40 - heads + 64, "read ahead, not again"

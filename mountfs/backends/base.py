@@ -122,10 +122,11 @@ class Features:
     # the cache streams such an object into its blocks from its start (`stream_object`), once
     # for all its readers, instead of asking a range per block (cache/whole.py).
     whole_reads_up_to: int | None = 0
-    # Metadata reads (`stat_object`) worth having under way at once: the stat-ahead of a
-    # directory being read and stat'ed (mountfs/statahead.py) keeps this many in flight. About
-    # the driver's connection pool: more only queue in the driver, fewer leave it idle.
-    metadata_requests: int = 16
+    # Requests worth having under way at once, about the driver's connection pool (more only
+    # queue in the driver, fewer leave it idle): the stat-ahead of a directory being read and
+    # stat'ed (mountfs/statahead.py) keeps this many metadata reads in flight, and the
+    # write-back queue runs at least this many uploads at once (small files' PUTs).
+    parallel_requests: int = 16
 
     def keeps(self, attribute: str) -> bool:
         return self.kept_attributes is None or attribute in self.kept_attributes
