@@ -93,7 +93,8 @@ def metrics(sizes: Sizes) -> list[Metric]:
         Metric("g.hwm", "ab", g, "VmHWM (MiB)", False),
         Metric("h.server", "h", h, "write: until complete on the server (s)", False),
         Metric("h.cold", "h", h, "read back, cold (MiB/s)", True),
-        Metric("h.cache", "h", h, "peak cache dir, on disk (MiB)", False),
+        Metric("h.cache_write", "h", h, "peak cache dir on disk, writing (MiB)", False),
+        Metric("h.cache_read", "h", h, "peak cache dir on disk, reading (MiB)", False),
         Metric("h.rss", "h", h, "peak VmRSS of the mount (MiB)", False),
         Metric("i.ls", "i", i, "ls -l, cold (s)", False),
         Metric("i.find", "i", i, "find, cold (s)", False),
@@ -335,10 +336,10 @@ def huge_file(tool: Tool, bench: Bench, out: Out) -> None:
     size, cap, prefix = bench.sizes.huge, bench.sizes.huge_cache, f"{tool.name}-huge"
     key = f"{prefix}/file"
     bench.store.delete_prefix(prefix + "/")
-    memory, disk = PeakMemory(), PeakDisk()
+    memory, writing, reading = PeakMemory(), PeakDisk(), PeakDisk()
     try:
         with tool.mounted(cache_cap=cap) as root, memory.watch(tool.pid), \
-                disk.watch(str(tool.cache_dir)):
+                writing.watch(str(tool.cache_dir)):
             (root / prefix).mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             dd_write(root / key, size, bench.timeout)
@@ -347,12 +348,12 @@ def huge_file(tool: Tool, bench: Bench, out: Out) -> None:
             out["h.server"] = time.perf_counter() - start
         bench.drop_caches()
         with tool.mounted(cache_cap=cap) as root, memory.watch(tool.pid), \
-                disk.watch(str(tool.cache_dir)):
+                reading.watch(str(tool.cache_dir)):
             out["h.cold"] = mib(size) / dd_read(root / key, size, bench.timeout)
     finally:
         if memory.rss_kib:
             out["h.rss"] = memory.rss_mib
-        out["h.cache"] = disk.peak_mib
+        out["h.cache_write"], out["h.cache_read"] = writing.peak_mib, reading.peak_mib
         bench.store.delete_prefix(prefix + "/")
 
 
