@@ -1,7 +1,9 @@
 """The write-back queue: uploads each committed object after a quiet delay, with retries.
 
 A close commits an object and queues it `delay` seconds ahead; a new write restarts the delay,
-so an editor's save-rename dance or a program writing in bursts uploads once. Workers upload
+so an editor rewriting a file in place or a program writing in bursts uploads once. A file
+written whole (the namespace says so: created or truncated to 0, closed by its last writer)
+waits `whole_delay` instead, by default nothing. Workers upload
 consistent snapshots (see cache.blocks); a failed upload stays queued with backoff and its
 error is kept on the object for the next fsync or close to report. fsync waits for the upload
 of everything written before it. Nothing leaves the queue except by a successful upload, by
@@ -58,10 +60,11 @@ class Entry:
 
 class WritebackQueue:
     def __init__(self, cache: BlockCache, storage: Storage, delay: float,
-                 workers: int = 4) -> None:
+                 workers: int = 4, whole_delay: float = 0.0) -> None:
         self.cache = cache
         self.storage = storage
         self.delay = delay
+        self.whole_delay = whole_delay
         self.workers = workers
         self.uploaded_count = 0
         # Uploads of this process begin after this; older unfinished ones are a dead one's.
@@ -91,17 +94,25 @@ class WritebackQueue:
 
     # ---- what the filesystem calls ---------------------------------------------------------
 
-    def commit(self, obj: CachedObject, delay: float | None = None) -> None:
-        """Queue a dirty object for upload after the delay (a program closed it)."""
+    def commit(self, obj: CachedObject, delay: float | None = None,
+               whole: bool = False) -> None:
+        """Queue a dirty object for upload after the delay (a program closed it; `whole`: it
+        was written whole, and waits `whole_delay`). A `delay` given, or `whole`, also brings
+        an entry queued before forward."""
         self.cache.commit(obj)
         if obj.dirty and not obj.detached:
+            if delay is None and whole:
+                delay = min(self.delay, self.whole_delay)
+            now = trio.current_time()
+            due = now + (self.delay if delay is None else delay)
             entry = self._entries.get(obj)
             if entry is None:
-                wait = self.delay if delay is None else delay
-                now = trio.current_time()
-                entry = self._entries[obj] = Entry(obj, now + wait, queued_at=now)
+                entry = self._entries[obj] = Entry(obj, due, queued_at=now)
                 if self._idle.is_set():  # a drain() already waiting keeps its event
                     self._idle = trio.Event()
+                self._plan(entry)
+            elif delay is not None and not entry.sent and due < entry.due:
+                entry.due = due
                 self._plan(entry)
 
     async def sync(self, obj: CachedObject) -> None:
@@ -171,7 +182,7 @@ class WritebackQueue:
         temporary failures within HURRIED_BACKOFF: someone waits for the queue to drain
         (`mountfs umount`). Permanent failures keep their minute: hurrying cannot cure them."""
         self.hurried = True
-        self.delay = 0.0
+        self.delay = self.whole_delay = 0.0
         now = trio.current_time()
         for entry in self._entries.values():
             if not entry.sent and not entry.permanent and not entry.lost:

@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mode mask for files without a mode (octal, default 022)")
     m.add_argument("--allow-other", action="store_true", help="let other users in")
     m.add_argument("--writeback-delay", type=non_negative, default=1.0, metavar="SECONDS",
-                   help="quiet time after close before uploading (default 1)")
+                   help="quiet time after close before uploading a file rewritten in place "
+                   "(default 1)")
+    m.add_argument("--whole-file-delay", type=non_negative, default=0.0, metavar="SECONDS",
+                   help="the same for a file written whole: created or truncated to 0, "
+                   "written, closed by its last writer (default 0: at once)")
     m.add_argument("--upload-on-close", action="store_true",
                    help="close (and so cp, mv into the mount) returns once the file is "
                    "uploaded, with the upload's error")
@@ -214,6 +218,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         source=source, mountpoint=mountpoint, cache_dir=cache_dir, cache_size=args.cache_size,
         block_size=args.block_size, read_only=args.read_only, uid=args.uid, gid=args.gid,
         umask=args.umask, allow_other=args.allow_other, writeback_delay=args.writeback_delay,
+        whole_file_delay=args.whole_file_delay,
         metadata_ttl=args.metadata_ttl, workers=args.workers, driver_values=values,
         attributes_from_listings=args.attributes_from_listings,
         upload_on_close=args.upload_on_close,

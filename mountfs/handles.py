@@ -9,6 +9,7 @@ from itertools import count
 
 from cache.blocks import CachedObject
 from mountfs.namespace import Node
+from mountfs.statahead import Window
 
 
 @dataclass(eq=False)
@@ -20,6 +21,10 @@ class FileHandle:
     # Written (or truncated, or created) since its last commit: the next flush or release
     # commits it; otherwise the object's journal record already says all there is.
     uncommitted: bool = False
+    # This handle began the file's data anew: it created the file, opened it with O_TRUNC or
+    # truncated it to 0. Written whole, it is uploaded at once when closed with no other
+    # writer left (no editor rewriting it in place is waited for).
+    whole: bool = False
 
 
 @dataclass(eq=False)
@@ -32,6 +37,7 @@ class DirHandle:
     entries: list[tuple[str, Node]] = field(default_factory=list)
     done: bool = False
     opened_at: float = field(default_factory=time.monotonic)  # (in node.readers while open)
+    ahead: Window = field(init=False)  # the stat-ahead's view of it, set by opendir
 
     async def more(self) -> bool:
         """Take the next page; False at the end of the listing."""
@@ -68,6 +74,12 @@ class HandleTable:
         if not isinstance(handle, DirHandle):
             raise OSError(errno.EBADF, f"no open directory {fh}")
         return handle
+
+    def writers(self, node: Node, besides: FileHandle) -> int:
+        """Writable handles open on `node` other than `besides`."""
+        return sum(1 for handle in self._handles.values()
+                   if isinstance(handle, FileHandle) and handle.writable
+                   and handle.node is node and handle is not besides)
 
     def pop_file(self, fh: int) -> FileHandle:
         handle = self.file(fh)

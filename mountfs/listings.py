@@ -41,6 +41,7 @@ from mountfs.attrs import Attributes, Defaults
 from mountfs.backends.base import CONTENT_TYPE, Backend, ObjectInfo
 from mountfs.errors import BackendError, InvalidArgument, NameTooLong, NoSuchObject
 from mountfs.nodes import Node, check_name
+from mountfs.statahead import StatAhead
 from mountfs.table import NodeTable
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class Listings:
         self._listing: dict[Node, trio.Event] = {}
         self._probing: dict[tuple[Node, str], trio.Event] = {}
         self._reading: dict[Node, trio.Event] = {}
+        # Reads the entries of directories being read and stat'ed, ahead of the stats.
+        self.stat_ahead = StatAhead(self.claim, self._read_metadata_if_can, self.forgo,
+                                    backend.features.parallel_requests)
 
     # ---- attributes from the store ---------------------------------------------------------
 
@@ -153,13 +157,20 @@ class Listings:
         check_name(name)
         assert parent.children is not None
         child = parent.children.get(name)
-        if child is not None and (child.pending or self.table.fresh(child.refreshed_at)):
+        if child is not None and (child.pending or self.table.fresh(child.refreshed_at)
+                                  or self.table.held_fresh(child)):
             return child
         if child is None and self.table.fresh(parent.absent.get(name, -1e18)):
             raise FileNotFoundError(errno.ENOENT, name)
-        if child is not None and not child.meta_known and not child.is_dir:
-            # A file a listing brought, its metadata not read yet: the read the caller needs
-            # anyway (a HEAD) also says whether it is still there; a probe would cost two more.
+        if child is not None and not child.is_dir and (
+                not child.meta_known
+                or not self.defaults.from_listings and not self._listable(parent)):
+            # A file the server listed or stat'ed: the read of its metadata (a HEAD, which the
+            # caller needs anyway if it was never read) also says whether it is still there,
+            # where a probe would cost a one-key LIST more (a directory of its name made
+            # elsewhere since shows from the next listing). A small directory is listed again
+            # instead, below: one request for every name.
+            child.meta_known = False  # stale: read again
             node = await self.complete(child)
             if parent.children.get(name) is node:
                 return node
@@ -396,6 +407,7 @@ class Listings:
         a file manager) is about to ask for the others'."""
         if node.meta_known:
             return node
+        self.stat_ahead.stat_seen(node)  # a program reading its directory: read it, and ahead
         reading = self._reading.get(node)
         if reading is not None:  # read with the siblings of another entry: one HEAD
             await reading.wait()
@@ -420,6 +432,20 @@ class Listings:
         if failure is not None:
             raise failure
         return node
+
+    def claim(self, node: Node) -> trio.Event | None:
+        """Register a read of the node's metadata about to start elsewhere (the stat-ahead),
+        for others to wait for; None: it is known, or a read is under way."""
+        if node.meta_known or node in self._reading:
+            return None
+        done = self._reading[node] = trio.Event()
+        return done
+
+    def forgo(self, node: Node, done: trio.Event) -> None:
+        """A claimed read not made after all: whoever waits for it reads the node itself."""
+        if self._reading.get(node) is done:
+            del self._reading[node]
+        done.set()
 
     async def _read_metadata_if_can(self, node: Node, done: trio.Event) -> None:
         """A sibling read on speculation: a failure leaves it for its own turn to report."""
@@ -467,7 +493,7 @@ class Listings:
         await self.complete(node)
         node.settle()
         if node.is_dir or node.pending or node.unlinked or self.table.fresh(node.refreshed_at) \
-                or not node.exists_on_server:
+                or self.table.held_fresh(node) or not node.exists_on_server:
             return node
         bucket, key = self.table.location(node)
         asked_at = time.monotonic()

@@ -51,6 +51,9 @@ class MountConfig:
     allow_other: bool
     writeback_delay: float
     metadata_ttl: float
+    # The delay of a file written whole (created or truncated to 0, closed by its last
+    # writer): no editor is rewriting it in place, so by default it goes up at close.
+    whole_file_delay: float = 0.0
     attributes_from_listings: bool = False
     workers: int = 8  # uploads at once: many small files go up at the pace of 8 PUTs in flight
     upload_on_close: bool = False
@@ -99,7 +102,11 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     cache = BlockCache(config.cache_dir, backend, config.cache_size, config.block_size,
                        whole_reads_up_to=backend.features.whole_reads_up_to)
     dirty = cache.load()
-    queue = WritebackQueue(cache, backend, config.writeback_delay, config.workers)
+    # Uploads at once: small files' PUTs up to the driver's pool (a large file's parts are
+    # bounded by the driver).
+    queue = WritebackQueue(cache, backend, config.writeback_delay,
+                           max(config.workers, backend.features.parallel_requests),
+                           whole_delay=config.whole_file_delay)
     ns = Namespace(backend, source.scope, cache, queue,
                    Defaults(config.uid, config.gid, config.umask,
                             config.attributes_from_listings), config.metadata_ttl,
@@ -122,6 +129,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             await nursery.start(cache.run)
             await nursery.start(queue.run)
             await nursery.start(ns.dir_times.run)
+            await nursery.start(ns.stat_ahead.run)
             for obj in dirty:
                 queue.commit(obj, delay=0)  # closed long ago: no reason to wait
             if dirty:

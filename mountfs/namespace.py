@@ -62,6 +62,7 @@ class Namespace:
         self.get, self.forget = self.table.get, self.table.forget
         self.lookup, self.list_dir = self.listings.lookup, self.listings.list_dir
         self.complete, self.getattr = self.listings.complete, self.listings.getattr
+        self.stat_ahead = self.listings.stat_ahead
         self._mover = Mover(backend, cache, queue)
         # Uploads state the version they replace; a lost race with another client is settled
         # where names are known.
@@ -418,12 +419,13 @@ class Namespace:
                 node.unlinked = True
                 self.table.detach(node)
 
-    def commit(self, node: Node) -> None:
-        """A program closed the file: its metadata goes with the upload queued now."""
+    def commit(self, node: Node, whole: bool = False) -> None:
+        """A program closed the file: its metadata goes with the upload queued now (`whole`:
+        written whole, so with the queue's delay for such files)."""
         obj = node.obj
         if obj is not None and obj.dirty and not node.unlinked:
             obj.record.metadata = attrs_mod.encode(node.attrs)
-            self.queue.commit(obj)
+            self.queue.commit(obj, whole=whole)
 
     async def truncate(self, node: Node, size: int) -> None:
         self._writable()

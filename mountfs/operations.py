@@ -128,6 +128,7 @@ class Operations(pyfuse3.Operations):
                 self.ns.check_size(attr.st_size)
                 await self.cache.truncate(handle.obj, attr.st_size)
                 handle.uncommitted = True
+                handle.whole = handle.whole or attr.st_size == 0
                 node.size = attr.st_size
                 node.attrs.modified(now)
             else:
@@ -216,7 +217,8 @@ class Operations(pyfuse3.Operations):
         if writable and self.ns.read_only:
             raise ReadOnly("read-only mount")
         obj, keep_cache = await self.ns.open_data(node)
-        handle = FileHandle(node, obj, writable, bool(flags & os.O_APPEND))
+        handle = FileHandle(node, obj, writable, bool(flags & os.O_APPEND),
+                            whole=writable and bool(flags & os.O_TRUNC))
         fh = self.handles.add(handle)
         if flags & os.O_TRUNC and writable and node.size:
             handle.uncommitted = True
@@ -233,7 +235,7 @@ class Operations(pyfuse3.Operations):
                                     ctx.uid, ctx.gid)
         obj, _ = await self.ns.open_data(node)  # new: nothing of it in the kernel's cache
         fh = self.handles.add(FileHandle(node, obj, True, bool(flags & os.O_APPEND),
-                                         uncommitted=True))  # a new file, even if empty
+                                         uncommitted=True, whole=True))  # new, even if empty
         return pyfuse3.FileInfo(fh=fh), self._lookup_reply(node)
 
     @fuse_errors
@@ -276,10 +278,13 @@ class Operations(pyfuse3.Operations):
 
     def _commit(self, handle: FileHandle) -> None:
         """Commit what this handle wrote since its last commit: flush commits, and release,
-        which follows, or a reader's close, has nothing to add (a journal write each)."""
+        which follows, or a reader's close, has nothing to add (a journal write each). A file
+        this handle wrote whole, with no other writer left, goes up at once: the write-back
+        delay is for programs that rewrite files in place (editors, logs, databases)."""
         if handle.uncommitted:
             handle.uncommitted = False
-            self.ns.commit(handle.node)
+            self.ns.commit(handle.node, whole=handle.whole
+                           and not self.handles.writers(handle.node, besides=handle))
 
     # ---- directories -----------------------------------------------------------------------
 
@@ -290,6 +295,7 @@ class Operations(pyfuse3.Operations):
             raise NotADirectoryError(errno.ENOTDIR, node.name)
         handle = DirHandle(node, self.ns.list_dir(node))
         node.readers.append(handle.opened_at)  # its listing stays fresh while it is read
+        handle.ahead = self.ns.stat_ahead.open(node, handle.entries)
         try:
             await handle.more()  # the first page now, so that opendir reports a failure
         except BaseException:
@@ -316,9 +322,9 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         await self._close_dir(self.handles.pop_dir(fh))
 
-    @staticmethod
-    async def _close_dir(handle: DirHandle) -> None:
+    async def _close_dir(self, handle: DirHandle) -> None:
         handle.node.readers.remove(handle.opened_at)
+        self.ns.stat_ahead.close(handle.ahead)
         await handle.aclose()
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

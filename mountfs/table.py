@@ -70,6 +70,14 @@ class NodeTable:
             self.fresh(node.listed_at)
             or self.ttl > 0 and bool(node.readers) and min(node.readers) <= node.listed_at)
 
+    def held_fresh(self, node: Node) -> bool:
+        """The node's attributes came from the server (or changed here) since a program that
+        still has its directory open opened it: as its listing (`listing_fresh`), they hold
+        while that program reads and stats the directory, however long that takes."""
+        parent = node.parent
+        return self.ttl > 0 and parent is not None and bool(parent.readers) \
+            and node.refreshed_at >= min(parent.readers)
+
     def forget(self, inode: int, count: int) -> None:
         node = self.nodes.get(inode)
         if node is None:

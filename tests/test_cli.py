@@ -250,7 +250,7 @@ def test_mount_from_a_directory_holding_folders_named_like_its_packages(
 
 
 def test_umount_waits_for_the_queue(mounter: Mounter, store: Store) -> None:
-    m = mounter.mount(store, "--writeback-delay", "2")
+    m = mounter.mount(store, "--writeback-delay", "2", "--whole-file-delay", "2")
     (m.bucket / "a").write_bytes(b"first file")
     (m.bucket / "b").write_bytes(b"second file" * 1000)
     assert not (store.stored / "a").exists()  # still waiting out the delay
@@ -271,7 +271,7 @@ def test_umount_with_nothing_queued(mounted: Mount) -> None:
 
 
 def test_status_json(mounter: Mounter, store: Store) -> None:
-    m = mounter.mount(store, "--writeback-delay", "30", "--cache-size", "64M")
+    m = mounter.mount(store, "--writeback-delay", "30", "--whole-file-delay", "30", "--cache-size", "64M")
     (m.bucket / "queued").write_bytes(b"q" * 1000)
     s = m.status()
     assert s["source"] == m.source and s["mountpoint"] == str(m.path) and s["pid"] == m.pid

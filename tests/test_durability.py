@@ -35,7 +35,7 @@ def payload(i: int) -> bytes:
 
 def test_kill_after_close_loses_no_file(mounter: Mounter, store: Store) -> None:
     # A long delay keeps every upload queued when the process dies.
-    m = mounter.mount(store, "--writeback-delay", "60", "--block-size", "4096")
+    m = mounter.mount(store, "--writeback-delay", "60", "--whole-file-delay", "60", "--block-size", "4096")
     (m.bucket / "d").mkdir()
     for i in range(20):
         (m.bucket / "d" / f"f{i}").write_bytes(payload(i))
@@ -52,7 +52,7 @@ def test_kill_after_close_loses_no_file(mounter: Mounter, store: Store) -> None:
 
 def test_kill_while_a_file_is_open_keeps_what_was_written(mounter: Mounter,
                                                           store: Store) -> None:
-    m = mounter.mount(store, "--writeback-delay", "60")
+    m = mounter.mount(store, "--writeback-delay", "60", "--whole-file-delay", "60")
     f = open(m.bucket / "open.bin", "wb")
     f.write(b"x" * 10000)
     f.flush()
@@ -77,7 +77,7 @@ def test_fsync_uploads_before_returning(mounted: Mount) -> None:
 
 def test_sigterm_drains_the_queue_then_unmounts(mounter: Mounter, store: Store) -> None:
     # A delay longer than wait_for's timeout: the stopping mount uploads without waiting it out.
-    m = mounter.mount(store, "--writeback-delay", "300")
+    m = mounter.mount(store, "--writeback-delay", "300", "--whole-file-delay", "300")
     (m.bucket / "late").write_bytes(b"queued at SIGTERM")
     os.kill(m.pid, 15)
     wait_for(lambda: not is_mounted(m.path))
@@ -85,7 +85,7 @@ def test_sigterm_drains_the_queue_then_unmounts(mounter: Mounter, store: Store) 
 
 
 def test_fusermount_unmount_still_uploads(mounter: Mounter, store: Store) -> None:
-    m = mounter.mount(store, "--writeback-delay", "300")
+    m = mounter.mount(store, "--writeback-delay", "300", "--whole-file-delay", "300")
     (m.bucket / "late").write_bytes(b"queued at fusermount -u")
     subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
     wait_for(lambda: (store.stored / "late").exists())

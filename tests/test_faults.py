@@ -325,7 +325,7 @@ def test_denied_upload_fails_fsync_and_close_and_stays_until_allowed(
 
 def test_upload_to_a_deleted_bucket_fails_until_it_is_back(
         mounter: Mounter, proxy: FaultProxy, client, bucket: str) -> None:
-    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "30")
+    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "30", "--whole-file-delay", "30")
     data = os.urandom(5000)
     (m.path / "late.bin").write_bytes(data)  # closed, queued, not uploaded yet
     client.delete_bucket(Bucket=bucket)
@@ -373,7 +373,7 @@ def test_umount_with_uploads_queued_behind_faults_finishes_and_loses_nothing(
     # A long write-back delay keeps every upload queued until `mountfs umount` asks for them;
     # then 20% of the requests fail (stalls past the timeout among them) while it waits.
     files = FileSet(3, ci_sizes()[:12] + [9 * MiB + 5])
-    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "600")
+    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "600", "--whole-file-delay", "600")
     for i in range(len(files.sizes)):
         os.makedirs((m.path / files.name(i)).parent, exist_ok=True)
         write_file(m.path / files.name(i), files.data(i))

@@ -697,7 +697,7 @@ def test_rename_tree_with_pending_files(mounted: Mount) -> None:
 
 
 def test_rename_before_upload(mounter: Mounter, store: Store) -> None:
-    m = mounter.mount(store, "--writeback-delay", "1")
+    m = mounter.mount(store, "--writeback-delay", "1", "--whole-file-delay", "1")
     write_file(m.bucket / "a", b"just written")
     os.rename(m.bucket / "a", m.bucket / "b")
     assert not (store.stored / "a").exists() and not (store.stored / "b").exists()
@@ -712,7 +712,7 @@ def test_rename_before_upload(mounter: Mounter, store: Store) -> None:
 def test_rename_pending_over_uploaded_then_unlink(mounter: Mounter, store: Store) -> None:
     """The replaced target must not come back when the renamed file is removed before its
     upload (found by the model test: a symlink target reappeared)."""
-    m = mounter.mount(store, "--writeback-delay", "1")
+    m = mounter.mount(store, "--writeback-delay", "1", "--whole-file-delay", "1")
     os.symlink("elsewhere", m.bucket / "c")
     write_file(m.bucket / "b", b"on the server")
     wait_store(store.stored / "b", b"on the server")
@@ -904,7 +904,7 @@ def test_directory_attributes_seen_through_listing(mounter: Mounter, store: Stor
 @pytest.mark.requires(keeps=("uid", "gid", "mtime"))
 def test_attributes_of_pending_file_persist(mounter: Mounter, store: Store) -> None:
     """chmod/chown/utime on a file not uploaded yet travel with its upload."""
-    m = mounter.mount(store, "--writeback-delay", "1")
+    m = mounter.mount(store, "--writeback-delay", "1", "--whole-file-delay", "1")
     f = m.bucket / "f"
     write_file(f, b"pending")
     os.chmod(f, 0o751)
@@ -1119,7 +1119,7 @@ def test_rm_r(mounted: Mount, tmp_path: Path) -> None:
 
 
 def test_rm_r_before_upload(mounter: Mounter, store: Store, tmp_path: Path) -> None:
-    m = mounter.mount(store, "--writeback-delay", "1")
+    m = mounter.mount(store, "--writeback-delay", "1", "--whole-file-delay", "1")
     make_tree(tmp_path / "src-tree")
     run("cp", "-r", tmp_path / "src-tree", m.bucket / "t")
     run("rm", "-r", m.bucket / "t")

@@ -56,7 +56,7 @@ def test_cache_dir_is_private(mounter: Mounter, store: Store, tmp_path: Path) ->
     cache.chmod(0o755)
     old = os.umask(0)
     try:
-        m = mounter.mount(store, "--writeback-delay", "30", cache=cache)  # stays dirty
+        m = mounter.mount(store, "--writeback-delay", "30", "--whole-file-delay", "30", cache=cache)  # stays dirty
     finally:
         os.umask(old)
     (m.bucket / "f").write_bytes(b"private data" * 100_000)  # block files and a record

@@ -38,7 +38,7 @@ def wait_for(check: callable, timeout: float = 20) -> None:  # type: ignore[vali
 @pytest.mark.requires("buckets_editable")
 def test_a_second_sigterm_ends_a_mount_waiting_on_a_failing_upload(mounter: Mounter,
                                                                     store: Store) -> None:
-    m = mounter.mount(store, "--writeback-delay", "300")
+    m = mounter.mount(store, "--writeback-delay", "300", "--whole-file-delay", "300")
     (m.bucket / "f").write_bytes(b"kept in the journal")
     in_store(store, "delete_bucket")  # the upload fails for good: NoSuchBucket
     subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=True)
@@ -60,7 +60,7 @@ def test_a_second_sigterm_ends_a_mount_waiting_on_a_failing_upload(mounter: Moun
 
 
 def test_an_upload_whose_cache_data_is_gone_fails_once(mounter: Mounter, store: Store) -> None:
-    m = mounter.mount(store, "--writeback-delay", "300")
+    m = mounter.mount(store, "--writeback-delay", "300", "--whole-file-delay", "300")
     (m.bucket / "f").write_bytes(b"x" * 5000)
     blocks = list((m.cache / "blocks").iterdir())
     assert blocks

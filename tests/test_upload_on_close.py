@@ -3,13 +3,17 @@ upload's error as its own, for pipelines that hand the object on as soon as `cp`
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from conftest import Mounter
+from stores import names
 from test_fidelity import in_store
 
 if TYPE_CHECKING:
@@ -50,3 +54,63 @@ def test_close_reports_the_upload_error_and_keeps_the_file(mounter: Mounter,
     with open(m.bucket / "dir" / "f", "rb+") as f:
         f.write(b"K")
     assert (store.stored / "dir" / "f").read_bytes() == b"Kept for a retry"
+
+
+def wait_for(check: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_file_written_whole_goes_up_at_close_an_in_place_rewrite_waits(
+        mounter: Mounter, store: Store, tmp_path: Path) -> None:
+    """Without `--upload-on-close`, a long write-back delay: files written whole (created,
+    or opened with O_TRUNC, and closed with no writer left) go up at once, in parallel; a file
+    rewritten in place (opened without O_TRUNC), or whole while another writer still has it
+    open, waits out the delay meant for editors."""
+    m = mounter.mount(store, "--writeback-delay", "300")
+    sources = tmp_path / "src"
+    sources.mkdir()
+    for i in range(40):
+        (sources / f"s{i:02d}").write_bytes(b"small %d" % i)
+    subprocess.run(["cp", "-r", str(sources), str(m.bucket / "copy")], check=True)
+    assert wait_for(lambda: all((store.stored / "copy" / f"s{i:02d}").exists()
+                                for i in range(40)), 20), m.status()["queue"]
+    assert (store.stored / "copy" / "s07").read_bytes() == b"small 7"
+    with open(m.bucket / "copy" / "s07", "r+b") as f:  # in place: an editor's rewrite
+        f.write(b"SMALL")
+    with open(m.bucket / "copy" / "s08", "wb") as f:  # O_TRUNC: whole again
+        f.write(b"replaced 8")
+    with open(m.bucket / "copy" / "s09", "r+b") as writer:  # another writer stays
+        with open(m.bucket / "copy" / "s09", "wb") as f:
+            f.write(b"replaced 9")
+        assert wait_for(lambda: (store.stored / "copy" / "s08").read_bytes()
+                        == b"replaced 8", 20)
+        time.sleep(1.0)
+        assert (store.stored / "copy" / "s09").read_bytes() == b"small 9", \
+            "a writer still holds it: not whole yet"
+        writer.seek(0, 2)
+    assert (store.stored / "copy" / "s07").read_bytes() == b"small 7", "waits out the delay"
+    assert {entry["key"] for entry in m.status()["queue"]} == {"copy/s07", "copy/s09"}
+    assert (m.bucket / "copy" / "s07").read_bytes() == b"SMALL 7"
+
+
+def test_a_file_written_whole_then_renamed_ends_under_the_new_name_only(
+        mounter: Mounter, store: Store) -> None:
+    """An editor's save: a temporary file written whole, closed (so it goes up at once), then
+    renamed over the file. The server ends with the new data under the file's name and nothing
+    under the temporary name, whether the rename came during the upload or after it."""
+    m = mounter.mount(store, "--writeback-delay", "300")
+    (m.bucket / "doc.txt").write_bytes(b"version 0")
+    for i in range(1, 6):
+        tmp = m.bucket / f".doc.txt.tmp{i}"
+        tmp.write_bytes(b"version %d" % i)
+        if i % 2:
+            time.sleep(0.5)  # uploaded before the rename: moved on the server
+        os.rename(tmp, m.bucket / "doc.txt")
+    assert (m.bucket / "doc.txt").read_bytes() == b"version 5"
+    assert wait_for(lambda: (store.stored / "doc.txt").read_bytes() == b"version 5", 20)
+    assert wait_for(lambda: names(store.stored) == ["doc.txt"], 20), names(store.stored)

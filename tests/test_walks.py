@@ -216,3 +216,89 @@ def test_walk_sees_the_tree_and_names_removed_elsewhere(mounter: Mounter, store,
                                                              if n != "f0.txt"]
     stat_walk(m.bucket / "dst", {rel: size for rel, size in files.items()
                                  if rel != "top1/f0.txt"})
+
+
+class SlowHeads(S3Proxy):
+    """Holds every HEAD `delay` seconds, as a distant server would, and records how many were
+    under way at once."""
+
+    delay = 0.05
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.in_flight = self.most_in_flight = 0
+
+    def handle(self, h, op: str, body: bytes) -> None:  # type: ignore[no-untyped-def]
+        if op != "HeadObject":
+            super().handle(h, op, body)
+            return
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay)
+            super().handle(h, op, body)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+@pytest.fixture
+def slow_heads(s3_env: S3Server) -> Iterator[SlowHeads]:
+    p = SlowHeads(s3_env.url).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def put_flat(client, bucket: str, count: int) -> list[str]:  # type: ignore[no-untyped-def]
+    names = [f"f{i:04d}" for i in range(count)]
+    for name in names:
+        client.put_object(Bucket=bucket, Key=f"flat/{name}", Body=name.encode())
+    return names
+
+
+def test_ls_l_reads_metadata_ahead_in_parallel_once_each(
+        mounter: Mounter, slow_heads: SlowHeads, client,  # type: ignore[no-untyped-def]
+        bucket_name: str) -> None:
+    """`ls -l` of a directory: the metadata of the entries is read ahead of its stats, many at
+    once, each entry once; `find` and `ls`, which stat nothing, cost no HEAD."""
+    names = put_flat(client, bucket_name, 160)
+    m = mount_counted(mounter, slow_heads, bucket_name, ttl=60)  # type: ignore[arg-type]
+    for cmd in (["find", str(m.path / "flat")], ["ls", str(m.path / "flat")]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    assert taken(slow_heads)["HeadObject"] <= 1, "a walk that stats nothing reads no metadata"
+    started = time.monotonic()
+    out = subprocess.run(["ls", "-l", str(m.path / "flat")], check=True, capture_output=True,
+                         text=True).stdout
+    seconds = time.monotonic() - started
+    assert sum(name in out for name in names) == len(names)
+    seen = taken(slow_heads)
+    assert seen["HeadObject"] == len(names), seen  # each entry once, none twice
+    assert seen["ListObjectsV2"] == 0, seen  # the listing `ls` made answered every name
+    assert slow_heads.most_in_flight >= 8, slow_heads.most_in_flight
+    # One at a time, the HEADs alone would take len(names) * delay = 8 s.
+    assert seconds < len(names) * SlowHeads.delay / 4, seconds
+
+
+def test_metadata_is_read_only_a_little_ahead_of_the_program(
+        mounter: Mounter, proxy: S3Proxy, client, bucket_name: str) -> None:  # type: ignore[no-untyped-def]
+    """A program that read a large directory whole and stats one entry: the entries after it
+    are read ahead, a bounded number, not the whole directory."""
+    names = put_flat(client, bucket_name, 400)
+    m = mount_counted(mounter, proxy, bucket_name, ttl=60)
+    fd = os.open(m.path / "flat", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with os.scandir(fd) as it:
+            assert sorted(entry.name for entry in it) == names
+        taken(proxy)
+        assert os.lstat(m.path / "flat" / names[0]).st_size == len(names[0])
+        time.sleep(1.0)  # what was started ahead is done
+        heads = taken(proxy)["HeadObject"]
+        assert 1 < heads <= 1 + 64, heads  # (64: 4 x Features.parallel_requests)
+        for name in names[1:40]:  # the next stats find their attributes read
+            assert os.lstat(m.path / "flat" / name).st_size == len(name)
+        assert taken(proxy)["HeadObject"] <= 40 - heads + 64, "read ahead, not again"
+    finally:
+        os.close(fd)

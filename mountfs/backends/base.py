@@ -126,6 +126,11 @@ class Features:
     # copies nothing (AmigoCloud). Said by `mountfs doctor`: renames and copies cost a
     # download and an upload.
     server_side_copy: bool = True
+    # Requests worth having under way at once, about the driver's connection pool (more only
+    # queue in the driver, fewer leave it idle): the stat-ahead of a directory being read and
+    # stat'ed (mountfs/statahead.py) keeps this many metadata reads in flight, and the
+    # write-back queue runs at least this many uploads at once (small files' PUTs).
+    parallel_requests: int = 16
 
     def keeps(self, attribute: str) -> bool:
         return self.kept_attributes is None or attribute in self.kept_attributes

@@ -17,12 +17,17 @@ class Sizes:
     fio_runtime: int     # (e): seconds of fio
     rename_size: int     # (f): the renamed file
     reps: int            # repetitions of each workload per tool
+    huge: int = 10 * GiB  # (h): the file written and read back through a small cache
+    huge_cache: int = 2 * GiB  # (h): the tools' cache cap (mountfs --cache-size)
+    huge_listing_count: int = 100_000  # (i): objects under the large listed prefix
 
     def describe(self) -> str:
         return (f"(a,b) {human_size(self.big)}; (c) {self.small_count} x "
                 f"{human_size(self.small_size)}; (d) {self.listing_count} objects; "
                 f"(e) {human_size(self.fio_size)}, {self.fio_runtime} s; "
-                f"(f) {human_size(self.rename_size)}; {self.reps} run(s) each")
+                f"(f) {human_size(self.rename_size)}; (h) {human_size(self.huge)} through "
+                f"a {human_size(self.huge_cache)} cache; (i) {self.huge_listing_count} "
+                f"objects; {self.reps} run(s) each")
 
 
 def human_size(n: int) -> str:
@@ -35,4 +40,5 @@ def human_size(n: int) -> str:
 FULL = Sizes(big=GiB, small_count=1000, small_size=4096, listing_count=10_000,
              fio_size=256 * MiB, fio_runtime=10, rename_size=100 * MiB, reps=3)
 QUICK = Sizes(big=64 * MiB, small_count=200, small_size=4096, listing_count=1000,
-              fio_size=256 * MiB, fio_runtime=3, rename_size=100 * MiB, reps=1)
+              fio_size=256 * MiB, fio_runtime=3, rename_size=100 * MiB, reps=1,
+              huge=512 * MiB, huge_cache=128 * MiB, huge_listing_count=3000)

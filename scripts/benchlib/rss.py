@@ -1,9 +1,11 @@
-"""Peak memory of a mount process: VmRSS sampled every 50 ms in a thread, and VmHWM (the
-kernel's own high-water mark) read at each sample, kept across several processes (mounts)."""
+"""Peaks of a mount: the memory of its process (VmRSS sampled every 50 ms in a thread, and
+VmHWM, the kernel's own high-water mark, read at each sample, kept across several processes,
+i.e. mounts), and the disk its cache directory takes (`PeakDisk`)."""
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 MiB = 1024 * 1024
@@ -20,6 +22,27 @@ def read_status_kib(pid: int) -> dict[str, int]:
     except OSError:
         pass
     return values
+
+
+@contextmanager
+def sampled(sample: Callable[[], None], interval: float, name: str) -> Iterator[None]:
+    """Call `sample` every `interval` seconds in a thread until the block ends, and once
+    more at its end."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            sample()
+            stop.wait(interval)
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        sample()
 
 
 class PeakMemory:
@@ -39,21 +62,8 @@ class PeakMemory:
         if pid is None:
             yield
             return
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                self.sample(pid)
-                stop.wait(self.interval)
-
-        thread = threading.Thread(target=loop, name=f"rss-{pid}", daemon=True)
-        thread.start()
-        try:
+        with sampled(lambda: self.sample(pid), self.interval, f"rss-{pid}"):
             yield
-        finally:
-            stop.set()
-            thread.join()
-            self.sample(pid)
 
     @property
     def rss_mib(self) -> float:
@@ -62,3 +72,37 @@ class PeakMemory:
     @property
     def hwm_mib(self) -> float:
         return self.hwm_kib * 1024 / MiB
+
+
+def disk_bytes(root: str) -> int:
+    """Bytes the files below `root` take on disk (allocated blocks: sparse files count what
+    they hold); files vanishing meanwhile are skipped."""
+    total = 0
+    for where, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(where, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class PeakDisk:
+    """The most disk a directory took, sampled every `interval` seconds in a thread."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.peak_bytes = 0
+
+    @contextmanager
+    def watch(self, root: str) -> Iterator[None]:
+        """Sample the disk below `root` until the block ends."""
+        def sample() -> None:
+            self.peak_bytes = max(self.peak_bytes, disk_bytes(root))
+
+        with sampled(sample, self.interval, "disk-peak"):
+            yield
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_bytes / MiB

@@ -59,6 +59,8 @@ class Tool(ABC):
         self.mounts = 0
         self.cache_dir = ctx.work / "cache" / self.name
         self.log_file = ctx.work / "logs" / f"{self.name}.log"
+        # The most its local cache may hold for the mount under way (None: its default).
+        self.cache_cap: int | None = None
 
     @property
     def root(self) -> Path:
@@ -107,7 +109,8 @@ class Tool(ABC):
         shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     @contextmanager
-    def mounted(self) -> Iterator[Path]:
+    def mounted(self, cache_cap: int | None = None) -> Iterator[Path]:
+        self.cache_cap = cache_cap
         self.mount()
         try:
             yield self.root
@@ -204,10 +207,11 @@ class Mountfs(Tool):
 
     def _start(self) -> None:
         self._pid = None
+        cap = ["--cache-size", str(self.cache_cap)] if self.cache_cap else []
         try:
             self.cli("mount", "s3://", str(self.mountpoint), "--endpoint-url", self.ctx.url,
                      "--path-style", "--cache-dir", str(self.cache_dir),
-                     "--log-file", str(self.log_file), timeout=MOUNT_TIMEOUT)
+                     "--log-file", str(self.log_file), *cap, timeout=MOUNT_TIMEOUT)
         except BenchError as exc:
             raise BenchError(f"{exc}; log: {tail(self.log_file)}") from None
         status = json.loads(self.cli("status", "--json", str(self.mountpoint),
@@ -264,8 +268,9 @@ class Rclone(ProcessTool):
                 "RCLONE_CONFIG_S3_FORCE_PATH_STYLE": "true"}
 
     def command(self) -> list[str]:
+        cap = ["--vfs-cache-max-size", f"{self.cache_cap // 1024}Ki"] if self.cache_cap else []
         return [self.ctx.rclone, "mount", f"s3:{BUCKET}", str(self.mountpoint),
-                "--vfs-cache-mode", self.cache_mode, "--cache-dir", str(self.cache_dir)]
+                "--vfs-cache-mode", self.cache_mode, "--cache-dir", str(self.cache_dir), *cap]
 
     def version(self) -> str:
         out = subprocess.run([self.ctx.rclone, "version"], capture_output=True,

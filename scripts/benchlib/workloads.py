@@ -1,4 +1,5 @@
-"""What is measured: workloads (a)-(g) of issue 4, on a mounted tool and as the boto3 baseline.
+"""What is measured: workloads (a)-(g) of issue 4 and (h)-(i) of issue 16, on a mounted tool
+and as the boto3 baseline.
 
 Each workload has `measure(tool, bench, out)` and `baseline(bench, out)`; both fill `out`
 (metric key -> value) as they go, so a failure half-way keeps what was measured. Every tool
@@ -21,12 +22,13 @@ from pathlib import Path
 
 from benchlib.config import MiB, Sizes, human_size
 from benchlib.procs import BenchError, drop_caches, run, timed, wait_until
-from benchlib.rss import PeakMemory
+from benchlib.rss import PeakDisk, PeakMemory
 from benchlib.store import Store
 from benchlib.tools import Tool
 
 Out = dict[str, float]
 LISTING_PREFIX = "shared-list"
+HUGE_LISTING_PREFIX = "shared-huge-list"
 BASELINE = "baseline"
 
 
@@ -72,6 +74,8 @@ def metrics(sizes: Sizes) -> list[Metric]:
     e = f"(e) fio randread 4 KiB, {human_size(sizes.fio_size)}"
     f = f"(f) mv of {human_size(sizes.rename_size)}"
     g = "(g) mount process memory, (a)+(b)"
+    h = f"(h) write, read {human_size(sizes.huge)}, cache cap {human_size(sizes.huge_cache)}"
+    i = f"(i) prefix of {sizes.huge_listing_count:,} objects"
     return [
         Metric("a.close", "ab", a, "until close returns (s)", False),
         Metric("a.server", "ab", a, "until complete on the server (s)", False),
@@ -87,6 +91,13 @@ def metrics(sizes: Sizes) -> list[Metric]:
         Metric("f.server", "f", f, "until done on the server (s)", False),
         Metric("g.rss", "ab", g, "peak VmRSS, 50 ms samples (MiB)", False),
         Metric("g.hwm", "ab", g, "VmHWM (MiB)", False),
+        Metric("h.server", "h", h, "write: until complete on the server (s)", False),
+        Metric("h.cold", "h", h, "read back, cold (MiB/s)", True),
+        Metric("h.cache_write", "h", h, "peak cache dir on disk, writing (MiB)", False),
+        Metric("h.cache_read", "h", h, "peak cache dir on disk, reading (MiB)", False),
+        Metric("h.rss", "h", h, "peak VmRSS of the mount (MiB)", False),
+        Metric("i.ls", "i", i, "ls -l, cold (s)", False),
+        Metric("i.find", "i", i, "find, cold (s)", False),
     ]
 
 
@@ -235,20 +246,28 @@ def prepare_listing(bench: Bench) -> None:
 
 
 def listing(tool: Tool, bench: Bench, out: Out) -> None:
-    count = bench.sizes.listing_count
-    for metric, cmd in (("d.ls", ["ls", "-l"]), ("d.find", ["find"])):
-        bench.drop_caches()
-        with tool.mounted() as root:
-            # ls -l: a "total" line and one per entry; find: the directory and its entries.
-            out[metric] = counted([*cmd, str(root / LISTING_PREFIX)], count + 1, bench.timeout)
+    list_prefix(tool, bench, out, "d", LISTING_PREFIX, bench.sizes.listing_count)
 
 
 def listing_baseline(bench: Bench, out: Out) -> None:
+    list_prefix_baseline(bench, out, "d", LISTING_PREFIX, bench.sizes.listing_count)
+
+
+def list_prefix(tool: Tool, bench: Bench, out: Out, row: str, prefix: str, count: int) -> None:
+    """`ls -l` and `find` of `prefix` (holding `count` objects), each on a fresh mount."""
+    for metric, cmd in ((f"{row}.ls", ["ls", "-l"]), (f"{row}.find", ["find"])):
+        bench.drop_caches()
+        with tool.mounted() as root:
+            # ls -l: a "total" line and one per entry; find: the directory and its entries.
+            out[metric] = counted([*cmd, str(root / prefix)], count + 1, bench.timeout)
+
+
+def list_prefix_baseline(bench: Bench, out: Out, row: str, prefix: str, count: int) -> None:
     start = time.perf_counter()
-    listed = bench.store.list_count(LISTING_PREFIX + "/")
-    out["d.ls"] = out["d.find"] = time.perf_counter() - start
-    if listed != bench.sizes.listing_count:
-        raise BenchError(f"listed {listed} of {bench.sizes.listing_count} objects")
+    listed = bench.store.list_count(prefix + "/")
+    out[f"{row}.ls"] = out[f"{row}.find"] = time.perf_counter() - start
+    if listed != count:
+        raise BenchError(f"listed {listed} of {count} objects")
 
 
 # --- (e) random reads ------------------------------------------------------------------------
@@ -309,10 +328,63 @@ def rename_baseline(bench: Bench, out: Out) -> None:
         bench.store.delete_prefix(f"{BASELINE}-mv/")
 
 
+# --- (h) a file larger than the cache ---------------------------------------------------------
+
+def huge_file(tool: Tool, bench: Bench, out: Out) -> None:
+    """Written with dd and read back (fresh mount, cold) with the tool's cache capped below
+    the file's size: the cap must hold (peak disk of the cache dir) and memory stay flat."""
+    size, cap, prefix = bench.sizes.huge, bench.sizes.huge_cache, f"{tool.name}-huge"
+    key = f"{prefix}/file"
+    bench.store.delete_prefix(prefix + "/")
+    memory, writing, reading = PeakMemory(), PeakDisk(), PeakDisk()
+    try:
+        with tool.mounted(cache_cap=cap) as root, memory.watch(tool.pid), \
+                writing.watch(str(tool.cache_dir)):
+            (root / prefix).mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            dd_write(root / key, size, bench.timeout)
+            wait_until(lambda: bench.store.size(key) == size, timeout=bench.timeout,
+                       what=f"{key} complete on the server")
+            out["h.server"] = time.perf_counter() - start
+        bench.drop_caches()
+        with tool.mounted(cache_cap=cap) as root, memory.watch(tool.pid), \
+                reading.watch(str(tool.cache_dir)):
+            out["h.cold"] = mib(size) / dd_read(root / key, size, bench.timeout)
+    finally:
+        if memory.rss_kib:
+            out["h.rss"] = memory.rss_mib
+        out["h.cache_write"], out["h.cache_read"] = writing.peak_mib, reading.peak_mib
+        bench.store.delete_prefix(prefix + "/")
+
+
+def huge_file_baseline(bench: Bench, out: Out) -> None:
+    """None: (a) and (b) have boto3's rates; this row is about the cap and memory."""
+
+
+# --- (i) a large listing -------------------------------------------------------------------
+
+def prepare_huge_listing(bench: Bench) -> None:
+    count = bench.sizes.huge_listing_count
+    if bench.store.list_count(HUGE_LISTING_PREFIX + "/") != count:
+        bench.store.delete_prefix(HUGE_LISTING_PREFIX + "/")
+        bench.store.put_many([f"{HUGE_LISTING_PREFIX}/k{i:06d}" for i in range(count)], 100)
+
+
+def huge_listing(tool: Tool, bench: Bench, out: Out) -> None:
+    list_prefix(tool, bench, out, "i", HUGE_LISTING_PREFIX, bench.sizes.huge_listing_count)
+
+
+def huge_listing_baseline(bench: Bench, out: Out) -> None:
+    list_prefix_baseline(bench, out, "i", HUGE_LISTING_PREFIX, bench.sizes.huge_listing_count)
+
+
 WORKLOADS = [
     Workload("ab", "(a) write, (b) read, (g) memory", write_read, write_read_baseline),
     Workload("c", "(c) small files", small_files, small_files_baseline),
     Workload("d", "(d) listing", listing, listing_baseline, prepare_listing),
     Workload("e", "(e) random reads", random_reads, random_reads_ceiling),
     Workload("f", "(f) rename", rename, rename_baseline),
+    Workload("h", "(h) a file larger than the cache", huge_file, huge_file_baseline),
+    Workload("i", "(i) a large listing", huge_listing, huge_listing_baseline,
+             prepare_huge_listing),
 ]

@@ -1,0 +1,111 @@
+"""Stat-ahead: the metadata of a directory's entries read in parallel while a program reads the
+directory and stats what it read (`ls -l`, `du`, rsync, a file manager), so that each stat
+finds its entry's attributes read or under way instead of waiting for a request of its own.
+
+A listing that carries no metadata (S3) leaves each entry's attributes to one read
+(`Listings.complete`, a HEAD). Each open directory handle has a `Window` on the entries it
+has (the pages fetched so far, in readdir order). A stat of one of them shows that the program
+stats what it lists (unlike `find` or a plain `ls`, which then cost no request per entry), and
+starts reads of the `ahead` entries after it; each later stat moves that edge. Reads run ahead
+of the program's stats, never far ahead of them: what is read is used within moments, not
+after its TTL, and a huge directory is read only as far as its reader got, plus `ahead`. At
+most `parallel` reads (`Features.parallel_requests`, about the driver's connection pool) are
+under way at once across directories; a stat only starts tasks, and waits for its own entry
+alone. A read started here is claimed in the listings' registry (`Listings.claim`), so every
+stat of that entry waits for it and no entry is read twice. Closing the handle drops the reads
+not yet begun (a stat still waiting for one reads the entry itself); those under way finish.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from mountfs.nodes import Node
+
+
+@dataclass(eq=False)
+class Window:
+    """What one directory handle has handed out, and how far reads were started."""
+
+    directory: Node
+    entries: list[tuple[str, Node]]  # the handle's own list, growing as pages come
+    started: int = 0  # reads were started (or found needless) below this index
+    closed: bool = False
+    positions: dict[Node, int] = field(default_factory=dict)
+    indexed: int = 0  # entries[:indexed] are in positions
+
+    def position(self, node: Node) -> int | None:
+        for i in range(self.indexed, len(self.entries)):
+            self.positions.setdefault(self.entries[i][1], i)
+        self.indexed = len(self.entries)
+        return self.positions.get(node)
+
+
+class StatAhead:
+    def __init__(self, claim: Callable[[Node], trio.Event | None],
+                 read: Callable[[Node, trio.Event], Awaitable[None]],
+                 forgo: Callable[[Node, trio.Event], None], parallel: int) -> None:
+        self._claim = claim  # registers a read of the node as the one to wait for
+        self._read = read  # reads it (failures left for the entry's own turn), sets the event
+        self._forgo = forgo  # gives a claim up unread, setting the event
+        self._limiter = trio.CapacityLimiter(max(1, parallel))
+        # Beyond the entry stat'ed: enough to keep `parallel` reads busy, little enough that
+        # what is read is soon used.
+        self.ahead = 4 * max(1, parallel)
+        self._nursery: trio.Nursery | None = None
+        self._windows: dict[Node, list[Window]] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Host the reads until cancelled (the mount's nursery)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def open(self, directory: Node, entries: list[tuple[str, Node]]) -> Window:
+        window = Window(directory, entries)
+        self._windows.setdefault(directory, []).append(window)
+        return window
+
+    def close(self, window: Window) -> None:
+        window.closed = True
+        windows = self._windows.get(window.directory, [])
+        if window in windows:
+            windows.remove(window)
+        if not windows:
+            self._windows.pop(window.directory, None)
+
+    def stat_seen(self, node: Node) -> None:
+        """The attributes of `node`, not read yet, are asked for: if a program is reading its
+        directory, read it and the entries after it (the node's own read is claimed before
+        this returns)."""
+        if node.parent is None:
+            return
+        for window in self._windows.get(node.parent, ()):
+            at = window.position(node)
+            if at is None:
+                continue
+            window.started = max(window.started, at)  # the program went past the others
+            self._advance(window, at + 1 + self.ahead)
+
+    def _advance(self, window: Window, edge: int) -> None:
+        """Start reads of the window's entries up to `edge` (those known or under way need
+        none)."""
+        if self._nursery is None or window.closed:
+            return
+        edge = min(edge, len(window.entries))
+        for _, node in window.entries[window.started:edge]:
+            done = self._claim(node)
+            if done is not None:
+                self._nursery.start_soon(self._read_when_free, window, node, done)
+        window.started = max(window.started, edge)
+
+    async def _read_when_free(self, window: Window, node: Node, done: trio.Event) -> None:
+        async with self._limiter:
+            if window.closed:
+                self._forgo(node, done)
+                return
+            await self._read(node, done)
