@@ -25,6 +25,7 @@ import base58
 
 from mountfs.errors import ConfigError
 
+ACCESS_ENV = "STORJ_ACCESS"  # where uplink's tools take a grant from too
 VERSION = 0
 # pb.Scope
 SCOPE_SATELLITE, SCOPE_API_KEY, SCOPE_ENCRYPTION = 1, 2, 3
