@@ -85,7 +85,8 @@ class StorjBackend(S3Backend):
         response = getattr(exc, "response", None)
         error = response.get("Error", {}) if isinstance(response, dict) else {}
         code = str(error.get("Code", ""))
-        cls = STORJ_CODES.get(code)
+        # Gateways before v1.9 prefixed their own codes with XStorj.
+        cls = STORJ_CODES.get(code.removeprefix("XStorj"))
         if cls is None:
             return super().translate(exc)
         message = str(error.get("Message", ""))
