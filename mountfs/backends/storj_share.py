@@ -134,7 +134,8 @@ def _on_mount(path: Path) -> tuple[str, str]:
         source = str(status.get("source", ""))
         if not source.startswith("storj:"):
             raise ConfigError(f"{path} is on a mount of {source}, not of a storj:// source")
-        scope = source[len("storj:"):].strip("/")
+        # Source.describe(): "storj:SATELLITE", then " BUCKET/PREFIX" for a bucket mount.
+        scope = source.partition(" ")[2].strip("/")
         rel = path.relative_to(root).as_posix()
         full = "/".join(p for p in (scope, "" if rel == "." else rel) if p)
         bucket, _, key = full.partition("/")
