@@ -14,7 +14,11 @@ of a moto_server, as mountfs reaches the real one.
   SignatureDoesNotMatch, a revoked grant's keys 403 AccessDenied, as the gateway answers.
 
 `python -m tests.servers.storj --port N` runs both (auth on N, the gateway on N+1, moto on a
-free port) and prints a grant and the mount command.
+free port) and prints a grant and the mount command. The tests run it as a process of its own
+(`StorjService`): a test process blocked in msync(2) on the mount holds the GIL (CPython's
+mmap.flush does not let it go), so a gateway in one of its threads could never answer the
+upload msync waits for. Tests steer it through `/test/*` requests of the auth service's port
+(`StorjService.forget`, `revoke`, `refuse`, `registrations`), which the real one lacks.
 """
 from __future__ import annotations
 
@@ -27,14 +31,20 @@ import json
 import os
 import re
 import secrets
+import signal
+import subprocess
 import sys
 import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import base58
 
-from .s3 import S3Server, free_port, running
+from .s3 import S3Server, free_port, running, start_server, stop_process
 from .s3_proxy import ProxyHandler, S3Proxy, error_body
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SATELLITE = "12EayRS2V1kEsWESU9QMRseFhdxYxKicsiFmxrsLZHeLUtdps3S@127.0.0.1:7777"
 MAX_BODY = 4096  # the auth service's post size limit (its default is 4 KiB)
 REGION = "us-east-1"
@@ -98,7 +108,7 @@ class Credentials:
 
 class AuthHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    service: StorjService
+    state: Local
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -112,8 +122,22 @@ class AuthHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_GET(self) -> None:
+        self.json_reply(self.state.test_get(self.path))
+
+    def json_reply(self, found: Any) -> None:
+        body = json.dumps(found).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
+        if self.path.startswith("/test/"):
+            return self.json_reply(self.state.test_post(self.path,
+                                                        json.loads(self.rfile.read(length))))
         if self.path != "/v1/access":
             self.rfile.read(length)
             return self.text(404, "404 page not found")
@@ -129,18 +153,13 @@ class AuthHandler(http.server.BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError):
             return self.text(422, "invalid request body")
         problem = libuplink_parses(grant)
-        if problem is None and grant in self.service.credentials.revoked:
+        if problem is None and grant in self.state.credentials.revoked:
             problem = "uplink: access grant revoked"  # the satellite says so at registration
         if problem is not None:
             return self.text(500, f"error storing request in database: {problem}")
-        key, secret = self.service.credentials.mint(grant)
-        body = json.dumps({"access_key_id": key, "secret_key": secret,
-                           "endpoint": self.service.gateway.url}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        key, secret = self.state.credentials.mint(grant)
+        self.json_reply({"access_key_id": key, "secret_key": secret,
+                         "endpoint": self.state.gateway.url})
 
     def do_OPTIONS(self) -> None:
         self.send_response(200)
@@ -203,21 +222,21 @@ class Gateway(S3Proxy):
         return None
 
 
-class StorjService:
-    """Auth service and gateway over the moto_server at `upstream`, in threads."""
+class Local:
+    """Auth service and gateway over the moto_server at `upstream`, in threads of the
+    process that runs `main`; `test_get`/`test_post` answer the tests' `/test/*` requests."""
 
-    def __init__(self, upstream: str, port: int | None = None,
-                 gateway_port: int | None = None) -> None:
+    def __init__(self, upstream: str, port: int, gateway_port: int) -> None:
         self.upstream = upstream
         self.credentials = Credentials()
         self.gateway = Gateway(upstream, port=gateway_port)
         self.gateway.credentials = self.credentials
-        self.port = port or free_port()
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: http.server.ThreadingHTTPServer | None = None
 
-    def start(self) -> StorjService:
-        handler = type("Handler", (AuthHandler,), {"service": self})
+    def start(self) -> Local:
+        handler = type("Handler", (AuthHandler,), {"state": self})
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -231,29 +250,79 @@ class StorjService:
             self._server.server_close()
             self._server = None
 
-    def registrations(self, grant: str) -> int:
+    def test_get(self, path: str) -> Any:
         with self.credentials.lock:
-            return self.credentials.registrations[grant]
+            return dict(self.credentials.registrations)
+
+    def test_post(self, path: str, body: dict[str, Any]) -> Any:
+        creds, gateway = self.credentials, self.gateway
+        with creds.lock:
+            if path == "/test/forget":  # as expired credentials: InvalidAccessKeyId
+                for key in [k for k, (_, g) in creds.keys.items() if g == body["grant"]]:
+                    del creds.keys[key]
+            elif path == "/test/revoke":  # the API key revoked on the satellite
+                creds.revoked.add(body["grant"])
+            elif path == "/test/unrevoke":
+                creds.revoked.clear()
+            elif path == "/test/refuse":  # S3Proxy's refusals: {"ops", "status", "code"}
+                gateway.refuse = set(body["ops"])
+                gateway.status, gateway.code = body["status"], body["code"]
+        return {}
+
+
+class StorjService:
+    """The local Storj as a process of its own (see the module's docstring), for fixtures."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.port, self.gateway_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> StorjService:
+        # stderr is inherited: a traceback of the service shows in the test's output.
+        self.proc = start_server(
+            [sys.executable, "-m", "tests.servers.storj", "--port", str(self.port),
+             "--gateway-port", str(self.gateway_port), "--s3-endpoint", self.upstream],
+            self.url + "/test/registrations", "the Storj service", timeout, cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+    def _post(self, what: str, body: dict[str, Any]) -> None:
+        request = urllib.request.Request(f"{self.url}/test/{what}", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def registrations(self, grant: str | None = None) -> int:
+        """How often `grant` (or any grant) was registered."""
+        with urllib.request.urlopen(f"{self.url}/test/registrations", timeout=10) as reply:
+            counts: dict[str, int] = json.loads(reply.read())
+        return counts.get(grant, 0) if grant is not None else sum(counts.values())
 
     def forget(self, grant: str) -> None:
         """Drop every credential minted for `grant` (as expired ones are): the gateway
         answers them InvalidAccessKeyId."""
-        with self.credentials.lock:
-            for key in [k for k, (_, g) in self.credentials.keys.items() if g == grant]:
-                del self.credentials.keys[key]
+        self._post("forget", {"grant": grant})
 
     def revoke(self, grant: str) -> None:
         """The grant's API key revoked on the satellite: its credentials are AccessDenied,
         and registering it again fails."""
-        with self.credentials.lock:
-            self.credentials.revoked.add(grant)
+        self._post("revoke", {"grant": grant})
 
     def unrevoke(self) -> None:
-        with self.credentials.lock:
-            self.credentials.revoked.clear()
+        self._post("unrevoke", {})
+
+    def refuse(self, ops: set[str], status: int = 501, code: str = "NotImplemented") -> None:
+        """The gateway answers the S3Proxy operations `ops` with status and code."""
+        self._post("refuse", {"ops": sorted(ops), "status": status, "code": code})
 
 
-def describe(service: StorjService, grant: str) -> str:
+def describe(service: Local, grant: str) -> str:
     return (f"Storj auth service {service.url}, gateway {service.gateway.url} "
             f"(over moto {service.upstream})\n"
             f"access grant:\n{grant}\n\n"
@@ -266,13 +335,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=7780,
                         help="the auth service's port; the gateway's is the next one")
+    parser.add_argument("--gateway-port", type=int, help="default: the port after --port")
     parser.add_argument("--s3-endpoint", help="an S3 server to use (default: a moto_server "
                         "of its own)")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: the own moto_server stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.ExitStack() as stack:
         upstream = args.s3_endpoint or stack.enter_context(running(S3Server())).url
-        service = stack.enter_context(running(StorjService(upstream, args.port,
-                                                           args.port + 1)))
+        service = stack.enter_context(running(Local(upstream, args.port,
+                                                    args.gateway_port or args.port + 1)))
         print(describe(service, make_grant()), flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
