@@ -101,12 +101,7 @@ def decode(metadata: dict[str, str] | None, kind: int, mtime_ns: int,
     attrs.atime_ns = _time(meta.get(META_ATIME), attrs.mtime_ns)
     if kind in (stat.S_IFCHR, stat.S_IFBLK):
         attrs.rdev = _int(meta.get(META_RDEV), 0)
-    raw = meta.get(META_XATTR)
-    if raw:
-        try:
-            attrs.xattrs = {k: base64.b64decode(v) for k, v in json.loads(raw).items()}
-        except (ValueError, AttributeError, binascii.Error):
-            pass
+    attrs.xattrs = unpack_xattrs(meta.get(META_XATTR))
     attrs.other = {k: v for k, v in meta.items() if k not in OWN_KEYS}
     return attrs
 
@@ -124,9 +119,23 @@ def encode(attrs: Attributes) -> dict[str, str]:
     if attrs.rdev:
         meta[META_RDEV] = str(attrs.rdev)
     if attrs.xattrs:
-        meta[META_XATTR] = json.dumps(
-            {k: base64.b64encode(v).decode() for k, v in sorted(attrs.xattrs.items())})
+        meta[META_XATTR] = pack_xattrs(attrs.xattrs)
     return meta
+
+
+def pack_xattrs(xattrs: dict[str, bytes]) -> str:
+    """Extended attributes as the one metadata value `xattr`: JSON of base64 values."""
+    return json.dumps({k: base64.b64encode(v).decode() for k, v in sorted(xattrs.items())})
+
+
+def unpack_xattrs(raw: str | None) -> dict[str, bytes]:
+    """The attributes of an `xattr` value; none where it is missing or malformed."""
+    if not raw:
+        return {}
+    try:
+        return {k: base64.b64decode(v) for k, v in json.loads(raw).items()}
+    except (ValueError, AttributeError, binascii.Error):
+        return {}
 
 
 def _stamp(ns: int) -> str:

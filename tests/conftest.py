@@ -37,7 +37,8 @@ from mountfs.processes import pid_alive
 from mountfs.status import STATUS_XATTR
 from servers.dcss import DcssService, make_keypair
 from servers.firecrest import FirecrestService, firecrest_service
-from servers.s3 import S3Server
+from servers.s3 import S3Server, running
+from servers.storj import StorjService
 from stores import StorePath
 
 DRIVERS = tuple(KITS)  # every driver with a test kit: the contract suite runs on each
@@ -288,3 +289,13 @@ def metadisk_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metad
         yield service
     finally:
         service.server.stop()
+
+
+# --- Storj: the local auth service and gateway (tests/servers/storj.py) ------------------------
+
+
+@pytest.fixture(scope="session")
+def storj_service(s3_server: S3Server) -> Iterator[StorjService]:
+    """The auth service and the gateway over the session's moto_server."""
+    with running(StorjService(s3_server.url)) as service:
+        yield service

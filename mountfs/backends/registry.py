@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 BUILTIN = ("mountfs.backends.local", "mountfs.backends.s3", "mountfs.backends.dcss",
            "mountfs.backends.firecrest", "mountfs.backends.metadisk",
-           "mountfs.backends.amigocloud")
+           "mountfs.backends.amigocloud", "mountfs.backends.storj")
 PLUGINS_ENV = "MOUNTFS_DRIVERS"
 # A SOURCE without a scheme (a plain path) is a store of this driver.
 DEFAULT_DRIVER = "local"

@@ -246,7 +246,8 @@ class S3Backend(Backend):
 
     def __init__(self, endpoint_url: str | None = None, region: str | None = None,
                  profile: str | None = None, path_style: bool = False, workers: int = 8,
-                 copy_threshold: int = MAX_COPY) -> None:
+                 copy_threshold: int = MAX_COPY,
+                 credentials: tuple[str, str] | None = None) -> None:
         import boto3
         import botocore.config
 
@@ -254,7 +255,10 @@ class S3Backend(Backend):
         # Larger objects are copied in parts (UploadPartCopy); at most MAX_COPY.
         self.copy_threshold = min(copy_threshold, MAX_COPY)
         try:
-            session = boto3.session.Session(profile_name=profile, region_name=region)
+            # Explicit (access key id, secret) where a driver obtained them (Storj's auth
+            # service), else the AWS tools' search (environment, files, profile).
+            keys = dict(zip(("aws_access_key_id", "aws_secret_access_key"), credentials or ()))
+            session = boto3.session.Session(profile_name=profile, region_name=region, **keys)
         except Exception as exc:  # ProfileNotFound and friends
             raise ConfigError(f"S3 credentials: {exc}") from None
         # Every request runs in a thread of `_limiter`, so botocore never has more requests
@@ -631,7 +635,7 @@ class S3Backend(Backend):
         holds one of the driver's part slots; their ETags by part number. The first failure
         stops the rest and is raised alone: parts in flight tend to fail together, and a group
         of errors would hide what `is_temp_failure` and the fallbacks look for."""
-        part = part_size_for(size)
+        part = self.part_size(size)
         etags: dict[int, str] = {}
         failures: list[Exception] = []
 
@@ -651,6 +655,11 @@ class S3Backend(Backend):
         if failures:
             raise failures[0]
         return etags
+
+    def part_size(self, size: int) -> int:
+        """The part size of a multipart upload or copy of `size` bytes (a driver for a store
+        with its own segment size aligns it)."""
+        return part_size_for(size)
 
     async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:
         """A copy onto itself with the new metadata (S3 has no other way), headers kept."""

@@ -1,0 +1,197 @@
+"""The Storj DCS driver: `storj://[BUCKET[/PREFIX]]`, through Storj's S3-compatible gateway
+(Gateway-MT), as Storj documents for s3fs and rclone.
+
+The access grant (a file option, or STORJ_ACCESS; never argv) is parsed at open, before any
+network use (storj_grant.py); at check it is registered with the auth service for S3
+credentials and the gateway's endpoint, or the credentials kept from an earlier mount are
+used (storj_auth.py), and dropped and registered again if the gateway refuses them. The
+store is the S3 driver's (`S3Backend`, given those credentials) with what differs on Storj:
+custom metadata entries are `user.*` attributes one each (storj_metadata.py), multipart
+parts are whole multiples of Storj's 64 MiB segments, Storj's errors (limits exceeded) are
+mapped, and a grant that allows no uploads mounts read-only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from mountfs.backends import Scope, Source
+from mountfs.backends.base import Features, ObjectInfo
+from mountfs.backends.http import HttpPool
+from mountfs.backends.registry import Driver, DriverContext, Option
+from mountfs.backends.s3 import S3Backend, part_size_for
+from mountfs.backends.storj_auth import DEFAULT_AUTH, Registrations, S3Credentials
+from mountfs.backends.storj_grant import ACCESS_ENV, Grant, parse
+from mountfs.backends.storj_metadata import from_storj, to_storj
+from mountfs.backends.storj_share import add_commands
+from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, PermissionDenied,
+                            QuotaExceeded, TemporaryFailure)
+
+log = logging.getLogger(__name__)
+
+SEGMENT = 64 * 1024 * 1024  # Storj's segment size: parts of whole segments store best
+REGION = "us-east-1"  # the gateway ignores it; botocore needs one to sign
+# The gateway's codes for uplink's errors that S3 has no code of its own for.
+STORJ_CODES: dict[str, type[BackendError]] = {
+    "BandwidthLimitExceeded": QuotaExceeded,  # uplink: bandwidth limit exceeded
+    "StorageLimitExceeded": QuotaExceeded,
+    "SegmentsLimitExceeded": QuotaExceeded,
+    "TooManyRequests": TemporaryFailure,  # uplink: too many requests
+}
+
+
+class StorjBackend(S3Backend):
+    """The S3 driver on Storj's gateway, with credentials from the auth service."""
+
+    def __init__(self, grant: Grant, registrations: Registrations) -> None:
+        # S3Backend.__init__ runs in `_use`, once credentials are known (at check).
+        self.grant, self.registrations = grant, registrations
+        self.http = HttpPool(2)
+        if not grant.writable:
+            self.features = dataclasses.replace(
+                S3Backend.features, writable=False,
+                why_read_only="the access grant allows no uploads (it was shared read-only)")
+
+    def describe(self) -> str:
+        return f"storj:{self.grant.satellite.rpartition('@')[2]}"
+
+    def _use(self, credentials: S3Credentials) -> None:
+        S3Backend.__init__(self, credentials.endpoint, REGION,
+                           credentials=(credentials.access_key_id, credentials.secret_key))
+
+    async def connect(self) -> None:
+        """S3 credentials: kept from an earlier registration of the grant if the gateway still
+        takes them, else from registering it now."""
+        cached = self.registrations.cached(self.grant)
+        if cached is None:
+            self._use(await self.registrations.register(self.grant, self.http))
+            return
+        self._use(cached)
+        try:
+            await self.list_buckets()
+        except PermissionDenied as exc:
+            log.info("the gateway refused the kept Storj credentials (%s): registering the "
+                     "access grant again", exc)
+            self.registrations.forget(self.grant)
+            self._use(await self.registrations.register(self.grant, self.http))
+        except BackendError:
+            pass  # the mount's check says what is wrong, in one line
+
+    def translate(self, exc: BaseException) -> BaseException:
+        response = getattr(exc, "response", None)
+        error = response.get("Error", {}) if isinstance(response, dict) else {}
+        code = str(error.get("Code", ""))
+        # Gateways before v1.9 prefixed their own codes with XStorj.
+        cls = STORJ_CODES.get(code.removeprefix("XStorj"))
+        if cls is None:
+            return super().translate(exc)
+        message = str(error.get("Message", ""))
+        if cls is QuotaExceeded:
+            log.warning("Storj: %s: %s (the project's limit; raise it in the satellite's UI)",
+                        code, message)
+        return cls(f"{code}: {message}")
+
+    def part_size(self, size: int) -> int:
+        return -(-part_size_for(size) // SEGMENT) * SEGMENT
+
+    @staticmethod
+    def _ours(info: ObjectInfo) -> ObjectInfo:
+        """An object's info with its metadata as mountfs carries it."""
+        if info.metadata is None:
+            return info
+        return dataclasses.replace(info, metadata=from_storj(info.metadata))
+
+    async def stat_object(self, bucket: str, key: str) -> ObjectInfo:
+        return self._ours(await super().stat_object(bucket, key))
+
+    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+                           metadata: dict[str, str], if_match: str | None = None) -> ObjectInfo:
+        return self._ours(await super().write_object(bucket, key, data, size,
+                                                     to_storj(metadata), if_match=if_match))
+
+    async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:
+        return self._ours(await super().set_metadata(bucket, key, to_storj(metadata)))
+
+    async def copy_object(self, bucket: str, key: str, dst_bucket: str,
+                          dst_key: str) -> ObjectInfo:
+        return self._ours(await super().copy_object(bucket, key, dst_bucket, dst_key))
+
+    async def aclose(self) -> None:
+        self.http.close()
+        await super().aclose()
+
+
+@dataclasses.dataclass(frozen=True)
+class StorjSource(Source):
+    """Registers (or reuses) credentials first; a missing bucket of a bucket mount is made
+    with --storj-create (uplink's ensure_bucket)."""
+
+    create: bool = False
+
+    async def check(self) -> None:
+        backend = self.backend
+        assert isinstance(backend, StorjBackend)
+        await backend.connect()
+        bucket = self.scope.bucket
+        if bucket is not None and self.create:
+            try:
+                await backend.create_bucket(bucket)
+                log.info("created the bucket %s", bucket)
+            except BackendError as exc:
+                if "AlreadyOwnedByYou" not in str(exc) and "AlreadyExists" not in str(exc):
+                    raise ConfigError(f"{backend.describe()}: cannot create bucket "
+                                      f"{bucket!r}: {exc}") from None
+        try:
+            await super().check()
+        except ConfigError as exc:
+            if bucket is not None and "no bucket" in str(exc):
+                raise ConfigError(f"{exc} (--storj-create makes it)") from None
+            raise
+
+
+def grant_of(context: DriverContext) -> Grant:
+    """The access grant of the access-file option or STORJ_ACCESS, parsed (no network)."""
+    text = context.secret("access_file")
+    if text is None:
+        raise ConfigError(f"Storj needs an access grant: --storj-access-file FILE or "
+                          f"{ACCESS_ENV}")
+    grant = parse(text)
+    if grant.not_after is not None and grant.not_after < time.time():
+        when = datetime.datetime.fromtimestamp(grant.not_after, datetime.timezone.utc)
+        raise ConfigError(f"the Storj access grant expired on {when:%Y-%m-%d %H:%M} UTC")
+    return grant
+
+
+def canonical(rest: str) -> str:
+    return "//" + rest.strip("/")
+
+
+async def _open(context: DriverContext) -> Source:
+    if not context.rest.startswith("//"):
+        raise ConfigError(f"{context.source}: a Storj source is storj://[BUCKET[/PREFIX]]")
+    scope = Scope.parse(context.rest[2:], context.source)
+    if context["create"] and scope.bucket is None:
+        raise ConfigError("--storj-create makes the bucket of storj://BUCKET; "
+                          "on storj:// make buckets with mkdir")
+    grant = grant_of(context)
+    registrations = Registrations(context.state_dir(), context["auth_service"])
+    return StorjSource(StorjBackend(grant, registrations), scope, bool(context["create"]))
+
+
+DRIVER = Driver(
+    name="storj", schemes=("storj",), open=_open, canonical=canonical, commands=add_commands,
+    summary="Storj DCS: storj:// (the project's buckets) or storj://BUCKET[/PREFIX]; the access "
+            f"grant from --storj-access-file FILE or {ACCESS_ENV}",
+    options=(
+        Option("access_file", "the file holding the access grant", secret=True,
+               env=(ACCESS_ENV,), parse=Path, metavar="FILE"),
+        Option("auth_service", "the auth service that registers the grant for S3 "
+               "credentials", default=DEFAULT_AUTH, env=("STORJ_AUTH_SERVICE",), metavar="URL",
+               identity=True),
+        Option("create", "create the bucket of storj://BUCKET if it is missing", switch=True,
+               default=False),
+    ))
