@@ -16,6 +16,7 @@ until the user gives it up, so the next mount reports it too.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 FSYNC_TEMP_TRIES = 3  # temporary failures fsync rides out before it reports the error
 MAX_BACKOFF = 60.0
+RECENT_UPLOADS = 100  # kept for status watchers (see WritebackQueue.recent)
 # Longest wait before retrying a temporary failure once the queue is hurried (unmounting).
 HURRIED_BACKOFF = 2.0
 
@@ -67,6 +69,10 @@ class WritebackQueue:
         self.whole_delay = whole_delay
         self.workers = workers
         self.uploaded_count = 0
+        # The last uploads done, (their number in uploaded_count, bucket, key, size): a watcher
+        # polling the status names each upload, also one queued and done between two polls.
+        self.recent: collections.deque[tuple[int, str, str, int]] = \
+            collections.deque(maxlen=RECENT_UPLOADS)
         # Uploads of this process begin after this; older unfinished ones are a dead one's.
         self.started_ns = time.time_ns()
         self._entries: dict[CachedObject, Entry] = {}
@@ -370,6 +376,8 @@ class WritebackQueue:
             return
         self.cache.uploaded(obj, generation, version.etag, version.mtime_ns, reader.size)
         self.uploaded_count += 1
+        self.recent.append((self.uploaded_count, obj.record.bucket, obj.record.key,
+                            reader.size))
         entry.error, entry.permanent = "", False
         if obj.dirty:
             entry.due = trio.current_time() + self.delay

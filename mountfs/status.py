@@ -57,6 +57,9 @@ class Status:
             # of those, uploads whose data is gone from the cache: nothing waits for them
             "lost": sum(e["state"] == "lost" for e in entries),
             "uploaded": self.queue.uploaded_count,
+            # the last uploads done, each with its number among `uploaded`
+            "recent": [{"n": n, "path": mount_path(self.scope, bucket, key), "size": size}
+                       for n, bucket, key, size in self.queue.recent],
             "transfers": self.transfers()[:MAX_LISTED],
             "downloads": [{**d, "path": mount_path(self.scope, d["bucket"], d["key"])}
                           for d in downloads(c)[:MAX_LISTED]],

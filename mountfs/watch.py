@@ -218,7 +218,6 @@ def changes(before: Status, after: Status) -> list[str]:
     lines: list[str] = []
     old = {e["path"]: e for e in before["queue"]}
     new = {e["path"]: e for e in after["queue"]}
-    uploads_done = after["uploaded"] - before["uploaded"]
     for name, e in new.items():
         was = old.get(name)
         if was is None:
@@ -228,11 +227,14 @@ def changes(before: Status, after: Status) -> list[str]:
         if e["tries"] > (was["tries"] if was else 0) and e["error"]:
             what_next = failure_next(e, after["mountpoint"])
             lines.append(f"upload failed {name}: {e['error']} ({what_next})")
-    for name, e in old.items():
-        if name not in new:
-            said = "uploaded" if uploads_done > 0 else "left the queue"
-            uploads_done -= 1
-            lines.append(f"{said} {name} ({human(e['size'])})")
+    done = [u for u in after.get("recent", []) if u["n"] > before["uploaded"]]
+    missed = after["uploaded"] - before["uploaded"] - len(done)  # past the recent ones kept
+    if missed > 0:
+        lines.append(f"{missed} more uploaded")
+    lines.extend(f"uploaded {u['path']} ({human(u['size'])})" for u in done)
+    uploaded = {u["path"] for u in done}
+    lines.extend(f"left the queue {name} ({human(e['size'])})"
+                 for name, e in old.items() if name not in new and name not in uploaded)
     was_moving, now_moving = moving(before), moving(after)
     for ident, m in now_moving.items():
         if m.kind == "upload":

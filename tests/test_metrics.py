@@ -56,7 +56,7 @@ def test_metrics_move_with_reads_and_writes(mounter: Mounter, store: Store) -> N
     driver = split_source(store.source)[0].name  # the label (kit firecrest_v1: firecrest)
     port = free_port()
     m = mounter.mount(store, "--metrics-addr", f"127.0.0.1:{port}", "--writeback-delay", "600",
-                      "--cache-size", "4M")
+                      "--whole-file-delay", "600", "--cache-size", "4M")
     for name in ("first.bin", "second.bin"):  # before the listing: seen at once
         (store.stored / name).write_bytes(os.urandom(3_000_000))
     assert (m.bucket / "first.bin").read_bytes()
@@ -100,7 +100,7 @@ def test_retries_and_errors_are_counted(mounter: Mounter, proxy: FaultProxy, cli
                                         bucket: str) -> None:
     port = free_port()
     m = mount_via(mounter, proxy, bucket, "mnt", "--metrics-addr", f"127.0.0.1:{port}",
-                  "--writeback-delay", "600")
+                  "--writeback-delay", "600", "--whole-file-delay", "600")
     for i in range(10):
         client.put_object(Bucket=bucket, Key=f"f{i}", Body=b"x" * 1000)
     proxy.kinds, proxy.rate = ("503",), 0.5

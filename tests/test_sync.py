@@ -23,7 +23,8 @@ LONG_DELAY = "600"  # nothing would be uploaded during a test without being aske
 
 @pytest.mark.backends(*BACKENDS)
 def test_sync_uploads_what_is_under_path_now_and_waits(mounter: Mounter, store: Store) -> None:
-    m = mounter.mount(store, "--writeback-delay", LONG_DELAY)
+    m = mounter.mount(store, "--writeback-delay", LONG_DELAY,
+                      "--whole-file-delay", LONG_DELAY)
     (m.bucket / "a").mkdir()
     files = {f"a/f{i}": os.urandom(200_000 * i) for i in (1, 2, 3)}
     for name, data in files.items():
@@ -53,7 +54,8 @@ def test_sync_uploads_what_is_under_path_now_and_waits(mounter: Mounter, store: 
 
 
 def test_sync_draws_a_bar_on_a_terminal(mounter: Mounter, store: Store) -> None:
-    m = mounter.mount(store, "--writeback-delay", LONG_DELAY)
+    m = mounter.mount(store, "--writeback-delay", LONG_DELAY,
+                      "--whole-file-delay", LONG_DELAY)
     (m.bucket / "big.bin").write_bytes(os.urandom(48 * MiB))
     child = pexpect.spawn(sys.executable, ["-m", "mountfs", "sync", str(m.path)],
                           env={**os.environ, "TERM": "xterm-256color"}, dimensions=(30, 160),
@@ -71,7 +73,8 @@ def test_sync_draws_a_bar_on_a_terminal(mounter: Mounter, store: Store) -> None:
 
 def test_a_failed_upload_fails_sync_naming_the_file_and_error(
         mounter: Mounter, proxy: FaultProxy, client, bucket: str) -> None:
-    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", LONG_DELAY)
+    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", LONG_DELAY,
+                      "--whole-file-delay", LONG_DELAY)
     (m.path / "fine.txt").write_bytes(b"fine")
     run_cli("sync", str(m.path), str(m.path / "fine.txt"))
     proxy.deny_writes = True

@@ -61,7 +61,8 @@ def test_unit_notifies_and_stop_drains(mounter: Mounter, store: Store, tmp_path:
     address = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(address)
-        start = unit_command("ExecStart", "work", path) + ["--writeback-delay", "60"]
+        start = unit_command("ExecStart", "work", path) + ["--writeback-delay", "60",
+                                                             "--whole-file-delay", "60"]
         proc = subprocess.Popen(start, env={**env, "NOTIFY_SOCKET": address},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:

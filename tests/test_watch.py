@@ -68,7 +68,9 @@ def read_lines_until(proc: subprocess.Popen[str], wanted: str, timeout: float = 
 
 @pytest.mark.backends(*BACKENDS)
 def test_piped_watch_prints_one_plain_line_per_event(mounter: Mounter, store: Store) -> None:
-    m: Mount = mounter.mount(store, "--writeback-delay", "0.5")
+    # Half a second in the queue (a file written whole goes up at close otherwise), so that
+    # the watch, polling twice a second, sees it queued as well as uploaded.
+    m: Mount = mounter.mount(store, "--writeback-delay", "0.5", "--whole-file-delay", "0.5")
     proc = subprocess.Popen([sys.executable, "-m", "mountfs", "status", "--watch", str(m.path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -99,9 +101,12 @@ def test_watch_of_a_directory_that_is_no_mount_is_one_line(tmp_path: Path) -> No
 
 def status_doc(queue: list[dict], downloads: tuple[dict, ...] | list[dict] = (),
                transfers: tuple[dict, ...] | list[dict] = (),
-               uploaded: int = 0) -> dict:
+               uploaded: int = 0, recent: tuple[str, ...] = ()) -> dict:
+    """A status document; `recent`: the paths of the last `uploaded` uploads, in order."""
+    done = [{"n": uploaded - len(recent) + i + 1, "path": path, "size": 2048}
+            for i, path in enumerate(recent)]
     return {"mountpoint": "/mnt", "queue": queue, "queued": len(queue), "uploaded": uploaded,
-            "downloads": list(downloads), "transfers": list(transfers)}
+            "recent": done, "downloads": list(downloads), "transfers": list(transfers)}
 
 
 def entry(path: str, state: str, tries: int = 0, error: str = "", done: int = 0) -> dict:
@@ -122,7 +127,8 @@ def test_events_between_two_readings() -> None:
                         entry("b/new", "waiting")],
                        downloads=[{"path": "b/in2", "size": 4096, "done": 0}],
                        transfers=[{"what": "upload kit:/b/big", "size": 9, "done": 9,
-                                   "phase": "job RUNNING"}], uploaded=1)
+                                   "phase": "job RUNNING"}], uploaded=1,
+                       recent=("b/up",))
     assert changes(before, after) == [
         "upload failed b/bad: PermissionDenied: no (try 2, next try in 60s; to give it up: "
         "mountfs discard /mnt b/bad)",
@@ -132,6 +138,12 @@ def test_events_between_two_readings() -> None:
         "step upload kit:/b/big: job RUNNING",
         "download done b/in",
     ]
+    # Queued and uploaded between two readings, and more uploads than the status keeps.
+    later = status_doc([], uploaded=104, recent=tuple(f"b/f{i}" for i in range(4, 104)))
+    assert changes(after, later) == [
+        "3 more uploaded", *(f"uploaded b/f{i} (2.0 KiB)" for i in range(4, 104)),
+        "left the queue b/bad (2.0 KiB)", "left the queue b/new (2.0 KiB)",
+        "download done b/in2", "step done upload kit:/b/big"]
 
 
 def test_live_view_shows_downloads_steps_and_failures() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mountfs.backends import Scope, Source
-from mountfs.backends.base import Features, ObjectInfo
+from mountfs.backends.base import HEADERS, Features, ObjectInfo
 from mountfs.backends.http import HttpPool
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.backends.s3 import S3Backend, part_size_for
@@ -47,13 +47,18 @@ STORJ_CODES: dict[str, type[BackendError]] = {
 class StorjBackend(S3Backend):
     """The S3 driver on Storj's gateway, with credentials from the auth service."""
 
+    # Every other tool's custom metadata entry is the extended attribute user.<entry> here
+    # (storj_metadata.py), kept as one: none is carried unseen as "other" metadata.
+    features = dataclasses.replace(S3Backend.features, kept_attributes=frozenset(
+        ("mode", "uid", "gid", "atime", "mtime", "ctime", "rdev", "xattr", *HEADERS)))
+
     def __init__(self, grant: Grant, registrations: Registrations) -> None:
         # S3Backend.__init__ runs in `_use`, once credentials are known (at check).
         self.grant, self.registrations = grant, registrations
         self.http = HttpPool(2)
         if not grant.writable:
             self.features = dataclasses.replace(
-                S3Backend.features, writable=False,
+                StorjBackend.features, writable=False,
                 why_read_only="the access grant allows no uploads (it was shared read-only)")
 
     def describe(self) -> str:
