@@ -15,7 +15,6 @@ import email.utils
 import functools
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,8 +27,9 @@ from mountfs.backends import Source as BackendSource
 from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo, split_headers
 from mountfs.backends.http import retry_after, status_error, timeouts
 from mountfs.backends.registry import Driver, DriverContext, Option
-from mountfs.backends.s3_wire import (CONDITION_HEADERS, Base, Reply, Wire, head_fields,
-                                      listing_fields, object_headers, part_query, write_fields)
+from mountfs.backends.s3_wire import (CONDITION_HEADERS, Base, PartBody, Reply, Wire,
+                                      head_fields, listing_fields, object_headers, part_query,
+                                      write_fields)
 from mountfs.errors import (AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket,
                             NoSuchObject, NotEmpty, NotSupported, PermissionDenied,
                             PreconditionFailed, PreconditionLost, QuotaExceeded,
@@ -134,63 +134,6 @@ def reply_time_ns(reply: dict[str, Any]) -> int:
     return int(stamp.timestamp() * 1e9) if stamp else 0
 
 
-class PartBody:
-    """One part of an upload as the file botocore sends from: read from the shared `data` a
-    chunk at a time as the request goes out, so that the data's reader sees the upload's
-    progress (`mountfs status`) and a part holds one chunk in memory, not the whole part.
-    One per try of the part, so that each sends it from its start. Seekable: botocore measures
-    it; over plain HTTP it also reads it once to sign the payload, then rewinds it (the
-    progress then leads by that part)."""
-
-    CHUNK = 1024 * 1024
-
-    def __init__(self, data: BinaryIO, lock: threading.Lock, offset: int, length: int,
-                 key: str) -> None:
-        self.data, self.lock, self.offset, self.length, self.key = data, lock, offset, length, key
-        self.pos = 0
-        self._chunk = memoryview(b"")
-        self._chunk_at = 0  # where in the part `_chunk` starts
-        self.error: Exception | None = None  # what reading `data` raised, for the caller
-
-    def __len__(self) -> int:
-        return self.length
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
-        self.pos = min(self.length, max(0, base + pos))
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        left = self.length - self.pos
-        n = left if n is None or n < 0 else min(n, left)
-        if n <= 0:
-            return b""
-        inside = self.pos - self._chunk_at
-        if not 0 <= inside < len(self._chunk):
-            self._fill()
-            inside = 0
-        piece = bytes(self._chunk[inside:inside + n])
-        self.pos += len(piece)
-        return piece
-
-    def _fill(self) -> None:
-        size = min(self.CHUNK, self.length - self.pos)
-        buf = bytearray(size)
-        try:
-            with self.lock:
-                self.data.seek(self.offset + self.pos)
-                got = self.data.readinto(buf)
-            if got != size:
-                raise BackendError(f"short read of {self.key} at {self.offset + self.pos}")
-        except Exception as exc:
-            self.error = exc
-            raise
-        self._chunk, self._chunk_at = memoryview(buf), self.pos
-
-
 def metadata_of(head: dict[str, Any]) -> dict[str, str]:
     """An object's metadata as mountfs carries it: its user metadata and its headers."""
     metadata = dict(head.get("Metadata", {}))
@@ -254,12 +197,15 @@ class S3Backend(Backend):
                  copy_threshold: int = MAX_COPY) -> None:
         import boto3
         import botocore.config
+        import botocore.session
 
         self.endpoint_url = endpoint_url
         # Larger objects are copied in parts (UploadPartCopy); at most MAX_COPY.
         self.copy_threshold = min(copy_threshold, MAX_COPY)
         try:
-            session = boto3.session.Session(profile_name=profile, region_name=region)
+            # One botocore session: its credentials sign boto3's requests and the fast path's.
+            core = botocore.session.Session(profile=profile)
+            session = boto3.session.Session(botocore_session=core, region_name=region)
         except Exception as exc:  # ProfileNotFound and friends
             raise ConfigError(f"S3 credentials: {exc}") from None
         # Every request runs in a thread of `_limiter`, so botocore never has more requests
@@ -281,12 +227,10 @@ class S3Backend(Backend):
         )
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
         self.region = session.region_name
-        # The fast path signs with the credentials boto3 resolved (the botocore session's, one
-        # chain: environment, shared files, profile, refreshed when they expire).
-        botocore_session = session._session
-        self.wire = Wire(self.region or "us-east-1", botocore_session.get_credentials, threads,
-                         connect_timeout, read_timeout,
-                         botocore_session.get_config_variable("ca_bundle"))
+        # The fast path signs with the credentials boto3 resolved (one chain: environment,
+        # shared files, profile, refreshed when they expire) and trusts what it trusts.
+        self.wire = Wire(self.region or "us-east-1", core.get_credentials, threads,
+                         connect_timeout, read_timeout, core.get_config_variable("ca_bundle"))
         self._bases: dict[str, Base] = {}
         self._limiter = trio.CapacityLimiter(threads)
         self._part_slots = trio.Semaphore(PARALLEL_PARTS)
@@ -302,7 +246,7 @@ class S3Backend(Backend):
     # ---- plumbing --------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """The gateway of every request: `fn` (a boto3 client method) under the retry policy."""
+        """A boto3 request: `fn` (a client method) under the retry policy."""
         where = "/".join(str(kwargs[name]) for name in ("Bucket", "Key") if name in kwargs)
         return await self.retried(f"{fn.__name__} {where}".strip(),
                                   lambda: self._once(fn, *args, **kwargs))
@@ -579,7 +523,7 @@ class S3Backend(Backend):
             return None
 
     def _file_parts(self, bucket: str, key: str, data: BinaryIO) -> PartSender:
-        """Parts streamed from `data` as botocore sends them (`PartBody`); `data` is one
+        """Parts streamed from `data` as the CRT sends them (`PartBody`); `data` is one
         stream, read under one lock."""
         read_lock = threading.Lock()
 
@@ -590,7 +534,7 @@ class S3Backend(Backend):
                     return await self._send_once("UploadPart", "PUT", bucket, key,
                                                  part_query(upload_id, number), body=body)
                 except Exception:
-                    if body.error is not None:  # botocore wraps what a body raised: unwrap it
+                    if body.error is not None:  # the CRT reports what a body raised: unwrap it
                         raise body.error from None  # (Superseded: the queue uploads again)
                     raise
 

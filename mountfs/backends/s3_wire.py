@@ -21,13 +21,15 @@ import datetime
 import email.utils
 import http.client as httplib
 import logging
+import os
+import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import trio
 from awscrt import auth, http, io
@@ -35,7 +37,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from mountfs.backends.base import HEADERS, split_headers
-from mountfs.errors import PermissionDenied, TemporaryFailure
+from mountfs.errors import BackendError, PermissionDenied, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
@@ -365,3 +367,59 @@ class Wire:
                 connection.close()
         self._idle.clear()
 
+
+class PartBody:
+    """One part of an upload as the file the CRT sends from: read from the shared `data` a
+    chunk at a time as the request goes out, so that the data's reader sees the upload's
+    progress (`mountfs status`) and a part holds one chunk in memory, not the whole part.
+    One per try of the part, so that each sends it from its start. Seekable: over plain HTTP
+    the CRT reads it once to sign the payload, then rewinds it (the progress then leads by
+    that part)."""
+
+    CHUNK = 1024 * 1024
+
+    def __init__(self, data: BinaryIO, lock: threading.Lock, offset: int, length: int,
+                 key: str) -> None:
+        self.data, self.lock, self.offset, self.length, self.key = data, lock, offset, length, key
+        self.pos = 0
+        self._chunk = memoryview(b"")
+        self._chunk_at = 0  # where in the part `_chunk` starts
+        self.error: Exception | None = None  # what reading `data` raised, for the caller
+
+    def __len__(self) -> int:
+        return self.length
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
+        self.pos = min(self.length, max(0, base + pos))
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.length - self.pos
+        n = left if n is None or n < 0 else min(n, left)
+        if n <= 0:
+            return b""
+        inside = self.pos - self._chunk_at
+        if not 0 <= inside < len(self._chunk):
+            self._fill()
+            inside = 0
+        piece = bytes(self._chunk[inside:inside + n])
+        self.pos += len(piece)
+        return piece
+
+    def _fill(self) -> None:
+        size = min(self.CHUNK, self.length - self.pos)
+        buf = bytearray(size)
+        try:
+            with self.lock:
+                self.data.seek(self.offset + self.pos)
+                got = self.data.readinto(buf)
+            if got != size:
+                raise BackendError(f"short read of {self.key} at {self.offset + self.pos}")
+        except Exception as exc:
+            self.error = exc
+            raise
+        self._chunk, self._chunk_at = memoryview(buf), self.pos
