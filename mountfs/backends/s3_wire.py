@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# How botocore quotes a key in a path, and the URL-encoded listing keys it asks for.
+# What botocore leaves unquoted in a request path (a key's '/' stays a '/').
 KEY_SAFE = "/~"
 USER_META = "x-amz-meta-"
 # HEAD reply headers -> boto3's names of them (as `s3.metadata_of` reads them).
@@ -243,8 +243,8 @@ class Wire:
         self._provider = auth.AwsCredentialsProvider.new_delegate(self._crt_credentials)
 
     def _crt_credentials(self) -> auth.AwsCredentials:
-        # Called on a CRT thread at each signing: botocore's credentials (refreshed there when
-        # they are about to expire), the one source of them for both clients.
+        # Called at each signing: botocore's credentials (refreshed by botocore when they are
+        # about to expire), the one source of them for both clients.
         creds = self._credentials()
         if creds is None:
             raise PermissionDenied("no S3 credentials found")
