@@ -1,8 +1,8 @@
 """The S3 driver's fast request path (mountfs/backends/s3_wire.py) where the shared moto server
 cannot show it: signatures and session tokens checked by a moto_server that authenticates
 (credentials from a profile whose credential_process botocore refreshes, the one source of
-both clients), and TLS verified against AWS_CA_BUNDLE (moto_server over HTTPS with a
-certificate of its own)."""
+both clients), TLS verified against AWS_CA_BUNDLE (moto_server over HTTPS with a
+certificate of its own), a bucket's region followed, and the environment's HTTP proxy used."""
 from __future__ import annotations
 
 import io
@@ -22,7 +22,10 @@ import pytest
 from mountfs.backends.s3 import S3Backend
 from mountfs.backends.s3_wire import Base, Wire
 from mountfs.errors import BackendError, PermissionDenied, TemporaryFailure
-from servers.s3 import CREDENTIALS, command, free_port, start_server, stop_process
+from servers.s3 import (CREDENTIALS, S3Server, command, free_port, start_server,
+                        stop_process)
+from servers.s3_proxy import S3Proxy
+from stores import reset_s3_server
 
 BUCKET = "wire"
 
@@ -159,6 +162,47 @@ async def test_https_is_verified_against_aws_ca_bundle(
     with pytest.raises(TemporaryFailure, match="cannot connect"):
         await wire.request("HeadObject", "HEAD", Base.from_url(f"{url}/{BUCKET}/k", "k"), "k")
     wire.close()
+
+
+async def test_requests_follow_a_bucket_to_its_region(
+        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    reset_s3_server(s3_server)
+    boto3.client("s3", endpoint_url=s3_server.url, region_name="eu-west-1").create_bucket(
+        Bucket="far", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3 = S3Backend(s3_server.url, region="us-east-1")
+    await s3.write_object("far", "k", io.BytesIO(b"far away"), 8, {})
+    assert await s3.read_object("far", "k", 4, 4) == b"away"
+    # Signed for the bucket's region, as HeadBucket named it (boto3 follows redirects there).
+    assert [b.region for b in s3._bases.values()] == ["eu-west-1"]
+    await s3.aclose()
+
+
+async def test_requests_go_through_the_proxy_the_environment_names(
+        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    reset_s3_server(s3_server)
+    boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
+    proxy = S3Proxy(s3_server.url).start()  # forwards what it is sent, counting it
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        s3 = S3Backend(s3_server.url)
+        await s3.write_object(BUCKET, "k", io.BytesIO(b"proxied"), 7, {})
+        assert (await s3.stat_object(BUCKET, "k")).size == 7
+        # HeadBucket (boto3, which reads the same variables), then PutObject and HeadObject.
+        assert sum(proxy.seen.values()) == 3
+        await s3.aclose()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        s3 = S3Backend(s3_server.url)
+        await s3.stat_object(BUCKET, "k")
+        assert sum(proxy.seen.values()) == 3
+        await s3.aclose()
+    finally:
+        proxy.stop()
 
 
 def test_base_follows_botocore_addressing() -> None:

@@ -227,6 +227,8 @@ class S3Backend(Backend):
         )
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
         self.region = session.region_name
+        self._session, self._config = session, config
+        self._regional: dict[str, Any] = {}  # clients of other regions: their buckets' URLs
         # The fast path signs with the credentials boto3 resolved (one chain: environment,
         # shared files, profile, refreshed when they expire) and trusts what it trusts.
         self.wire = Wire(self.region or "us-east-1", core.get_credentials, threads,
@@ -273,21 +275,47 @@ class S3Backend(Backend):
                          headers: dict[str, str] | None = None, body: Any = None) -> Reply:
         """One try on the fast path, its errors translated."""
         try:
-            return await self.wire.request(operation, method, self._base(bucket), key, query,
-                                           headers, body)
+            return await self.wire.request(operation, method, await self._base(bucket), key,
+                                           query, headers, body)
         except Exception as exc:
             raise self.translate(exc) from exc
 
-    def _base(self, bucket: str) -> Base:
+    async def _base(self, bucket: str) -> Base:
         """Where `bucket`'s requests go, as botocore's endpoint rules say (path or virtual
-        host, region, custom endpoint): asked once per bucket, from a presigned URL."""
+        host, custom endpoint) for the bucket's region: asked once per bucket, from a
+        presigned URL, as boto3 follows a bucket to its region (its redirects)."""
         base = self._bases.get(bucket)
         if base is None:
+            region = await self._bucket_region(bucket)
             marker = "mountfs-key"
-            url = self.client.generate_presigned_url(
+            url = self._client_in(region or self.region).generate_presigned_url(
                 "head_object", Params={"Bucket": bucket, "Key": marker}, ExpiresIn=60)
-            base = self._bases[bucket] = Base.from_url(url, marker)
+            base = Base.from_url(url, marker, region or "")
+            if region is not None:  # else asked again next time
+                self._bases[bucket] = base
         return base
+
+    async def _bucket_region(self, bucket: str) -> str | None:
+        """The region a HeadBucket reply names (x-amz-bucket-region: AWS sends it even when it
+        refuses or redirects), '' where the server names none, None where it could not say."""
+        try:
+            reply = await self._once(self.client.head_bucket, Bucket=bucket)
+        except BackendError as exc:
+            reply = getattr(exc.__cause__, "response", None) or {}
+            headers = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            return headers.get("x-amz-bucket-region") or \
+                (None if isinstance(exc, TemporaryFailure) else "")
+        return str(reply.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                   .get("x-amz-bucket-region", ""))
+
+    def _client_in(self, region: str | None) -> Any:
+        """The boto3 client whose URLs are those of `region` (ours: `self.client`)."""
+        if not region or region == self.region:
+            return self.client
+        if region not in self._regional:
+            self._regional[region] = self._session.client(
+                "s3", region_name=region, endpoint_url=self.endpoint_url, config=self._config)
+        return self._regional[region]
 
     async def _head(self, bucket: str, key: str) -> dict[str, Any]:
         """HeadObject's reply, as boto3's."""

@@ -25,6 +25,7 @@ import os
 import threading
 import time
 import urllib.parse
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from mountfs.backends.base import HEADERS, split_headers
-from mountfs.errors import BackendError, PermissionDenied, TemporaryFailure
+from mountfs.errors import BackendError, ConfigError, PermissionDenied, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +68,24 @@ class Reply:
 
 @dataclass(frozen=True)
 class Base:
-    """Where a bucket's requests go: scheme, host, port, and the path before a key."""
+    """Where a bucket's requests go: scheme, host, port, the path before a key, and the region
+    they are signed for ("": the Wire's)."""
 
     scheme: str
     host: str
     port: int
     prefix: str  # "/bucket/" (path style) or "/" (virtual host)
+    region: str = ""
 
     @classmethod
-    def from_url(cls, url: str, key_marker: str) -> Base:
+    def from_url(cls, url: str, key_marker: str, region: str = "") -> Base:
         """From the URL botocore gave a request for `key_marker` in the bucket."""
         parts = urllib.parse.urlsplit(url)
         path = urllib.parse.unquote(parts.path)
         prefix = path[:len(path) - len(key_marker)] if path.endswith(key_marker) else path
         https = parts.scheme == "https"
         return cls(parts.scheme, parts.hostname or "", parts.port or (443 if https else 80),
-                   prefix if prefix.endswith("/") else prefix + "/")
+                   prefix if prefix.endswith("/") else prefix + "/", region)
 
     @property
     def host_header(self) -> str:
@@ -211,6 +214,25 @@ def _iso_time(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def proxy_for(base: Base) -> http.HttpProxyOptions | None:
+    """The proxy the environment names for `base` (HTTP_PROXY / HTTPS_PROXY, less NO_PROXY), as
+    botocore reads it: the CRT forwards plain HTTP through it and tunnels TLS (CONNECT)."""
+    if urllib.request.proxy_bypass(base.host):
+        return None
+    url = urllib.request.getproxies().get(base.scheme)
+    if not url:
+        return None
+    proxy = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if proxy.scheme not in ("http", ""):
+        raise ConfigError(f"{base.scheme} proxy {url}: only http:// proxies are supported")
+    if not proxy.username:
+        return http.HttpProxyOptions(proxy.hostname or "", proxy.port or 80)
+    return http.HttpProxyOptions(proxy.hostname or "", proxy.port or 80,
+                                 auth_type=http.HttpProxyAuthenticationType.Basic,
+                                 auth_username=urllib.parse.unquote(proxy.username),
+                                 auth_password=urllib.parse.unquote(proxy.password or ""))
+
+
 async def _wait(future: concurrent.futures.Future[T]) -> T:
     """A CRT future's result, waited for in trio (its callback runs on a CRT thread)."""
     if not future.done():
@@ -278,7 +300,7 @@ class Wire:
         signed_body = auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD if base.scheme == "https" \
             else None if request.body_stream is not None else auth.AwsSignedBodyValue.EMPTY_SHA256
         config = auth.AwsSigningConfig(
-            credentials_provider=self._provider, region=self.region, service="s3",
+            credentials_provider=self._provider, region=base.region or self.region, service="s3",
             use_double_uri_encode=False, should_normalize_uri_path=False,
             signed_body_value=signed_body,
             signed_body_header_type=auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256)
@@ -304,9 +326,10 @@ class Wire:
         if base.scheme == "https":
             tls = self._tls.new_connection_options()
             tls.set_server_name(base.host)
+        proxy = proxy_for(base)
         try:
             return await _wait(http.HttpClientConnection.new(
-                base.host, base.port, self._bootstrap, self._socket, tls))
+                base.host, base.port, self._bootstrap, self._socket, tls, proxy))
         except Exception as exc:
             raise TemporaryFailure(f"cannot connect to {base.host_header}: {exc}") from exc
 
