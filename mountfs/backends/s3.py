@@ -208,10 +208,11 @@ class S3Backend(Backend):
             session = boto3.session.Session(botocore_session=core, region_name=region)
         except Exception as exc:  # ProfileNotFound and friends
             raise ConfigError(f"S3 credentials: {exc}") from None
-        # Every request runs in a thread of `_limiter`, so botocore never has more requests
-        # under way than pooled connections (else it warns "Connection pool is full" and
-        # serialises). Parts take at most PARALLEL_PARTS of the threads, leaving `workers`
-        # for reads and listings while a large file goes up.
+        # Every boto3 request runs in a thread of `_limiter`, so botocore never has more
+        # requests under way than pooled connections (else it warns "Connection pool is full"
+        # and serialises); the fast path has as many connections. Parts take at most
+        # PARALLEL_PARTS of them, leaving `workers` for reads and listings while a large file
+        # goes up.
         threads = workers + PARALLEL_PARTS
         connect_timeout, read_timeout = timeouts()
         config = botocore.config.Config(
