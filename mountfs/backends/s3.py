@@ -24,7 +24,7 @@ import trio
 
 from mountfs.backends import Scope
 from mountfs.backends import Source as BackendSource
-from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo, split_headers
+from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo, Sink, split_headers
 from mountfs.backends.http import retry_after, status_error, timeouts
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.backends.s3_wire import (CONDITION_HEADERS, Base, PartBody, Reply, Wire,
@@ -270,19 +270,21 @@ class S3Backend(Backend):
 
     async def _send(self, operation: str, method: str, bucket: str, key: str = "",
                     query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-                    body: Any = None) -> Reply:
-        """A request of the fast path under the retry policy (`body`: bytes, not a stream)."""
+                    body: Any = None, sink: Sink | None = None) -> Reply:
+        """A request of the fast path under the retry policy (`body`: bytes, not a stream;
+        `sink`: where a 2xx reply's body goes, from its start again at each try)."""
         return await self.retried(f"{operation} {bucket}/{key}".rstrip("/"),
                                   lambda: self._send_once(operation, method, bucket, key, query,
-                                                          headers, body))
+                                                          headers, body, sink))
 
     async def _send_once(self, operation: str, method: str, bucket: str, key: str = "",
                          query: dict[str, str] | None = None,
-                         headers: dict[str, str] | None = None, body: Any = None) -> Reply:
+                         headers: dict[str, str] | None = None, body: Any = None,
+                         sink: Sink | None = None) -> Reply:
         """One try on the fast path, its errors translated."""
         try:
             return await self.wire.request(operation, method, await self._base(bucket), key,
-                                           query, headers, body)
+                                           query, headers, body, sink)
         except Exception as exc:
             raise self.translate(exc) from exc
 
@@ -480,21 +482,34 @@ class S3Backend(Backend):
         if length <= 0:
             return b""
         try:
-            return await self._get(bucket, key, offset, length)
+            return (await self._get(bucket, key, offset, length)).body
         except BackendError as exc:
             if error_code(exc) == "InvalidRange":
                 return b""
             raise
 
+    async def read_into(self, bucket: str, key: str, offset: int, length: int,
+                        sink: Sink) -> int:
+        # The body goes from the CRT's buffers to the sink (the cache's block files) chunk by
+        # chunk: no list of chunks, no join, no second write from a worker thread.
+        if length <= 0:
+            return 0
+        try:
+            return (await self._get(bucket, key, offset, length, sink=sink)).length
+        except BackendError as exc:
+            if error_code(exc) == "InvalidRange":
+                return 0
+            raise
+
     async def _get(self, bucket: str, key: str, offset: int, length: int,
-                   if_match: str | None = None) -> bytes:
+                   if_match: str | None = None, sink: Sink | None = None) -> Reply:
         # The GET and the reading of its body are one try (the wire reads it whole, checked
-        # against Content-Length): a body that broke off after the headers is asked for again.
+        # against Content-Length): a body that broke off after the headers is asked for again
+        # (into the sink from its start, overwriting what the broken try gave it).
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         if if_match is not None:
             headers["If-Match"] = if_match
-        reply = await self._send("GetObject", "GET", bucket, key, headers=headers)
-        return reply.body
+        return await self._send("GetObject", "GET", bucket, key, headers=headers, sink=sink)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -778,7 +793,8 @@ class S3Backend(Backend):
         return send
 
     async def _source_range(self, source: Source, offset: int, length: int) -> bytes:
-        body = await self._get(source.bucket, source.key, offset, length, if_match=source.etag)
+        body = (await self._get(source.bucket, source.key, offset, length,
+                                if_match=source.etag)).body
         if len(body) != length:
             raise TemporaryFailure(f"short read of {source.key} at {offset}: {len(body)} of "
                                    f"{length} bytes")

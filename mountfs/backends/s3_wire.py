@@ -37,7 +37,7 @@ from awscrt import auth, http, io
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from mountfs.backends.base import HEADERS, split_headers
+from mountfs.backends.base import HEADERS, Sink, split_headers
 from mountfs.errors import BackendError, ConfigError, PermissionDenied, TemporaryFailure
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,9 @@ class Reply:
 
     status: int
     headers: dict[str, str]  # names lower-cased (the last of repeated ones)
-    body: bytes
+    body: bytes  # empty when a sink took a 2xx reply's body
     raw_headers: list[tuple[str, str]] = field(default_factory=list)  # as sent
+    length: int = 0  # bytes of the body received (whether kept in `body` or sunk)
 
 
 @dataclass(frozen=True)
@@ -275,9 +276,11 @@ class Wire:
 
     async def request(self, operation: str, method: str, base: Base, key: str,
                       query: dict[str, str] | None = None,
-                      headers: dict[str, str] | None = None, body: Any = None) -> Reply:
+                      headers: dict[str, str] | None = None, body: Any = None,
+                      sink: Sink | None = None) -> Reply:
         """One request; its reply if 2xx, else its error as `ClientError`. `body`: bytes or a
-        seekable file-like object (a part being uploaded)."""
+        seekable file-like object (a part being uploaded). `sink`: where a 2xx reply's body
+        goes as it arrives (see `_Delivery`), instead of into `Reply.body`."""
         if self._credentials() is None:
             raise PermissionDenied("no S3 credentials found")
         path = urllib.parse.quote(base.prefix + key, safe=KEY_SAFE)
@@ -311,7 +314,7 @@ class Wire:
         except Exception as exc:
             raise PermissionDenied(f"cannot sign {operation}: {exc}") from exc
         async with self.limiter:
-            reply = await self._exchange(base, request, operation)
+            reply = await self._exchange(base, request, operation, sink)
         if 200 <= reply.status < 300:
             return reply
         raise error_from(reply, operation)
@@ -333,13 +336,15 @@ class Wire:
         except Exception as exc:
             raise TemporaryFailure(f"cannot connect to {base.host_header}: {exc}") from exc
 
-    async def _exchange(self, base: Base, request: http.HttpRequest, operation: str) -> Reply:
+    async def _exchange(self, base: Base, request: http.HttpRequest, operation: str,
+                        sink: Sink | None = None) -> Reply:
         """Send `request` on a pooled connection and read its whole reply; the connection goes
         back to the pool after a whole reply, else (an error, a cancellation) it is closed."""
         connection = await self._connection(base)
         status = [0]
         raw: list[tuple[str, str]] = []
         chunks: list[bytes] = []
+        delivery = _Delivery(sink)
         last = [time.monotonic()]  # when bytes last came: the read timeout counts from it
 
         def on_response(http_stream: Any, status_code: int, headers: list[tuple[str, str]],
@@ -349,7 +354,9 @@ class Wire:
             last[0] = time.monotonic()
 
         def on_body(http_stream: Any, chunk: bytes, **_: Any) -> None:
-            chunks.append(chunk)
+            # On a CRT thread: a 2xx body goes to the sink as it comes (an error's is parsed).
+            if not (200 <= status[0] < 300 and delivery.give(chunk)):
+                chunks.append(chunk)
             last[0] = time.monotonic()
 
         kept = False
@@ -370,15 +377,18 @@ class Wire:
                 future.result()
             except Exception as exc:
                 raise TemporaryFailure(f"{operation} {base.host_header}: {exc}") from exc
+            delivery.stop()
             headers = {name.lower(): value for name, value in raw}
             body = b"".join(chunks)
+            received = len(body) + delivery.given
             length = headers.get("content-length")
-            if length is not None and request.method != "HEAD" and len(body) != int(length):
-                raise TemporaryFailure(f"{operation}: reply cut short ({len(body)} of {length}"
+            if length is not None and request.method != "HEAD" and received != int(length):
+                raise TemporaryFailure(f"{operation}: reply cut short ({received} of {length}"
                                        " bytes)")
             kept = headers.get("connection", "").lower() != "close"
-            return Reply(status[0], headers, body, raw)
+            return Reply(status[0], headers, body, raw, received)
         finally:
+            delivery.stop()
             if kept:
                 self._idle.setdefault(base, []).append(connection)
             else:
@@ -389,6 +399,41 @@ class Wire:
             for connection in connections:
                 connection.close()
         self._idle.clear()
+
+
+class _Delivery:
+    """A reply body handed to a sink chunk by chunk from the CRT's thread, at its position in
+    the body. Once stopped (the exchange is over: done, failed or cancelled) the sink is never
+    called again, even by a callback that comes late, so a caller may close the files its sink
+    writes to as soon as the request returns. An error the sink raised stops the delivery and
+    is raised to the caller (a disk error is not the server's: it is not retried)."""
+
+    def __init__(self, sink: Sink | None) -> None:
+        self.sink = sink
+        self.given = 0
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._open = sink is not None
+
+    def give(self, chunk: bytes) -> bool:
+        """Hand `chunk` on; False when there is no sink (the caller keeps the chunk)."""
+        if self.sink is None:
+            return False
+        with self._lock:
+            if self._open:
+                try:
+                    self.sink(self.given, chunk)
+                    self.given += len(chunk)
+                except Exception as exc:  # noqa: BLE001 - raised in the trio task by stop()
+                    self.error, self._open = exc, False
+        return True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._open = False
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
 
 class PartBody:
