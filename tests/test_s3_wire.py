@@ -2,7 +2,8 @@
 cannot show it: signatures and session tokens checked by a moto_server that authenticates
 (credentials from a profile whose credential_process botocore refreshes, the one source of
 both clients), TLS verified against AWS_CA_BUNDLE (moto_server over HTTPS with a
-certificate of its own), a bucket's region followed, and the environment's HTTP proxy used."""
+certificate of its own), a bucket's region followed, the environment's HTTP proxy used, and
+ranged GETs written into block files as they arrive (`read_into`) when a body breaks off."""
 from __future__ import annotations
 
 import io
@@ -19,12 +20,13 @@ from pathlib import Path
 import boto3
 import pytest
 
+from cache.blocks import BlockSink
 from mountfs.backends.s3 import S3Backend
 from mountfs.backends.s3_wire import Base, Wire
 from mountfs.errors import BackendError, PermissionDenied, TemporaryFailure
 from servers.s3 import (CREDENTIALS, S3Server, command, free_port, start_server,
                         stop_process)
-from servers.s3_proxy import S3Proxy
+from servers.s3_proxy import ProxyHandler, S3Proxy
 from stores import reset_s3_server
 
 BUCKET = "wire"
@@ -213,3 +215,81 @@ def test_base_follows_botocore_addressing() -> None:
     assert Base("http", "h", 80, "/").host_header == "h"
     assert Base("https", "h", 8443, "/").host_header == "h:8443"
 
+
+
+class CutGets(S3Proxy):
+    """Forwards every request, but the first `times` ranged GETs get a wrong body (0xff
+    bytes) that breaks off halfway, as a server that died mid-reply leaves it."""
+
+    def __init__(self, upstream: str, times: int = 1) -> None:
+        super().__init__(upstream)
+        self.times, self.gets = times, 0
+
+    def handle(self, h: ProxyHandler, op: str, body: bytes) -> None:
+        if h.command != "GET" or "Range" not in h.headers:
+            super().handle(h, op, body)
+            return
+        with self.lock:
+            self.gets += 1
+            cut = self.gets <= self.times
+        status, headers, data = h.forward(body)
+        if cut:
+            h.answer(status, headers, b"\xff" * len(data), send=len(data) // 2,
+                     length=len(data))
+        else:
+            h.answer(status, headers, data)
+
+
+async def test_a_body_cut_short_is_read_again_into_the_same_blocks(
+        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    reset_s3_server(s3_server)
+    boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
+    data = os.urandom(2_500_000)
+    proxy = CutGets(s3_server.url).start()
+    s3 = S3Backend(proxy.url, path_style=True)
+    try:
+        await s3.write_object(BUCKET, "k", io.BytesIO(data), len(data), {})
+        paths = [str(tmp_path / f"block.{n}") for n in range(3)]
+        with BlockSink(paths, 1 << 20) as sink:
+            # The first try's half of a wrong body went into the files; the second overwrote it.
+            got = await s3.read_into(BUCKET, "k", 100, len(data) - 100, sink)
+            sink.cut(got)
+        assert got == len(data) - 100 and proxy.gets == 2
+        assert b"".join(Path(p).read_bytes() for p in paths) == data[100:]
+        assert [Path(p).stat().st_size for p in paths] == [1 << 20, 1 << 20, 2_500_000 - 100
+                                                           - (2 << 20)]
+        # Past the object's end: fewer bytes, nothing more handed over.
+        with BlockSink(paths[:1], 1 << 20) as sink:
+            assert await s3.read_into(BUCKET, "k", len(data) - 10, 1000, sink) == 10
+        assert Path(paths[0]).read_bytes()[:10] == data[-10:]
+    finally:
+        await s3.aclose()
+        proxy.stop()
+
+
+async def test_a_sink_that_fails_fails_the_read_without_retries(
+        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    reset_s3_server(s3_server)
+    boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
+    proxy = S3Proxy(s3_server.url).start()
+    s3 = S3Backend(proxy.url, path_style=True)
+    calls: list[int] = []
+
+    def full_disk(pos: int, chunk: bytes) -> None:
+        calls.append(pos)
+        raise OSError(28, "No space left on device")
+
+    try:
+        await s3.write_object(BUCKET, "k", io.BytesIO(b"x" * 300_000), 300_000, {})
+        before = proxy.seen["other"]
+        with pytest.raises(OSError, match="No space"):
+            await s3.read_into(BUCKET, "k", 0, 300_000, full_disk)
+        assert calls == [0]  # never called again once it failed
+        assert proxy.seen["other"] == before + 1  # one GET: a disk error is not the server's to retry
+    finally:
+        await s3.aclose()
+        proxy.stop()
