@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
+import trio
+
 from mountfs.backends.retry import retrying
 from mountfs.errors import NotSupported, TemporaryFailure
 
@@ -183,9 +185,9 @@ class Backend(abc.ABC):
         (S3: each chunk the CRT received, written straight into block files), so no copy of
         the whole range is made in Python. `sink` may be called from another thread, and from
         position 0 again when a try is repeated; it is never called after this returns. By
-        default one read_object."""
+        default one read_object, handed over from a worker thread (the sink writes files)."""
         data = await self.read_object(bucket, key, offset, length)
-        sink(0, data)
+        await trio.to_thread.run_sync(sink, 0, data)
         return len(data)
 
     async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
