@@ -176,6 +176,46 @@ def _write_files(files: list[tuple[str, memoryview]]) -> None:
             os.close(fd)
 
 
+class BlockSink:
+    """A ranged read's body written into consecutive block files as it arrives: byte p of the
+    range goes to file p // block_size at p % block_size. Called from the driver's thread
+    (see `Backend.read_into`); each call is one pwrite per block it spans, no copy in Python,
+    and a file is created when its first byte comes (on that thread, not the trio thread).
+    A context manager: the descriptors are closed on exit."""
+
+    def __init__(self, paths: list[str], block_size: int) -> None:
+        self.paths, self.block_size = paths, block_size
+        self.fds: dict[int, int] = {}  # block index in the range -> its file, once written
+
+    def __enter__(self) -> BlockSink:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        while self.fds:
+            os.close(self.fds.popitem()[1])
+
+    def __call__(self, pos: int, data: bytes | memoryview) -> None:
+        view, bs = memoryview(data), self.block_size
+        while view:
+            n, inside = divmod(pos, bs)
+            if n >= len(self.paths):
+                raise ValueError(f"a read wrote past its range (at {pos})")
+            fd = self.fds.get(n)
+            if fd is None:
+                fd = self.fds[n] = os.open(self.paths[n], os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                           0o600)
+            piece = view[:bs - inside]
+            _pwrite_all(fd, piece, inside)
+            pos += len(piece)
+            view = view[len(piece):]
+
+    def cut(self, length: int) -> None:
+        """Make the files hold exactly the range's first `length` bytes (a try cut short and
+        repeated as a shorter read may have left more)."""
+        for n, fd in self.fds.items():
+            os.ftruncate(fd, max(0, min(self.block_size, length - n * self.block_size)))
+
+
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """pwrite every byte of `data` (a regular file writes short only when the disk is full,
     and then the retry raises ENOSPC instead of losing the tail silently)."""
@@ -579,42 +619,74 @@ class BlockCache:
         bs = self.block_size
         etag, start = rec.etag, first * bs
         want = min(count * bs, rec.remote_size - start)
+        tmps = self._tmp_names(obj, range(first, first + -(-want // bs)))
         try:
-            data = await self.storage.read_object(rec.bucket, rec.key, start, want)
-        finally:
-            if slot is not None:
-                slot.release()
-        if len(data) != want and rec.etag == etag:
-            raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + len(data)} bytes on the "
-                                f"server, expected {rec.remote_size}")
-        await self.store_fetched(obj, first, data, etag)
+            # The body goes straight into the blocks' tmp files as it arrives (BlockSink).
+            with BlockSink(list(tmps.values()), bs) as sink:
+                try:
+                    got = await self.storage.read_into(rec.bucket, rec.key, start, want, sink)
+                finally:
+                    if slot is not None:
+                        slot.release()
+                if got != want and rec.etag == etag:
+                    raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + got} bytes on "
+                                        f"the server, expected {rec.remote_size}")
+                sink.cut(got)  # a longer try cut short and repeated may have written more
+        except BaseException:
+            for tmp in tmps.values():
+                _unlink_quietly(tmp)
+            raise
+        lengths = [min(bs, got - i * bs) for i in range(-(-got // bs))]
+        for n in list(tmps)[len(lengths):]:
+            _unlink_quietly(tmps.pop(n))
+        await self._install(obj, first, lengths, tmps, etag)
+
+    def _tmp_names(self, obj: CachedObject, blocks: range) -> dict[int, str]:
+        """Where blocks being fetched are written before they go into place (`<id>.<n>.fetch`,
+        which load() sweeps). Only one fetch of a block runs at a time (`fetching`), so the
+        names are the fetch's own."""
+        return {n: f"{self.blocks_dir}/{obj.id}.{n}.fetch" for n in blocks}
 
     async def store_fetched(self, obj: CachedObject, first: int, data: bytes,
                             etag: str) -> None:
         """Put `data`, read from the server's version `etag` of the object at block `first`,
         into the blocks it covers; a block cached meanwhile, or data of a version no longer
         the object's, is dropped."""
-        rec = obj.record
         bs = self.block_size
         view = memoryview(data)
-        pieces = [(first + i, view[i * bs:(i + 1) * bs]) for i in range(-(-len(data) // bs))]
-        # Copying a block into the page cache takes about a millisecond: a worker thread does
-        # it, to tmp names (`<id>.<n>.fetch`, which load() sweeps). Only one fetch of a block
-        # runs at a time (`fetching`), so the names are the fetch's own.
-        tmps = {n: f"{self.blocks_dir}/{obj.id}.{n}.fetch" for n, _ in pieces}
+        pieces = [view[i * bs:(i + 1) * bs] for i in range(-(-len(data) // bs))]
+        tmps = self._tmp_names(obj, range(first, first + len(pieces)))
         try:
-            await trio.to_thread.run_sync(_write_files, [(tmps[n], p) for n, p in pieces])
+            # Copying a block into the page cache takes about a millisecond: a worker thread
+            # does it.
+            await trio.to_thread.run_sync(_write_files, list(zip(tmps.values(), pieces)))
+        except BaseException:
+            for tmp in tmps.values():
+                _unlink_quietly(tmp)
+            raise
+        await self._install(obj, first, [len(p) for p in pieces], tmps, etag)
+
+    async def _install(self, obj: CachedObject, first: int, lengths: list[int],
+                       tmps: dict[int, str], etag: str) -> None:
+        """Move fetched blocks (`lengths[i]` bytes of block first + i, in `tmps`) into place
+        once there is room; one cached meanwhile, or of a version no longer the object's, is
+        dropped."""
+        rec = obj.record
+        bs = self.block_size
+        total = sum(lengths)
+        try:
             if obj.dirty:
-                self._evict(len(data))
+                self._evict(total)
             else:
-                await self._wait_for_room(len(data))
+                await self._wait_for_room(total)
         except BaseException:
             for tmp in tmps.values():
                 _unlink_quietly(tmp)
             raise
         # From here to the end nothing awaits: the checks hold when the blocks go in.
-        for n, piece in pieces:
-            if (rec.etag != etag or n in obj.blocks or n * bs + len(piece) > rec.remote_size
+        for i, length in enumerate(lengths):
+            n = first + i
+            if (rec.etag != etag or n in obj.blocks or n * bs + length > rec.remote_size
                     or obj.detached and obj.open_count == 0):
                 _unlink_quietly(tmps[n])
                 continue  # superseded: a write, a truncate or another version got there first
@@ -622,8 +694,8 @@ class BlockCache:
             # were one, it would point at the file being replaced.
             self._fds.close(obj, n)
             os.replace(tmps[n], obj.block_path(n))
-            obj.blocks[n] = len(piece)
-            self.used += len(piece)
+            obj.blocks[n] = length
+            self.used += length
             if not obj.dirty and not obj.detached:
                 self._lru[(obj, n)] = None
 

@@ -1,7 +1,7 @@
 """What the cache needs from a storage service; mountfs passes a backend driver that fits."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO, Protocol
 
 
@@ -21,6 +21,12 @@ class StoredVersion(Protocol):
 
 class Storage(Protocol):
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes: ...
+
+    async def read_into(self, bucket: str, key: str, offset: int, length: int,
+                        sink: Callable[[int, bytes], None]) -> int:
+        """A ranged read handed to `sink(position, data)` as it arrives (see
+        `mountfs.backends.base.Backend.read_into`); the count of bytes read."""
+        ...
 
     def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
         """The object's bytes from its start, in pieces (for objects read only whole)."""

@@ -3,11 +3,12 @@
 Driver operations are measured at one seam, whatever the driver: `Metrics.measure` wraps the
 backend the mount hands to the namespace, the cache and the queue (`MeasuredBackend`), so each
 call of a Backend method counts as a request of that operation, with its latency, its error
-class if it raised, and the bytes it moved (read_object and stream_object down, write_object
-up). Retries come from the one retry policy (`retry.observers`), labelled with the operation
-that was running. The cache and the queue know nothing of this module: their plain counters
-(`BlockCache.hits`, `misses`, `evictions`, `WritebackQueue.summary()`) are read at each scrape,
-in the trio thread (`trio.from_thread`), since the HTTP server answers in a thread of its own.
+class if it raised, and the bytes it moved (read_object, read_into and stream_object down,
+write_object up). Retries come from the one retry policy (`retry.observers`), labelled with the
+operation that was running. The cache and the queue know nothing of this module: their plain
+counters (`BlockCache.hits`, `misses`, `evictions`, `WritebackQueue.summary()`) are read at
+each scrape, in the trio thread (`trio.from_thread`), since the HTTP server answers in a thread
+of its own.
 
 prometheus_client (the Prometheus project's own library) serves the text format and keeps the
 counters thread-safe.
@@ -33,7 +34,7 @@ from mountfs.errors import ConfigError
 
 # The Backend methods measured as one request each, and those that return a stream.
 CALLS = frozenset({"list_buckets", "create_bucket", "delete_bucket", "stat_object",
-                   "read_object", "write_object", "set_metadata", "delete_object",
+                   "read_object", "read_into", "write_object", "set_metadata", "delete_object",
                    "copy_object", "rename_object", "check_key", "forget",
                    "abort_incomplete_uploads"})
 STREAMS = frozenset({"list_objects", "stream_object"})
@@ -139,6 +140,8 @@ class MeasuredBackend:
             self._done(operation, started, None)
             if operation == "read_object":
                 self._metrics.bytes.labels(self._metrics.driver, "down").inc(len(result))
+            elif operation == "read_into":
+                self._metrics.bytes.labels(self._metrics.driver, "down").inc(result)
             elif operation == "write_object":
                 size = kwargs["size"] if "size" in kwargs else args[3]
                 self._metrics.bytes.labels(self._metrics.driver, "up").inc(size)

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import trio
 
-from mountfs.backends.base import Backend, ObjectInfo
+from mountfs.backends.base import Backend, ObjectInfo, Sink
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -60,6 +60,12 @@ class FaultyStorage:
         if hook is not None:
             await hook()
         return data
+
+    async def read_into(self, bucket: str, key: str, offset: int, length: int,
+                        sink: Sink) -> int:
+        # Through read_object, so that its hooks and records cover the cache's fetches.
+        return await Backend.read_into(self, bucket, key, offset, length,  # type: ignore[arg-type]
+                                       sink)
 
     async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
         """The wrapped backend's stream, in pieces of `stream_piece` bytes, each after a

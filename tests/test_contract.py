@@ -95,6 +95,33 @@ async def test_ranged_reads(driver: Backend, store: Store) -> None:
     assert await driver.read_object(store.bucket, "ranged", 400_000, 100) == b""
 
 
+async def read_into(driver: Backend, bucket: str, key: str, offset: int,
+                    length: int) -> tuple[int, bytes]:
+    """`driver.read_into` into a buffer by the positions it is handed: (its count, the bytes)."""
+    buf = bytearray(length)
+    top = [0]
+
+    def sink(pos: int, piece: bytes) -> None:
+        buf[pos:pos + len(piece)] = piece
+        top[0] = max(top[0], pos + len(piece))
+
+    got = await driver.read_into(bucket, key, offset, length, sink)
+    return got, bytes(buf[:top[0]])
+
+
+async def test_ranged_reads_into_a_sink(driver: Backend, store: Store) -> None:
+    body = data(300_000, seed=3)
+    await put(driver, store.bucket, "sunk", body)
+    for offset, length in ((0, 1), (65_535, 70_000), (0, 300_000)):
+        assert await read_into(driver, store.bucket, "sunk", offset, length) \
+            == (length, body[offset:offset + length]), (offset, length)
+    # Past the end: fewer bytes, then none.
+    assert await read_into(driver, store.bucket, "sunk", 299_995, 100) == (5, body[299_995:])
+    assert await read_into(driver, store.bucket, "sunk", 400_000, 100) == (0, b"")
+    with pytest.raises(NoSuchObject):
+        await read_into(driver, store.bucket, "missing", 0, 10)
+
+
 async def test_missing_object(driver: Backend, store: Store) -> None:
     with pytest.raises(NoSuchObject):
         await driver.stat_object(store.bucket, "missing")

@@ -74,7 +74,7 @@ def test_metrics_move_with_reads_and_writes(mounter: Mounter, store: Store) -> N
     run_cli("sync", str(m.path))
     two = scrape(port)
 
-    read = dict(driver=driver, operation="read_object")
+    read = dict(driver=driver, operation="read_into")  # the cache fetches blocks with it
     stream = dict(driver=driver, operation="stream_object")
     fetches = lambda s: value(s, "mountfs_backend_requests_total", **read) \
         + value(s, "mountfs_backend_requests_total", **stream)  # noqa: E731

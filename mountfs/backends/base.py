@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
+import trio
+
 from mountfs.backends.retry import retrying
 from mountfs.errors import NotSupported, TemporaryFailure
 
@@ -23,6 +25,8 @@ IF_ABSENT = ""
 
 # The pieces `Backend.stream_object` reads by default.
 STREAM_PIECE = 8 * 1024 * 1024
+# Where a read's bytes go as they arrive: sink(position in the range, data).
+Sink = Callable[[int, bytes], None]
 
 # What a retry may cure, whichever driver raised it.
 TEMPORARY_FAILURES = (TemporaryFailure, ConnectionError, TimeoutError)
@@ -171,6 +175,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length), fewer at the end of the object."""
+
+    async def read_into(self, bucket: str, key: str, offset: int, length: int,
+                        sink: Sink) -> int:
+        """Bytes [offset, offset+length) (fewer at the end of the object) handed to
+        `sink(position, data)`, position counted from `offset`; the count of bytes read.
+
+        How the cache fetches blocks: a driver that can hands the body over as it arrives
+        (S3: each chunk the CRT received, written straight into block files), so no copy of
+        the whole range is made in Python. `sink` may be called from another thread, and from
+        position 0 again when a try is repeated; it is never called after this returns. By
+        default one read_object, handed over from a worker thread (the sink writes files)."""
+        data = await self.read_object(bucket, key, offset, length)
+        await trio.to_thread.run_sync(sink, 0, data)
+        return len(data)
 
     async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
         """The object's bytes from its start, in pieces: how the cache reads the objects

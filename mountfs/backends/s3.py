@@ -1,6 +1,9 @@
-"""The S3 driver: any S3-compatible store through boto3, run in trio worker threads.
+"""The S3 driver: any S3-compatible store. The frequent requests (HEAD, ranged GET, PUT and
+upload parts, listing pages, DELETE) go over the fast request path of s3_wire.py (awscrt); the
+rare ones (buckets, multipart create/complete/abort, copies) through boto3 in trio worker
+threads. Both sign with the same botocore credentials and go where botocore's addressing says.
 
-Owns the S3 wire details: SigV4 and XML (botocore), listing (ListObjectsV2, or ListObjects v1
+Owns the S3 semantics: listing (ListObjectsV2, or ListObjects v1
 where a server lacks V2), ranged GETs, multipart uploads with parts sent in parallel, copies
 (CopyObject, UploadPartCopy above `copy_threshold`, or a streamed copy where the server lacks
 either), and the mapping of S3 error codes to mountfs errors. Credentials are found the way AWS
@@ -12,7 +15,6 @@ import email.utils
 import functools
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,9 +24,12 @@ import trio
 
 from mountfs.backends import Scope
 from mountfs.backends import Source as BackendSource
-from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo, split_headers
+from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo, Sink, split_headers
 from mountfs.backends.http import retry_after, status_error, timeouts
 from mountfs.backends.registry import Driver, DriverContext, Option
+from mountfs.backends.s3_wire import (CONDITION_HEADERS, Base, PartBody, Reply, Wire,
+                                      head_fields, listing_fields, object_headers, part_query,
+                                      write_fields)
 from mountfs.errors import (AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket,
                             NoSuchObject, NotEmpty, NotSupported, PermissionDenied,
                             PreconditionFailed, PreconditionLost, QuotaExceeded,
@@ -129,63 +134,6 @@ def reply_time_ns(reply: dict[str, Any]) -> int:
     return int(stamp.timestamp() * 1e9) if stamp else 0
 
 
-class PartBody:
-    """One part of an upload as the file botocore sends from: read from the shared `data` a
-    chunk at a time as the request goes out, so that the data's reader sees the upload's
-    progress (`mountfs status`) and a part holds one chunk in memory, not the whole part.
-    One per try of the part, so that each sends it from its start. Seekable: botocore measures
-    it; over plain HTTP it also reads it once to sign the payload, then rewinds it (the
-    progress then leads by that part)."""
-
-    CHUNK = 1024 * 1024
-
-    def __init__(self, data: BinaryIO, lock: threading.Lock, offset: int, length: int,
-                 key: str) -> None:
-        self.data, self.lock, self.offset, self.length, self.key = data, lock, offset, length, key
-        self.pos = 0
-        self._chunk = memoryview(b"")
-        self._chunk_at = 0  # where in the part `_chunk` starts
-        self.error: Exception | None = None  # what reading `data` raised, for the caller
-
-    def __len__(self) -> int:
-        return self.length
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
-        self.pos = min(self.length, max(0, base + pos))
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        left = self.length - self.pos
-        n = left if n is None or n < 0 else min(n, left)
-        if n <= 0:
-            return b""
-        inside = self.pos - self._chunk_at
-        if not 0 <= inside < len(self._chunk):
-            self._fill()
-            inside = 0
-        piece = bytes(self._chunk[inside:inside + n])
-        self.pos += len(piece)
-        return piece
-
-    def _fill(self) -> None:
-        size = min(self.CHUNK, self.length - self.pos)
-        buf = bytearray(size)
-        try:
-            with self.lock:
-                self.data.seek(self.offset + self.pos)
-                got = self.data.readinto(buf)
-            if got != size:
-                raise BackendError(f"short read of {self.key} at {self.offset + self.pos}")
-        except Exception as exc:
-            self.error = exc
-            raise
-        self._chunk, self._chunk_at = memoryview(buf), self.pos
-
-
 def metadata_of(head: dict[str, Any]) -> dict[str, str]:
     """An object's metadata as mountfs carries it: its user metadata and its headers."""
     metadata = dict(head.get("Metadata", {}))
@@ -250,21 +198,26 @@ class S3Backend(Backend):
                  credentials: tuple[str, str] | None = None) -> None:
         import boto3
         import botocore.config
+        import botocore.session
 
         self.endpoint_url = endpoint_url
         # Larger objects are copied in parts (UploadPartCopy); at most MAX_COPY.
         self.copy_threshold = min(copy_threshold, MAX_COPY)
         try:
-            # Explicit (access key id, secret) where a driver obtained them (Storj's auth
+            # One botocore session: its credentials sign boto3's requests and the fast path's:
+            # explicit (access key id, secret) where a driver obtained them (Storj's auth
             # service), else the AWS tools' search (environment, files, profile).
-            keys = dict(zip(("aws_access_key_id", "aws_secret_access_key"), credentials or ()))
-            session = boto3.session.Session(profile_name=profile, region_name=region, **keys)
+            core = botocore.session.Session(profile=profile)
+            if credentials is not None:
+                core.set_credentials(*credentials)
+            session = boto3.session.Session(botocore_session=core, region_name=region)
         except Exception as exc:  # ProfileNotFound and friends
             raise ConfigError(f"S3 credentials: {exc}") from None
-        # Every request runs in a thread of `_limiter`, so botocore never has more requests
-        # under way than pooled connections (else it warns "Connection pool is full" and
-        # serialises). Parts take at most PARALLEL_PARTS of the threads, leaving `workers`
-        # for reads and listings while a large file goes up.
+        # Every boto3 request runs in a thread of `_limiter`, so botocore never has more
+        # requests under way than pooled connections (else it warns "Connection pool is full"
+        # and serialises); the fast path has as many connections. Parts take at most
+        # PARALLEL_PARTS of them, leaving `workers` for reads and listings while a large file
+        # goes up.
         threads = workers + PARALLEL_PARTS
         connect_timeout, read_timeout = timeouts()
         config = botocore.config.Config(
@@ -280,10 +233,20 @@ class S3Backend(Backend):
         )
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
         self.region = session.region_name
+        self._session, self._config = session, config
+        self._regional: dict[str, Any] = {}  # clients of other regions: their buckets' URLs
+        # The fast path signs with the credentials boto3 resolved (one chain: environment,
+        # shared files, profile, refreshed when they expire) and trusts what it trusts.
+        self.wire = Wire(self.region or "us-east-1", core.get_credentials, threads,
+                         connect_timeout, read_timeout, core.get_config_variable("ca_bundle"))
+        self._bases: dict[str, Base] = {}
         self._limiter = trio.CapacityLimiter(threads)
         self._part_slots = trio.Semaphore(PARALLEL_PARTS)
         # Operations this server answered NotImplemented (or the like): not asked again.
         self._unsupported: set[str] = set()
+
+    async def aclose(self) -> None:
+        self.wire.close()
 
     def describe(self) -> str:
         return f"s3:{self.endpoint_url or 'aws'}"
@@ -291,7 +254,7 @@ class S3Backend(Backend):
     # ---- plumbing --------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """The gateway of every request: `fn` (a boto3 client method) under the retry policy."""
+        """A boto3 request: `fn` (a client method) under the retry policy."""
         where = "/".join(str(kwargs[name]) for name in ("Bucket", "Key") if name in kwargs)
         return await self.retried(f"{fn.__name__} {where}".strip(),
                                   lambda: self._once(fn, *args, **kwargs))
@@ -304,6 +267,67 @@ class S3Backend(Backend):
             return result
         except Exception as exc:
             raise self.translate(exc) from exc
+
+    async def _send(self, operation: str, method: str, bucket: str, key: str = "",
+                    query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+                    body: Any = None, sink: Sink | None = None) -> Reply:
+        """A request of the fast path under the retry policy (`body`: bytes, not a stream;
+        `sink`: where a 2xx reply's body goes, from its start again at each try)."""
+        return await self.retried(f"{operation} {bucket}/{key}".rstrip("/"),
+                                  lambda: self._send_once(operation, method, bucket, key, query,
+                                                          headers, body, sink))
+
+    async def _send_once(self, operation: str, method: str, bucket: str, key: str = "",
+                         query: dict[str, str] | None = None,
+                         headers: dict[str, str] | None = None, body: Any = None,
+                         sink: Sink | None = None) -> Reply:
+        """One try on the fast path, its errors translated."""
+        try:
+            return await self.wire.request(operation, method, await self._base(bucket), key,
+                                           query, headers, body, sink)
+        except Exception as exc:
+            raise self.translate(exc) from exc
+
+    async def _base(self, bucket: str) -> Base:
+        """Where `bucket`'s requests go, as botocore's endpoint rules say (path or virtual
+        host, custom endpoint) for the bucket's region: asked once per bucket, from a
+        presigned URL, as boto3 follows a bucket to its region (its redirects)."""
+        base = self._bases.get(bucket)
+        if base is None:
+            region = await self._bucket_region(bucket)
+            marker = "mountfs-key"
+            url = self._client_in(region or self.region).generate_presigned_url(
+                "head_object", Params={"Bucket": bucket, "Key": marker}, ExpiresIn=60)
+            base = Base.from_url(url, marker, region or "")
+            if region is not None:  # else asked again next time
+                self._bases[bucket] = base
+        return base
+
+    async def _bucket_region(self, bucket: str) -> str | None:
+        """The region a HeadBucket reply names (x-amz-bucket-region: AWS sends it even when it
+        refuses or redirects), '' where the server names none, None where it could not say."""
+        try:
+            reply = await self._once(self.client.head_bucket, Bucket=bucket)
+        except BackendError as exc:
+            reply = getattr(exc.__cause__, "response", None) or {}
+            headers = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            return headers.get("x-amz-bucket-region") or \
+                (None if isinstance(exc, TemporaryFailure) else "")
+        return str(reply.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                   .get("x-amz-bucket-region", ""))
+
+    def _client_in(self, region: str | None) -> Any:
+        """The boto3 client whose URLs are those of `region` (ours: `self.client`)."""
+        if not region or region == self.region:
+            return self.client
+        if region not in self._regional:
+            self._regional[region] = self._session.client(
+                "s3", region_name=region, endpoint_url=self.endpoint_url, config=self._config)
+        return self._regional[region]
+
+    async def _head(self, bucket: str, key: str) -> dict[str, Any]:
+        """HeadObject's reply, as boto3's."""
+        return head_fields(await self._send("HeadObject", "HEAD", bucket, key))
 
     def translate(self, exc: BaseException) -> BaseException:
         import botocore.exceptions as bx
@@ -381,19 +405,20 @@ class S3Backend(Backend):
 
     async def list_objects(self, bucket: str, prefix: str, delimiter: str | None = "/",
                            page_size: int = 1000) -> AsyncIterator[list[ObjectInfo]]:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+        # Keys URL-encoded in the reply (as botocore asks): XML cannot carry every character.
+        query = {"prefix": prefix, "max-keys": str(page_size), "encoding-type": "url"}
         if delimiter:
-            kwargs["Delimiter"] = delimiter
+            query["delimiter"] = delimiter
         last: dict[str, Any] | None = None
         if "ListObjectsV2" not in self._unsupported:
-            async for last in self._replies_v2(kwargs):
+            async for last in self._replies_v2(bucket, query):
                 yield self._page(bucket, last)
             if last is not None and not last.get("IsTruncated"):
                 return
         # V2 is unsupported: from the start, or on from a V1 answer to a V2 request.
         marker = resume_marker(last) if last is not None else None
         seen = {p["Prefix"] for p in (last or {}).get("CommonPrefixes", [])}
-        async for reply in self._replies_v1(kwargs, marker):
+        async for reply in self._replies_v1(bucket, query, marker):
             # moto repeats every common prefix on every v1 page; S3 does not.
             page = [info for info in self._page(bucket, reply)
                     if not (info.is_prefix and info.key in seen)]
@@ -407,14 +432,20 @@ class S3Backend(Backend):
         page.sort(key=lambda info: info.key)
         return page
 
-    async def _replies_v2(self, kwargs: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _list(self, operation: str, bucket: str,
+                    query: dict[str, str]) -> dict[str, Any]:
+        reply = await self._send(operation, "GET", bucket, query=query)
+        return listing_fields(reply.body)
+
+    async def _replies_v2(self, bucket: str,
+                          query: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
         """ListObjectsV2 pages; none where the server refuses V2, and the last one truncated
         where it answered as V1. What is detectable: a 501 / NotImplemented or a 400
         InvalidArgument to the first request (servers that reject list-type=2), or a truncated
         page without NextContinuationToken (servers that ignore list-type=2 and answer V1).
         An untruncated V1 answer looks like a complete V2 one, and is one."""
         try:
-            reply = await self._call(self.client.list_objects_v2, **kwargs)
+            reply = await self._list("ListObjectsV2", bucket, {**query, "list-type": "2"})
         except BackendError as exc:
             if not isinstance(exc, NotSupported) and error_code(exc) != "InvalidArgument":
                 raise
@@ -428,15 +459,15 @@ class S3Backend(Backend):
             if not token:
                 self._lacks("ListObjectsV2", BackendError("truncated page without a token"))
                 return
-            reply = await self._call(self.client.list_objects_v2, ContinuationToken=token,
-                                     **kwargs)
+            reply = await self._list("ListObjectsV2", bucket, {
+                **query, "list-type": "2", "continuation-token": token})
 
-    async def _replies_v1(self, kwargs: dict[str, Any],
+    async def _replies_v1(self, bucket: str, query: dict[str, str],
                           marker: str | None) -> AsyncIterator[dict[str, Any]]:
         """ListObjects (v1) pages from after `marker` (None: from the start)."""
         while True:
-            extra = {"Marker": marker} if marker is not None else {}
-            reply = await self._call(self.client.list_objects, **kwargs, **extra)
+            extra = {"marker": marker} if marker is not None else {}
+            reply = await self._list("ListObjects", bucket, {**query, **extra})
             yield reply
             if not reply.get("IsTruncated"):
                 return
@@ -445,37 +476,40 @@ class S3Backend(Backend):
     # ---- reads -----------------------------------------------------------------------------
 
     async def stat_object(self, bucket: str, key: str) -> ObjectInfo:
-        reply = await self._call(self.client.head_object, Bucket=bucket, Key=key)
-        return self._info(bucket, key, reply)
+        return self._info(bucket, key, await self._head(bucket, key))
 
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
         try:
-            return await self._get(bucket, key, offset, length)
+            return (await self._get(bucket, key, offset, length)).body
         except BackendError as exc:
             if error_code(exc) == "InvalidRange":
                 return b""
             raise
 
-    async def _get(self, bucket: str, key: str, offset: int, length: int,
-                   **conditions: str) -> bytes:
-        def get() -> bytes:
-            reply = self.client.get_object(Bucket=bucket, Key=key, **conditions,
-                                           Range=f"bytes={offset}-{offset + length - 1}")
-            # Not `with reply["Body"] as body`: that yields urllib3's raw stream, whose errors
-            # (a reset or a cut body mid-read) botocore then neither translates into its own
-            # (ResponseStreamingError, IncompleteReadError) nor checks against Content-Length.
-            body = reply["Body"]
-            try:
-                data: bytes = body.read()
-                return data
-            finally:
-                body.close()
+    async def read_into(self, bucket: str, key: str, offset: int, length: int,
+                        sink: Sink) -> int:
+        # The body goes from the CRT's buffers to the sink (the cache's block files) chunk by
+        # chunk: no list of chunks, no join, no second write from a worker thread.
+        if length <= 0:
+            return 0
+        try:
+            return (await self._get(bucket, key, offset, length, sink=sink)).length
+        except BackendError as exc:
+            if error_code(exc) == "InvalidRange":
+                return 0
+            raise
 
-        # The GET and the reading of its body are one try: a body that broke off after the
-        # headers is asked for again.
-        return await self.retried(f"get_object {bucket}/{key}", lambda: self._once(get))
+    async def _get(self, bucket: str, key: str, offset: int, length: int,
+                   if_match: str | None = None, sink: Sink | None = None) -> Reply:
+        # The GET and the reading of its body are one try (the wire reads it whole, checked
+        # against Content-Length): a body that broke off after the headers is asked for again
+        # (into the sink from its start, overwriting what the broken try gave it).
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        return await self._send("GetObject", "GET", bucket, key, headers=headers, sink=sink)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -492,8 +526,7 @@ class S3Backend(Backend):
                 body = data.read(size)
                 if len(body) != size:
                     raise BackendError(f"short read of {key}: {len(body)} of {size} bytes")
-                reply = await self._call(self.client.put_object, Bucket=bucket, Key=key,
-                                         Body=body, **object_fields(metadata), **condition)
+                reply = await self._put(bucket, key, body, metadata, condition)
             else:
                 reply = await self._multipart(bucket, key, size, object_fields(metadata),
                                               self._file_parts(bucket, key, data),
@@ -522,30 +555,40 @@ class S3Backend(Backend):
                                    exists=not gone) from exc
         return self._written(bucket, key, size, metadata, reply)
 
+    async def _put(self, bucket: str, key: str, body: bytes, metadata: dict[str, str],
+                   condition: dict[str, str] | None = None) -> dict[str, Any]:
+        """PutObject of `body` with `metadata`; `condition` in boto3's names (IfMatch,
+        IfNoneMatch). Its reply as boto3's (ETag, and the Date header for `reply_time_ns`)."""
+        headers = object_headers(metadata)
+        for name, value in (condition or {}).items():
+            headers[CONDITION_HEADERS[name]] = value
+        reply = await self._send("PutObject", "PUT", bucket, key, headers=headers, body=body)
+        return write_fields(reply)
+
     async def _head_if_any(self, bucket: str, key: str) -> dict[str, Any] | None:
         try:
-            return await self._call(self.client.head_object, Bucket=bucket, Key=key)
+            return await self._head(bucket, key)
         except NoSuchObject:
             return None
 
     def _file_parts(self, bucket: str, key: str, data: BinaryIO) -> PartSender:
-        """Parts streamed from `data` as botocore sends them (`PartBody`); `data` is one
+        """Parts streamed from `data` as the CRT sends them (`PartBody`); `data` is one
         stream, read under one lock."""
         read_lock = threading.Lock()
 
         async def send(upload_id: str, number: int, offset: int, length: int) -> str:
-            async def one_try() -> dict[str, Any]:
+            async def one_try() -> Reply:
                 body = PartBody(data, read_lock, offset, length, key)
                 try:
-                    return await self._once(self.client.upload_part, Bucket=bucket, Key=key,
-                                            UploadId=upload_id, PartNumber=number, Body=body)
+                    return await self._send_once("UploadPart", "PUT", bucket, key,
+                                                 part_query(upload_id, number), body=body)
                 except Exception:
-                    if body.error is not None:  # botocore wraps what a body raised: unwrap it
+                    if body.error is not None:  # the CRT reports what a body raised: unwrap it
                         raise body.error from None  # (Superseded: the queue uploads again)
                     raise
 
-            reply = await self.retried(f"upload_part {bucket}/{key} #{number}", one_try)
-            return str(reply["ETag"])
+            reply = await self.retried(f"UploadPart {bucket}/{key} #{number}", one_try)
+            return reply.headers.get("etag", "")
 
         return send
 
@@ -619,10 +662,7 @@ class S3Backend(Backend):
         tries it again) may have completed the upload. Then the object's ETag is the one these parts make,
         and the upload is done; else nothing says the object is ours: a temporary failure, so
         the queue uploads it again (the upload is gone, the error is no reason to give up)."""
-        try:
-            head = await self._call(self.client.head_object, Bucket=bucket, Key=key)
-        except NoSuchObject:
-            head = {}
+        head = await self._head_if_any(bucket, key) or {}
         if etag_of(head) == multipart_etag(part_etags):
             log.info("multipart upload of %s/%s was completed by a try whose reply was lost",
                      bucket, key)
@@ -667,7 +707,7 @@ class S3Backend(Backend):
         return await self._copy(source, bucket, key, metadata)
 
     async def delete_object(self, bucket: str, key: str) -> None:
-        await self._call(self.client.delete_object, Bucket=bucket, Key=key)
+        await self._send("DeleteObject", "DELETE", bucket, key)
 
     # ---- copies ----------------------------------------------------------------------------
 
@@ -678,8 +718,7 @@ class S3Backend(Backend):
 
     async def _source(self, bucket: str, key: str) -> Source:
         """One HEAD tells the copy its size (which way to copy), metadata and headers."""
-        head = await self._call(self.client.head_object, Bucket=bucket, Key=key)
-        return Source.from_head(bucket, key, head)
+        return Source.from_head(bucket, key, await self._head(bucket, key))
 
     async def _copy(self, source: Source, bucket: str, key: str,
                     metadata: dict[str, str] | None) -> ObjectInfo:
@@ -737,26 +776,25 @@ class S3Backend(Backend):
                              metadata: dict[str, str]) -> dict[str, Any]:
         """The copy through this client, for servers without server-side copies: ranged GETs
         fed to an upload, never more in memory than the parts in flight."""
-        create = object_fields(metadata)
         if source.size > MIN_PART:
-            return await self._multipart(bucket, key, source.size, create,
+            return await self._multipart(bucket, key, source.size, object_fields(metadata),
                                          self._streamed_parts(source, bucket, key))
         body = await self._source_range(source, 0, source.size) if source.size else b""
-        return await self._call(self.client.put_object, Bucket=bucket, Key=key, Body=body,
-                                **create)
+        return await self._put(bucket, key, body, metadata)
 
     def _streamed_parts(self, source: Source, bucket: str, key: str) -> PartSender:
         """Parts read from the source by ranged GETs, then uploaded."""
         async def send(upload_id: str, number: int, offset: int, length: int) -> str:
             body = await self._source_range(source, offset, length)
-            reply = await self._call(self.client.upload_part, Bucket=bucket, Key=key,
-                                     UploadId=upload_id, PartNumber=number, Body=body)
-            return str(reply["ETag"])
+            reply = await self._send("UploadPart", "PUT", bucket, key,
+                                     part_query(upload_id, number), body=body)
+            return reply.headers.get("etag", "")
 
         return send
 
     async def _source_range(self, source: Source, offset: int, length: int) -> bytes:
-        body = await self._get(source.bucket, source.key, offset, length, IfMatch=source.etag)
+        body = (await self._get(source.bucket, source.key, offset, length,
+                                if_match=source.etag)).body
         if len(body) != length:
             raise TemporaryFailure(f"short read of {source.key} at {offset}: {len(body)} of "
                                    f"{length} bytes")

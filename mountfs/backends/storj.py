@@ -65,8 +65,11 @@ class StorjBackend(S3Backend):
         return f"storj:{self.grant.satellite.rpartition('@')[2]}"
 
     def _use(self, credentials: S3Credentials) -> None:
+        refused = vars(self).get("wire")  # the connections of credentials the gateway refused
         S3Backend.__init__(self, credentials.endpoint, REGION,
                            credentials=(credentials.access_key_id, credentials.secret_key))
+        if refused is not None:
+            refused.close()
 
     async def connect(self) -> None:
         """S3 credentials: kept from an earlier registration of the grant if the gateway still

@@ -87,9 +87,9 @@ class ThrottledHandler(ProxyHandler):
             if ahead > 0:
                 time.sleep(ahead)
         body = b"".join(pieces)
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
-                                      keep_blank_values=True)
-        op = operation(self.command, query, "x-amz-copy-source" in self.headers)
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        op = operation(self.command, query, "x-amz-copy-source" in self.headers, url.path)
         with self.proxy.lock:
             self.proxy.seen[op] += 1
         self.proxy.handle(self, op, body)

@@ -9,7 +9,8 @@ thread and forwards every request unchanged (Host header and signature included)
 - with `ignore_list_type`, `list-type=2` is dropped from listings, so the server answers V1
   (a server older than ListObjectsV2).
 
-`seen` counts the requests by operation (those three, "HeadObject", and "other"), refused or not.
+`seen` counts the requests by operation (those three, "HeadObject", "HeadBucket" and "other"),
+refused or not.
 Subclasses change what is answered by overriding `S3Proxy.handle` (tests/servers/faults.py
 injects faults there); `ProxyHandler` offers the ways to answer: forward, answer, answer part
 of a body, reset the connection.
@@ -34,14 +35,15 @@ NOT_FORWARDED = {"connection", "keep-alive", "transfer-encoding", "expect", "pro
 Reply = tuple[int, dict[str, str], bytes]  # status, headers, body
 
 
-def operation(method: str, query: dict[str, list[str]], copy: bool) -> str:
-    """The S3 operation a request is, as far as these tests care (`copy`: it names a source)."""
+def operation(method: str, query: dict[str, list[str]], copy: bool, path: str = "") -> str:
+    """The S3 operation a request is, as far as these tests care (`copy`: it names a source;
+    `path`: the URL's path, path-style, which tells a HEAD of a bucket from one of an object)."""
     if method == "PUT" and copy:
         return "UploadPartCopy" if "partNumber" in query else "CopyObject"
     if method == "GET" and query.get("list-type") == ["2"]:
         return "ListObjectsV2"
     if method == "HEAD":
-        return "HeadObject"
+        return "HeadObject" if "/" in path.strip("/") else "HeadBucket"
     return "other"
 
 
@@ -68,7 +70,7 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-        op = operation(self.command, query, "x-amz-copy-source" in self.headers)
+        op = operation(self.command, query, "x-amz-copy-source" in self.headers, url.path)
         with self.proxy.lock:
             self.proxy.seen[op] += 1
         self.proxy.handle(self, op, body)
