@@ -38,7 +38,9 @@ def wait_for_line(log: Path, pattern: str, timeout: float = 30) -> str:
 def test_failed_uploads_log_file_message_and_what_next(
         mounter: Mounter, proxy: FaultProxy, client, bucket: str, tmp_path: Path) -> None:
     log = tmp_path / "mount.log"
+    # A second in the queue, whole file or not: the faults begin after the write.
     m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "1",
+                  "--whole-file-delay", "1",
                   "--log-file", str(log))
     (m.path / "later.bin").write_bytes(b"l" * 5000)
     proxy.kinds, proxy.rate = ("503",), 1.0  # every request fails, the upload's too
@@ -65,7 +67,7 @@ def test_failed_uploads_log_file_message_and_what_next(
     lines = log.read_text().splitlines()
     assert lines and all(FILE_LINE.match(line) for line in lines), lines  # one line each
     # each retry of a request is a line of its own, from the one retry policy
-    assert any(re.search(r" INFO mountfs\.backends\.retry: retrying put_object " + bucket +
+    assert any(re.search(r" INFO mountfs\.backends\.retry: retrying PutObject " + bucket +
                          r"/later\.bin in [\d.]+s \(try 2 of 10\): ", line)
                for line in lines), lines
 
