@@ -33,6 +33,13 @@ BUCKET = "wire"
 
 
 @pytest.fixture
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local S3 server's credentials in the environment, where the AWS tools find them."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
 def moto(tmp_path: Path) -> Iterator[str]:
     """A moto_server of this test's own (its authentication is switched on for all)."""
     port = free_port()
@@ -145,11 +152,10 @@ def https_moto(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         stop_process(proc)
 
 
+@pytest.mark.usefixtures("credentials")
 async def test_https_is_verified_against_aws_ca_bundle(
         https_moto: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     url, cert = https_moto
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
     s3 = S3Backend(url, path_style=True)
     await s3.create_bucket(BUCKET)  # boto3
@@ -166,10 +172,9 @@ async def test_https_is_verified_against_aws_ca_bundle(
     wire.close()
 
 
+@pytest.mark.usefixtures("credentials")
 async def test_requests_follow_a_bucket_to_its_region(
-        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
+        s3_server: S3Server) -> None:
     reset_s3_server(s3_server)
     boto3.client("s3", endpoint_url=s3_server.url, region_name="eu-west-1").create_bucket(
         Bucket="far", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
@@ -181,10 +186,9 @@ async def test_requests_follow_a_bucket_to_its_region(
     await s3.aclose()
 
 
+@pytest.mark.usefixtures("credentials")
 async def test_requests_go_through_the_proxy_the_environment_names(
         s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     reset_s3_server(s3_server)
@@ -240,10 +244,9 @@ class CutGets(S3Proxy):
             h.answer(status, headers, data)
 
 
+@pytest.mark.usefixtures("credentials")
 async def test_a_body_cut_short_is_read_again_into_the_same_blocks(
-        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
+        s3_server: S3Server, tmp_path: Path) -> None:
     reset_s3_server(s3_server)
     boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
     data = os.urandom(2_500_000)
@@ -269,10 +272,9 @@ async def test_a_body_cut_short_is_read_again_into_the_same_blocks(
         proxy.stop()
 
 
+@pytest.mark.usefixtures("credentials")
 async def test_a_sink_that_fails_fails_the_read_without_retries(
-        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
+        s3_server: S3Server) -> None:
     reset_s3_server(s3_server)
     boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
     proxy = S3Proxy(s3_server.url).start()
