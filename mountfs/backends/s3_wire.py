@@ -234,13 +234,18 @@ def proxy_for(base: Base) -> http.HttpProxyOptions | None:
                                  auth_password=urllib.parse.unquote(proxy.password or ""))
 
 
+def _done(future: concurrent.futures.Future[Any]) -> trio.Event:
+    """An event set in trio once a CRT future is done (its callback runs on a CRT thread)."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+    return done
+
+
 async def _wait(future: concurrent.futures.Future[T]) -> T:
-    """A CRT future's result, waited for in trio (its callback runs on a CRT thread)."""
+    """A CRT future's result, waited for in trio."""
     if not future.done():
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        future.add_done_callback(lambda _: token.run_sync_soon(done.set))
-        await done.wait()
+        await _done(future).wait()
     return future.result()
 
 
@@ -363,9 +368,7 @@ class Wire:
         try:
             stream = connection.request(request, on_response, on_body)
             future = stream.completion_future
-            token = trio.lowlevel.current_trio_token()
-            done = trio.Event()
-            future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+            done = _done(future)
             stream.activate()
             while not done.is_set():
                 with trio.move_on_after(max(0.0, last[0] + self.read_timeout - time.monotonic())):
