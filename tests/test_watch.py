@@ -68,9 +68,9 @@ def read_lines_until(proc: subprocess.Popen[str], wanted: str, timeout: float = 
 
 @pytest.mark.backends(*BACKENDS)
 def test_piped_watch_prints_one_plain_line_per_event(mounter: Mounter, store: Store) -> None:
-    # Half a second in the queue (a file written whole goes up at close otherwise), so that
+    # Two seconds in the queue (a file written whole goes up at close otherwise), so that
     # the watch, polling twice a second, sees it queued as well as uploaded.
-    m: Mount = mounter.mount(store, "--writeback-delay", "0.5", "--whole-file-delay", "0.5")
+    m: Mount = mounter.mount(store, "--writeback-delay", "2", "--whole-file-delay", "2")
     proc = subprocess.Popen([sys.executable, "-m", "mountfs", "status", "--watch", str(m.path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
