@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -373,6 +374,7 @@ def queued(mountpoint: str) -> set[str]:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from mountfs.watch import statuses  # (rich, which it draws with, is slow to import)
     mountpoint = os.path.abspath(args.mountpoint)
     status = read_status(mountpoint)
     if awaited(status):
@@ -383,7 +385,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
         except OSError:
             pass  # a mount of an older mountfs: it takes the request for a plain xattr
     shown = None
-    while awaited(status):
+    # The reading before the flush first: it names what is waited for, even if the flush
+    # sends it all before the next reading.
+    for status in itertools.chain([status], statuses(mountpoint, read_status, every=0.2)):
+        if not awaited(status):
+            break
         waiting = ", ".join(f"{e['bucket']}/{e['key']}" for e in status["queue"][:5]
                             if e["state"] != "lost")
         steps = "; ".join(f"{t['what']}: {t['phase']}" for t in status.get("transfers", [])[:5])
@@ -397,8 +403,6 @@ def cmd_umount(args: argparse.Namespace) -> int:
         if waiting != shown:
             print(f"waiting for {awaited(status)} uploads: {waiting}", file=sys.stderr)
             shown = waiting
-        time.sleep(0.2)
-        status = read_status(mountpoint)
     for e in status["queue"]:
         if e["state"] == "lost":
             print(f"not uploaded, its data is gone from the cache: {e['bucket']}/{e['key']} "

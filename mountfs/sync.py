@@ -2,11 +2,12 @@
 
 The files are those the queue holds when the command starts (what programs closed before it);
 the mount is asked to upload them at once (the root's SYNC_XATTR), failed ones too, and the
-command follows the status document until each has left the queue (uploaded) or failed: a
-permanent failure tried again since the command asked, a temporary one FSYNC_TEMP_TRIES times
-(as fsync rides them out), or an upload whose data is lost. It shows one progress bar for all
-of them on a terminal, one line per file otherwise, and exits 1 naming each file that failed
-and why.
+command follows the status document until each has been uploaded (named by the document's
+ring of recent uploads), has failed (a permanent failure tried again since the command asked,
+a temporary one FSYNC_TEMP_TRIES times, as fsync rides them out, or an upload whose data is
+lost), or has left the queue without an upload (deleted or discarded meanwhile: said, not
+counted). It shows one progress bar for all of them on a terminal, one line per file
+otherwise, and exits 1 naming each file that failed and why.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from cache.writeback import FSYNC_TEMP_TRIES
 from mountfs.errors import ConfigError
 from mountfs.sizes import human
 from mountfs.status import SYNC_XATTR, is_under
-from mountfs.watch import Reader, Status, progress_bars, say, statuses
+from mountfs.watch import Reader, Status, progress_bars, say, statuses, uploaded_since
 
 Entry = dict[str, Any]
 
@@ -46,9 +47,11 @@ class Waiting:
     """The uploads a sync waits for, by path, and what became of them."""
 
     pending: dict[str, Entry]
+    seen: int  # the mount's count of uploads when the sync started
     tries_before: dict[str, int] = field(default_factory=dict)
     uploaded: dict[str, int] = field(default_factory=dict)  # path -> size
     failed: dict[str, Entry] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)  # deleted or discarded before an upload
 
     def __post_init__(self) -> None:
         self.tries_before = {p: e["tries"] for p, e in self.pending.items()}
@@ -66,12 +69,21 @@ class Waiting:
     def update(self, status: Status) -> list[str]:
         """Take a new status document; lines for the files that were settled."""
         queue = {e["path"]: e for e in status["queue"]}
+        done, unnamed = uploaded_since(self.seen, status)
+        self.seen = status["uploaded"]
+        done_paths = {u["path"] for u in done}
         lines = []
         for path in list(self.pending):
             entry = queue.get(path)
-            if entry is None:
+            # More uploads than the ring keeps since the last reading: a file gone from the
+            # queue is then taken as uploaded (the ring holds 100; a sync polls every 0.5 s).
+            if entry is None and (path in done_paths or unnamed):
                 self.uploaded[path] = self.pending.pop(path)["size"]
                 lines.append(f"uploaded {path} ({human(self.uploaded[path])})")
+            elif entry is None:
+                self.dropped.add(path)
+                del self.pending[path]
+                lines.append(f"not uploaded {path}: deleted or discarded meanwhile")
             elif self._gave_up(entry):
                 self.failed[path] = entry
                 del self.pending[path]
@@ -90,7 +102,8 @@ def sync(mountpoint: str, path: str | None, read: Reader, out: TextIO) -> int:
     mountpoint = os.path.abspath(mountpoint)
     top = relative_path(mountpoint, path)
     status = read(mountpoint)
-    waiting = Waiting({e["path"]: e for e in status["queue"] if is_under(e["path"], top)})
+    waiting = Waiting({e["path"]: e for e in status["queue"] if is_under(e["path"], top)},
+                      status["uploaded"])
     where = top or mountpoint
     if not waiting.pending:
         print(f"nothing to upload under {where}", file=out)
@@ -111,7 +124,9 @@ def sync(mountpoint: str, path: str | None, read: Reader, out: TextIO) -> int:
     done = len(waiting.uploaded)
     print(f"{done} files uploaded ({human(sum(waiting.uploaded.values()))}) in "
           f"{time.monotonic() - started:.1f}s"
-          + (f", {len(waiting.failed)} failed" if waiting.failed else ""), file=out)
+          + (f", {len(waiting.failed)} failed" if waiting.failed else "")
+          + (f", {len(waiting.dropped)} deleted or discarded" if waiting.dropped else ""),
+          file=out)
     return 1 if waiting.failed else 0
 
 
@@ -135,8 +150,8 @@ def follow_live(waiting: Waiting, readings: Iterator[Status], out: TextIO,
         for status in readings:
             for line in waiting.update(status):
                 live.console.print(line)
-            files = f"{len(waiting.uploaded) + len(waiting.failed)} of " \
-                    f"{len(waiting.uploaded) + len(waiting.failed) + len(waiting.pending)} files"
+            settled = len(waiting.uploaded) + len(waiting.failed) + len(waiting.dropped)
+            files = f"{settled} of {settled + len(waiting.pending)} files"
             bars.update(task, total=waiting.total, completed=waiting.done_bytes(), phase=files)
             live.refresh()
             if not waiting.pending:

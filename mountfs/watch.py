@@ -53,13 +53,13 @@ def moving(status: Status) -> dict[tuple[str, str], Moving]:
     return {(m.kind, m.name): m for m in found}
 
 
-def statuses(mountpoint: str, read: Reader) -> Iterator[Status]:
-    """The mount's status every POLL seconds, until it is unmounted (the first reading's
+def statuses(mountpoint: str, read: Reader, every: float = POLL) -> Iterator[Status]:
+    """The mount's status every `every` seconds, until it is unmounted (the first reading's
     error, a mount point that is none, is raised: bad input)."""
     status = read(mountpoint)
     while True:
         yield status
-        time.sleep(POLL)
+        time.sleep(every)
         try:
             status = read(mountpoint)
         except ConfigError:
@@ -213,6 +213,13 @@ def queue_line(status: Status) -> str:
             f"{uploaded} uploaded; cache {human(c['used'])} of {human(c['cap'])}")
 
 
+def uploaded_since(count: int, status: Status) -> tuple[list[dict[str, Any]], int]:
+    """The uploads `status` counts past the `count`-th, as its ring of recent ones names
+    them, and how many more there were than the ring keeps (so whose names are unknown)."""
+    done = [u for u in status.get("recent", []) if u["n"] > count]
+    return done, max(0, status["uploaded"] - count - len(done))
+
+
 def changes(before: Status, after: Status) -> list[str]:
     """The events between two status documents, one line each."""
     lines: list[str] = []
@@ -227,8 +234,7 @@ def changes(before: Status, after: Status) -> list[str]:
         if e["tries"] > (was["tries"] if was else 0) and e["error"]:
             what_next = failure_next(e, after["mountpoint"])
             lines.append(f"upload failed {name}: {e['error']} ({what_next})")
-    done = [u for u in after.get("recent", []) if u["n"] > before["uploaded"]]
-    missed = after["uploaded"] - before["uploaded"] - len(done)  # past the recent ones kept
+    done, missed = uploaded_since(before["uploaded"], after)
     if missed > 0:
         lines.append(f"{missed} more uploaded")
     lines.extend(f"uploaded {u['path']} ({human(u['size'])})" for u in done)

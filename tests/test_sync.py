@@ -4,6 +4,7 @@ write-back delay, waits for it, and fails naming the file when an upload fails.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,4 +101,31 @@ def test_sync_of_a_path_outside_the_mount_is_one_line(mounter: Mounter, store: S
     done = run_cli("sync", str(m.path), str(tmp_path), check=False)
     assert done.returncode == 1
     assert done.stderr == f"mountfs: {tmp_path} is not on the mount {m.path}\n"
+    mounter.umount(m)
+
+
+def test_a_file_deleted_while_sync_waits_is_not_counted_uploaded(
+        mounter: Mounter, proxy: FaultProxy, client, bucket: str) -> None:
+    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", LONG_DELAY,
+                  "--whole-file-delay", LONG_DELAY)
+    proxy.bandwidth = 200_000  # the upload takes ~10 s: long enough to delete the file
+    (m.path / "gone.bin").write_bytes(os.urandom(2 * MiB))
+    waiting = subprocess.Popen([sys.executable, "-m", "mountfs", "sync", str(m.path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(e["state"] == "uploading" for e in m.status()["queue"]):
+            assert time.monotonic() < deadline, m.status()
+            time.sleep(0.05)
+        (m.path / "gone.bin").unlink()
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err
+    lines = out.splitlines()
+    assert any(line.endswith(" not uploaded gone.bin: deleted or discarded meanwhile")
+               for line in lines), lines
+    assert lines[-1].startswith("0 files uploaded (0 B) in "), lines
+    assert lines[-1].endswith(", 1 deleted or discarded"), lines
+    assert on_server(client, bucket, "gone.bin") is None
     mounter.umount(m)
