@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Benchmark mountfs against s3fs and rclone mount on a local s3rver "
-                    "(workloads (a)-(g) of issue 4). Needs root (FUSE, drop_caches).")
+                    "(workloads (a)-(g) of issue 4, (h)-(i) of issue 16). Needs root (FUSE, "
+                    "drop_caches).")
     parser.add_argument("--quick", action="store_true",
                         help="64 MiB instead of 1 GiB, 200 small files, 1,000 listed "
                              "objects, 1 repetition")
@@ -41,7 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tools", default=",".join(TOOL_NAMES),
                         help=f"comma-separated subset of {','.join(TOOL_NAMES)}")
     parser.add_argument("--workloads", default=",".join(w.key for w in WORKLOADS),
-                        help="comma-separated subset of ab,c,d,e,f")
+                        help="comma-separated subset of "
+                             f"{','.join(w.key for w in WORKLOADS)}")
     parser.add_argument("--timeout", type=float, default=900,
                         help="bound in seconds on any one step (default 900)")
     parser.add_argument("--s3rver", help="s3rver executable (default: PATH, "
