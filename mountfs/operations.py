@@ -231,19 +231,7 @@ class Operations(pyfuse3.Operations):
             await self.cache.truncate(obj, 0)
             node.size = 0
             node.attrs.mtime_ns = time.time_ns()
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache,
-                                direct_io=self._direct(handle, flags))
-
-    def _direct(self, handle: FileHandle, flags: int) -> bool:
-        """Whether the handle's reads skip the kernel's page cache by FUSE's direct_io: for a
-        reader that opened with O_DIRECT (libfuse's passthrough example does the same). The
-        kernel's own O_DIRECT path on a FUSE file sends each read through its queue of
-        asynchronous requests and waits for it: the pyfuse3 ceiling of fio's 4 KiB psync reads
-        was ~1.15x faster with direct_io. Not for writers, whose direct writes would leave other
-        handles' cached pages stale, and not while a writer is open: its shared mapping may
-        hold dirty pages, which the kernel's O_DIRECT path writes back before reading."""
-        return (bool(flags & os.O_DIRECT) and not handle.writable
-                and not self.handles.writers(handle.node, besides=handle))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,

@@ -1045,44 +1045,6 @@ def test_mmap_write_shared(mounter: Mounter, store: Store) -> None:
     assert (m.bucket / "m").read_bytes() == bytes(expected)
 
 
-def test_o_direct_reader_sees_every_write(mounted: Mount) -> None:
-    """A reader that opened with O_DIRECT (read-only: FUSE's direct_io, its reads skip the
-    kernel's page cache) reads the file's bytes at any offset and a write made through another
-    handle since it opened; one opened while a writer is open reads what the writer's shared
-    mapping changed and did not flush yet (as the kernel's own O_DIRECT path does). Its
-    descriptor maps privately, not shared (ENODEV)."""
-    path = mounted.bucket / "d"
-    size = 3 * 4096 + 100
-    data = pattern(size, seed=7)
-    write_file(path, data)
-    expected = bytearray(data)
-    reader = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    writer = os.open(path, os.O_RDWR)
-    try:
-        assert os.pread(reader, 4096, 4096) == data[4096:8192]
-        assert os.pread(reader, 300, 4000) == data[4000:4300]  # across a page, unaligned
-        assert os.pread(reader, 8192, 3 * 4096) == data[3 * 4096:]  # short at the end
-        os.pwrite(writer, b"x" * 5000, 1000)
-        expected[1000:6000] = b"x" * 5000
-        assert os.pread(reader, size, 0) == bytes(expected)
-        with mmap.mmap(writer, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
-            mm[8192:8197] = b"hello"  # a dirty page, not flushed
-            expected[8192:8197] = b"hello"
-            late = os.open(path, os.O_RDONLY | os.O_DIRECT)
-            try:
-                assert os.pread(late, size, 0) == bytes(expected)
-            finally:
-                os.close(late)
-        # The kernel keeps no shared mapping coherent with direct_io; a private one is fine.
-        assert oserror(mmap.mmap, reader, size, mmap.MAP_SHARED, mmap.PROT_READ) == errno.ENODEV
-        with mmap.mmap(reader, size, mmap.MAP_PRIVATE, mmap.PROT_READ) as mm:
-            assert mm[:] == bytes(expected)
-    finally:
-        os.close(reader)
-        os.close(writer)
-    assert path.read_bytes() == bytes(expected)
-
-
 # ---- ordinary programs ---------------------------------------------------------------------------
 
 def make_tree(root: Path) -> dict[str, bytes]:
