@@ -28,7 +28,9 @@ Hot paths (every FUSE read and write lands here, on the one trio thread):
   server version, truncate) closes it before the unlink, and a fetched block replaces a path
   that no descriptor is open on, so no descriptor ever points at a stale file. Block files
   are named by object id, which rename does not change, so a rename leaves them valid.
-- A read whose blocks are all cached (or holes) never awaits: one pread per block.
+- A read whose blocks are all cached (or holes) never awaits: one pread per block. One within
+  a single cached block (a small random read) is `read_hit`, a plain call: the FUSE read
+  handler awaits no coroutine for it.
 - A sequential reader's read-ahead fetches runs of consecutive blocks (up to 8 MiB) with one
   ranged GET each, several in flight; a reader's own fetch of a missing block is one block.
 - Fetched blocks are written to tmp files in a worker thread; only the renames into place and
