@@ -28,7 +28,9 @@ Hot paths (every FUSE read and write lands here, on the one trio thread):
   server version, truncate) closes it before the unlink, and a fetched block replaces a path
   that no descriptor is open on, so no descriptor ever points at a stale file. Block files
   are named by object id, which rename does not change, so a rename leaves them valid.
-- A read whose blocks are all cached (or holes) never awaits: one pread per block.
+- A read whose blocks are all cached (or holes) never awaits: one pread per block. One within
+  a single cached block (a small random read) is `read_hit`, a plain call: the FUSE read
+  handler awaits no coroutine for it.
 - A sequential reader's read-ahead fetches runs of consecutive blocks (up to 8 MiB) with one
   ranged GET each, several in flight; a reader's own fetch of a missing block is one block.
 - Fetched blocks are written to tmp files in a worker thread; only the renames into place and
@@ -455,20 +457,31 @@ class BlockCache:
             task_status.started()
             await trio.sleep_forever()
 
+    def read_hit(self, obj: CachedObject, offset: int, length: int) -> bytes | None:
+        """The read's bytes when they lie in one block on disk: the hit path (every small
+        random read of a cached file), one pread with no coroutine and no await. None, with
+        nothing done, when the read needs more (a fetch, a hole, several blocks): `read`."""
+        bs = self.block_size
+        n = offset // bs
+        have = obj.blocks.get(n)
+        end = min(offset + length, obj.record.size)
+        if have is None or end > (n + 1) * bs or offset >= end:
+            return None
+        self._read_ahead(obj, offset, end)
+        self._hit(obj, n)
+        return self._pread(obj, n, offset - n * bs, end - n * bs)
+
     async def read(self, obj: CachedObject, offset: int, length: int) -> bytes:
+        data = self.read_hit(obj, offset, length)
+        if data is not None:
+            return data
         end = min(offset + length, obj.size)
         if offset >= end:
             return b""
         self._read_ahead(obj, offset, end)
         bs = self.block_size
-        first, last = offset // bs, (end - 1) // bs
-        if first == last and first in obj.blocks:
-            # The fast path, e.g. every small random read of a cached file: no await, no path,
-            # one pread. It does what the loop below does for a cached block.
-            self._hit(obj, first)
-            return self._pread(obj, first, offset - first * bs, end - first * bs)
         parts = []
-        for n in range(first, last + 1):
+        for n in range(offset // bs, (end - 1) // bs + 1):
             await self.ensure_block(obj, n)
             lo = max(offset, n * bs) - n * bs
             hi = min(end, (n + 1) * bs) - n * bs
@@ -477,8 +490,10 @@ class BlockCache:
 
     def _hit(self, obj: CachedObject, n: int) -> None:
         self.hits += 1
-        if (obj, n) in self._lru:
+        try:
             self._lru.move_to_end((obj, n))
+        except KeyError:
+            pass  # a block of a dirty or detached object: pinned, in no LRU
 
     def _pread(self, obj: CachedObject, n: int, lo: int, hi: int) -> bytes:
         """Bytes [lo, hi) of block n through its kept descriptor; zeros past the file's end

@@ -1,7 +1,8 @@
 """The pyfuse3 adapter: unpacks each FUSE request, calls the namespace and cache, maps errors.
 
-Every handler runs under `fuse_errors`, the one place an exception becomes an errno (through
-mountfs.errors.to_errno). release and forget never fail.
+Every handler's exceptions go through `fuse_error`, the one place an exception becomes an
+errno (through mountfs.errors.to_errno): by the `fuse_errors` decorator, or, for read, the
+hottest handler, by its own `try`. release and forget never fail.
 """
 from __future__ import annotations
 
@@ -36,13 +37,18 @@ def fuse_errors(fn: F) -> F:
     async def wrapper(*args: Any) -> Any:
         try:
             return await fn(*args)
-        except pyfuse3.FUSEError:
-            raise
         except Exception as exc:
-            code = to_errno(exc)
-            log.debug("%s%r -> %s: %s", fn.__name__, args[1:3], errno.errorcode.get(code), exc)
-            raise pyfuse3.FUSEError(code) from None
+            raise fuse_error(fn.__name__, args[1:3], exc) from None
     return wrapper  # type: ignore[return-value]
+
+
+def fuse_error(operation: str, args: tuple[Any, ...], exc: Exception) -> pyfuse3.FUSEError:
+    """What the kernel is answered for `exc`, raised by `operation` called with `args`."""
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc
+    code = to_errno(exc)
+    log.debug("%s%r -> %s: %s", operation, args, errno.errorcode.get(code), exc)
+    return pyfuse3.FUSEError(code)
 
 
 def decode_name(raw: bytes) -> str:
@@ -238,9 +244,15 @@ class Operations(pyfuse3.Operations):
                                          uncommitted=True, whole=True))  # new, even if empty
         return pyfuse3.FileInfo(fh=fh), self._lookup_reply(node)
 
-    @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.cache.read(self.handles.file(fh).obj, off, size)
+        # The hottest handler, so not wrapped by fuse_errors (a coroutine more per read); a
+        # read of a cached block is answered without one of the cache's either.
+        try:
+            obj = self.handles.file(fh).obj
+            data = self.cache.read_hit(obj, off, size)
+            return data if data is not None else await self.cache.read(obj, off, size)
+        except Exception as exc:
+            raise fuse_error("read", (fh, off), exc) from None
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
