@@ -79,10 +79,10 @@ class StatAhead:
             self._windows.pop(window.directory, None)
 
     def stat_seen(self, node: Node) -> None:
-        """The attributes of `node`, not read yet, are asked for: if a program is reading its
-        directory, read it and the entries after it (the node's own read is claimed before
-        this returns)."""
-        if node.parent is None:
+        """The attributes of `node` are asked for: if a program is reading its directory, read
+        it (unless known) and the entries after it, up to `ahead` past it (the node's own read
+        is claimed before this returns)."""
+        if node.parent is None or node.parent not in self._windows:
             return
         for window in self._windows.get(node.parent, ()):
             at = window.position(node)

@@ -302,3 +302,48 @@ def test_metadata_is_read_only_a_little_ahead_of_the_program(
         assert taken(proxy)["HeadObject"] <= 40 - heads + 64, "read ahead, not again"
     finally:
         os.close(fd)
+
+
+def test_reads_ahead_follow_the_program_past_what_was_read_ahead(
+        mounter: Mounter, proxy: S3Proxy, client, bucket_name: str) -> None:  # type: ignore[no-untyped-def]
+    """Stats of entries already read ahead move the edge too: reads stay `ahead` entries past
+    the program, instead of stopping until it reaches an entry not read (`ls -l` then waited a
+    round trip every 65 entries while the server sat idle)."""
+    names = put_flat(client, bucket_name, 300)
+    m = mount_counted(mounter, proxy, bucket_name, ttl=60)
+    fd = os.open(m.path / "flat", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with os.scandir(fd) as it:
+            assert sorted(entry.name for entry in it) == names
+        taken(proxy)
+        assert os.lstat(m.path / "flat" / names[0]).st_size == len(names[0])
+        time.sleep(1.0)
+        first = taken(proxy)["HeadObject"]
+        assert 1 < first <= 1 + 64, first
+        for name in names[1:31]:  # read ahead already: no request of their own
+            assert os.lstat(m.path / "flat" / name).st_size == len(name)
+        time.sleep(1.0)
+        # The edge moved with them: 30 entries further, each read once (counted by the sum:
+        # on a busy machine some of the first reads reach the server only now).
+        assert first + taken(proxy)["HeadObject"] == 1 + 30 + 64, \
+            "reads ahead follow stats of known entries"
+    finally:
+        os.close(fd)
+
+
+def test_metadata_reads_ahead_use_the_whole_connection_pool(
+        mounter: Mounter, slow_heads: SlowHeads, client,  # type: ignore[no-untyped-def]
+        bucket_name: str) -> None:
+    """`Features.parallel_requests` is the S3 driver's connection pool: `ls -l` keeps as many
+    HEADs under way as the pool has connections (fewer would leave some idle)."""
+    from mountfs.backends.s3 import S3Backend
+
+    backend = S3Backend(slow_heads.url, path_style=True, credentials=("k", "s"))
+    pool = backend.wire.limiter.total_tokens
+    assert backend.features.parallel_requests == pool
+    names = put_flat(client, bucket_name, 200)
+    m = mount_counted(mounter, slow_heads, bucket_name, ttl=60)  # type: ignore[arg-type]
+    out = subprocess.run(["ls", "-l", str(m.path / "flat")], check=True, capture_output=True,
+                         text=True).stdout
+    assert sum(name in out for name in names) == len(names)
+    assert slow_heads.most_in_flight == pool, (slow_heads.most_in_flight, pool)
