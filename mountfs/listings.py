@@ -213,6 +213,8 @@ class Listings:
         listing at a time (lookups meanwhile wait for it). A listing that reaches `SMALL_DIR`
         entries stops there: the entries it read answer for themselves, and the directory is
         probed name by name until a program lists it whole."""
+        if self.table.listing_fresh(node):
+            return  # (without walking its children: a lookup before each create of 1,000)
         listing = self._listing.get(node)
         if listing is not None:
             await listing.wait()
