@@ -65,6 +65,14 @@ class StatAhead:
             task_status.started()
             await trio.sleep_forever()
 
+    def start(self, task: Callable[[], Awaitable[None]]) -> bool:
+        """Run `task` among the reads ahead (a listing's next page, `DirHandle.fetch_ahead`);
+        False when they are not hosted (yet)."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(task)
+        return True
+
     def open(self, directory: Node, entries: list[tuple[str, Node]]) -> Window:
         window = Window(directory, entries)
         self._windows.setdefault(directory, []).append(window)
