@@ -285,6 +285,9 @@ def test_ls_l_reads_metadata_ahead_in_parallel_once_each(
     seen = taken(slow_heads)
     assert seen["HeadObject"] == len(names), seen  # each entry once, none twice
     assert seen["ListObjectsV2"] == 0, seen  # the listing `ls` made answered every name
+    # Nothing else: the lookup and the two xattrs `ls -l` asks of each entry
+    # (security.selinux, system.posix_acl_access) are answered from what the HEAD read.
+    assert sum(seen.values()) == len(names), seen
     assert slow_heads.most_in_flight >= 8, slow_heads.most_in_flight
     # One at a time, the HEADs alone would take len(names) * delay = 8 s.
     assert seconds < len(names) * SlowHeads.delay / 4, seconds
