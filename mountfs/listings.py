@@ -213,6 +213,8 @@ class Listings:
         listing at a time (lookups meanwhile wait for it). A listing that reaches `SMALL_DIR`
         entries stops there: the entries it read answer for themselves, and the directory is
         probed name by name until a program lists it whole."""
+        if self.table.listing_fresh(node):
+            return  # (without walking its children: a lookup before each create of 1,000)
         listing = self._listing.get(node)
         if listing is not None:
             await listing.wait()
@@ -405,9 +407,12 @@ class Listings:
         Call before attributes are shown or changed. Siblings the listing also left incomplete
         are read with it, in parallel: whoever asks for one entry's attributes (`ls -l`,
         a file manager) is about to ask for the others'."""
+        # A program reading its directory: read this entry, and ahead of it. Known entries
+        # move the edge too, or reads would stop once the program reached what was read ahead
+        # and start again only at the next unknown entry, a full round trip later each time.
+        self.stat_ahead.stat_seen(node)
         if node.meta_known:
             return node
-        self.stat_ahead.stat_seen(node)  # a program reading its directory: read it, and ahead
         reading = self._reading.get(node)
         if reading is not None:  # read with the siblings of another entry: one HEAD
             await reading.wait()

@@ -330,6 +330,7 @@ class Operations(pyfuse3.Operations):
                 break
             node.lookups += 1
             i += 1
+        handle.fetch_ahead(self.ns.stat_ahead.start)  # the next page, while these are used
 
     async def releasedir(self, fh: int) -> None:
         await self._close_dir(self.handles.pop_dir(fh))

@@ -65,6 +65,14 @@ class StatAhead:
             task_status.started()
             await trio.sleep_forever()
 
+    def start(self, task: Callable[[], Awaitable[None]]) -> bool:
+        """Run `task` among the reads ahead (a listing's next page, `DirHandle.fetch_ahead`);
+        False when they are not hosted (yet)."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(task)
+        return True
+
     def open(self, directory: Node, entries: list[tuple[str, Node]]) -> Window:
         window = Window(directory, entries)
         self._windows.setdefault(directory, []).append(window)
@@ -79,10 +87,10 @@ class StatAhead:
             self._windows.pop(window.directory, None)
 
     def stat_seen(self, node: Node) -> None:
-        """The attributes of `node`, not read yet, are asked for: if a program is reading its
-        directory, read it and the entries after it (the node's own read is claimed before
-        this returns)."""
-        if node.parent is None:
+        """The attributes of `node` are asked for: if a program is reading its directory, read
+        it (unless known) and the entries after it, up to `ahead` past it (the node's own read
+        is claimed before this returns)."""
+        if node.parent is None or node.parent not in self._windows:
             return
         for window in self._windows.get(node.parent, ()):
             at = window.position(node)

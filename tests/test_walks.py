@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,13 @@ def slow_heads(s3_env: S3Server) -> Iterator[SlowHeads]:
         p.stop()
 
 
+def s3_ahead() -> int:
+    """How many entries past a stat the stat-ahead reads on S3: 4 x its pool."""
+    from mountfs.backends.s3 import S3Backend
+
+    return 4 * S3Backend(credentials=("k", "s")).features.parallel_requests
+
+
 def put_flat(client, bucket: str, count: int) -> list[str]:  # type: ignore[no-untyped-def]
     names = [f"f{i:04d}" for i in range(count)]
     for name in names:
@@ -277,6 +285,9 @@ def test_ls_l_reads_metadata_ahead_in_parallel_once_each(
     seen = taken(slow_heads)
     assert seen["HeadObject"] == len(names), seen  # each entry once, none twice
     assert seen["ListObjectsV2"] == 0, seen  # the listing `ls` made answered every name
+    # Nothing else: the lookup and the two xattrs `ls -l` asks of each entry
+    # (security.selinux, system.posix_acl_access) are answered from what the HEAD read.
+    assert sum(seen.values()) == len(names), seen
     assert slow_heads.most_in_flight >= 8, slow_heads.most_in_flight
     # One at a time, the HEADs alone would take len(names) * delay = 8 s.
     assert seconds < len(names) * SlowHeads.delay / 4, seconds
@@ -296,9 +307,81 @@ def test_metadata_is_read_only_a_little_ahead_of_the_program(
         assert os.lstat(m.path / "flat" / names[0]).st_size == len(names[0])
         time.sleep(1.0)  # what was started ahead is done
         heads = taken(proxy)["HeadObject"]
-        assert 1 < heads <= 1 + 64, heads  # (64: 4 x Features.parallel_requests)
+        assert 1 < heads <= 1 + s3_ahead(), heads  # (4 x Features.parallel_requests)
         for name in names[1:40]:  # the next stats find their attributes read
             assert os.lstat(m.path / "flat" / name).st_size == len(name)
-        assert taken(proxy)["HeadObject"] <= 40 - heads + 64, "read ahead, not again"
+        assert taken(proxy)["HeadObject"] <= 40 - heads + s3_ahead(), "read ahead, not again"
     finally:
         os.close(fd)
+
+
+def test_reads_ahead_follow_the_program_past_what_was_read_ahead(
+        mounter: Mounter, proxy: S3Proxy, client, bucket_name: str) -> None:  # type: ignore[no-untyped-def]
+    """Stats of entries already read ahead move the edge too: reads stay `ahead` entries past
+    the program, instead of stopping until it reaches an entry not read (`ls -l` then waited a
+    round trip every 65 entries while the server sat idle)."""
+    names = put_flat(client, bucket_name, 300)
+    m = mount_counted(mounter, proxy, bucket_name, ttl=60)
+    fd = os.open(m.path / "flat", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with os.scandir(fd) as it:
+            assert sorted(entry.name for entry in it) == names
+        taken(proxy)
+        assert os.lstat(m.path / "flat" / names[0]).st_size == len(names[0])
+        time.sleep(1.0)
+        first = taken(proxy)["HeadObject"]
+        assert 1 < first <= 1 + s3_ahead(), first
+        for name in names[1:31]:  # read ahead already: no request of their own
+            assert os.lstat(m.path / "flat" / name).st_size == len(name)
+        time.sleep(1.0)
+        # The edge moved with them: 30 entries further, each read once (counted by the sum:
+        # on a busy machine some of the first reads reach the server only now).
+        assert first + taken(proxy)["HeadObject"] == 1 + 30 + s3_ahead(), \
+            "reads ahead follow stats of known entries"
+    finally:
+        os.close(fd)
+
+
+def test_metadata_reads_ahead_use_the_whole_connection_pool(
+        mounter: Mounter, slow_heads: SlowHeads, client,  # type: ignore[no-untyped-def]
+        bucket_name: str) -> None:
+    """`Features.parallel_requests` is the S3 driver's connection pool: `ls -l` keeps as many
+    HEADs under way as the pool has connections (fewer would leave some idle)."""
+    from mountfs.backends.s3 import S3Backend
+
+    backend = S3Backend(slow_heads.url, path_style=True, credentials=("k", "s"))
+    pool = backend.wire.limiter.total_tokens
+    assert backend.features.parallel_requests == pool
+    names = put_flat(client, bucket_name, 200)
+    m = mount_counted(mounter, slow_heads, bucket_name, ttl=60)  # type: ignore[arg-type]
+    out = subprocess.run(["ls", "-l", str(m.path / "flat")], check=True, capture_output=True,
+                         text=True).stdout
+    assert sum(name in out for name in names) == len(names)
+    assert slow_heads.most_in_flight == pool, (slow_heads.most_in_flight, pool)
+
+
+def test_the_next_listing_page_is_fetched_while_the_program_uses_this_one(
+        mounter: Mounter, proxy: S3Proxy, client, bucket_name: str) -> None:  # type: ignore[no-untyped-def]
+    """A program that reads a large directory page by page (`ls -l` stats each page's entries
+    before it reads on) finds the next page fetched meanwhile, one page ahead and no more; a
+    directory closed while a page is on its way closes cleanly."""
+    # Pages of 1,000, 1,000 and 100; long names, so that the kernel's first reads take
+    # less than a page.
+    names = [f"{i:04d}-{'x' * 100}" for i in range(2100)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: client.put_object(Bucket=bucket_name, Key=f"flat/{name}",
+                                                     Body=b""), names))
+    m = mount_counted(mounter, proxy, bucket_name, ttl=60)
+    assert (m.path / "flat").is_dir()
+    taken(proxy)  # (the lookup's listing of the bucket's root)
+    with os.scandir(m.path / "flat") as it:
+        first = [entry.name for _, entry in zip(range(10), it)]  # of the first page
+        time.sleep(1.0)
+        assert taken(proxy)["ListObjectsV2"] == 2, "the second page asked for ahead, not more"
+        rest = [entry.name for entry in it]
+    assert first + rest == names
+    assert taken(proxy)["ListObjectsV2"] == 1  # the third page
+    for _ in range(3):  # closed with the next page under way, or just fetched
+        with os.scandir(m.path / "flat") as it:
+            assert [entry.name for _, entry in zip(range(10), it)] == names[:10]
+    assert sorted(os.listdir(m.path / "flat")) == names

@@ -52,6 +52,14 @@ async def retrying(what: str, attempt: Callable[[], Awaitable[T]],
     budget run out; then its last error is raised as it is. `what` names the request in the
     log ("GET space/key")."""
     start = trio.current_time()  # trio's clock, not tenacity's: tests may run a MockClock
+    # The first try outside tenacity: nearly every request succeeds at once, and building the
+    # retryer cost ~15% of the CPU of a HEAD on the S3 fast path (`ls -l` of 10,000 files).
+    try:
+        return await attempt()
+    except Exception as exc:
+        if not worth_retrying(exc, is_temp):
+            raise
+        failed: list[Exception] = [exc]
     backoff = tenacity.wait_random_exponential(multiplier=FIRST_WAIT, max=MAX_WAIT)
 
     def wait(state: tenacity.RetryCallState) -> float:
@@ -72,7 +80,9 @@ async def retrying(what: str, attempt: Callable[[], Awaitable[T]],
 
     async def one_try() -> T:
         # A coroutine function, whatever `attempt` is (a lambda returning an awaitable):
-        # tenacity awaits only what it sees to be one.
+        # tenacity awaits only what it sees to be one. Its first try is the one made above.
+        if failed:
+            raise failed.pop()
         return await attempt()
 
     retryer = tenacity.AsyncRetrying(

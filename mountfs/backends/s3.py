@@ -17,6 +17,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
@@ -43,6 +44,8 @@ MAX_PARTS = 10_000
 # Parts in flight at once, over all uploads and copies of one driver: the boto3 baseline's 8
 # threads. Bounds the memory of uploads and streamed copies to PARALLEL_PARTS x part size.
 PARALLEL_PARTS = 8
+# Buckets whose addresses a mount of every bucket resolves at mount (`S3Backend.check`).
+WARM_BUCKETS = 4
 MAX_COPY = 5 * 1024**3  # the largest object CopyObject takes
 MAX_OBJECT = 5 * 1024**4  # the largest object S3 stores
 MAX_KEY = 1024  # bytes of UTF-8
@@ -219,6 +222,9 @@ class S3Backend(Backend):
         # PARALLEL_PARTS of them, leaving `workers` for reads and listings while a large file
         # goes up.
         threads = workers + PARALLEL_PARTS
+        # What the mount keeps under way (stat-ahead HEADs, small files' PUTs) is the pool:
+        # fewer would leave connections idle, more would only queue for them.
+        self.features = dataclasses.replace(self.features, parallel_requests=threads)
         connect_timeout, read_timeout = timeouts()
         config = botocore.config.Config(
             max_pool_connections=threads,
@@ -383,10 +389,22 @@ class S3Backend(Backend):
 
     async def check(self) -> None:
         try:
-            await self.list_buckets()
+            buckets = await self.list_buckets()
         except (TemporaryFailure, PermissionDenied, BackendError) as exc:
             where = self.endpoint_url or "AWS S3"
             raise ConfigError(f"cannot use {where}: {exc}") from None
+        # Where a bucket's requests go costs a HeadBucket, which some servers answer slowly
+        # (s3rver: ~0.3 s, it reads the whole bucket): asked now, in parallel, for the first
+        # buckets a mount of every bucket shows, so that the first `ls` does not wait for it.
+        async with trio.open_nursery() as nursery:
+            for bucket in buckets[:WARM_BUCKETS]:
+                nursery.start_soon(self._warm_base, bucket)
+
+    async def _warm_base(self, bucket: str) -> None:
+        try:
+            await self._base(bucket)
+        except Exception as exc:  # asked again at the bucket's first request, which reports it
+            log.debug("where %s's requests go is not known yet: %s", bucket, exc)
 
     async def list_buckets(self) -> list[str]:
         reply = await self._call(self.client.list_buckets)
