@@ -295,3 +295,27 @@ async def test_a_sink_that_fails_fails_the_read_without_retries(
     finally:
         await s3.aclose()
         proxy.stop()
+
+
+@pytest.mark.usefixtures("credentials")
+async def test_a_body_reaches_the_sink_in_large_pieces(s3_server: S3Server) -> None:
+    # The CRT hands ~16 KiB chunks over; the sink gets them gathered (one write per 256 KiB).
+    reset_s3_server(s3_server)
+    boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
+    data = os.urandom(1_000_000)
+    s3 = S3Backend(s3_server.url, path_style=True)
+    calls: list[tuple[int, int]] = []
+    got = bytearray(len(data))
+
+    def sink(pos: int, piece: bytes | memoryview) -> None:
+        calls.append((pos, len(piece)))
+        got[pos:pos + len(piece)] = piece
+
+    try:
+        await s3.write_object(BUCKET, "k", io.BytesIO(data), len(data), {})
+        assert await s3.read_into(BUCKET, "k", 0, len(data), sink) == len(data)
+    finally:
+        await s3.aclose()
+    batch = 256 * 1024
+    assert calls == [(pos, min(batch, len(data) - pos)) for pos in range(0, len(data), batch)]
+    assert bytes(got) == data
