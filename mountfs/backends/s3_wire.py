@@ -286,6 +286,17 @@ class Wire:
         """One request; its reply if 2xx, else its error as `ClientError`. `body`: bytes or a
         seekable file-like object (a part being uploaded). `sink`: where a 2xx reply's body
         goes as it arrives (see `_Delivery`), instead of into `Reply.body`."""
+        request = await self.signed(operation, method, base, key, query, headers, body)
+        async with self.limiter:
+            reply = await self._exchange(base, request, operation, sink)
+        if 200 <= reply.status < 300:
+            return reply
+        raise error_from(reply, operation)
+
+    async def signed(self, operation: str, method: str, base: Base, key: str,
+                     query: dict[str, str] | None = None,
+                     headers: dict[str, str] | None = None, body: Any = None) -> http.HttpRequest:
+        """A request, signed (SigV4, by the CRT) with the credentials of this moment."""
         if self._credentials() is None:
             raise PermissionDenied("no S3 credentials found")
         path = urllib.parse.quote(base.prefix + key, safe=KEY_SAFE)
@@ -318,11 +329,7 @@ class Wire:
             raise
         except Exception as exc:
             raise PermissionDenied(f"cannot sign {operation}: {exc}") from exc
-        async with self.limiter:
-            reply = await self._exchange(base, request, operation, sink)
-        if 200 <= reply.status < 300:
-            return reply
-        raise error_from(reply, operation)
+        return request
 
     async def _connection(self, base: Base) -> http.HttpClientConnection:
         idle = self._idle.get(base, [])
