@@ -314,7 +314,7 @@ async def test_a_sink_that_fails_fails_the_read_without_retries(
 @pytest.mark.usefixtures("credentials")
 async def test_a_body_reaches_the_sink_in_large_pieces(
         s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Directly: urllib3 reads 1 MiB at a time (s3_download). Through a proxy, on the CRT's
+    # Directly: urllib3 reads 256 KiB at a time (s3_download). Through a proxy, on the CRT's
     # connections: their ~16 KiB chunks are gathered into 256 KiB pieces (s3_wire).
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
                  "http_proxy"):
@@ -324,7 +324,7 @@ async def test_a_body_reaches_the_sink_in_large_pieces(
     data = os.urandom(3_000_000)
     proxy = S3Proxy(s3_server.url).start()
     try:
-        for piece, through in ((1 << 20, None), (256 * 1024, proxy.url)):
+        for piece, through in ((256 * 1024, None), (256 * 1024, proxy.url)):
             if through:
                 monkeypatch.setenv("HTTP_PROXY", through)
             s3 = S3Backend(s3_server.url, path_style=True)

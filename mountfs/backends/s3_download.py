@@ -26,8 +26,10 @@ from mountfs.backends.http import HttpPool, give_back
 from mountfs.backends.s3_wire import Base, Reply, Wire, error_from, proxy_for
 from mountfs.errors import TemporaryFailure
 
-# Bytes read from the socket and handed to the sink at a time: a block of the cache.
-PIECE = 1024 * 1024
+# Bytes read from the socket and handed to the sink at a time: small enough to be copied into
+# the block file while still in the CPU's cache (through the mount, 512 MiB, load 8-11: 64 KiB
+# to 512 KiB pieces 1.14-1.50 s of CPU per GiB, 1 MiB pieces 1.52-2.16).
+PIECE = 256 * 1024
 
 
 class Downloads:
