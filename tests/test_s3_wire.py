@@ -32,6 +32,16 @@ from stores import reset_s3_server
 BUCKET = "wire"
 
 
+async def sunk(s3: S3Backend, key: str, offset: int, length: int) -> bytes:
+    """Bytes of `key` read with `read_into` (the cache's way), by the positions handed over."""
+    buf = bytearray(length)
+
+    def sink(pos: int, data: bytes | memoryview) -> None:
+        buf[pos:pos + len(data)] = data
+
+    return bytes(buf[:await s3.read_into(BUCKET, key, offset, length, sink)])
+
+
 @pytest.fixture
 def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """The local S3 server's credentials in the environment, where the AWS tools find them."""
@@ -104,6 +114,7 @@ async def test_session_token_signs_both_paths_and_refreshed_credentials_are_used
     info = await s3.stat_object(BUCKET, "dir/file-1")
     assert (info.size, (info.metadata or {}).get("mode")) == (len(data), "33188")
     assert await s3.read_object(BUCKET, "dir/file-1", 7, 4) == data[7:11]
+    assert await sunk(s3, "dir/file-1", 7, 4) == data[7:11]  # a ranged GET into a sink
     await s3.copy_object(BUCKET, "dir/file-1", BUCKET, "dir/copy")
     # (moto checks signatures on the decoded path and query: a "/" in a query, a space in a key
     # fail its check for boto3 too; so plain names, and a listing without a delimiter.)
@@ -116,6 +127,8 @@ async def test_session_token_signs_both_paths_and_refreshed_credentials_are_used
     store.write_text(json.dumps({**creds, "SessionToken": creds["SessionToken"][:-4] + "AAAA"}))
     with pytest.raises(BackendError, match="InvalidToken"):
         await s3.read_object(BUCKET, "dir/file-1", 0, 4)
+    with pytest.raises(BackendError, match="InvalidToken"):
+        await sunk(s3, "dir/file-1", 0, 4)
     with pytest.raises(BackendError, match="InvalidToken"):
         await s3.list_buckets()
     # And a wrong secret: the signature does not match.
@@ -161,6 +174,7 @@ async def test_https_is_verified_against_aws_ca_bundle(
     await s3.create_bucket(BUCKET)  # boto3
     await s3.write_object(BUCKET, "k", io.BytesIO(b"tls"), 3, {})  # the fast path
     assert await s3.read_object(BUCKET, "k", 0, 3) == b"tls"
+    assert await sunk(s3, "k", 0, 3) == b"tls"
     await s3.aclose()
 
     # Without the bundle the certificate is unknown: the connection fails (no retries here).
@@ -294,4 +308,42 @@ async def test_a_sink_that_fails_fails_the_read_without_retries(
         assert proxy.seen["other"] == before + 1  # one GET: a disk error is not the server's to retry
     finally:
         await s3.aclose()
+        proxy.stop()
+
+
+@pytest.mark.usefixtures("credentials")
+async def test_a_body_reaches_the_sink_in_large_pieces(
+        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Directly: urllib3 reads 256 KiB at a time (s3_download). Through a proxy, on the CRT's
+    # connections: their ~16 KiB chunks are gathered into 256 KiB pieces (s3_wire).
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                 "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    reset_s3_server(s3_server)
+    boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
+    data = os.urandom(3_000_000)
+    proxy = S3Proxy(s3_server.url).start()
+    try:
+        for piece, through in ((256 * 1024, None), (256 * 1024, proxy.url)):
+            if through:
+                monkeypatch.setenv("HTTP_PROXY", through)
+            s3 = S3Backend(s3_server.url, path_style=True)
+            calls: list[tuple[int, int]] = []
+            got = bytearray(len(data))
+
+            def sink(pos: int, chunk: bytes | memoryview) -> None:
+                calls.append((pos, len(chunk)))
+                got[pos:pos + len(chunk)] = chunk
+
+            try:
+                await s3.write_object(BUCKET, "k", io.BytesIO(data), len(data), {})
+                before = proxy.seen["other"]
+                assert await s3.read_into(BUCKET, "k", 0, len(data), sink) == len(data)
+            finally:
+                await s3.aclose()
+            assert calls == [(pos, min(piece, len(data) - pos))
+                             for pos in range(0, len(data), piece)]
+            assert bytes(got) == data
+            assert proxy.seen["other"] == before + (1 if through else 0)
+    finally:
         proxy.stop()

@@ -25,8 +25,9 @@ IF_ABSENT = ""
 
 # The pieces `Backend.stream_object` reads by default.
 STREAM_PIECE = 8 * 1024 * 1024
-# Where a read's bytes go as they arrive: sink(position in the range, data).
-Sink = Callable[[int, bytes], None]
+# Where a read's bytes go as they arrive: sink(position in the range, data). `data` may be a
+# view of a buffer the driver reuses: valid only during the call.
+Sink = Callable[[int, bytes | memoryview], None]
 
 # What a retry may cure, whichever driver raised it.
 TEMPORARY_FAILURES = (TemporaryFailure, ConnectionError, TimeoutError)

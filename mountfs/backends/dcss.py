@@ -18,26 +18,30 @@ import logging
 import os
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 import urllib3
 
 from mountfs.backends import Scope, Source
-from mountfs.backends.base import HEADERS, Backend, Features, ObjectInfo, split_headers
+from mountfs.backends.base import (HEADERS, Backend, Features, ObjectInfo, Sink,
+                                   split_headers)
 from mountfs.backends.dcss_token import TOKEN_ENV, Token, load_public_key, parse_token
 from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, ListingPage,
                                         PartFolder, PartRun, api_error, combined_etag,
                                         envelope_url, parse_listing, part_key, s3_error)
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.backends.s3 import MAX_KEY as S3_MAX_KEY
+from mountfs.backends.s3_download import PIECE
 from mountfs.backends.http import HttpPool, give_back, retry_after
 from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, NoSuchObject,
-                            NotSupported, PermissionDenied, ReadOnly)
+                            NotSupported, PermissionDenied, ReadOnly, TemporaryFailure)
 from mountfs.sizes import parse_size
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SPACES = ("private", "public", "user")
 DEFAULT_API_URL = "https://hub.duckietown.com"
@@ -193,15 +197,24 @@ class DcssBackend(Backend):
                             stream: bool = False) -> urllib3.BaseHTTPResponse:
         method = "HEAD" if action == "head_object" else "GET"
         what = f"{method} {space}/{key}"
+        return await self._reading(action, space, key, what, lambda url: self._s3_once(
+            method, url, what, headers, stream=stream))
+
+    async def _reading(self, action: str, space: str, key: str, what: str,
+                       once: Callable[[str], T]) -> T:
+        """`once(url)` (blocking: a request to a read URL of `key`, and the reading of its
+        reply) under the retry policy, in a worker thread."""
+        async def attempt() -> T:
+            url = await self._read_url(action, space, key)
+            return await self.retried(what, lambda: self.http.run(lambda: once(url)))
+
         try:
-            return await self._s3(method, await self._read_url(action, space, key), what,
-                                  headers, stream)
+            return await attempt()
         except PermissionDenied:
             if self._read_urls.pop((action, space, key), None) is None:
                 raise
             # A reused URL may have expired early (the service's clock, a revoked grant).
-            return await self._s3(method, await self._read_url(action, space, key), what,
-                                  headers, stream)
+            return await attempt()
 
     # ---- spaces ----------------------------------------------------------------------------
 
@@ -351,24 +364,40 @@ class DcssBackend(Backend):
                           etags[0] if len(etags) == 1 else combined_etag(etags), metadata)
 
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
-        sizes = self._layouts.get((bucket, key))
-        try:
+        async def read(sizes: list[int] | None) -> bytes:
             if sizes is None:
                 return await self._read_range(bucket, key, offset, length)
-            return await self._read_parts(bucket, key, sizes, offset, length)
+            return b"".join([await self._read_range(bucket, part_key(key, index), lo, hi - lo)
+                             for index, lo, hi in pieces(sizes, offset, length)])
+
+        return await self._by_layout(bucket, key, read)
+
+    async def read_into(self, bucket: str, key: str, offset: int, length: int,
+                        sink: Sink) -> int:
+        # The body goes from the socket to the sink a PIECE at a time, in the worker thread
+        # of the request (as S3's, mountfs/backends/s3_download.py): no bytes of the whole
+        # range, no second worker thread (the default's).
+        async def read(sizes: list[int] | None) -> int:
+            if sizes is None:
+                return await self._range_into(bucket, key, offset, length, sink)
+            done = 0
+            for index, lo, hi in pieces(sizes, offset, length):
+                done += await self._range_into(bucket, part_key(key, index), lo, hi - lo,
+                                               shifted(sink, done))
+            return done
+
+        return await self._by_layout(bucket, key, read)
+
+    async def _by_layout(self, bucket: str, key: str,
+                         read: Callable[[list[int] | None], Awaitable[T]]) -> T:
+        """`read(part sizes)` of the file as last seen (None: stored whole)."""
+        try:
+            return await read(self._layouts.get((bucket, key)))
         except NoSuchObject:
             # Never read, or split or joined since we looked: look again (NoSuchObject if
             # there is neither KEY nor KEY.000), then read what is there now.
             await self._stat(bucket, key)
-            sizes = self._layouts.get((bucket, key))
-            if sizes is None:
-                return await self._read_range(bucket, key, offset, length)
-            return await self._read_parts(bucket, key, sizes, offset, length)
-
-    async def _read_parts(self, space: str, key: str, sizes: list[int], offset: int,
-                          length: int) -> bytes:
-        return b"".join([await self._read_range(space, part_key(key, index), lo, hi - lo)
-                         for index, lo, hi in pieces(sizes, offset, length)])
+            return await read(self._layouts.get((bucket, key)))
 
     async def _read_range(self, space: str, key: str, offset: int, length: int) -> bytes:
         if length <= 0:
@@ -378,6 +407,33 @@ class DcssBackend(Backend):
         reply = await self._read_request("get_object", space, key,
                                          {"Range": f"bytes={offset}-{offset + length - 1}"})
         return b"" if reply.status == 416 else reply.data  # 416: at or past the end
+
+    async def _range_into(self, space: str, key: str, offset: int, length: int,
+                          sink: Sink) -> int:
+        """Bytes [offset, offset + length) of `key` to `sink`; how many there were."""
+        if length <= 0:
+            return 0
+        what = f"GET {space}/{key}"
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+
+        def once(url: str) -> int:
+            # One try: the GET and its body (a body that broke off is asked for again, and
+            # written over from its start).
+            reply = self._s3_once("GET", url, what, headers, stream=True)
+            done = 0
+            try:
+                if reply.status == 416:  # at or past the end
+                    return 0
+                for piece in reply.stream(PIECE, decode_content=False):
+                    sink(done, piece)
+                    done += len(piece)
+            except urllib3.exceptions.HTTPError as exc:
+                raise TemporaryFailure(f"{what}: {exc}") from exc
+            finally:
+                give_back(reply)
+            return done
+
+        return await self._reading("get_object", space, key, what, once)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -493,6 +549,11 @@ class DcssBackend(Backend):
 
     async def aclose(self) -> None:
         self.http.close()
+
+
+def shifted(sink: Sink, at: int) -> Sink:
+    """`sink` for bytes that come `at` bytes into its range."""
+    return lambda pos, data: sink(at + pos, data)
 
 
 def pieces(sizes: list[int], offset: int, length: int) -> Iterator[tuple[int, int, int]]:

@@ -109,10 +109,13 @@ class HttpPool:
     nor follows redirects, with the timeouts above; its blocking requests run in trio worker
     threads, no more at once than it has connections."""
 
-    def __init__(self, connections: int, blocksize: int = 16384) -> None:
+    def __init__(self, connections: int, blocksize: int = 16384,
+                 ca_certs: str | None = None) -> None:
         connect, read = timeouts()
+        # `ca_certs`: the certificates to trust instead of the system's (AWS_CA_BUNDLE).
         self.pool = urllib3.PoolManager(maxsize=connections, retries=False, blocksize=blocksize,
-                                        timeout=urllib3.Timeout(connect=connect, read=read))
+                                        timeout=urllib3.Timeout(connect=connect, read=read),
+                                        ca_certs=ca_certs)
         self.limiter = trio.CapacityLimiter(connections)
 
     async def run(self, fn: Callable[[], T]) -> T:

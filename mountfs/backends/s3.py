@@ -28,6 +28,7 @@ from mountfs.backends import Source as BackendSource
 from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo, Sink, split_headers
 from mountfs.backends.http import retry_after, status_error, timeouts
 from mountfs.backends.registry import Driver, DriverContext, Option
+from mountfs.backends.s3_download import Downloads
 from mountfs.backends.s3_wire import (CONDITION_HEADERS, Base, PartBody, Reply, Wire,
                                       head_fields, listing_fields, object_headers, part_query,
                                       write_fields)
@@ -245,6 +246,8 @@ class S3Backend(Backend):
         # shared files, profile, refreshed when they expire) and trusts what it trusts.
         self.wire = Wire(self.region or "us-east-1", core.get_credentials, threads,
                          connect_timeout, read_timeout, core.get_config_variable("ca_bundle"))
+        # Ranged GETs into the cache's block files (see s3_download).
+        self.downloads = Downloads(self.wire, threads, core.get_config_variable("ca_bundle"))
         self._bases: dict[str, Base] = {}
         self._limiter = trio.CapacityLimiter(threads)
         self._part_slots = trio.Semaphore(PARALLEL_PARTS)
@@ -253,6 +256,7 @@ class S3Backend(Backend):
 
     async def aclose(self) -> None:
         self.wire.close()
+        self.downloads.close()
 
     def describe(self) -> str:
         return f"s3:{self.endpoint_url or 'aws'}"
@@ -289,8 +293,11 @@ class S3Backend(Backend):
                          sink: Sink | None = None) -> Reply:
         """One try on the fast path, its errors translated."""
         try:
-            return await self.wire.request(operation, method, await self._base(bucket), key,
-                                           query, headers, body, sink)
+            base = await self._base(bucket)
+            if sink is not None and method == "GET" and self.downloads.takes(base):
+                return await self.downloads.get(operation, base, key, headers or {}, sink)
+            return await self.wire.request(operation, method, base, key, query, headers, body,
+                                           sink)
         except Exception as exc:
             raise self.translate(exc) from exc
 

@@ -286,6 +286,17 @@ class Wire:
         """One request; its reply if 2xx, else its error as `ClientError`. `body`: bytes or a
         seekable file-like object (a part being uploaded). `sink`: where a 2xx reply's body
         goes as it arrives (see `_Delivery`), instead of into `Reply.body`."""
+        request = await self.signed(operation, method, base, key, query, headers, body)
+        async with self.limiter:
+            reply = await self._exchange(base, request, operation, sink)
+        if 200 <= reply.status < 300:
+            return reply
+        raise error_from(reply, operation)
+
+    async def signed(self, operation: str, method: str, base: Base, key: str,
+                     query: dict[str, str] | None = None,
+                     headers: dict[str, str] | None = None, body: Any = None) -> http.HttpRequest:
+        """A request, signed (SigV4, by the CRT) with the credentials of this moment."""
         if self._credentials() is None:
             raise PermissionDenied("no S3 credentials found")
         path = urllib.parse.quote(base.prefix + key, safe=KEY_SAFE)
@@ -318,11 +329,7 @@ class Wire:
             raise
         except Exception as exc:
             raise PermissionDenied(f"cannot sign {operation}: {exc}") from exc
-        async with self.limiter:
-            reply = await self._exchange(base, request, operation, sink)
-        if 200 <= reply.status < 300:
-            return reply
-        raise error_from(reply, operation)
+        return request
 
     async def _connection(self, base: Base) -> http.HttpClientConnection:
         idle = self._idle.get(base, [])
@@ -380,7 +387,7 @@ class Wire:
                 future.result()
             except Exception as exc:
                 raise TemporaryFailure(f"{operation} {base.host_header}: {exc}") from exc
-            delivery.stop()
+            delivery.finish()  # first: a sink's own error is not a reply cut short
             headers = {name.lower(): value for name, value in raw}
             body = b"".join(chunks)
             received = len(body) + delivery.given
@@ -405,31 +412,57 @@ class Wire:
 
 
 class _Delivery:
-    """A reply body handed to a sink chunk by chunk from the CRT's thread, at its position in
-    the body. Once stopped (the exchange is over: done, failed or cancelled) the sink is never
-    called again, even by a callback that comes late, so a caller may close the files its sink
-    writes to as soon as the request returns. An error the sink raised stops the delivery and
-    is raised to the caller (a disk error is not the server's: it is not retried)."""
+    """A reply body handed to a sink from the CRT's thread, at its position in the body. Once
+    stopped (the exchange is over: done, failed or cancelled) the sink is never called again,
+    even by a callback that comes late, so a caller may close the files its sink writes to as
+    soon as the request returns. An error the sink raised stops the delivery and is raised to
+    the caller (a disk error is not the server's: it is not retried).
 
-    def __init__(self, sink: Sink | None) -> None:
+    The CRT hands a body over in chunks of ~16 KiB; they are gathered into a buffer of
+    `batch` bytes and handed to the sink a buffer at a time (`finish` hands over the rest), so
+    the sink's writes are 16x fewer and each from memory still in the CPU's cache."""
+
+    BATCH = 256 * 1024
+
+    def __init__(self, sink: Sink | None, batch: int = BATCH) -> None:
         self.sink = sink
-        self.given = 0
+        self.given = 0  # bytes received: handed to the sink, or gathered for it
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._open = sink is not None
+        self._buffer = memoryview(bytearray(batch if sink is not None else 0))
+        self._held = 0  # bytes of `_buffer` not yet handed over
 
     def give(self, chunk: bytes) -> bool:
-        """Hand `chunk` on; False when there is no sink (the caller keeps the chunk)."""
+        """Take `chunk`; False when there is no sink (the caller keeps the chunk)."""
         if self.sink is None:
             return False
         with self._lock:
-            if self._open:
-                try:
-                    self.sink(self.given, chunk)
-                    self.given += len(chunk)
-                except Exception as exc:  # noqa: BLE001 - raised in the trio task by stop()
-                    self.error, self._open = exc, False
+            view = memoryview(chunk)
+            while self._open and view:
+                n = min(len(view), len(self._buffer) - self._held)
+                self._buffer[self._held:self._held + n] = view[:n]
+                self._held += n
+                self.given += n
+                view = view[n:]
+                if self._held == len(self._buffer):
+                    self._hand_over()
         return True
+
+    def _hand_over(self) -> None:
+        """The gathered bytes to the sink (under the lock)."""
+        try:
+            self.sink(self.given - self._held, self._buffer[:self._held])  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - raised in the trio task by stop()
+            self.error, self._open = exc, False
+        self._held = 0
+
+    def finish(self) -> None:
+        """The whole body came: hand over what is gathered, then stop."""
+        with self._lock:
+            if self._open and self._held:
+                self._hand_over()
+        self.stop()
 
     def stop(self) -> None:
         with self._lock:
