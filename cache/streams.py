@@ -308,13 +308,17 @@ class PartStreams:
         evicted = [n for number in stream.parts for n in self._blocks(stream, number)
                    if n not in obj.blocks]
         self._forget(obj)
-        self.cache.save(obj)
+        if obj.detached:
+            return Superseded(obj.record.key)  # unlinked: nothing to upload
         if not evicted:
+            self.cache.save(obj)
             log.warning("multipart upload of %s/%s: %s; uploading it whole", stream.bucket,
                         stream.key, why)
             return Superseded(obj.record.key)
-        return DataLost(f"multipart upload {stream.upload_id} of {stream.bucket}/{stream.key}: "
+        lost = DataLost(f"multipart upload {stream.upload_id} of {stream.bucket}/{stream.key}: "
                         f"{why}, and {len(evicted)} blocks of it left the cache")
+        self.cache.mark_lost(obj, str(lost))  # never uploaded with holes where they were
+        return lost
 
     def _forget(self, obj: CachedObject) -> None:
         obj.stream = None

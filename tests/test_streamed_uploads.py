@@ -109,8 +109,11 @@ def test_file_past_the_cap_goes_up_while_written(mounter: Mounter, store: Store)
     mounter.umount(m)  # waits for the upload
     assert server_sha(store, "big") == want
     assert not uploads(store)
+    head = client(store).head_object(Bucket=store.bucket, Key="big")
+    assert head["Metadata"]["mode"] == str(0o100644)  # begun with the file's metadata
     m = mounter.remount(m)
     assert sha256sum(m.bucket / "big") == want
+    assert abs((m.bucket / "big").stat().st_mtime - head["LastModified"].timestamp()) < 2
 
 
 def test_read_and_rewrite_of_evicted_parts_while_open(mounter: Mounter, store: Store) -> None:
@@ -143,14 +146,17 @@ def test_rewrite_of_a_cached_part_sends_it_again(mounter: Mounter, store: Store)
         os.pwrite(fd, b"y" * 100, MiB)  # into part 1, sent and still cached
         os.lseek(fd, 30 * MiB, os.SEEK_SET)
         write(fd, 30 * MiB, SIZE)
+        os.utime(fd, ns=(10**18, 10**18))  # as cp -p does: stored after the upload
+        os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
     want = bytearray(pattern(0, SIZE))
     want[MiB:MiB + 100] = b"y" * 100
     mounter.umount(m)
     assert server_sha(store, "big") == hashlib.sha256(want).hexdigest()
-    head = client(store).head_object(Bucket=store.bucket, Key="big")
-    assert head["ETag"].strip('"').endswith("-10")
+    m = mounter.remount(m)
+    st = (m.bucket / "big").stat()
+    assert (st.st_mtime_ns, st.st_mode) == (10**18, 0o100600)
 
 
 def test_kill_after_close_loses_nothing(mounter: Mounter, store: Store) -> None:
