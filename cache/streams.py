@@ -4,8 +4,8 @@ closed, and its upload is mostly done when it is.
 
 Which files: a storage that takes uploads in parts (`PartStorage`), a file new or truncated to
 nothing (no server version stands behind its blocks: `remote_size` 0) once it is two parts
-long. Part n (from 1) covers bytes [(n-1)P, nP); it goes up once the file reaches (n+1)P
-(the writer has moved a whole part past it) if its blocks are all cached and full. A sent part
+long. Part n (from 1) covers bytes [(n-1)P, nP); it goes up once the file reaches nP if its
+blocks are all cached and full (a later write into it sends it again). A sent part
 whose blocks were not written meanwhile is recorded (upload id and part ETags, in the
 object's journal record) and its blocks become clean-but-pending: in the LRU, evictable.
 
@@ -138,7 +138,7 @@ class PartStreams:
     # ---- while the file is written ---------------------------------------------------------
 
     def written(self, obj: CachedObject) -> None:
-        """After each write: send the parts the writer has moved a whole part past."""
+        """After each write: send the parts the file now holds whole."""
         part = self.part_size
         if (part <= 0 or obj.size < 2 * part or obj.record.remote_size or obj.detached
                 or self.nursery is None or obj.record.lost):
@@ -153,7 +153,7 @@ class PartStreams:
             self.active.add(obj)
         if stream.settling is not None:
             return
-        ready = min(obj.size // stream.part - 1, MAX_PARTS - 1)
+        ready = min(obj.size // stream.part, MAX_PARTS - 1)
         for k in range(stream.scanned, ready):
             blocks = self._blocks(stream, k + 1)
             if all(obj.blocks.get(n) == self.cache.block_size for n in blocks):
