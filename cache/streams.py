@@ -69,6 +69,7 @@ class Stream:
     upload_id: str = ""
     parts: dict[int, str] = field(default_factory=dict)  # sent, unchanged since: number -> ETag
     sending: set[int] = field(default_factory=set)
+    readers: dict[int, PartReader] = field(default_factory=dict)  # of the parts being sent
     scanned: int = 0  # parts before this one were looked at once by `written`
     idle: trio.Event = field(default_factory=trio.Event)  # set when nothing is being sent
     settling: trio.Event | None = None  # set when the upload under way is over
@@ -123,6 +124,16 @@ class PartStreams:
         stream = obj.stream
         return stream is not None and \
             n * self.cache.block_size // stream.part + 1 in stream.parts
+
+    def done(self, obj: CachedObject) -> int:
+        """Bytes of the object the upload has sent, or read to send (`mountfs status`)."""
+        stream = obj.stream
+        if stream is None:
+            return 0
+        size = obj.size
+        sent = sum(max(0, min(stream.part, size - (n - 1) * stream.part)) for n in stream.parts)
+        return min(size, sent + sum(reader.done for n, reader in list(stream.readers.items())
+                                    if n not in stream.parts))
 
     def busy(self) -> bool:
         """Whether a part being sent will free room."""
@@ -190,9 +201,14 @@ class PartStreams:
         the part was written while it was sent, DataLost when the service lost the upload."""
         await self._begin(obj, stream)
         blocks = self._blocks(stream, number)
-        reader = PartReader(self.cache, obj, blocks)
-        etag = await self.storage.upload_part(stream.bucket, stream.key, stream.upload_id,
-                                              number, reader, (number - 1) * stream.part, length)
+        reader = stream.readers[number] = PartReader(self.cache, obj, blocks)
+        try:
+            etag = await self.storage.upload_part(stream.bucket, stream.key, stream.upload_id,
+                                                  number, reader, (number - 1) * stream.part,
+                                                  length)
+        finally:
+            if stream.readers.get(number) is reader:
+                del stream.readers[number]
         if etag is None:
             raise self._gone(obj, stream)
         if reader.changed():

@@ -254,7 +254,8 @@ class WritebackQueue:
             # Progress: what the driver has read of the data, which it reads as it sends (the
             # S3 driver a MiB at a time per part; a single PUT of up to 8 MiB reads it whole).
             size = entry.reader.size if entry.sent and entry.reader else entry.obj.size
-            done = entry.reader.done if entry.sent and entry.reader else 0
+            done = entry.reader.done if entry.sent and entry.reader else \
+                self.streams.done(entry.obj) if entry.sent and self.streams else 0
             out.append({
                 "bucket": rec.bucket, "key": rec.key, "size": size, "done": done,
                 "percent": round(100 * done / size, 1) if size else 0.0,
