@@ -187,3 +187,24 @@ def test_unlink_while_written_aborts_the_upload(mounter: Mounter, store: Store) 
     mounter.umount(m)
     assert "big" not in [o["Key"] for o in client(store).list_objects_v2(
         Bucket=store.bucket).get("Contents", [])]
+
+
+def test_truncate_and_rename_while_written(mounter: Mounter, store: Store) -> None:
+    """Both need the parts only the upload holds: it is completed first, then the file is
+    cut, moved and written on as any file; nothing is left under the old name."""
+    m = mount(mounter, store)
+    fd = os.open(m.bucket / "big", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        write(fd, 0, 30 * MiB)
+        os.ftruncate(fd, 12 * MiB + 5)
+        os.rename(m.bucket / "big", m.bucket / "moved")
+        os.lseek(fd, 12 * MiB + 5, os.SEEK_SET)
+        os.write(fd, b"z" * MiB)
+    finally:
+        os.close(fd)
+    want = pattern(0, 12 * MiB + 5) + b"z" * MiB
+    assert (m.bucket / "moved").read_bytes() == want
+    mounter.umount(m)
+    assert server_sha(store, "moved") == hashlib.sha256(want).hexdigest()
+    keys = [o["Key"] for o in client(store).list_objects_v2(Bucket=store.bucket)["Contents"]]
+    assert keys == ["moved"] and not uploads(store)
