@@ -51,6 +51,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -58,6 +59,9 @@ from cache.errors import DataLost, ObjectChanged, Superseded
 from cache.journal import Journal, ObjectRecord
 from cache.storage import Storage
 from cache.whole import WholeReads
+
+if TYPE_CHECKING:
+    from cache.streams import PartStreams
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,10 @@ class CachedObject:
     # Dirty at load: an upload of it may have been under way when the last process died, and
     # may have left an unfinished multipart upload on the server to abort.
     recovered: bool = False
+    # With uploads in parts (cache/streams.py): the generation of each block's last write,
+    # and the upload in parts under way (a Stream).
+    written: dict[int, int] = field(default_factory=dict)
+    stream: Any = None
 
     @property
     def id(self) -> str:
@@ -263,6 +271,9 @@ class BlockCache:
         self.uploads_pending: Callable[[], bool] = lambda: False
         # Set by the write-back queue: a write restarts an object's upload delay.
         self.on_write: Callable[[CachedObject], None] = lambda obj: None
+        # Set by the write-back queue where the storage takes uploads in parts: large files
+        # go up while they are written (cache/streams.py).
+        self.streams: PartStreams | None = None
 
     # ---- start-up and journal replay -------------------------------------------------------
 
@@ -364,6 +375,10 @@ class BlockCache:
         self._by_key[(record.bucket, record.key)] = obj
         self._save(obj)
         return obj
+
+    def save(self, obj: CachedObject) -> None:
+        """Write the object's record to the journal (after a change made to it elsewhere)."""
+        self._save(obj)
 
     def _save(self, obj: CachedObject) -> None:
         if obj.detached:
@@ -601,6 +616,10 @@ class BlockCache:
             if n in obj.blocks:
                 self._hit(obj, n)
                 return
+            if obj.stream is not None and self.streams is not None \
+                    and self.streams.holds(obj, n):
+                await self.streams.settle(obj)  # evicted: only the upload in parts has it
+                continue
             if n * self.block_size >= obj.record.remote_size:
                 return
             pending = self.fetching.get((obj, n))
@@ -716,6 +735,8 @@ class BlockCache:
 
     async def fill(self, obj: CachedObject) -> None:
         """Fetch every block still on the server only, so the object can be read whole locally."""
+        if self.streams is not None:
+            await self.streams.settle(obj)  # the server then holds what the cache let go
         bs = self.block_size
         for n in range(0, (min(obj.size, obj.record.remote_size) + bs - 1) // bs):
             await self.ensure_block(obj, n)
@@ -735,13 +756,17 @@ class BlockCache:
         bs = self.block_size
         end = offset + len(data)
         first, last = offset // bs, (end - 1) // bs
+        if obj.stream is not None and self.streams is not None:
+            await self.streams.before_write(obj, offset, end)
+        # Room first, while nothing of the object is pinned: the blocks of its parts sent
+        # (cache/streams.py) may be what makes it.
+        await self._wait_for_room(len(data))
         obj.pins += 1  # the blocks fetched here must stay until they are written
         try:
             for n in (first, last):
                 partial = offset > n * bs or end < min((n + 1) * bs, max(obj.size, end))
                 if partial:
                     await self.ensure_block(obj, n)
-            await self._wait_for_room(len(data))
         finally:
             obj.pins -= 1
         self._mark_dirty(obj)
@@ -755,8 +780,15 @@ class BlockCache:
             self.used += new_len - obj.blocks.get(n, 0)
             obj.blocks[n] = new_len
         obj.record.size = max(obj.record.size, end)
+        if self.streams is not None:
+            for n in range(first, last + 1):
+                obj.written[n] = obj.generation
+                self._lru.pop((obj, n), None)  # a part's block sent before: pending again
+            self.streams.written(obj)
 
     async def truncate(self, obj: CachedObject, size: int) -> None:
+        if self.streams is not None:
+            await self.streams.settle(obj)  # its parts hold the bytes before the cut
         bs = self.block_size
         if size < obj.size and size % bs:
             await self.ensure_block(obj, size // bs)  # its head survives the cut
@@ -801,6 +833,19 @@ class BlockCache:
                 self._lru[(obj, n)] = None
             self.room_changed()
         self._save(obj)
+
+    def release_blocks(self, obj: CachedObject, blocks: range, generation: int) -> None:
+        """Blocks of `obj` whose data a part sent (snapshot `generation`) holds: evictable,
+        unless written since."""
+        for n in blocks:
+            if n in obj.blocks and obj.written.get(n, -1) <= generation:
+                self._lru[(obj, n)] = None
+        self.room_changed()
+
+    def pin_blocks(self, obj: CachedObject, blocks: range) -> None:
+        """Released blocks whose part is to be sent again: not evictable any more."""
+        for n in blocks:
+            self._lru.pop((obj, n), None)
 
     # ---- room ------------------------------------------------------------------------------
 
@@ -898,6 +943,10 @@ class BlockReader:
             kept.append((lo, hi))
             self._covered = sorted(kept)
 
+    def changed(self) -> bool:
+        """Whether the object was written since the snapshot (the upload must start over)."""
+        return self.obj.generation != self.generation
+
     def readable(self) -> bool:
         return True
 
@@ -931,13 +980,13 @@ class BlockReader:
                                            out[self.pos - start:hi - start])
                 self.pos = hi
         except FileNotFoundError as exc:
-            if self.obj.generation == self.generation:
+            if not self.changed():
                 raise DataLost(f"block {self.pos // bs} of {self.obj.record.key} is gone from "
                                f"the cache ({exc.filename})") from None
         except OSError:
-            if self.obj.generation == self.generation:
+            if not self.changed():
                 raise
-        if self.obj.generation != self.generation:
+        if self.changed():
             raise Superseded(self.obj.record.key)
         if end > start:
             self._cover(start, end)

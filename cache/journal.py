@@ -38,6 +38,8 @@ class ObjectRecord:
     on_server: bool = False
     saved_ns: int = 0  # orders two records that claim one key after a crash
     lost: str = ""  # why its unuploaded data is gone from the cache: never upload it
+    # Its upload in parts under way (cache/streams.py): id, name, part size, metadata, parts.
+    upload: dict[str, Any] = field(default_factory=dict)
 
 
 class Journal:

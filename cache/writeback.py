@@ -25,13 +25,14 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 from cache.blocks import BlockCache, BlockReader, CachedObject, DataLost, Superseded
 from cache.journal import ObjectRecord
 from cache.storage import Storage
+from cache.streams import PartStorage, PartStreams
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Entry:
 
 class WritebackQueue:
     def __init__(self, cache: BlockCache, storage: Storage, delay: float,
-                 workers: int = 4, whole_delay: float = 0.0) -> None:
+                 workers: int = 4, whole_delay: float = 0.0, part_size: int = 0) -> None:
         self.cache = cache
         self.storage = storage
         self.delay = delay
@@ -97,6 +98,12 @@ class WritebackQueue:
         self._send, self._recv = trio.open_memory_channel[CachedObject](math.inf)
         cache.uploads_pending = self._uploads_pending
         cache.on_write = self._written
+        # part_size: the storage takes uploads in parts of that size (a PartStorage); large
+        # files then go up while they are written (cache/streams.py).
+        self.streams: PartStreams | None = None
+        if part_size > 0 and part_size % cache.block_size == 0:
+            self.streams = PartStreams(cache, cast(PartStorage, storage), part_size)
+            self.streams.condition = self._condition
 
     # ---- what the filesystem calls ---------------------------------------------------------
 
@@ -106,6 +113,8 @@ class WritebackQueue:
         was written whole, and waits `whole_delay`). A `delay` given, or `whole`, also brings
         an entry queued before forward."""
         self.cache.commit(obj)
+        if self.streams is not None:
+            self.streams.restore(obj)  # after a restart: its upload in parts goes on
         if obj.dirty and not obj.detached:
             if delay is None and whole:
                 delay = min(self.delay, self.whole_delay)
@@ -178,6 +187,8 @@ class WritebackQueue:
                    for bucket, prefix in self._held)
 
     def discard(self, obj: CachedObject) -> None:
+        if self.streams is not None:
+            self.streams.drop(obj)
         if self._entries.pop(obj, None) is not None:
             done, obj.attempt_done = obj.attempt_done, trio.Event()
             done.set()  # a sync() waiting on this object learns it is gone
@@ -243,7 +254,8 @@ class WritebackQueue:
             # Progress: what the driver has read of the data, which it reads as it sends (the
             # S3 driver a MiB at a time per part; a single PUT of up to 8 MiB reads it whole).
             size = entry.reader.size if entry.sent and entry.reader else entry.obj.size
-            done = entry.reader.done if entry.sent and entry.reader else 0
+            done = entry.reader.done if entry.sent and entry.reader else \
+                self.streams.done(entry.obj) if entry.sent and self.streams else 0
             out.append({
                 "bucket": rec.bucket, "key": rec.key, "size": size, "done": done,
                 "percent": round(100 * done / size, 1) if size else 0.0,
@@ -256,7 +268,10 @@ class WritebackQueue:
     # ---- the machinery ---------------------------------------------------------------------
 
     def _uploads_pending(self) -> bool:
-        """Whether an upload could free room: one not tried yet, or failed only for now."""
+        """Whether an upload could free room: one not tried yet, or failed only for now, or a
+        part of a file being written."""
+        if self.streams is not None and self.streams.busy():
+            return True
         return any(entry.awaited and (entry.tries == 0 or entry.obj.last_error is not None
                                       and self.storage.is_temp_failure(entry.obj.last_error))
                    for entry in self._entries.values())
@@ -273,6 +288,8 @@ class WritebackQueue:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._check_idle()
         async with trio.open_nursery() as nursery:
+            if self.streams is not None:
+                self.streams.nursery = nursery
             for _ in range(self.workers):
                 nursery.start_soon(self._worker)
             task_status.started()
@@ -331,17 +348,23 @@ class WritebackQueue:
             if rec.lost:
                 raise DataLost(rec.lost)
             # A kill -9 mid-upload leaves a multipart upload neither completed nor aborted
-            # (stored, and billed, for good): abort it before uploading again.
-            if obj.recovered:
+            # (stored, and billed, for good): abort it before uploading again (one whose
+            # parts the journal recorded is completed instead).
+            if obj.recovered and not rec.upload:
                 await self.storage.abort_incomplete_uploads(rec.bucket, rec.key,
                                                             self.started_ns)
             obj.recovered = False
+            if self.streams is not None and self.streams.has(obj):
+                size = await self.streams.finish(obj, self._condition(obj))
+                if size is not None:
+                    self._uploaded(entry, size)
+                return
             await self.cache.fill(obj)
             reader, generation = self.cache.reader(obj)
             entry.reader = reader
-            condition = {"if_match": base_version(rec)} if self.conditional else {}
             version = await self.storage.write_object(rec.bucket, rec.key, reader, reader.size,
-                                                      dict(rec.metadata), **condition)
+                                                      dict(rec.metadata),
+                                                      **self._condition(obj))
         except Superseded:
             entry.due = trio.current_time() + self.delay
             return
@@ -375,9 +398,15 @@ class WritebackQueue:
             log_failure(rec, entry, backoff)
             return
         self.cache.uploaded(obj, generation, version.etag, version.mtime_ns, reader.size)
+        self._uploaded(entry, reader.size)
+
+    def _condition(self, obj: CachedObject) -> dict[str, Any]:
+        return {"if_match": base_version(obj.record)} if self.conditional else {}
+
+    def _uploaded(self, entry: Entry, size: int) -> None:
+        obj = entry.obj
         self.uploaded_count += 1
-        self.recent.append((self.uploaded_count, obj.record.bucket, obj.record.key,
-                            reader.size))
+        self.recent.append((self.uploaded_count, obj.record.bucket, obj.record.key, size))
         entry.error, entry.permanent = "", False
         if obj.dirty:
             entry.due = trio.current_time() + self.delay

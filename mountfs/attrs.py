@@ -123,6 +123,16 @@ def encode(attrs: Attributes) -> dict[str, str]:
     return meta
 
 
+def without_write_times(metadata: dict[str, str]) -> dict[str, str]:
+    """The metadata a file uploaded while it is written is stored with (its upload begins
+    long before its last write): without the times when only writes set them (mtime equals
+    ctime), so that the object's LastModified, the upload's end, stands for them; else as
+    it is (cp -p, touch -d: they are then stored after the upload, as set)."""
+    if metadata.get(META_MTIME) != metadata.get(META_CTIME):
+        return dict(metadata)
+    return {k: v for k, v in metadata.items() if k not in (META_MTIME, META_CTIME, META_ATIME)}
+
+
 def pack_xattrs(xattrs: dict[str, bytes]) -> str:
     """Extended attributes as the one metadata value `xattr`: JSON of base64 values."""
     return json.dumps({k: base64.b64encode(v).decode() for k, v in sorted(xattrs.items())})

@@ -36,7 +36,8 @@ from mountfs.errors import ConfigError
 CALLS = frozenset({"list_buckets", "create_bucket", "delete_bucket", "stat_object",
                    "read_object", "read_into", "write_object", "set_metadata", "delete_object",
                    "copy_object", "rename_object", "check_key", "forget",
-                   "abort_incomplete_uploads"})
+                   "abort_incomplete_uploads", "begin_upload", "upload_part",
+                   "complete_upload", "abort_upload"})
 STREAMS = frozenset({"list_objects", "stream_object"})
 
 # The driver operation under way in this task, for the retries it makes.
@@ -144,6 +145,9 @@ class MeasuredBackend:
                 self._metrics.bytes.labels(self._metrics.driver, "down").inc(result)
             elif operation == "write_object":
                 size = kwargs["size"] if "size" in kwargs else args[3]
+                self._metrics.bytes.labels(self._metrics.driver, "up").inc(size)
+            elif operation == "upload_part" and result is not None:
+                size = kwargs["length"] if "length" in kwargs else args[6]
                 self._metrics.bytes.labels(self._metrics.driver, "up").inc(size)
             return result
         return measured

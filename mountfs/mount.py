@@ -106,7 +106,9 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     # bounded by the driver).
     queue = WritebackQueue(cache, backend, config.writeback_delay,
                            max(config.workers, backend.features.parallel_requests),
-                           whole_delay=config.whole_file_delay)
+                           whole_delay=config.whole_file_delay,
+                           part_size=backend.part_upload_size()
+                           if backend.features.part_uploads else 0)
     ns = Namespace(backend, source.scope, cache, queue,
                    Defaults(config.uid, config.gid, config.umask,
                             config.attributes_from_listings), config.metadata_ttl,

@@ -68,6 +68,8 @@ class Namespace:
         # where names are known.
         queue.conditional = backend.features.conditional_writes
         queue.resolve_conflict = ConflictSettler(cache, self.table.nodes).settle
+        if queue.streams is not None:
+            queue.streams.loosen = attrs_mod.without_write_times
         self.dir_times = DirTimes(self._save_dir_times, dir_times_delay)
         self._marker_changes = trio.Lock()  # rmdir, directory renames against dir-times saves
 

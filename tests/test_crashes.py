@@ -224,7 +224,10 @@ def test_kill_during_multipart_upload(mounter: Mounter, store: Store) -> None:
     # Complete leaves an upload on the server that nobody completes or aborts (S3 keeps, and
     # bills, its parts for good). The next mount replays the file and aborts that upload.
     data = random.Random(SEED).randbytes(36 * 1024 * 1024)
-    m = mounter.mount(store, "--writeback-delay", "0")
+    # Parts of 32 MiB: the file is not uploaded while written (it would be from two parts
+    # on, its upload recorded in the journal and completed by the next mount:
+    # tests/test_streamed_uploads.py), but whole after close, as a file rewritten in place.
+    m = mounter.mount(store, "--writeback-delay", "0", "--s3-part-size", "32M")
     with open(m.bucket / "big.bin", "wb") as f:
         f.write(data)
     # Kill once the upload is under way on the server (its parts take seconds on moto).

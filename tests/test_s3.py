@@ -403,3 +403,35 @@ def test_v1_paging_goes_on_after_the_greater_of_last_key_and_last_prefix() -> No
     assert resume_marker(page) == "m/"
     assert resume_marker({**page, "CommonPrefixes": [{"Prefix": "c/"}]}) == "k"
     assert resume_marker({**page, "NextMarker": "n"}) == "n"
+
+
+async def test_upload_in_parts_driven_from_outside(s3_env: S3Server, client,
+                                                   bucket_name: str) -> None:
+    """The write-back queue's seam: begin, parts in any order (one sent again), complete with
+    the list as write_object would; abort (moto answers UploadPart and Complete of an
+    aborted upload with a 500, not NoSuchUpload: their None is not asked here)."""
+    s3 = S3Backend(s3_env.url, part_size=5 * MiB)
+    assert s3.features.part_uploads and s3.part_upload_size() == 5 * MiB
+    data = os.urandom(11 * MiB + 7)
+    meta = {"mode": "33188", ":content-type": "text/csv"}
+    upload = await s3.begin_upload(bucket_name, "big", meta)
+    src = io.BytesIO(data)
+    parts = [(3, await s3.upload_part(bucket_name, "big", upload, 3, src, 10 * MiB, MiB + 7))]
+    src2 = io.BytesIO(bytes(len(data)))  # a first version of part 1, replaced below
+    await s3.upload_part(bucket_name, "big", upload, 1, src2, 0, 5 * MiB)
+    listed = client.list_multipart_uploads(Bucket=bucket_name)["Uploads"]
+    assert [u["UploadId"] for u in listed] == [upload]
+    for n in (1, 2):
+        parts.append((n, await s3.upload_part(bucket_name, "big", upload, n, src,
+                                              (n - 1) * 5 * MiB, 5 * MiB)))
+    info = await s3.complete_upload(bucket_name, "big", upload, parts, len(data), meta,
+                                    if_match="")
+    assert info is not None and info.size == len(data)
+    assert body(client, bucket_name, "big") == data
+    head = client.head_object(Bucket=bucket_name, Key="big")
+    assert head["ETag"].strip('"') == info.etag and info.etag.endswith("-3")
+    assert head["Metadata"] == {"mode": "33188"} and head["ContentType"] == "text/csv"
+    gone = await s3.begin_upload(bucket_name, "x", {})
+    await s3.abort_upload(bucket_name, "x", gone)
+    await s3.abort_upload(bucket_name, "x", gone)  # twice: no error
+    assert not client.list_multipart_uploads(Bucket=bucket_name).get("Uploads")

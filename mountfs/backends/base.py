@@ -136,6 +136,10 @@ class Features:
     # stat'ed (mountfs/statahead.py) keeps this many metadata reads in flight, and the
     # write-back queue runs at least this many uploads at once (small files' PUTs).
     parallel_requests: int = 16
+    # Multipart uploads driven from outside (`begin_upload`, `upload_part`, `complete_upload`,
+    # `abort_upload`): the write-back queue uploads a large file's parts while it is being
+    # written (cache/streams.py). Without it a file goes up whole after close.
+    part_uploads: bool = False
 
     def keeps(self, attribute: str) -> bool:
         return self.kept_attributes is None or attribute in self.kept_attributes
@@ -258,6 +262,35 @@ class Backend(abc.ABC):
         service, unfinished: a process killed mid-upload cannot. Called before the journal
         replay uploads an object again. Services whose writes leave nothing behind (the local
         store removes its own temporary files at mount) need not do anything."""
+
+    # ---- uploads in parts, driven by the write-back queue (`features.part_uploads`) ---------
+
+    def part_upload_size(self) -> int:
+        """The size of every part but the last of an upload driven from outside."""
+        raise NotSupported(f"{self.describe()} uploads objects whole")
+
+    async def begin_upload(self, bucket: str, key: str, metadata: dict[str, str]) -> str:
+        """Begin an upload of `key` in parts, the object stored with `metadata`; its id."""
+        raise NotSupported(f"{self.describe()} uploads objects whole")
+
+    async def upload_part(self, bucket: str, key: str, upload_id: str, number: int,
+                          data: BinaryIO, offset: int, length: int) -> str | None:
+        """Send part `number` (from 1) of the upload: bytes [offset, offset + length) of `data`
+        (a seekable file, read from a worker thread). The part's ETag; None when the service
+        no longer has the upload (aborted, expired). A part sent again replaces the earlier."""
+        raise NotSupported(f"{self.describe()} uploads objects whole")
+
+    async def complete_upload(self, bucket: str, key: str, upload_id: str,
+                              parts: list[tuple[int, str]], size: int, metadata: dict[str, str],
+                              if_match: str | None = None) -> ObjectInfo | None:
+        """Make the object of the parts (number, ETag), `size` bytes in all, as `write_object`
+        would (`if_match` likewise); None when the service no longer has the upload and
+        nothing says it was completed."""
+        raise NotSupported(f"{self.describe()} uploads objects whole")
+
+    async def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Drop the upload and its parts; one the service no longer has is no error."""
+        raise NotSupported(f"{self.describe()} uploads objects whole")
 
     async def changes(self) -> AsyncIterator[Change]:
         """The service's changes as they happen, for as long as the mount runs (mountfs/

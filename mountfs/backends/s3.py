@@ -36,11 +36,13 @@ from mountfs.errors import (AlreadyExists, BackendError, ConfigError, InvalidNam
                             NoSuchObject, NotEmpty, NotSupported, PermissionDenied,
                             PreconditionFailed, PreconditionLost, QuotaExceeded,
                             TemporaryFailure, TooLarge)
+from mountfs.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MIN_PART = 8 * 1024 * 1024
+MIN_STREAM_PART = 5 * 1024 * 1024  # the smallest part but the last S3 takes
 MAX_PARTS = 10_000
 # Parts in flight at once, over all uploads and copies of one driver: the boto3 baseline's 8
 # threads. Bounds the memory of uploads and streamed copies to PARALLEL_PARTS x part size.
@@ -194,12 +196,13 @@ class S3Backend(Backend):
     # (AWS since 2024, MinIO, moto in part). A server that ignores the headers stores
     # unconditionally: the later upload wins whole, as without them.
     features = Features(conditional_writes=True, max_object_size=MAX_OBJECT,
-                        max_key_length=MAX_KEY)
+                        max_key_length=MAX_KEY, part_uploads=True)
 
     def __init__(self, endpoint_url: str | None = None, region: str | None = None,
                  profile: str | None = None, path_style: bool = False, workers: int = 8,
                  copy_threshold: int = MAX_COPY,
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None,
+                 part_size: int = MIN_PART) -> None:
         import boto3
         import botocore.config
         import botocore.session
@@ -207,6 +210,8 @@ class S3Backend(Backend):
         self.endpoint_url = endpoint_url
         # Larger objects are copied in parts (UploadPartCopy); at most MAX_COPY.
         self.copy_threshold = min(copy_threshold, MAX_COPY)
+        # The parts of a file uploaded while it is written (`part_upload_size`).
+        self.upload_part_bytes = part_size
         try:
             # One botocore session: its credentials sign boto3's requests and the fast path's:
             # explicit (access key id, secret) where a driver obtained them (Storj's auth
@@ -538,12 +543,15 @@ class S3Backend(Backend):
 
     # ---- writes ----------------------------------------------------------------------------
 
+    def _condition(self, if_match: str | None) -> dict[str, str]:
+        """`if_match` (see Backend.write_object) in boto3's names, where the server takes it."""
+        if if_match is None or "ConditionalWrites" in self._unsupported:
+            return {}
+        return {"IfNoneMatch": "*"} if if_match == IF_ABSENT else {"IfMatch": f'"{if_match}"'}
+
     async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
                            metadata: dict[str, str], if_match: str | None = None) -> ObjectInfo:
-        condition: dict[str, str] = {}
-        if if_match is not None and "ConditionalWrites" not in self._unsupported:
-            condition = {"IfNoneMatch": "*"} if if_match == IF_ABSENT else \
-                {"IfMatch": f'"{if_match}"'}
+        condition = self._condition(if_match)
         part_etags: list[str] = []
         body = b""
         try:
@@ -556,29 +564,33 @@ class S3Backend(Backend):
                 reply = await self._multipart(bucket, key, size, object_fields(metadata),
                                               self._file_parts(bucket, key, data),
                                               complete=condition, part_etags=part_etags)
-        except NotSupported as exc:
-            if not condition:
-                raise
-            self._lacks("ConditionalWrites", exc)  # the next try goes without
-            raise TemporaryFailure(f"conditional write of {key} refused: {exc}") from exc
         except BackendError as exc:
-            gone = isinstance(exc, NoSuchObject) and "IfMatch" in condition
-            if not condition or not gone and not isinstance(exc, PreconditionFailed):
-                raise
-            # A try whose reply was lost may have stored this very upload (the retry policy
-            # tries a request again once its reply broke off): then the object is ours, not a
-            # conflict.
             mine = hashlib.md5(body).hexdigest() if size <= MIN_PART else \
                 multipart_etag(part_etags) if part_etags else ""
-            head = await self._head_if_any(bucket, key)
-            if head is not None and mine and etag_of(head) == mine:
-                log.info("conditional write of %s/%s was stored by a try whose reply was lost",
-                         bucket, key)
-                return self._written(bucket, key, size, metadata, head)
-            raise PreconditionLost(f"{bucket}/{key} is no longer the version this upload "
-                                   f"replaces ({'gone' if gone else 'changed'})",
-                                   exists=not gone) from exc
+            reply = await self._condition_failed(bucket, key, condition, exc, mine)
         return self._written(bucket, key, size, metadata, reply)
+
+    async def _condition_failed(self, bucket: str, key: str, condition: dict[str, str],
+                                exc: BackendError, mine: str) -> dict[str, Any]:
+        """A write under `condition` failed with `exc`: raise what that means, or return the
+        object's HEAD when the object is this very write (ETag `mine`)."""
+        if isinstance(exc, NotSupported) and condition:
+            self._lacks("ConditionalWrites", exc)  # the next try goes without
+            raise TemporaryFailure(f"conditional write of {key} refused: {exc}") from exc
+        gone = isinstance(exc, NoSuchObject) and "IfMatch" in condition
+        if not condition or not gone and not isinstance(exc, PreconditionFailed):
+            raise exc
+        # A try whose reply was lost may have stored this very upload (the retry policy
+        # tries a request again once its reply broke off): then the object is ours, not a
+        # conflict.
+        head = await self._head_if_any(bucket, key)
+        if head is not None and mine and etag_of(head) == mine:
+            log.info("conditional write of %s/%s was stored by a try whose reply was lost",
+                     bucket, key)
+            return head
+        raise PreconditionLost(f"{bucket}/{key} is no longer the version this upload "
+                               f"replaces ({'gone' if gone else 'changed'})",
+                               exists=not gone) from exc
 
     async def _put(self, bucket: str, key: str, body: bytes, metadata: dict[str, str],
                    condition: dict[str, str] | None = None) -> dict[str, Any]:
@@ -596,10 +608,11 @@ class S3Backend(Backend):
         except NoSuchObject:
             return None
 
-    def _file_parts(self, bucket: str, key: str, data: BinaryIO) -> PartSender:
+    def _file_parts(self, bucket: str, key: str, data: BinaryIO,
+                    read_lock: threading.Lock | None = None) -> PartSender:
         """Parts streamed from `data` as the CRT sends them (`PartBody`); `data` is one
         stream, read under one lock."""
-        read_lock = threading.Lock()
+        read_lock = read_lock or threading.Lock()
 
         async def send(upload_id: str, number: int, offset: int, length: int) -> str:
             async def one_try() -> Reply:
@@ -726,6 +739,58 @@ class S3Backend(Backend):
         with its own segment size aligns it)."""
         return part_size_for(size)
 
+    # ---- uploads in parts driven by the write-back queue (Backend.begin_upload) -----------
+
+    def part_upload_size(self) -> int:
+        return self.upload_part_bytes
+
+    async def begin_upload(self, bucket: str, key: str, metadata: dict[str, str]) -> str:
+        upload = await self._call(self.client.create_multipart_upload, Bucket=bucket, Key=key,
+                                  **object_fields(metadata))
+        return str(upload["UploadId"])
+
+    async def upload_part(self, bucket: str, key: str, upload_id: str, number: int,
+                          data: BinaryIO, offset: int, length: int) -> str | None:
+        send = self._file_parts(bucket, key, data)
+        async with self._part_slots:  # with the parts of whole uploads: PARALLEL_PARTS
+            try:
+                return await send(upload_id, number, offset, length)
+            except BackendError as exc:
+                if error_code(exc) != "NoSuchUpload":
+                    raise
+                return None
+
+    async def complete_upload(self, bucket: str, key: str, upload_id: str,
+                              parts: list[tuple[int, str]], size: int, metadata: dict[str, str],
+                              if_match: str | None = None) -> ObjectInfo | None:
+        condition = self._condition(if_match)
+        etags = [etag for _, etag in sorted(parts)]
+        try:
+            reply = await self._call(
+                self.client.complete_multipart_upload, Bucket=bucket, Key=key,
+                UploadId=upload_id, MultipartUpload={"Parts": [
+                    {"PartNumber": n, "ETag": etag} for n, etag in sorted(parts)]},
+                **condition)
+        except BackendError as exc:
+            if error_code(exc) == "NoSuchUpload":
+                # A try whose reply was lost may have completed it: then the object is ours.
+                head = await self._head_if_any(bucket, key) or {}
+                if etag_of(head) != multipart_etag(etags):
+                    return None
+                reply = head
+            else:
+                reply = await self._condition_failed(bucket, key, condition, exc,
+                                                     multipart_etag(etags))
+        return self._written(bucket, key, size, metadata, reply)
+
+    async def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        try:
+            await self._call(self.client.abort_multipart_upload, Bucket=bucket, Key=key,
+                             UploadId=upload_id)
+        except BackendError as exc:
+            if error_code(exc) != "NoSuchUpload":  # else gone already
+                raise
+
     async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:
         """A copy onto itself with the new metadata (S3 has no other way), headers kept."""
         source = await self._source(bucket, key)
@@ -829,8 +894,10 @@ class S3Backend(Backend):
 async def _open(context: DriverContext) -> BackendSource:
     if not context.rest.startswith("//"):
         raise ConfigError(f"{context.source}: an S3 source is s3://[BUCKET[/PREFIX]]")
+    if context["part_size"] < MIN_STREAM_PART:
+        raise ConfigError("--s3-part-size must be at least 5M (S3's smallest part)")
     backend = S3Backend(context["endpoint_url"], context["region"], context["profile"],
-                        context["path_style"])
+                        context["path_style"], part_size=context["part_size"])
     return BackendSource(backend, Scope.parse(context.rest[2:], context.source))
 
 
@@ -845,5 +912,7 @@ DRIVER = Driver(
         Option("profile", "a profile of the AWS shared config files", aliases=("--profile",)),
         Option("path_style", "path-style bucket addressing (URL/bucket/key)", switch=True,
                default=False, aliases=("--path-style",)),
+        Option("part_size", "a large file goes up in parts of SIZE while it is written "
+               "(default 8M)", parse=parse_size, default=MIN_PART, metavar="SIZE"),
     ),
     secret_env=("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"))

@@ -106,6 +106,9 @@ class StorjBackend(S3Backend):
     def part_size(self, size: int) -> int:
         return -(-part_size_for(size) // SEGMENT) * SEGMENT
 
+    def part_upload_size(self) -> int:
+        return -(-super().part_upload_size() // SEGMENT) * SEGMENT
+
     @staticmethod
     def _ours(info: ObjectInfo) -> ObjectInfo:
         """An object's info with its metadata as mountfs carries it."""
@@ -123,6 +126,16 @@ class StorjBackend(S3Backend):
 
     async def set_metadata(self, bucket: str, key: str, metadata: dict[str, str]) -> ObjectInfo:
         return self._ours(await super().set_metadata(bucket, key, to_storj(metadata)))
+
+    async def begin_upload(self, bucket: str, key: str, metadata: dict[str, str]) -> str:
+        return await super().begin_upload(bucket, key, to_storj(metadata))
+
+    async def complete_upload(self, bucket: str, key: str, upload_id: str,
+                              parts: list[tuple[int, str]], size: int, metadata: dict[str, str],
+                              if_match: str | None = None) -> ObjectInfo | None:
+        info = await super().complete_upload(bucket, key, upload_id, parts, size,
+                                             to_storj(metadata), if_match=if_match)
+        return None if info is None else self._ours(info)
 
     async def copy_object(self, bucket: str, key: str, dst_bucket: str,
                           dst_key: str) -> ObjectInfo:
