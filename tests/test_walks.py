@@ -10,6 +10,7 @@ mount removed after this mount listed it is gone once the TTL has passed.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -297,7 +298,19 @@ def test_metadata_is_read_only_a_little_ahead_of_the_program(
         mounter: Mounter, proxy: S3Proxy, client, bucket_name: str) -> None:  # type: ignore[no-untyped-def]
     """A program that read a large directory whole and stats one entry: the entries after it
     are read ahead, a bounded number, not the whole directory."""
-    names = put_flat(client, bucket_name, 400)
+    with listed_then_first_stat(mounter, proxy, client, bucket_name, 400) as (m, names, heads):
+        for name in names[1:40]:  # the next stats find their attributes read
+            assert os.lstat(m.path / "flat" / name).st_size == len(name)
+        assert taken(proxy)["HeadObject"] <= 40 - heads + s3_ahead(), "read ahead, not again"
+
+
+@contextlib.contextmanager
+def listed_then_first_stat(mounter: Mounter, proxy: S3Proxy, client,  # type: ignore[no-untyped-def]
+                           bucket_name: str, count: int) -> Iterator[tuple[Mount, list[str], int]]:
+    """A directory of `count` objects read whole through a handle kept open, then its first
+    entry stat'ed: the mount, the names, and the HEADs that stat and the reads ahead took
+    (checked: more than one, at most 1 + 4 x Features.parallel_requests)."""
+    names = put_flat(client, bucket_name, count)
     m = mount_counted(mounter, proxy, bucket_name, ttl=60)
     fd = os.open(m.path / "flat", os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -307,10 +320,8 @@ def test_metadata_is_read_only_a_little_ahead_of_the_program(
         assert os.lstat(m.path / "flat" / names[0]).st_size == len(names[0])
         time.sleep(1.0)  # what was started ahead is done
         heads = taken(proxy)["HeadObject"]
-        assert 1 < heads <= 1 + s3_ahead(), heads  # (4 x Features.parallel_requests)
-        for name in names[1:40]:  # the next stats find their attributes read
-            assert os.lstat(m.path / "flat" / name).st_size == len(name)
-        assert taken(proxy)["HeadObject"] <= 40 - heads + s3_ahead(), "read ahead, not again"
+        assert 1 < heads <= 1 + s3_ahead(), heads
+        yield m, names, heads
     finally:
         os.close(fd)
 
@@ -320,17 +331,7 @@ def test_reads_ahead_follow_the_program_past_what_was_read_ahead(
     """Stats of entries already read ahead move the edge too: reads stay `ahead` entries past
     the program, instead of stopping until it reaches an entry not read (`ls -l` then waited a
     round trip every 65 entries while the server sat idle)."""
-    names = put_flat(client, bucket_name, 300)
-    m = mount_counted(mounter, proxy, bucket_name, ttl=60)
-    fd = os.open(m.path / "flat", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with os.scandir(fd) as it:
-            assert sorted(entry.name for entry in it) == names
-        taken(proxy)
-        assert os.lstat(m.path / "flat" / names[0]).st_size == len(names[0])
-        time.sleep(1.0)
-        first = taken(proxy)["HeadObject"]
-        assert 1 < first <= 1 + s3_ahead(), first
+    with listed_then_first_stat(mounter, proxy, client, bucket_name, 300) as (m, names, first):
         for name in names[1:31]:  # read ahead already: no request of their own
             assert os.lstat(m.path / "flat" / name).st_size == len(name)
         time.sleep(1.0)
@@ -338,8 +339,6 @@ def test_reads_ahead_follow_the_program_past_what_was_read_ahead(
         # on a busy machine some of the first reads reach the server only now).
         assert first + taken(proxy)["HeadObject"] == 1 + 30 + s3_ahead(), \
             "reads ahead follow stats of known entries"
-    finally:
-        os.close(fd)
 
 
 def test_metadata_reads_ahead_use_the_whole_connection_pool(
