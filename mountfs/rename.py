@@ -41,14 +41,16 @@ class Mover:
         """Copy, then delete: a crash in between leaves both names, never neither.
         `replaced`: the file the server holds by the new name, now replaced."""
         replaces_on_server = replaced is not None
-        # What an upload under the new name replaces there (its base version), read before
-        # the replaced file's cached object is discarded below.
+        # What an upload under the new name replaces there (its base version).
         replaced_etag = "" if replaced is None else \
             replaced.obj.record.etag if replaced.obj is not None else replaced.etag
         obj = node.obj or self.cache.get(src_bucket, src_key)
         old = self.cache.get(dst_bucket, dst_key)
         if old is not None and old is not obj:
-            await self.drop_cached(old)
+            # Its upload, stopped here, may have stored it meanwhile: the new name then
+            # replaces that version, not the absence (or older version) seen before.
+            replaces_on_server = await self.drop_cached(old)
+            replaced_etag = old.record.etag if replaces_on_server else ""
         if obj is not None and obj.dirty:
             await self.queue.cancel_inflight(obj)
             if obj.dirty:

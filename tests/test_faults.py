@@ -392,6 +392,32 @@ def test_umount_with_uploads_queued_behind_faults_finishes_and_loses_nothing(
           f"took {took:.1f}s; {proxy.report()}")
 
 
+def test_rename_over_a_file_whose_upload_is_under_way_replaces_what_it_stored(
+        mounter: Mounter, proxy: FaultProxy, client, bucket: str) -> None:
+    """`b`'s upload has left the mount, not yet stored, when `a` (still being written) is
+    renamed over it: the rename waits for that upload, and `a`'s then replaces the `b` it
+    stored (no conflict: no other client wrote it)."""
+    m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "0")
+    proxy.put_delay = 1.0
+    write_file(m.path / "b", b"BBBBBB")
+    deadline = time.monotonic() + 20
+    while not any(e["state"] == "uploading" for e in m.served_status()["queue"]):
+        assert time.monotonic() < deadline, m.served_status()
+        time.sleep(0.02)
+    time.sleep(0.2)  # its body sent: the proxy holds it
+    with open(m.path / "a", "wb") as a:  # open: no upload of `a` of its own
+        a.write(b"AAA")
+        a.flush()
+        os.rename(m.path / "a", m.path / "b")
+    run_cli("sync", str(m.path))
+    proxy.put_delay = 0.0
+    assert sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])) \
+        == ["b"]
+    assert on_server(client, bucket, "b") == b"AAA"
+    assert os.listdir(m.path) == ["b"]
+    mounter.umount(m)
+
+
 # ---- upload progress -----------------------------------------------------------------------
 
 

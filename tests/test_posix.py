@@ -41,11 +41,13 @@ NOBODY = 65534
 
 # ---- helpers -------------------------------------------------------------------------------
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(check: Callable[[], bool], timeout: float = 10.0,
+               what: str | Callable[[], str] = "condition") -> None:
+    """Poll `check`; `what` (or what it returns, asked only on a timeout) names the wait."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         time.sleep(0.02)
 
 
@@ -61,7 +63,8 @@ def wait_store(path: StorePath, data: bytes | None, timeout: float = 10.0) -> No
     if data is None:
         wait_until(lambda: not path.exists(), timeout, f"{path} to disappear")
     else:
-        wait_until(lambda: read_or_none(path) == data, timeout, f"{path} to hold the data")
+        wait_until(lambda: read_or_none(path) == data, timeout,
+                   lambda: f"{path} to hold {data!r:.80}: it holds {read_or_none(path)!r:.80}")
 
 
 def wait_idle(m: Mount, timeout: float = 10.0) -> None:

@@ -32,6 +32,8 @@ gives the same sequence of faults (which request gets which depends on the clien
 `list_delay` (seconds) holds every ListObjectsV2 request that long before forwarding it, and
 `list_max_keys` (0: as asked) makes the server answer it in pages of that many keys, so a test
 can see a listing arrive page by page; `list_times` records when each one came in.
+`put_delay` (seconds) holds every PutObject that long after its body arrived, before forwarding
+it: the upload is then past the client's last chance to take it back, and not stored yet.
 
 `bandwidth` (bytes per second, 0: unlimited) throttles how fast each request's body is read
 from the client, so a test can watch an upload in flight (its progress in `mountfs status`).
@@ -131,6 +133,7 @@ class FaultProxy(S3Proxy):
         self.deny_writes = False
         self.bandwidth = 0  # bytes per second a request body is read at; 0: unlimited
         self.list_delay = 0.0
+        self.put_delay = 0.0
         self.list_max_keys = 0
         self.list_times: list[float] = []  # time.monotonic() of each ListObjectsV2 request
         self.retry_after: str | None = None  # the Retry-After header of error replies
@@ -154,6 +157,8 @@ class FaultProxy(S3Proxy):
             h.answer(403, {"Content-Type": "application/xml"},
                      error_body("AccessDenied", h.url_path, "Access Denied (fault proxy)"))
             return
+        if op == "PutObject" and self.put_delay:
+            time.sleep(self.put_delay)
         if op == "ListObjectsV2":
             with self.lock:
                 self.list_times.append(time.monotonic())

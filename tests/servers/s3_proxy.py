@@ -40,6 +40,8 @@ def operation(method: str, query: dict[str, list[str]], copy: bool, path: str = 
     `path`: the URL's path, path-style, which tells a HEAD of a bucket from one of an object)."""
     if method == "PUT" and copy:
         return "UploadPartCopy" if "partNumber" in query else "CopyObject"
+    if method == "PUT" and "/" in path.strip("/") and "partNumber" not in query:
+        return "PutObject"
     if method == "GET" and query.get("list-type") == ["2"]:
         return "ListObjectsV2"
     if method == "HEAD":
