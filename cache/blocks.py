@@ -599,10 +599,11 @@ class BlockCache:
         """Bytes [lo, lo + len(out)) of block n into `out` (a hole reads as zeros), opened by
         path: safe in a worker thread (the upload)."""
         got = 0
-        if lo < obj.blocks.get(n, 0):
+        have = obj.blocks.get(n, 0)  # once: the trio thread may drop the block meanwhile
+        if lo < have:
             with open(obj.block_path(n), "rb", buffering=0) as f:
                 f.seek(lo)
-                got = f.readinto(out[:obj.blocks[n] - lo]) or 0
+                got = f.readinto(out[:have - lo]) or 0
         out[got:] = bytes(len(out) - got)
 
     def has_block(self, obj: CachedObject, n: int) -> bool:
