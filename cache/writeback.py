@@ -24,41 +24,20 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import trio
 
-from cache.blocks import BlockCache, BlockReader, CachedObject, DataLost, Superseded
+from cache.blocks import BlockCache, CachedObject, DataLost, Superseded
 from cache.journal import ObjectRecord
 from cache.storage import Storage
 from cache.streams import PartStorage, PartStreams
+from cache.upload_entry import Entry
 
 log = logging.getLogger(__name__)
 
 FSYNC_TEMP_TRIES = 3  # temporary failures fsync rides out before it reports the error
-MAX_BACKOFF = 60.0
 RECENT_UPLOADS = 100  # kept for status watchers (see WritebackQueue.recent)
-# Longest wait before retrying a temporary failure once the queue is hurried (unmounting).
-HURRIED_BACKOFF = 2.0
-
-
-@dataclass(eq=False)
-class Entry:
-    obj: CachedObject
-    due: float
-    tries: int = 0
-    sent: bool = False  # handed to a worker, not finished yet
-    reader: BlockReader | None = None
-    error: str = ""
-    permanent: bool = False  # the last try failed in a way retrying alone will not cure
-    lost: bool = False  # its data is gone from the cache: never tried again
-    queued_at: float = 0.0  # trio time it was queued (for how long the oldest waits)
-
-    @property
-    def awaited(self) -> bool:
-        """Whether a drain waits for it: every upload that may still succeed."""
-        return not self.lost
 
 
 class WritebackQueue:
@@ -244,26 +223,9 @@ class WritebackQueue:
                 "oldest_age": max((now - e.queued_at for e in entries), default=0.0)}
 
     def status(self) -> list[dict[str, Any]]:
-        out = []
         now = trio.current_time()
-        for entry in self._entries.values():
-            rec = entry.obj.record
-            state = ("uploading" if entry.sent else "lost" if entry.lost
-                     else "failed" if entry.permanent else "retrying" if entry.tries
-                     else "waiting")
-            # Progress: what the driver has read of the data, which it reads as it sends (the
-            # S3 driver a MiB at a time per part; a single PUT of up to 8 MiB reads it whole).
-            size = entry.reader.size if entry.sent and entry.reader else entry.obj.size
-            done = entry.reader.done if entry.sent and entry.reader else \
-                self.streams.done(entry.obj) if entry.sent and self.streams else 0
-            out.append({
-                "bucket": rec.bucket, "key": rec.key, "size": size, "done": done,
-                "percent": round(100 * done / size, 1) if size else 0.0,
-                "state": state, "tries": entry.tries, "error": entry.error,
-                "next_try": None if entry.sent or entry.lost
-                else round(max(0.0, entry.due - now), 1),
-            })
-        return out
+        return [entry.row(now, self.streams.done(entry.obj) if self.streams else None)
+                for entry in self._entries.values()]
 
     # ---- the machinery ---------------------------------------------------------------------
 
@@ -369,13 +331,8 @@ class WritebackQueue:
             entry.due = trio.current_time() + self.delay
             return
         except DataLost as exc:
-            entry.tries += 1
-            entry.lost, entry.due = True, math.inf
-            entry.error = f"{type(exc).__name__}: {exc}"
-            obj.last_error = exc
+            entry.lost_data(exc)
             self.cache.mark_lost(obj, str(exc))
-            log.error("upload of %s/%s is impossible: %s; not tried again. Its data cannot be "
-                      "recovered: give it up with mountfs discard", rec.bucket, rec.key, exc)
             return
         except Exception as exc:  # every failure is kept and retried, never dropped
             if obj.detached:
@@ -384,18 +341,8 @@ class WritebackQueue:
             if self.resolve_conflict is not None and self.resolve_conflict(obj, exc):
                 entry.due = trio.current_time()  # settled: upload again at once
                 return
-            entry.tries += 1
-            entry.error = f"{type(exc).__name__}: {exc}"
-            obj.last_error = exc
-            backoff = min(HURRIED_BACKOFF if self.hurried else MAX_BACKOFF,
-                          0.5 * 2 ** (entry.tries - 1))
-            # A permanent failure (access denied, no such bucket) is still tried again, at the
-            # longest interval: the user may fix the cause; fsync tries at once.
-            entry.permanent = not self.storage.is_temp_failure(exc)
-            if entry.permanent:
-                backoff = MAX_BACKOFF
-            entry.due = trio.current_time() + backoff
-            log_failure(rec, entry, backoff)
+            entry.failed(exc, trio.current_time(),
+                         permanent=not self.storage.is_temp_failure(exc), hurried=self.hurried)
             return
         self.cache.uploaded(obj, generation, version.etag, version.mtime_ns, reader.size)
         self._uploaded(entry, reader.size)
@@ -407,26 +354,8 @@ class WritebackQueue:
         obj = entry.obj
         self.uploaded_count += 1
         self.recent.append((self.uploaded_count, obj.record.bucket, obj.record.key, size))
-        entry.error, entry.permanent = "", False
-        if obj.dirty:
-            entry.due = trio.current_time() + self.delay
-            entry.tries = 0
-        else:
+        if not entry.succeeded(trio.current_time(), self.delay):
             self._entries.pop(obj, None)
-
-
-def log_failure(rec: ObjectRecord, entry: Entry, backoff: float) -> None:
-    """One line: the file, the service's message, and what happens next."""
-    at = time.strftime("%H:%M:%S", time.localtime(time.time() + backoff))
-    if entry.permanent:
-        log.error("upload of %s/%s failed (try %d): %s; retrying alone will not cure this: "
-                  "tried again in %.0fs (at %s) and at each fsync of the file, kept in the "
-                  "cache until then; to give it up: mountfs discard MOUNTPOINT %s/%s",
-                  rec.bucket, rec.key, entry.tries, entry.error, backoff, at, rec.bucket,
-                  rec.key)
-    else:
-        log.warning("upload of %s/%s failed (try %d): %s; retrying in %.1fs (at %s)",
-                    rec.bucket, rec.key, entry.tries, entry.error, backoff, at)
 
 
 def base_version(rec: ObjectRecord) -> str | None:
