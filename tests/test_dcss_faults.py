@@ -173,3 +173,20 @@ def test_fault_replies_speak_each_services_format(service: DcssService,
                                                      "fault proxy"]}
         else:
             assert body.startswith(b"<?xml") and b"<Code>ServiceUnavailable</Code>" in body
+
+
+def test_concurrent_cold_reads_ask_for_one_presigned_url(mounter: Mounter, service: DcssService,
+                                                         proxy: FaultProxy) -> None:
+    """GETs of one file that start together (readers at several places, a read and its
+    read-ahead) wait for one authorize request, and its URL serves them all."""
+    data = random.Random(5).randbytes(16 * MiB)
+    service.s3.put_object(Bucket=BUCKETS["private"], Key="big.bin", Body=data)
+    m = mount_via(mounter, service, proxy)
+    fd = os.open(m.path / "private" / "big.bin", os.O_RDONLY)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda at: os.pread(fd, MiB, at), range(0, 16 * MiB, 2 * MiB)))
+    finally:
+        os.close(fd)
+    assert got == [data[at:at + MiB] for at in range(0, 16 * MiB, 2 * MiB)]
+    assert proxy.seen["authorize get_object"] == 1, proxy.seen

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
 
+import trio
 import urllib3
 
 from mountfs.backends import Scope, Source
@@ -88,6 +89,7 @@ class DcssBackend(Backend):
         self.spaces = SPACES if token is not None else ("public",)
         self.http = HttpPool(THREADS, blocksize=STREAM_CHUNK)
         self._read_urls: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._authorizing: dict[tuple[str, str, str], trio.Event] = {}  # read URLs asked for
         # Part sizes of files stored as KEY.000, KEY.001, …, learnt from listings and stats.
         self._layouts: dict[tuple[str, str], list[int]] = {}
 
@@ -155,17 +157,30 @@ class DcssBackend(Backend):
         """A URL to HEAD or GET `key`: anonymous on `public`, else presigned (and reused)."""
         if space == "public":
             return self._public_url(space, key)
-        cached = self._read_urls.get((action, space, key))
-        if cached and cached[1] > time.monotonic():
-            return cached[0]
-        url = await self._authorize(action, space, key)
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-        valid = float(query.get("X-Amz-Expires", ["0"])[0] or 0)
-        if valid > 0:
-            if len(self._read_urls) >= URL_CACHE_MAX:
-                self._read_urls.clear()
-            self._read_urls[(action, space, key)] = \
-                (url, time.monotonic() + min(URL_REUSE, valid / 2))
+        name = (action, space, key)
+        while True:
+            cached = self._read_urls.get(name)
+            if cached and cached[1] > time.monotonic():
+                return cached[0]
+            # The first GETs of a cold read start together (the reader's block and its
+            # read-ahead): one authorize request answers them all, the others wait for it
+            # (and ask themselves if it brought no URL to reuse: a refusal).
+            pending = self._authorizing.get(name)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self._authorizing[name] = trio.Event()
+        try:
+            url = await self._authorize(action, space, key)
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+            valid = float(query.get("X-Amz-Expires", ["0"])[0] or 0)
+            if valid > 0:
+                if len(self._read_urls) >= URL_CACHE_MAX:
+                    self._read_urls.clear()
+                self._read_urls[name] = (url, time.monotonic() + min(URL_REUSE, valid / 2))
+        finally:
+            del self._authorizing[name]
+            done.set()
         return url
 
     def _forget_read_urls(self, space: str, key: str) -> None:

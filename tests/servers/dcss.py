@@ -83,7 +83,10 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection
               "trailer", "upgrade", "expect"}
 NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "x-amz-date", "x-amz-content-sha256",
                               "x-amz-security-token"}
-CHUNK = 1 << 16
+# Bodies are relayed in pieces of this size: the front costs both clients of a benchmark CPU on
+# the same machine, and 1 MiB pieces cost it about a sixth less than 64 KiB ones (0.60-0.72 s
+# of CPU per GiB a mount reads cold, from 0.72-0.88; 2026-12-04).
+CHUNK = 1 << 20
 # Body types moto_server reads as a form, storing an empty object (real S3 stores any body).
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 

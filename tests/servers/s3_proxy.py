@@ -33,11 +33,15 @@ from .s3 import free_port
 NOT_FORWARDED = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection"}
 
 Reply = tuple[int, dict[str, str], bytes]  # status, headers, body
+AUTHORIZE_PREFIX = "/api/v1/dcss/authorize/"  # DCSS's API, when the proxy stands before it
 
 
 def operation(method: str, query: dict[str, list[str]], copy: bool, path: str = "") -> str:
     """The S3 operation a request is, as far as these tests care (`copy`: it names a source;
-    `path`: the URL's path, path-style, which tells a HEAD of a bucket from one of an object)."""
+    `path`: the URL's path, path-style, which tells a HEAD of a bucket from one of an object).
+    A DCSS authorize request is "authorize <action>"."""
+    if path.startswith(AUTHORIZE_PREFIX):
+        return f"authorize {path[len(AUTHORIZE_PREFIX):].partition('/')[0]}"
     if method == "PUT" and copy:
         return "UploadPartCopy" if "partNumber" in query else "CopyObject"
     if method == "PUT" and "/" in path.strip("/") and "partNumber" not in query:
