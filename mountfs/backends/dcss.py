@@ -20,55 +20,39 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, TypeVar
 
-import trio
 import urllib3
 
 from mountfs.backends import Scope, Source
 from mountfs.backends.base import (HEADERS, Backend, Features, ObjectInfo, Sink,
                                    split_headers)
+from mountfs.backends.dcss_requests import (SPACES, STREAM_CHUNK, DcssRequests, RangeOpener,
+                                            Readable)
 from mountfs.backends.dcss_token import TOKEN_ENV, Token, load_public_key, parse_token
 from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, ListingPage,
-                                        PartFolder, PartRun, api_error, combined_etag,
-                                        envelope_url, parse_listing, part_key, s3_error)
+                                        PartFolder, PartRun, combined_etag, parse_listing,
+                                        part_key)
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.backends.s3 import MAX_KEY as S3_MAX_KEY
 from mountfs.backends.s3_download import PIECE
-from mountfs.backends.http import HttpPool, give_back, retry_after
-from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, NoSuchObject,
-                            NotSupported, PermissionDenied, ReadOnly, TemporaryFailure)
+from mountfs.backends.http import give_back
+from mountfs.errors import (BackendError, ConfigError, NoSuchObject, NotSupported,
+                            PermissionDenied, TemporaryFailure)
 from mountfs.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SPACES = ("private", "public", "user")
 DEFAULT_API_URL = "https://hub.duckietown.com"
 DEFAULT_S3_ENDPOINT = "https://s3.amazonaws.com"
 DEFAULT_PART_SIZE = 5 * 1024**3  # the official client's MAXIMUM_ALLOWED_SIZE
 # As the official client: a prefix before every bucket name, for staging deployments.
 BUCKET_PREFIX_ENV = "DT_BUCKET_PREFIX"
-AUTHORIZE_PATH = "/api/v1/dcss/authorize/{action}/{bucket}/{key}"
-# A presigned read URL is used again for this long (capped by half its validity): reading a
-# file block by block would otherwise ask the service once per block.
-URL_REUSE = 300.0
-URL_CACHE_MAX = 10_000
-THREADS = 16
-STREAM_CHUNK = 1024 * 1024
 AMZ_META = "x-amz-meta-"
 
 
-class Readable(Protocol):
-    """What a PUT's body is read from: a cache reader, or a stream of another object."""
-
-    def read(self, n: int = -1) -> bytes: ...
-
-
-# (offset, length) -> the file being written, from `offset` on, for one try of the PUT of those
-# bytes: each try opens it again, so it sends the data from the start.
-RangeOpener = Callable[[int, int], contextlib.AbstractAsyncContextManager[Readable]]
 
 
 class DcssBackend(Backend):
@@ -83,13 +67,9 @@ class DcssBackend(Backend):
             why_read_only=f"anonymous: writes need a Duckietown token (--token-file FILE, or "
                           f"{' or '.join(TOKEN_ENV)} in the environment)")
         self.api_url = api_url.rstrip("/")
-        self.s3_endpoint = s3_endpoint.rstrip("/")
         self.part_size = part_size
-        self.bucket_prefix = bucket_prefix
-        self.spaces = SPACES if token is not None else ("public",)
-        self.http = HttpPool(THREADS, blocksize=STREAM_CHUNK)
-        self._read_urls: dict[tuple[str, str, str], tuple[str, float]] = {}
-        self._authorizing: dict[tuple[str, str, str], trio.Event] = {}  # read URLs asked for
+        self.requests = DcssRequests(token, self.api_url, s3_endpoint, bucket_prefix,
+                                     self.retried)
         # Part sizes of files stored as KEY.000, KEY.001, …, learnt from listings and stats.
         self._layouts: dict[tuple[str, str], list[int]] = {}
 
@@ -98,146 +78,13 @@ class DcssBackend(Backend):
         who = f"uid {self.token.uid}" if self.token else "anonymous"
         return f"dcss:{host} ({who})"
 
-    # ---- plumbing --------------------------------------------------------------------------
-    # Every request (to the authorize service, or to S3 with the reading of its reply) is one
-    # try under the retry policy, its blocking part alone in a worker thread.
-
-    def _bucket(self, space: str) -> str:
-        if space not in self.spaces:
-            raise NoSuchBucket(space)
-        return f"{self.bucket_prefix}duckietown-{space}-storage"
-
-    def _s3_key(self, space: str, key: str) -> str:
-        """The key in S3: the official client keeps every key of `user` under `<uid>/`."""
-        return f"{self.token.uid}/{key}" if space == "user" and self.token else key
-
-    def _mount_key(self, space: str, s3_key: str) -> str:
-        return s3_key[len(self._s3_key(space, "")):]
-
-    async def _authorize(self, action: str, space: str, key: str,
-                         query: dict[str, str] | None = None,
-                         headers: dict[str, str] | None = None) -> str:
-        """A presigned URL for `action` on `key`, from the authorize service."""
-        if self.token is None:
-            raise ReadOnly(f"DCSS {action} on {space!r} needs a token (--token-file or "
-                           "DT_TOKEN)")
-        path = AUTHORIZE_PATH.format(action=action, bucket=self._bucket(space),
-                                     key=urllib.parse.quote(self._s3_key(space, key), safe="/"))
-        url = self.api_url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        sent = {"Authorization": f"Token {self.token.text}", **(headers or {})}
-        what = f"{action} {space}/{key}"
-
-        def once() -> str:
-            reply = self.http.request("GET", url, sent)
-            presigned = envelope_url(reply.data) if reply.status == 200 else None
-            if presigned is None:
-                raise api_error(reply.status, reply.data, what,
-                                retry_after(reply.headers.get("Retry-After")))
-            return presigned
-
-        try:
-            return await self.retried(f"authorize {what}", lambda: self.http.run(once))
-        except BackendError as exc:
-            log.warning("%s", exc)
-            raise
-
-    def _public_url(self, space: str, key: str, query: dict[str, str] | None = None) -> str:
-        """The anonymous URL of `key` in the public bucket: virtual-hosted on AWS (as the
-        official client), path-style on any other endpoint."""
-        parts = urllib.parse.urlsplit(self.s3_endpoint)
-        bucket, path = self._bucket(space), "/" + urllib.parse.quote(key, safe="/")
-        if parts.hostname and parts.hostname.endswith("amazonaws.com"):
-            netloc = f"{bucket}.{parts.netloc}"
-        else:
-            netloc, path = parts.netloc, f"{parts.path}/{bucket}{path}"
-        return urllib.parse.urlunsplit((parts.scheme, netloc, path,
-                                        urllib.parse.urlencode(query or {}), ""))
-
-    async def _read_url(self, action: str, space: str, key: str) -> str:
-        """A URL to HEAD or GET `key`: anonymous on `public`, else presigned (and reused)."""
-        if space == "public":
-            return self._public_url(space, key)
-        name = (action, space, key)
-        while True:
-            cached = self._read_urls.get(name)
-            if cached and cached[1] > time.monotonic():
-                return cached[0]
-            # The first GETs of a cold read start together (the reader's block and its
-            # read-ahead): one authorize request answers them all, the others wait for it
-            # (and ask themselves if it brought no URL to reuse: a refusal).
-            pending = self._authorizing.get(name)
-            if pending is None:
-                break
-            await pending.wait()
-        done = self._authorizing[name] = trio.Event()
-        try:
-            url = await self._authorize(action, space, key)
-            query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-            valid = float(query.get("X-Amz-Expires", ["0"])[0] or 0)
-            if valid > 0:
-                if len(self._read_urls) >= URL_CACHE_MAX:
-                    self._read_urls.clear()
-                self._read_urls[name] = (url, time.monotonic() + min(URL_REUSE, valid / 2))
-        finally:
-            del self._authorizing[name]
-            done.set()
-        return url
-
-    def _forget_read_urls(self, space: str, key: str) -> None:
-        """After a write or delete, which may leave no object KEY (gone, or parts now): its
-        reused read URLs are dropped with it."""
-        for action in ("head_object", "get_object"):
-            self._read_urls.pop((action, space, key), None)
-
-    def _s3_once(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
-                 body: Readable | None = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
-        """Blocking: one S3 request, and its reply unless that is an error (a GET's 416, a
-        range past the end, is not)."""
-        reply = self.http.request(method, url, headers, body, stream)
-        if reply.status >= 300 and not (method == "GET" and reply.status == 416):
-            data = reply.read() if stream else reply.data
-            reply.release_conn()
-            raise s3_error(reply.status, data, what,
-                           retry_after(reply.headers.get("Retry-After")))
-        return reply
-
-    async def _s3(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
-                  stream: bool = False) -> urllib3.BaseHTTPResponse:
-        """An S3 request without a body, under the retry policy."""
-        return await self.retried(what, lambda: self.http.run(
-            lambda: self._s3_once(method, url, what, headers, stream=stream)))
-
-    async def _read_request(self, action: str, space: str, key: str,
-                            headers: dict[str, str] | None = None,
-                            stream: bool = False) -> urllib3.BaseHTTPResponse:
-        method = "HEAD" if action == "head_object" else "GET"
-        what = f"{method} {space}/{key}"
-        return await self._reading(action, space, key, what, lambda url: self._s3_once(
-            method, url, what, headers, stream=stream))
-
-    async def _reading(self, action: str, space: str, key: str, what: str,
-                       once: Callable[[str], T]) -> T:
-        """`once(url)` (blocking: a request to a read URL of `key`, and the reading of its
-        reply) under the retry policy, in a worker thread."""
-        async def attempt() -> T:
-            url = await self._read_url(action, space, key)
-            return await self.retried(what, lambda: self.http.run(lambda: once(url)))
-
-        try:
-            return await attempt()
-        except PermissionDenied:
-            if self._read_urls.pop((action, space, key), None) is None:
-                raise
-            # A reused URL may have expired early (the service's clock, a revoked grant).
-            return await attempt()
-
     # ---- spaces ----------------------------------------------------------------------------
 
     async def check(self) -> None:
         try:
             if self.token is not None:
-                await self._authorize("list_objects_v2", "user", "", {"max-keys": "1"})
-            await self._s3("GET", self._public_url("public", "",
+                await self.requests.authorize("list_objects_v2", "user", "", {"max-keys": "1"})
+            await self.requests.s3("GET", self.requests.public_url("public", "",
                                                    {"list-type": "2", "max-keys": "1"}),
                            "list public")
         except PermissionDenied as exc:
@@ -248,7 +95,7 @@ class DcssBackend(Backend):
             raise ConfigError(f"{self.describe()}: {exc}") from None
 
     async def list_buckets(self) -> list[str]:
-        return list(self.spaces)
+        return list(self.requests.spaces)
 
     async def create_bucket(self, bucket: str) -> None:
         raise NotSupported(f"DCSS has the spaces {', '.join(SPACES)}; no others can be made")
@@ -261,7 +108,7 @@ class DcssBackend(Backend):
     async def list_objects(self, bucket: str, prefix: str, delimiter: str | None = "/",
                            page_size: int = 1000) -> AsyncIterator[list[ObjectInfo]]:
         space = bucket
-        s3_prefix = self._s3_key(space, prefix)
+        s3_prefix = self.requests.s3_key(space, prefix)
         folder = PartFolder()
         seen_prefixes: set[str] = set()
         token: str | None = None
@@ -285,7 +132,7 @@ class DcssBackend(Backend):
             for s3_dir in page.prefixes:
                 if s3_dir not in seen_prefixes:
                     seen_prefixes.add(s3_dir)
-                    out.append(ObjectInfo(space, self._mount_key(space, s3_dir), is_prefix=True))
+                    out.append(ObjectInfo(space, self.requests.mount_key(space, s3_dir), is_prefix=True))
             yield sorted(out, key=lambda info: info.key)
             if token is None:
                 return
@@ -312,14 +159,14 @@ class DcssBackend(Backend):
         if token:
             query["continuation-token"] = token
         if space == "public":
-            url = self._public_url(space, "", {"list-type": "2", "prefix": s3_prefix, **query})
+            url = self.requests.public_url(space, "", {"list-type": "2", "prefix": s3_prefix, **query})
         else:
-            url = await self._authorize("list_objects_v2", space,
-                                        self._mount_key(space, s3_prefix), query)
-        return parse_listing((await self._s3("GET", url, f"list {space}/{s3_prefix}")).data)
+            url = await self.requests.authorize("list_objects_v2", space,
+                                        self.requests.mount_key(space, s3_prefix), query)
+        return parse_listing((await self.requests.s3("GET", url, f"list {space}/{s3_prefix}")).data)
 
     def _listed(self, space: str, obj: ListedObject) -> ObjectInfo:
-        return ObjectInfo(space, self._mount_key(space, obj.key), obj.size,
+        return ObjectInfo(space, self.requests.mount_key(space, obj.key), obj.size,
                           iso_ns(obj.last_modified), obj.etag)
 
     async def _settle(self, space: str, item: ListedObject | PartRun) -> list[ObjectInfo]:
@@ -329,7 +176,7 @@ class DcssBackend(Backend):
         if isinstance(item, ListedObject):
             return [self._listed(space, item)]
         if not item.base_listed and len(item.parts) >= 2:
-            key = self._mount_key(space, item.base)
+            key = self.requests.mount_key(space, item.base)
             try:
                 first = await self._head(space, part_key(key, 0))
             except NoSuchObject:
@@ -346,7 +193,7 @@ class DcssBackend(Backend):
 
     async def _head(self, space: str, key: str) -> dict[str, str]:
         """The object's reply headers, names lower-cased (metadata as x-amz-meta-NAME)."""
-        reply = await self._read_request("head_object", space, key)
+        reply = await self.requests.read_request("head_object", space, key)
         return {name.lower(): value for name, value in reply.headers.items()}
 
     async def stat_object(self, bucket: str, key: str) -> ObjectInfo:
@@ -419,7 +266,7 @@ class DcssBackend(Backend):
             return b""
         # The GET and the reading of its body are one try: a body that broke off is asked
         # for again.
-        reply = await self._read_request("get_object", space, key,
+        reply = await self.requests.read_request("get_object", space, key,
                                          {"Range": f"bytes={offset}-{offset + length - 1}"})
         return b"" if reply.status == 416 else reply.data  # 416: at or past the end
 
@@ -434,7 +281,7 @@ class DcssBackend(Backend):
         def once(url: str) -> int:
             # One try: the GET and its body (a body that broke off is asked for again, and
             # written over from its start).
-            reply = self._s3_once("GET", url, what, headers, stream=True)
+            reply = self.requests.s3_once("GET", url, what, headers, stream=True)
             done = 0
             try:
                 if reply.status == 416:  # at or past the end
@@ -448,7 +295,7 @@ class DcssBackend(Backend):
                 give_back(reply)
             return done
 
-        return await self._reading("get_object", space, key, what, once)
+        return await self.requests.reading("get_object", space, key, what, once)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -482,7 +329,7 @@ class DcssBackend(Backend):
             await self._delete(space, key)
         for index in range(count if count > 1 else 0, len(old or [])):
             await self._delete(space, part_key(key, index))
-        self._forget_read_urls(space, key)
+        self.requests.forget_read_urls(space, key)
         return ObjectInfo(space, key, size, time.time_ns(),
                           etags[0] if count == 1 else combined_etag(etags), dict(metadata))
 
@@ -495,7 +342,7 @@ class DcssBackend(Backend):
         meta = {AMZ_META + name: value for name, value in user.items()}
         meta[AMZ_META + META_PARTS] = str(count)
         meta[AMZ_META + META_OWNER] = str(self.token.uid)
-        url = await self._authorize("put_object", space, key, headers=meta)
+        url = await self.requests.authorize("put_object", space, key, headers=meta)
         # Content-Type and the like are not signed (the official client's URLs sign the
         # metadata only); an x-amz- header would have to be: the storage class stays behind.
         plain = {HEADERS[k]: v for k, v in standard.items() if not HEADERS[k].startswith("x-")}
@@ -505,7 +352,7 @@ class DcssBackend(Backend):
         async def one_try() -> urllib3.BaseHTTPResponse:
             async with open_range(offset, length) as data:
                 body = Slice(data, length)
-                return await self.http.run(lambda: self._s3_once("PUT", url, what, headers,
+                return await self.requests.http.run(lambda: self.requests.s3_once("PUT", url, what, headers,
                                                                  body))
 
         reply = await self.retried(what, one_try)
@@ -544,7 +391,7 @@ class DcssBackend(Backend):
     async def _source_range(self, space: str, key: str, lo: int,
                             hi: int) -> urllib3.BaseHTTPResponse:
         """A streamed GET of bytes [lo, hi) of `key`, which must all be there."""
-        reply = await self._read_request("get_object", space, key,
+        reply = await self.requests.read_request("get_object", space, key,
                                          {"Range": f"bytes={lo}-{hi - 1}"}, stream=True)
         if reply.status != 206:  # 416: the source shrank since its stat
             give_back(reply)
@@ -556,14 +403,14 @@ class DcssBackend(Backend):
         for index in range(len(sizes or [])):
             await self._delete(bucket, part_key(key, index))
         await self._delete(bucket, key)
-        self._forget_read_urls(bucket, key)
+        self.requests.forget_read_urls(bucket, key)
 
     async def _delete(self, space: str, key: str) -> None:
-        await self._s3("DELETE", await self._authorize("delete_object", space, key),
+        await self.requests.s3("DELETE", await self.requests.authorize("delete_object", space, key),
                        f"DELETE {space}/{key}")
 
     async def aclose(self) -> None:
-        self.http.close()
+        self.requests.http.close()
 
 
 def shifted(sink: Sink, at: int) -> Sink:
