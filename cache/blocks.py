@@ -71,7 +71,7 @@ DEFAULT_BLOCK_SIZE = 1024 * 1024
 # each ranged GET after a round trip, so throughput is (bytes in flight) per round trip: 8
 # GETs of 8 MiB at once is what boto3's own parallel reads use to fill the link, and the
 # window must hold them all (at 32 blocks only 4 runs were ever under way: a cold 1 GiB read
-# on s3rver, 6 paired runs on a loaded machine: median 0.68x boto3's throughput, 0.78x at 64).
+# on s3rver, 10 paired runs on a loaded machine: median 0.68x boto3's throughput, 0.78x at 64).
 READAHEAD_MAX_BLOCKS = 64
 READAHEAD_PARALLEL = 8  # read-ahead GETs under way at once (the default)
 # Consecutive blocks a read-ahead fetches with one ranged GET: per-request costs make small
