@@ -100,6 +100,19 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def page_cache_drops() -> int:
+    """How often the page cache was dropped since boot, by anyone (/proc/vmstat; 0 where the
+    kernel does not say)."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("drop_pagecache "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def drop_caches(sync_dir: Path) -> bool:
     """Write back the file system holding `sync_dir` (syncfs: not the other mounts, which a
     plain sync would wait on) and drop the page cache. False when not allowed (not root)."""
