@@ -8,15 +8,19 @@ has (the pages fetched so far, in readdir order). A stat of one of them shows th
 stats what it lists (unlike `find` or a plain `ls`, which then cost no request per entry), and
 starts reads of the `ahead` entries after it; each later stat moves that edge. Reads run ahead
 of the program's stats, never far ahead of them: what is read is used within moments, not
-after its TTL, and a huge directory is read only as far as its reader got, plus `ahead`. At
-most `parallel` reads (`Features.parallel_requests`, about the driver's connection pool) are
-under way at once across directories; a stat only starts tasks, and waits for its own entry
-alone. A read started here is claimed in the listings' registry (`Listings.claim`), so every
-stat of that entry waits for it and no entry is read twice. Closing the handle drops the reads
-not yet begun (a stat still waiting for one reads the entry itself); those under way finish.
+after its TTL, and a huge directory is read only as far as its reader got, plus `ahead`. The
+reads are made, in the order they were asked for, by `parallel` worker tasks
+(`Features.parallel_requests`, about the driver's connection pool) across directories: a stat
+only queues reads, and waits for its own entry alone. (Workers, not a task per read behind a
+limiter: `ls -l` of a large directory makes one read per entry, and spawning a task and
+passing a limiter cost as much of the mount's one thread as the rest of a HEAD's handling.) A
+read queued here is claimed in the listings' registry (`Listings.claim`), so every stat of that
+entry waits for it and no entry is read twice. Closing the handle drops the reads not yet
+begun (a stat still waiting for one reads the entry itself); those under way finish.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -50,17 +54,21 @@ class StatAhead:
         self._claim = claim  # registers a read of the node as the one to wait for
         self._read = read  # reads it (failures left for the entry's own turn), sets the event
         self._forgo = forgo  # gives a claim up unread, setting the event
-        self._limiter = trio.CapacityLimiter(max(1, parallel))
+        self._workers = max(1, parallel)
         # Beyond the entry stat'ed: enough to keep `parallel` reads busy, little enough that
         # what is read is soon used.
-        self.ahead = 4 * max(1, parallel)
+        self.ahead = 4 * self._workers
         self._nursery: trio.Nursery | None = None
         self._windows: dict[Node, list[Window]] = {}
+        self._queue: deque[tuple[Window, Node, trio.Event]] = deque()  # claimed, not begun
+        self._idle = trio.lowlevel.ParkingLot()  # workers waiting for the queue
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Host the reads until cancelled (the mount's nursery)."""
         async with trio.open_nursery() as nursery:
+            for _ in range(self._workers):
+                nursery.start_soon(self._work)
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
@@ -105,15 +113,21 @@ class StatAhead:
         if self._nursery is None or window.closed:
             return
         edge = min(edge, len(window.entries))
+        queued = len(self._queue)
         for _, node in window.entries[window.started:edge]:
             done = self._claim(node)
             if done is not None:
-                self._nursery.start_soon(self._read_when_free, window, node, done)
+                self._queue.append((window, node, done))
         window.started = max(window.started, edge)
+        self._idle.unpark(count=len(self._queue) - queued)
 
-    async def _read_when_free(self, window: Window, node: Node, done: trio.Event) -> None:
-        async with self._limiter:
-            if window.closed:
-                self._forgo(node, done)
-                return
-            await self._read(node, done)
+    async def _work(self) -> None:
+        """One worker: the queued reads, one at a time, oldest first."""
+        while True:
+            while self._queue:
+                window, node, done = self._queue.popleft()
+                if window.closed:
+                    self._forgo(node, done)
+                else:
+                    await self._read(node, done)
+            await self._idle.park()

@@ -96,12 +96,32 @@ class Base:
 
 def http_date_ns(value: str | None) -> int:
     """An HTTP date as nanoseconds since the epoch (0 for none or an unreadable one)."""
-    if not value:
-        return 0
+    when = http_date(value) if value else None
+    return int(when.timestamp() * 1e9) if when else 0
+
+
+MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+
+def http_date(value: str) -> datetime.datetime | None:
+    """An HTTP date (the Last-Modified of every HEAD) as an aware datetime; None if unreadable.
+    The form servers send (RFC 9110's IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT") is read
+    by slicing, about a tenth of `email.utils`'s cost, which reads the others."""
+    parts = value.split()
+    if len(parts) == 6 and parts[5] == "GMT" and parts[2] in MONTHS \
+            and len(parts[4]) == 8 and parts[4][2] == parts[4][5] == ":":
+        try:
+            clock = parts[4]
+            return datetime.datetime(int(parts[3]), MONTHS[parts[2]], int(parts[1]),
+                                     int(clock[:2]), int(clock[3:5]), int(clock[6:]),
+                                     tzinfo=datetime.timezone.utc)
+        except ValueError:
+            pass
     try:
-        return int(email.utils.parsedate_to_datetime(value).timestamp() * 1e9)
+        return email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
-        return 0
+        return None
 
 
 def _tag(element: ET.Element) -> str:
@@ -138,11 +158,9 @@ def head_fields(reply: Reply) -> dict[str, Any]:
                               for header, name in REPLY_FIELDS.items() if header in reply.headers}
     fields["ContentLength"] = int(reply.headers.get("content-length", 0))
     modified = reply.headers.get("last-modified")
-    if modified:
-        try:
-            fields["LastModified"] = email.utils.parsedate_to_datetime(modified)
-        except (TypeError, ValueError):
-            pass
+    when = http_date(modified) if modified else None
+    if when is not None:
+        fields["LastModified"] = when
     fields["Metadata"] = {name[len(USER_META):]: value for name, value in reply.raw_headers
                           if name.lower().startswith(USER_META)}
     fields["ResponseMetadata"] = {"HTTPStatusCode": reply.status, "HTTPHeaders": reply.headers}
