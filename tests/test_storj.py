@@ -221,7 +221,7 @@ def test_storj_limits_are_edquot(mounter: Mounter, storj: StorjService, client: 
                                  state: Path) -> None:
     m = mount_storj(mounter, storj, make_grant(), state)
     fd = os.open(m.path / "bucket" / "over.bin", os.O_WRONLY | os.O_CREAT)
-    storj.refuse({"other"}, 403, "BandwidthLimitExceeded")
+    storj.refuse({"PutObject"}, 403, "BandwidthLimitExceeded")
     try:
         os.write(fd, b"x")
         with pytest.raises(OSError) as caught:
