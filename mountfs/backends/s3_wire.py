@@ -286,16 +286,22 @@ class Wire:
         if ca_bundle:
             tls.override_default_trust_store_from_path(ca_filepath=ca_bundle)
         self._tls = io.ClientTlsContext(tls)
-        self._provider = auth.AwsCredentialsProvider.new_delegate(self._crt_credentials)
+        self._static: tuple[tuple[str, str, str | None], auth.AwsCredentialsProvider] | None = \
+            None
 
-    def _crt_credentials(self) -> auth.AwsCredentials:
-        # Called at each signing: botocore's credentials (refreshed by botocore when they are
-        # about to expire), the one source of them for both clients.
+    def _provider(self) -> auth.AwsCredentialsProvider:
+        """The CRT's provider of botocore's credentials of this moment (refreshed by botocore
+        when they are about to expire: the one source of them for both clients). A static
+        one per set of credentials: a delegate would call back into Python from the CRT's
+        thread at every signing."""
         creds = self._credentials()
         if creds is None:
             raise PermissionDenied("no S3 credentials found")
         frozen = creds.get_frozen_credentials()
-        return auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+        key = (frozen.access_key, frozen.secret_key, frozen.token)
+        if self._static is None or self._static[0] != key:
+            self._static = key, auth.AwsCredentialsProvider.new_static(*key)
+        return self._static[1]
 
     async def request(self, operation: str, method: str, base: Base, key: str,
                       query: dict[str, str] | None = None,
@@ -315,8 +321,7 @@ class Wire:
                      query: dict[str, str] | None = None,
                      headers: dict[str, str] | None = None, body: Any = None) -> http.HttpRequest:
         """A request, signed (SigV4, by the CRT) with the credentials of this moment."""
-        if self._credentials() is None:
-            raise PermissionDenied("no S3 credentials found")
+        provider = self._provider()
         path = urllib.parse.quote(base.prefix + key, safe=KEY_SAFE)
         if query:
             path += "?" + urllib.parse.urlencode(sorted(query.items()),
@@ -337,7 +342,7 @@ class Wire:
         signed_body = auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD if base.scheme == "https" \
             else None if request.body_stream is not None else auth.AwsSignedBodyValue.EMPTY_SHA256
         config = auth.AwsSigningConfig(
-            credentials_provider=self._provider, region=base.region or self.region, service="s3",
+            credentials_provider=provider, region=base.region or self.region, service="s3",
             use_double_uri_encode=False, should_normalize_uri_path=False,
             signed_body_value=signed_body,
             signed_body_header_type=auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256)
