@@ -272,6 +272,14 @@ def failed_entry(m: Mount, key: str, error: str) -> dict:
     return entries[0]
 
 
+def wait_uploading(m: Mount, timeout: float = 20) -> None:
+    """Until `mountfs status` shows an upload under way."""
+    deadline = time.monotonic() + timeout
+    while not any(e["state"] == "uploading" for e in m.served_status()["queue"]):
+        assert time.monotonic() < deadline, m.served_status()
+        time.sleep(0.02)
+
+
 def cached_bytes(path: Path) -> bytes:
     """The file's bytes, read through the mount; the close of a read-only descriptor succeeds
     even while the file's upload fails (the failure is news only for writers)."""
@@ -400,10 +408,7 @@ def test_rename_over_a_file_whose_upload_is_under_way_replaces_what_it_stored(
     m = mount_via(mounter, proxy, bucket, "mnt", "--writeback-delay", "0")
     proxy.put_delay = 1.0
     write_file(m.path / "b", b"BBBBBB")
-    deadline = time.monotonic() + 20
-    while not any(e["state"] == "uploading" for e in m.served_status()["queue"]):
-        assert time.monotonic() < deadline, m.served_status()
-        time.sleep(0.02)
+    wait_uploading(m)
     time.sleep(0.2)  # its body sent: the proxy holds it
     with open(m.path / "a", "wb") as a:  # open: no upload of `a` of its own
         a.write(b"AAA")

@@ -15,7 +15,8 @@ import pytest
 from conftest import BACKENDS, Mounter, run_cli
 from kits import Store
 from servers.faults import FaultProxy
-from test_faults import bucket, failed_entry, mount_via, on_server, proxy  # noqa: F401
+from test_faults import (bucket, failed_entry, mount_via, on_server, proxy,  # noqa: F401
+                         wait_uploading)
 from test_s3 import bucket_name, client, s3_env  # noqa: F401 (fixtures)
 
 MiB = 1024 * 1024
@@ -113,10 +114,7 @@ def test_a_file_deleted_while_sync_waits_is_not_counted_uploaded(
     waiting = subprocess.Popen([sys.executable, "-m", "mountfs", "sync", str(m.path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while not any(e["state"] == "uploading" for e in m.status()["queue"]):
-            assert time.monotonic() < deadline, m.status()
-            time.sleep(0.05)
+        wait_uploading(m)
         (m.path / "gone.bin").unlink()
         out, err = waiting.communicate(timeout=30)
     finally:

@@ -53,8 +53,6 @@ BUCKET_PREFIX_ENV = "DT_BUCKET_PREFIX"
 AMZ_META = "x-amz-meta-"
 
 
-
-
 class DcssBackend(Backend):
     def __init__(self, token: Token | None, api_url: str = DEFAULT_API_URL,
                  s3_endpoint: str = DEFAULT_S3_ENDPOINT, part_size: int = DEFAULT_PART_SIZE,
@@ -84,9 +82,8 @@ class DcssBackend(Backend):
         try:
             if self.token is not None:
                 await self.requests.authorize("list_objects_v2", "user", "", {"max-keys": "1"})
-            await self.requests.s3("GET", self.requests.public_url("public", "",
-                                                   {"list-type": "2", "max-keys": "1"}),
-                           "list public")
+            await self.requests.s3("GET", self.requests.public_url(
+                "public", "", {"list-type": "2", "max-keys": "1"}), "list public")
         except PermissionDenied as exc:
             raise ConfigError(f"{self.describe()}: refused: {exc}") from None
         except NoSuchObject as exc:
@@ -132,7 +129,8 @@ class DcssBackend(Backend):
             for s3_dir in page.prefixes:
                 if s3_dir not in seen_prefixes:
                     seen_prefixes.add(s3_dir)
-                    out.append(ObjectInfo(space, self.requests.mount_key(space, s3_dir), is_prefix=True))
+                    out.append(ObjectInfo(space, self.requests.mount_key(space, s3_dir),
+                                          is_prefix=True))
             yield sorted(out, key=lambda info: info.key)
             if token is None:
                 return
@@ -159,11 +157,13 @@ class DcssBackend(Backend):
         if token:
             query["continuation-token"] = token
         if space == "public":
-            url = self.requests.public_url(space, "", {"list-type": "2", "prefix": s3_prefix, **query})
+            url = self.requests.public_url(space, "", {"list-type": "2", "prefix": s3_prefix,
+                                                       **query})
         else:
             url = await self.requests.authorize("list_objects_v2", space,
-                                        self.requests.mount_key(space, s3_prefix), query)
-        return parse_listing((await self.requests.s3("GET", url, f"list {space}/{s3_prefix}")).data)
+                                                self.requests.mount_key(space, s3_prefix), query)
+        reply = await self.requests.s3("GET", url, f"list {space}/{s3_prefix}")
+        return parse_listing(reply.data)
 
     def _listed(self, space: str, obj: ListedObject) -> ObjectInfo:
         return ObjectInfo(space, self.requests.mount_key(space, obj.key), obj.size,
@@ -266,8 +266,8 @@ class DcssBackend(Backend):
             return b""
         # The GET and the reading of its body are one try: a body that broke off is asked
         # for again.
-        reply = await self.requests.read_request("get_object", space, key,
-                                         {"Range": f"bytes={offset}-{offset + length - 1}"})
+        span = f"bytes={offset}-{offset + length - 1}"
+        reply = await self.requests.read_request("get_object", space, key, {"Range": span})
         return b"" if reply.status == 416 else reply.data  # 416: at or past the end
 
     async def _range_into(self, space: str, key: str, offset: int, length: int,
@@ -352,8 +352,8 @@ class DcssBackend(Backend):
         async def one_try() -> urllib3.BaseHTTPResponse:
             async with open_range(offset, length) as data:
                 body = Slice(data, length)
-                return await self.requests.http.run(lambda: self.requests.s3_once("PUT", url, what, headers,
-                                                                 body))
+                return await self.requests.http.run(
+                    lambda: self.requests.s3_once("PUT", url, what, headers, body))
 
         reply = await self.retried(what, one_try)
         return str(reply.headers.get("ETag", "")).strip('"')
@@ -392,7 +392,7 @@ class DcssBackend(Backend):
                             hi: int) -> urllib3.BaseHTTPResponse:
         """A streamed GET of bytes [lo, hi) of `key`, which must all be there."""
         reply = await self.requests.read_request("get_object", space, key,
-                                         {"Range": f"bytes={lo}-{hi - 1}"}, stream=True)
+                                                 {"Range": f"bytes={lo}-{hi - 1}"}, stream=True)
         if reply.status != 206:  # 416: the source shrank since its stat
             give_back(reply)
             raise BackendError(f"GET {space}/{key}: HTTP {reply.status} for bytes {lo}-{hi - 1}")
@@ -406,11 +406,11 @@ class DcssBackend(Backend):
         self.requests.forget_read_urls(bucket, key)
 
     async def _delete(self, space: str, key: str) -> None:
-        await self.requests.s3("DELETE", await self.requests.authorize("delete_object", space, key),
-                       f"DELETE {space}/{key}")
+        url = await self.requests.authorize("delete_object", space, key)
+        await self.requests.s3("DELETE", url, f"DELETE {space}/{key}")
 
     async def aclose(self) -> None:
-        self.requests.http.close()
+        self.requests.close()
 
 
 def shifted(sink: Sink, at: int) -> Sink:

@@ -78,8 +78,8 @@ class DcssRequests:
         return s3_key[len(self.s3_key(space, "")):]
 
     async def authorize(self, action: str, space: str, key: str,
-                         query: dict[str, str] | None = None,
-                         headers: dict[str, str] | None = None) -> str:
+                        query: dict[str, str] | None = None,
+                        headers: dict[str, str] | None = None) -> str:
         """A presigned URL for `action` on `key`, from the authorize service."""
         if self.token is None:
             raise ReadOnly(f"DCSS {action} on {space!r} needs a token (--token-file or "
@@ -153,7 +153,7 @@ class DcssRequests:
             self._read_urls.pop((action, space, key), None)
 
     def s3_once(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
-                 body: Readable | None = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
+                body: Readable | None = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
         """Blocking: one S3 request, and its reply unless that is an error (a GET's 416, a
         range past the end, is not)."""
         reply = self.http.request(method, url, headers, body, stream)
@@ -165,21 +165,21 @@ class DcssRequests:
         return reply
 
     async def s3(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
-                  stream: bool = False) -> urllib3.BaseHTTPResponse:
+                 stream: bool = False) -> urllib3.BaseHTTPResponse:
         """An S3 request without a body, under the retry policy."""
         return await self.retried(what, lambda: self.http.run(
             lambda: self.s3_once(method, url, what, headers, stream=stream)))
 
     async def read_request(self, action: str, space: str, key: str,
-                            headers: dict[str, str] | None = None,
-                            stream: bool = False) -> urllib3.BaseHTTPResponse:
+                           headers: dict[str, str] | None = None,
+                           stream: bool = False) -> urllib3.BaseHTTPResponse:
         method = "HEAD" if action == "head_object" else "GET"
         what = f"{method} {space}/{key}"
         return await self.reading(action, space, key, what, lambda url: self.s3_once(
             method, url, what, headers, stream=stream))
 
     async def reading(self, action: str, space: str, key: str, what: str,
-                       once: Callable[[str], T]) -> T:
+                      once: Callable[[str], T]) -> T:
         """`once(url)` (blocking: a request to a read URL of `key`, and the reading of its
         reply) under the retry policy, in a worker thread."""
         async def attempt() -> T:
@@ -193,3 +193,6 @@ class DcssRequests:
                 raise
             # A reused URL may have expired early (the service's clock, a revoked grant).
             return await attempt()
+
+    def close(self) -> None:
+        self.http.close()
