@@ -18,6 +18,7 @@ import pytest
 from conftest import BACKENDS, Mount, Mounter, is_mounted
 from kits import Store
 from stores import StorePath, tree
+from test_posix import wait_store
 
 pytestmark = pytest.mark.backends(*BACKENDS)
 
@@ -88,8 +89,9 @@ def test_fusermount_unmount_still_uploads(mounter: Mounter, store: Store) -> Non
     m = mounter.mount(store, "--writeback-delay", "300", "--whole-file-delay", "300")
     (m.bucket / "late").write_bytes(b"queued at fusermount -u")
     subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
-    wait_for(lambda: (store.stored / "late").exists())
-    assert (store.stored / "late").read_bytes() == b"queued at fusermount -u"
+    # Until it holds the data, not merely exists: FirecREST's upload writes the file in place,
+    # so it can be seen empty while the upload is under way.
+    wait_store(store.stored / "late", b"queued at fusermount -u", timeout=30)
 
 
 def stdlib_sample(dest: Path) -> Path:
