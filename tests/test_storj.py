@@ -123,6 +123,23 @@ def test_refused_credentials_are_dropped_and_the_grant_registered_again(
     assert client.get_object(Bucket="bucket", Key="b.txt")["Body"].read() == b"two"
 
 
+def test_credentials_the_gateway_stops_taking_while_mounted_are_renewed(
+        mounter: Mounter, storj: StorjService, client: Any, state: Path) -> None:
+    grant = make_grant()
+    # Listings trusted for no time: the read of b.txt asks the gateway.
+    m = mount_storj(mounter, storj, grant, state, "storj://", "--metadata-ttl", "0")
+    (m.path / "bucket" / "a.txt").write_text("one")
+    storj.forget(grant)  # the gateway refuses the mount's credentials from now on
+    client.put_object(Bucket="bucket", Key="b.txt", Body=b"two")
+    assert (m.path / "bucket" / "b.txt").read_text() == "two"
+    (m.path / "bucket" / "c.txt").write_text("three")
+    os.sync()
+    mounter.umount(m)
+    assert storj.registrations(grant) == 2
+    assert client.get_object(Bucket="bucket", Key="c.txt")["Body"].read() == b"three"
+    assert client.get_object(Bucket="bucket", Key="a.txt")["Body"].read() == b"one"
+
+
 def test_a_revoked_grant_is_one_line_and_its_credentials_are_dropped(
         mounter: Mounter, storj: StorjService, state: Path, tmp_path: Path) -> None:
     grant = make_grant()

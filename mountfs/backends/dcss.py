@@ -34,7 +34,7 @@ from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, Li
                                         PartFolder, PartRun, combined_etag, parse_listing,
                                         part_key)
 from mountfs.backends.registry import Driver, DriverContext, Option
-from mountfs.backends.s3 import MAX_KEY as S3_MAX_KEY
+from mountfs.backends.s3_model import MAX_KEY as S3_MAX_KEY
 from mountfs.backends.s3_download import PIECE
 from mountfs.backends.http import give_back
 from mountfs.errors import (BackendError, ConfigError, NoSuchObject, NotSupported,

@@ -6,7 +6,7 @@ signature, a connection from a small pool of keep-alive connections per host, th
 reply (bridged from the CRT's event-loop threads to trio), and the reading of the reply into
 the dicts boto3 would have returned, so the driver above keeps one shape: HEAD and write
 replies as boto3's, listings as boto3's ListObjects/ListObjectsV2 results (keys URL-decoded),
-errors as botocore's `ClientError` (mapped to mountfs errors in one place, `S3Backend.translate`).
+errors as botocore's `ClientError` (mapped to mountfs errors in one place, s3_errors.py).
 Transport failures (refused, reset, a reply cut short, no bytes for the read timeout) are
 TemporaryFailure. Nothing here retries: the driver puts each request under the retry policy.
 
@@ -47,7 +47,7 @@ T = TypeVar("T")
 # What botocore leaves unquoted in a request path (a key's '/' stays a '/').
 KEY_SAFE = "/~"
 USER_META = "x-amz-meta-"
-# HEAD reply headers -> boto3's names of them (as `s3.metadata_of` reads them).
+# HEAD reply headers -> boto3's names of them (as `s3_model.metadata_of` reads them).
 REPLY_FIELDS = {"content-type": "ContentType", "cache-control": "CacheControl",
                 "content-disposition": "ContentDisposition",
                 "content-encoding": "ContentEncoding", "content-language": "ContentLanguage",
@@ -175,8 +175,8 @@ def write_fields(reply: Reply) -> dict[str, Any]:
 
 def object_headers(metadata: dict[str, str]) -> dict[str, str]:
     """The request headers that store `metadata` (user metadata and the headers mountfs
-    keeps), as botocore sends `s3.object_fields`: an unreadable Expires is not kept, a readable
-    one is sent as an HTTP date in GMT."""
+    keeps), as botocore sends `s3_model.object_fields`: an unreadable Expires is not kept, a
+    readable one is sent as an HTTP date in GMT."""
     user, kept = split_headers(metadata)
     headers = {USER_META + name: value for name, value in user.items()}
     for key, value in kept.items():

@@ -15,26 +15,36 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
+
+import trio
 
 from mountfs.backends import Scope, Source
-from mountfs.backends.base import HEADERS, Features, ObjectInfo
+from mountfs.backends.base import HEADERS, ObjectInfo
 from mountfs.backends.http import HttpPool
 from mountfs.backends.registry import Driver, DriverContext, Option
-from mountfs.backends.s3 import S3Backend, part_size_for
+from mountfs.backends.s3 import S3Backend
+from mountfs.backends.s3_errors import error_code
+from mountfs.backends.s3_model import part_size_for
 from mountfs.backends.storj_auth import DEFAULT_AUTH, Registrations, S3Credentials
 from mountfs.backends.storj_grant import ACCESS_ENV, Grant, parse
 from mountfs.backends.storj_metadata import from_storj, to_storj
 from mountfs.backends.storj_share import add_commands
-from mountfs.errors import (BackendError, ConfigError, NoSuchBucket, PermissionDenied,
-                            QuotaExceeded, TemporaryFailure)
+from mountfs.errors import (BackendError, ConfigError, PermissionDenied, QuotaExceeded,
+                            TemporaryFailure)
 
 log = logging.getLogger(__name__)
 
 SEGMENT = 64 * 1024 * 1024  # Storj's segment size: parts of whole segments store best
 REGION = "us-east-1"  # the gateway ignores it; botocore needs one to sign
+# The gateway's codes for credentials it does not know (forgotten, expired), as S3's.
+REFUSED_CREDENTIALS = frozenset({"InvalidAccessKeyId"})
+VERIFY_EVERY = 30.0  # seconds: how often refusals may make the driver ask whether it is them
+T = TypeVar("T")
 # The gateway's codes for uplink's errors that S3 has no code of its own for.
 STORJ_CODES: dict[str, type[BackendError]] = {
     "BandwidthLimitExceeded": QuotaExceeded,  # uplink: bandwidth limit exceeded
@@ -56,6 +66,9 @@ class StorjBackend(S3Backend):
         # S3Backend.__init__ runs in `_use`, once credentials are known (at check).
         self.grant, self.registrations = grant, registrations
         self.http = HttpPool(2)
+        self._renewal = trio.Lock()
+        self._renewals = 0  # how many times credentials were taken: which requests used which
+        self._verified = -math.inf  # when the gateway last took the credentials (trio's clock)
         if not grant.writable:
             self.features = dataclasses.replace(
                 StorjBackend.features, writable=False,
@@ -65,11 +78,16 @@ class StorjBackend(S3Backend):
         return f"storj:{self.grant.satellite.rpartition('@')[2]}"
 
     def _use(self, credentials: S3Credentials) -> None:
-        refused = vars(self).get("wire")  # the connections of credentials the gateway refused
-        S3Backend.__init__(self, credentials.endpoint, REGION,
-                           credentials=(credentials.access_key_id, credentials.secret_key))
-        if refused is not None:
-            refused.close()
+        keys = (credentials.access_key_id, credentials.secret_key)
+        if self._renewals == 0:
+            S3Backend.__init__(self, credentials.endpoint, REGION, credentials=keys)
+        else:
+            self.use_credentials(keys, credentials.endpoint)
+        self._renewals += 1
+
+    async def _register_again(self) -> None:
+        self.registrations.forget(self.grant)
+        self._use(await self.registrations.register(self.grant, self.http))
 
     async def connect(self) -> None:
         """S3 credentials: kept from an earlier registration of the grant if the gateway still
@@ -84,10 +102,48 @@ class StorjBackend(S3Backend):
         except PermissionDenied as exc:
             log.info("the gateway refused the kept Storj credentials (%s): registering the "
                      "access grant again", exc)
-            self.registrations.forget(self.grant)
-            self._use(await self.registrations.register(self.grant, self.http))
+            await self._register_again()
         except BackendError:
             pass  # the mount's check says what is wrong, in one line
+
+    async def retried(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """The retry policy, and once more with new credentials where the gateway no longer
+        takes the ones a request was refused with (the auth service forgot or expired them
+        while mounted): a program sees EACCES only where the grant itself refuses."""
+        renewals = self._renewals
+        try:
+            return await super().retried(what, attempt)
+        except PermissionDenied:
+            if not await self._renewed_since(renewals):
+                raise
+        return await super().retried(what, attempt)
+
+    async def _renewed_since(self, renewals: int) -> bool:
+        """Whether credentials newer than those of `renewals` are in use: registered again now
+        if the gateway refuses the current ones. A refusal may be the grant's own (a path it
+        does not allow), and a HEAD's names no reason: a listing of the buckets tells, at most
+        once per VERIFY_EVERY seconds, and once for the refusals of many requests at once."""
+        async with self._renewal:
+            if self._renewals != renewals:
+                return True
+            if trio.current_time() - self._verified < VERIFY_EVERY:
+                return False
+            try:
+                await super().retried("ListBuckets (are the credentials still taken?)",
+                                      lambda: self._once("list_buckets"))
+            except PermissionDenied as exc:
+                if error_code(exc) not in REFUSED_CREDENTIALS:
+                    return False
+                log.warning("the gateway no longer takes the Storj credentials (%s): "
+                            "registering the access grant again", exc)
+                try:
+                    await self._register_again()
+                except ConfigError as refused:  # revoked: the refusal stands
+                    log.warning("%s", refused)
+                    return False
+                return True
+            self._verified = trio.current_time()
+            return False
 
     def translate(self, exc: BaseException) -> BaseException:
         response = getattr(exc, "response", None)
