@@ -27,13 +27,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import trio
 
 from cache.blocks import BlockCache, BlockReader, CachedObject
 from cache.errors import DataLost, Superseded
 from cache.storage import Storage, StoredVersion
+from cache.storage import Readable
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class PartStorage(Storage, Protocol):
     async def begin_upload(self, bucket: str, key: str, metadata: dict[str, str]) -> str: ...
 
     async def upload_part(self, bucket: str, key: str, upload_id: str, number: int,
-                          data: BinaryIO, offset: int, length: int) -> str | None: ...
+                          data: Readable, offset: int, length: int) -> str | None: ...
 
     async def complete_upload(self, bucket: str, key: str, upload_id: str,
                               parts: list[tuple[int, str]], size: int, metadata: dict[str, str],

@@ -13,8 +13,8 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
 
+from cache.storage import Readable
 from mountfs.backends import Scope, Source
 from mountfs.backends.base import Backend, ObjectInfo
 from mountfs.backends.registry import Driver, DriverContext
@@ -95,7 +95,7 @@ class MemoryBackend(Backend):
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
         return self._object(bucket, key).data[offset:offset + length]
 
-    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+    async def write_object(self, bucket: str, key: str, data: Readable, size: int,
                            metadata: dict[str, str]) -> ObjectInfo:
         stored = Stored(data.read(size), dict(metadata))
         self._bucket(bucket)[key] = stored

@@ -10,10 +10,10 @@ every version ever stored.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import BinaryIO
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends.base import Backend, ObjectInfo, Sink
 
 Hook = Callable[[], Awaitable[None]]
@@ -81,7 +81,7 @@ class FaultyStorage:
                 if error is not None:
                     raise error
 
-    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+    async def write_object(self, bucket: str, key: str, data: Readable, size: int,
                            metadata: dict[str, str]) -> ObjectInfo:
         self.write_times.append(trio.current_time())
         if self._failures:
@@ -104,7 +104,7 @@ class _Interrupted:
     of one upload, as a FUSE request served meanwhile would be.
     """
 
-    def __init__(self, f: BinaryIO, hook: Hook) -> None:
+    def __init__(self, f: Readable, hook: Hook) -> None:
         self._f = f
         self._hook: Hook | None = hook
 

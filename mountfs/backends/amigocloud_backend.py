@@ -37,10 +37,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends.amigocloud_api import AmigoApi
 from mountfs.backends.amigocloud_wire import (FORMATS, PROJECT, READ, SUCCESS, DatasetFile,
                                               timestamp_ns, unique_names)
@@ -250,7 +251,7 @@ class AmigoCloudBackend(Backend):
             raise NotPermitted(f"{bucket}/{key}: only files copied into uploads/ can be "
                                "written (they are imported as datasets)")
 
-    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+    async def write_object(self, bucket: str, key: str, data: Readable, size: int,
                            metadata: dict[str, str]) -> ObjectInfo:
         await self.check_key(bucket, key)
         project = await self._project(bucket)

@@ -19,10 +19,11 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends.amigocloud_api import AmigoApi
 from mountfs.backends.amigocloud_wire import CHUNK_SIZE, MAX_SIZE_SIMPLE_UPLOAD, timestamp_ns
 from mountfs.backends.progress import Transfer, Transfers
@@ -49,7 +50,7 @@ class Importer:
         self.following: dict[str, trio.Event] = {}
 
     @contextlib.asynccontextmanager
-    async def importing(self, project: dict[str, Any], name: str, data: BinaryIO, size: int,
+    async def importing(self, project: dict[str, Any], name: str, data: Readable, size: int,
                         what: str) -> AsyncIterator[dict[str, Any]]:
         """`data` imported into `project` as file `name`: the import job's final state (its
         `id` added), the job in `following` until the block ends."""
@@ -106,7 +107,7 @@ class Importer:
                      "importing again", exc)
         return None
 
-    async def _read(self, data: BinaryIO, offset: int, length: int) -> bytes:
+    async def _read(self, data: Readable, offset: int, length: int) -> bytes:
         def read() -> bytes:
             data.seek(offset)
             return data.read(length)
@@ -135,7 +136,7 @@ class Importer:
             raise BackendError(f"{what}: HTTP 400: {reply.get('detail', reply)}")
         return await self.api.backend.retried(what, attempt)
 
-    async def _simple_upload(self, project: dict[str, Any], name: str, data: BinaryIO,
+    async def _simple_upload(self, project: dict[str, Any], name: str, data: Readable,
                              size: int, what: str, transfer: Transfer) -> str:
         transfer.phase = "uploading"
         body = await self._read(data, 0, size)
@@ -145,7 +146,7 @@ class Importer:
         transfer.done = size
         return job
 
-    async def _chunked_upload(self, project: dict[str, Any], name: str, data: BinaryIO,
+    async def _chunked_upload(self, project: dict[str, Any], name: str, data: Readable,
                               size: int, what: str, transfer: Transfer) -> str:
         """Chunks with Content-Range, the first answering the upload's id, then `complete`
         with the MD5 of the whole file, which the service checks."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
+from cache.storage import Readable, Sink
 from mountfs.backends.retry import retrying
 from mountfs.errors import NotSupported, TemporaryFailure
 
@@ -25,9 +26,6 @@ IF_ABSENT = ""
 
 # The pieces `Backend.stream_object` reads by default.
 STREAM_PIECE = 8 * 1024 * 1024
-# Where a read's bytes go as they arrive: sink(position in the range, data). `data` may be a
-# view of a buffer the driver reuses: valid only during the call.
-Sink = Callable[[int, bytes | memoryview], None]
 
 # What a retry may cure, whichever driver raised it.
 TEMPORARY_FAILURES = (TemporaryFailure, ConnectionError, TimeoutError)
@@ -210,9 +208,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def write_object(
-        self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str]
+        self, bucket: str, key: str, data: Readable, size: int, metadata: dict[str, str]
     ) -> ObjectInfo:
-        """Store `size` bytes read from `data` as one whole object, atomically replacing any old one.
+        """Store `size` bytes read from `data` as one whole object, atomically replacing any
+        old one.
 
         Drivers with `features.conditional_writes` also take a keyword `if_match: str | None`:
         None stores unconditionally; IF_ABSENT ("") only if the key holds no object; an ETag
@@ -274,7 +273,7 @@ class Backend(abc.ABC):
         raise NotSupported(f"{self.describe()} uploads objects whole")
 
     async def upload_part(self, bucket: str, key: str, upload_id: str, number: int,
-                          data: BinaryIO, offset: int, length: int) -> str | None:
+                          data: Readable, offset: int, length: int) -> str | None:
         """Send part `number` (from 1) of the upload: bytes [offset, offset + length) of `data`
         (a seekable file, read from a worker thread). The part's ETag; None when the service
         no longer has the upload (aborted, expired). A part sent again replaces the earlier."""
@@ -317,4 +316,3 @@ class Backend(abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections."""
-

@@ -20,15 +20,16 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import urllib3
 
+from cache.storage import Readable
 from mountfs.backends import Scope, Source
 from mountfs.backends.base import (HEADERS, Backend, Features, ObjectInfo, Sink,
                                    split_headers)
-from mountfs.backends.dcss_requests import (SPACES, STREAM_CHUNK, DcssRequests, RangeOpener,
-                                            Readable)
+from mountfs.backends.dcss_requests import (SPACES, STREAM_CHUNK, BodyStream, DcssRequests,
+                                            RangeOpener)
 from mountfs.backends.dcss_token import TOKEN_ENV, Token, load_public_key, parse_token
 from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, ListingPage,
                                         PartFolder, PartRun, combined_etag, parse_listing,
@@ -299,10 +300,10 @@ class DcssBackend(Backend):
 
     # ---- writes ----------------------------------------------------------------------------
 
-    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+    async def write_object(self, bucket: str, key: str, data: Readable, size: int,
                            metadata: dict[str, str]) -> ObjectInfo:
         @contextlib.asynccontextmanager
-        async def from_data(offset: int, length: int) -> AsyncIterator[Readable]:
+        async def from_data(offset: int, length: int) -> AsyncIterator[BodyStream]:
             data.seek(offset)
             yield data
 
@@ -375,7 +376,7 @@ class DcssBackend(Backend):
         names = [part_key(key, i) for i in range(len(sizes))] if layout else [key]
 
         @contextlib.asynccontextmanager
-        async def from_source(offset: int, length: int) -> AsyncIterator[Readable]:
+        async def from_source(offset: int, length: int) -> AsyncIterator[BodyStream]:
             replies: list[urllib3.BaseHTTPResponse] = []
             try:
                 for index, lo, hi in pieces(sizes, offset, length):
@@ -432,7 +433,7 @@ def pieces(sizes: list[int], offset: int, length: int) -> Iterator[tuple[int, in
 class Slice:
     """`length` bytes of a file from its current position, as a body urllib3 streams."""
 
-    def __init__(self, data: Readable, length: int) -> None:
+    def __init__(self, data: BodyStream, length: int) -> None:
         self.data, self.left = data, length
 
     def read(self, n: int = -1) -> bytes:

@@ -40,7 +40,7 @@ STREAM_CHUNK = 1024 * 1024
 Retried = Callable[[str, Callable[[], Awaitable[T]]], Awaitable[T]]
 
 
-class Readable(Protocol):
+class BodyStream(Protocol):
     """What a PUT's body is read from: a cache reader, or a stream of another object."""
 
     def read(self, n: int = -1) -> bytes: ...
@@ -48,7 +48,7 @@ class Readable(Protocol):
 
 # (offset, length) -> the file being written, from `offset` on, for one try of the PUT of those
 # bytes: each try opens it again, so it sends the data from the start.
-RangeOpener = Callable[[int, int], contextlib.AbstractAsyncContextManager[Readable]]
+RangeOpener = Callable[[int, int], contextlib.AbstractAsyncContextManager[BodyStream]]
 
 
 class DcssRequests:
@@ -63,7 +63,6 @@ class DcssRequests:
         self.http = HttpPool(THREADS, blocksize=STREAM_CHUNK)
         self._read_urls: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._authorizing: dict[tuple[str, str, str], trio.Event] = {}  # read URLs asked for
-
 
     def bucket(self, space: str) -> str:
         if space not in self.spaces:
@@ -153,7 +152,7 @@ class DcssRequests:
             self._read_urls.pop((action, space, key), None)
 
     def s3_once(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
-                body: Readable | None = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
+                body: BodyStream | None = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
         """Blocking: one S3 request, and its reply unless that is an error (a GET's 416, a
         range past the end, is not)."""
         reply = self.http.request(method, url, headers, body, stream)

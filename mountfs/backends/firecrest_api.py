@@ -17,11 +17,12 @@ import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import trio
 import urllib3
 
+from cache.storage import Readable
 from mountfs.backends.base import Backend
 from mountfs.backends.firecrest_wire import POLL_FIRST, POLL_MAX, api_error, reply_error
 from mountfs.backends.http import HttpPool, raise_reported, retry_after
@@ -171,7 +172,7 @@ class Dialect(abc.ABC):
         """A file up to the direct limit, whole; TooLarge when it is over."""
 
     @abc.abstractmethod
-    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int,
+    async def upload_staged(self, system: str, path: str, data: Readable, size: int,
                             transfer: Transfer) -> None:
         """`size` bytes of `data` through the staging area, until the file is in place; the
         bytes sent and the phase go to `transfer`."""

@@ -24,10 +24,11 @@ import posixpath
 import stat
 import urllib.parse
 from collections.abc import AsyncIterator
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends.base import Backend, Features, ObjectInfo
 from mountfs.backends.firecrest_api import DIRECT_LIMIT, Dialect, FirecrestApi
 from mountfs.backends.firecrest_staged import StagedCopies
@@ -276,7 +277,7 @@ class FirecrestBackend(Backend):
         self._large.pop((bucket, key), None)
         await self._staged.drop(bucket, path_of(key))
 
-    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+    async def write_object(self, bucket: str, key: str, data: Readable, size: int,
                            metadata: dict[str, str]) -> ObjectInfo:
         path = await self.writable_path(bucket, key)
         await self._forget(bucket, key)
@@ -300,7 +301,7 @@ class FirecrestBackend(Backend):
             await self._upload_staged(bucket, path, data, size)
         return await self._chmod_to(bucket, key, mode)
 
-    async def _upload_direct(self, bucket: str, path: str, data: BinaryIO, size: int) -> None:
+    async def _upload_direct(self, bucket: str, path: str, data: Readable, size: int) -> None:
         def read() -> bytes:
             data.seek(0)
             return data.read(size)
@@ -315,7 +316,7 @@ class FirecrestBackend(Backend):
                     raise
                 await self.dialect.mkdir(bucket, posixpath.dirname(path))
 
-    async def _upload_staged(self, bucket: str, path: str, data: BinaryIO, size: int) -> None:
+    async def _upload_staged(self, bucket: str, path: str, data: Readable, size: int) -> None:
         await self.dialect.mkdir(bucket, posixpath.dirname(path))
         with self.progress.track(f"upload {bucket}:{path}", size) as transfer:
             await self.dialect.upload_staged(bucket, path, data, size, transfer)

@@ -12,8 +12,9 @@ its URL (117); its staged copy is invalidated when the driver releases it.
 """
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+from typing import Any
 
+from cache.storage import Readable
 from mountfs.backends.firecrest_api import Dialect, Staged
 from mountfs.backends.http import multipart_around, streamed_body
 from mountfs.backends.firecrest_wire import (TASK_FORM, TASK_STAGED, TASK_UPLOADED,
@@ -94,7 +95,7 @@ class V1(Dialect):
                                        {"sourcePath": path}, headers={"X-Machine-Name": system})
         return bytes(reply.data)
 
-    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int,
+    async def upload_staged(self, system: str, path: str, data: Readable, size: int,
                             transfer: Transfer) -> None:
         parent, _, name = path.rpartition("/")
         what = f"staged upload {system}:{path}"
@@ -141,7 +142,7 @@ class V1(Dialect):
 
         return await self.api.poll(reached)
 
-    async def _send(self, form: dict[str, Any], name: str, data: BinaryIO, size: int,
+    async def _send(self, form: dict[str, Any], name: str, data: Readable, size: int,
                     what: str) -> None:
         """The file to the staging area as the task's form says (its `parameters`: method,
         url, data, headers), streamed and read again from the start for every try."""

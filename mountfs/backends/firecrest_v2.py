@@ -6,10 +6,11 @@ hands out, then complete the upload; a staged download is a presigned GET.
 """
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends.firecrest_api import Dialect, Staged
 from mountfs.backends.firecrest_wire import JOB_ENDED, JOB_SUCCESS, V2_REFUSED, job_log_error
 from mountfs.backends.progress import Transfer
@@ -80,7 +81,7 @@ class V2(Dialect):
                                        f"download {system}:{path}", {"path": path})
         return bytes(reply.data)
 
-    async def upload_staged(self, system: str, path: str, data: BinaryIO, size: int,
+    async def upload_staged(self, system: str, path: str, data: Readable, size: int,
                             transfer: Transfer) -> None:
         what = f"staged upload {system}:{path}"
         answer = await self.api.call("POST", f"/filesystem/{system}/transfer/upload", what,
@@ -130,7 +131,7 @@ class V2(Dialect):
             error = b""
         raise job_log_error(error.decode("utf-8", "replace"), what)
 
-    async def upload_parts(self, directives: dict[str, Any], data: BinaryIO, size: int,
+    async def upload_parts(self, directives: dict[str, Any], data: Readable, size: int,
                            what: str, transfer: Transfer) -> None:
         """Send `size` bytes of `data` to the presigned part URLs, each part read again from
         its offset for every try, then complete the multipart upload."""

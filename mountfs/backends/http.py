@@ -15,12 +15,13 @@ import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import trio
 import urllib3
 from urllib3.filepost import choose_boundary, encode_multipart_formdata
 
+from cache.storage import Readable
 from mountfs.errors import (BackendError, ConfigError, NoSuchObject, NotSupported,
                             PermissionDenied, PreconditionFailed, TemporaryFailure)
 
@@ -147,7 +148,7 @@ def multipart_around(fields: list[tuple[str, Any]]) -> tuple[bytes, bytes, str]:
     return whole[:-len(tail)], tail, content_type
 
 
-def streamed_body(data: BinaryIO, size: int, what: str, head: bytes = b"",
+def streamed_body(data: Readable, size: int, what: str, head: bytes = b"",
                   tail: bytes = b"") -> Iterator[bytes]:
     """A request body: `head`, the `size` bytes of `data` from its start, `tail`, in pieces,
     so a large file is never whole in memory. Each try of a request makes its own."""

@@ -23,13 +23,14 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import contextmanager
 from itertools import islice
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends import Scope, Source
 from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo
 from mountfs.backends.registry import Driver, DriverContext
@@ -142,7 +143,7 @@ def _is_marker(fd: int) -> bool:
         return next(it, None) is None or bool(_read_meta(fd))
 
 
-def _copy_exact(src: BinaryIO, fd: int, size: int) -> None:
+def _copy_exact(src: Readable, fd: int, size: int) -> None:
     left = size
     while left:
         chunk = src.read(min(CHUNK, left))
@@ -352,7 +353,8 @@ class LocalBackend(Backend):
         finally:
             walk.close()  # its directory descriptors, now rather than at a garbage collection
 
-    def _listing(self, bucket: str, prefix: str, recursive: bool) -> Iterator[ObjectInfo]:
+    def _listing(self, bucket: str, prefix: str,
+                 recursive: bool) -> Generator[ObjectInfo, None, None]:
         """The objects (and, not `recursive`, prefixes) under `prefix`, in S3 key order."""
         head, slash, name_prefix = prefix.rpartition("/")
         if not slash:
@@ -487,7 +489,7 @@ class LocalBackend(Backend):
             return _info(bucket, key, parent, name)
 
     async def write_object(
-        self, bucket: str, key: str, data: BinaryIO, size: int, metadata: dict[str, str],
+        self, bucket: str, key: str, data: Readable, size: int, metadata: dict[str, str],
         if_match: str | None = None,
     ) -> ObjectInfo:
         return await self._call(

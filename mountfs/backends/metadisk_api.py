@@ -14,12 +14,13 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import trio
 import websockets.exceptions
 import websockets.sync.client
 
+from cache.storage import Readable
 from mountfs.backends.http import HttpPool, multipart_around, streamed_body
 from mountfs.backends.metadisk_wire import KeyPair, NonceFile, error_of
 from mountfs.errors import TemporaryFailure
@@ -115,7 +116,7 @@ class BridgeApi:
                            {"operation": operation})
         return str(reply["token"])
 
-    async def upload(self, bucket_id: str, name: str, data: BinaryIO, size: int,
+    async def upload(self, bucket_id: str, name: str, data: Readable, size: int,
                      mimetype: str) -> dict:
         """PUT the file (multipart, as pymdc posts it) with a new PUSH token: its entry. The
         body is streamed from `data`, from its start at each try."""

@@ -15,10 +15,11 @@ import logging
 import mimetypes
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends.base import Backend, Features, ObjectInfo
 from mountfs.backends.metadisk_api import BridgeApi
 from mountfs.backends import metadisk_names as index
@@ -205,7 +206,7 @@ class MetadiskBackend(Backend):
         data = await self._download(await self._bucket(bucket), named.etag)
         return data[offset:offset + length]
 
-    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+    async def write_object(self, bucket: str, key: str, data: Readable, size: int,
                            metadata: dict[str, str]) -> ObjectInfo:
         if key == INDEX_NAME:
             raise NotPermitted(f"{INDEX_NAME} is the name index of the mount, not a file")
@@ -274,4 +275,3 @@ class MetadiskBackend(Backend):
 
     async def aclose(self) -> None:
         self.api.http.close()
-

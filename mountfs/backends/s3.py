@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends import Scope
 from mountfs.backends import Source as BackendSource
 from mountfs.backends.base import ObjectInfo, Sink
@@ -186,7 +187,7 @@ class S3Backend(S3Copies):
                 return 0
             raise
 
-    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+    async def write_object(self, bucket: str, key: str, data: Readable, size: int,
                            metadata: dict[str, str], if_match: str | None = None) -> ObjectInfo:
         condition = self._condition(if_match)
         part_etags: list[str] = []

@@ -8,10 +8,11 @@ import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends.base import ObjectInfo
 from mountfs.backends.s3_errors import error_code
 from mountfs.backends.s3_model import etag_of, multipart_etag, object_fields, part_size_for
@@ -28,7 +29,7 @@ PartSender = Callable[[str, int, int, int], Awaitable[str]]
 class S3Multipart(S3Requests):
     """The S3 driver's multipart uploads (their parts hold the slots `_part_slots`)."""
 
-    def _file_parts(self, bucket: str, key: str, data: BinaryIO,
+    def _file_parts(self, bucket: str, key: str, data: Readable,
                     read_lock: threading.Lock | None = None) -> PartSender:
         """Parts streamed from `data` as the CRT sends them (`PartBody`); `data` is one
         stream, read under one lock."""
@@ -62,7 +63,8 @@ class S3Multipart(S3Requests):
         upload_id = upload["UploadId"]
         try:
             etags = await self._send_parts(size, functools.partial(send, upload_id))
-            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+            parts: list[dict[str, Any]] = [{"PartNumber": n, "ETag": etags[n]}
+                                           for n in sorted(etags)]
             if part_etags is not None:
                 part_etags.extend(p["ETag"] for p in parts)
             try:
@@ -171,7 +173,7 @@ class S3Multipart(S3Requests):
         return str(upload["UploadId"])
 
     async def upload_part(self, bucket: str, key: str, upload_id: str, number: int,
-                          data: BinaryIO, offset: int, length: int) -> str | None:
+                          data: Readable, offset: int, length: int) -> str | None:
         send = self._file_parts(bucket, key, data)
         async with self._part_slots:  # with the parts of whole uploads: PARALLEL_PARTS
             try:

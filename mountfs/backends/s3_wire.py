@@ -30,13 +30,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import trio
 from awscrt import auth, http, io
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from cache.storage import Readable
 from mountfs.backends.base import HEADERS, Sink, split_headers
 from mountfs.errors import BackendError, ConfigError, PermissionDenied, TemporaryFailure
 
@@ -505,7 +506,7 @@ class PartBody:
 
     CHUNK = 1024 * 1024
 
-    def __init__(self, data: BinaryIO, lock: threading.Lock, offset: int, length: int,
+    def __init__(self, data: Readable, lock: threading.Lock, offset: int, length: int,
                  key: str) -> None:
         self.data, self.lock, self.offset, self.length, self.key = data, lock, offset, length, key
         self.pos = 0

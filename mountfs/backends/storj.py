@@ -19,10 +19,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import trio
 
+from cache.storage import Readable
 from mountfs.backends import Scope, Source
 from mountfs.backends.base import HEADERS, ObjectInfo
 from mountfs.backends.http import HttpPool
@@ -175,7 +176,7 @@ class StorjBackend(S3Backend):
     async def stat_object(self, bucket: str, key: str) -> ObjectInfo:
         return self._ours(await super().stat_object(bucket, key))
 
-    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+    async def write_object(self, bucket: str, key: str, data: Readable, size: int,
                            metadata: dict[str, str], if_match: str | None = None) -> ObjectInfo:
         return self._ours(await super().write_object(bucket, key, data, size,
                                                      to_storj(metadata), if_match=if_match))

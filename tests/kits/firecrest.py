@@ -17,11 +17,12 @@ import dataclasses
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from kits import Kit, Store
+from cache.storage import Readable
 from mountfs.backends import Source
 from mountfs.backends.base import Backend, Features, ObjectInfo
 from mountfs.errors import NotSupported
@@ -111,7 +112,7 @@ class DirectoryAsBucket(Backend):
     async def read_object(self, bucket: str, key: str, offset: int, length: int) -> bytes:
         return await self.backend.read_object(self.system, f"{bucket}/{key}", offset, length)
 
-    async def write_object(self, bucket: str, key: str, data: BinaryIO, size: int,
+    async def write_object(self, bucket: str, key: str, data: Readable, size: int,
                            metadata: dict[str, str], **condition: Any) -> ObjectInfo:
         return await self._call(bucket, lambda: self.backend.write_object(
             self.system, f"{bucket}/{key}", data, size, metadata, **condition))
