@@ -95,12 +95,6 @@ class Base:
         return self.host if self.port == default else f"{self.host}:{self.port}"
 
 
-def http_date_ns(value: str | None) -> int:
-    """An HTTP date as nanoseconds since the epoch (0 for none or an unreadable one)."""
-    when = http_date(value) if value else None
-    return int(when.timestamp() * 1e9) if when else 0
-
-
 MONTHS = {name: number for number, name in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 

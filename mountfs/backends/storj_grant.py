@@ -17,7 +17,6 @@ any network use.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -166,11 +165,6 @@ class Grant:
     api_key: bytes = field(repr=False)
     encryption_access: bytes = field(repr=False)
     caveats: tuple[Caveat, ...] = ()
-
-    @property
-    def fingerprint(self) -> str:
-        """Names this grant's cached registration; says nothing of the grant itself."""
-        return hashlib.sha256(self.text.encode()).hexdigest()[:32]
 
     @property
     def writable(self) -> bool:
