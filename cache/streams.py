@@ -31,8 +31,10 @@ from typing import Any, Protocol
 
 import trio
 
-from cache.blocks import BlockCache, BlockReader, CachedObject
+from cache.block_reader import BlockReader
+from cache.blocks import BlockCache
 from cache.errors import DataLost, Superseded
+from cache.objects import CachedObject
 from cache.storage import Storage, StoredVersion
 from cache.storage import Readable
 
@@ -195,7 +197,7 @@ class PartStreams:
             stream.sending.discard(number)
             if not stream.sending:
                 stream.idle.set()
-            self.cache.room_changed()
+            self.cache.room.changed()
 
     async def _send(self, obj: CachedObject, stream: Stream, number: int, length: int) -> None:
         """Send one part and record it; its blocks become evictable. Raises Superseded when

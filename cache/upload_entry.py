@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cache.blocks import BlockReader, CachedObject
+from cache.block_reader import BlockReader
+from cache.objects import CachedObject
 
 log = logging.getLogger("cache.writeback")  # the queue's voice: one logger for its lines
 

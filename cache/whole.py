@@ -19,7 +19,8 @@ import trio
 from cache.errors import ObjectChanged
 
 if TYPE_CHECKING:
-    from cache.blocks import BlockCache, CachedObject
+    from cache.blocks import BlockCache
+    from cache.objects import CachedObject
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class WholeReads:
                      etag: str) -> None:
         if n in stream.owned:
             self.cache.misses += 1
-            await self.cache.store_fetched(obj, n, data, etag)
+            await self.cache.fetches.store_fetched(obj, n, data, etag)
             self._release(obj, stream, n)
 
     def _release(self, obj: CachedObject, stream: _Stream, n: int) -> None:

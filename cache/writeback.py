@@ -28,8 +28,10 @@ from typing import Any, cast
 
 import trio
 
-from cache.blocks import BlockCache, CachedObject, DataLost, Superseded
+from cache.blocks import BlockCache
+from cache.errors import DataLost, Superseded
 from cache.journal import ObjectRecord
+from cache.objects import CachedObject
 from cache.storage import Storage
 from cache.streams import PartStorage, PartStreams
 from cache.upload_entry import Entry
@@ -298,7 +300,7 @@ class WritebackQueue:
                 if self._entries.get(obj) is entry:  # to upload again, or to retry
                     self._plan(entry)
                 self._check_idle()
-                self.cache.room_changed()  # a failure may leave no upload that could free room
+                self.cache.room.changed()  # a failure may leave no upload that could free room
 
     async def _upload(self, entry: Entry) -> None:
         obj = entry.obj

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
-from cache.blocks import BlockCache, CachedObject
+from cache.blocks import BlockCache
+from cache.objects import CachedObject
 from mountfs.errors import PreconditionLost
 from mountfs.nodes import NAME_MAX, Node
 

@@ -30,7 +30,7 @@ from mountfs.backends.base import Backend, ObjectInfo
 from mountfs.errors import BackendError, ConfigError, NameTooLong, NotPermitted
 from mountfs.sizes import human, parse_size
 
-# Below this much free space the journal and a few blocks no longer fit (cache/blocks.py
+# Below this much free space the journal and a few blocks no longer fit (cache/room.py
 # keeps a reserve of up to 64 MiB).
 TOO_LITTLE_SPACE = 64 * 1024 * 1024
 PROBE_PREFIX = ".mountfs-doctor-"

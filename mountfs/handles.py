@@ -10,7 +10,7 @@ from itertools import count
 import outcome
 import trio
 
-from cache.blocks import CachedObject
+from cache.objects import CachedObject
 from mountfs.namespace import Node
 from mountfs.statahead import Window
 

@@ -21,7 +21,8 @@ import time
 
 import trio
 
-from cache.blocks import BlockCache, CachedObject
+from cache.blocks import BlockCache
+from cache.objects import CachedObject
 from cache.writeback import WritebackQueue
 from mountfs import attrs as attrs_mod
 from mountfs.attrs import Attributes, Defaults

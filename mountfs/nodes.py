@@ -10,7 +10,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 
-from cache.blocks import CachedObject
+from cache.objects import CachedObject
 from mountfs.attrs import Attributes
 from mountfs.errors import InvalidArgument, NameTooLong
 

@@ -11,7 +11,8 @@ deepest first, so a crash leaves the old tree or the new one whole. A cached obj
 """
 from __future__ import annotations
 
-from cache.blocks import BlockCache, CachedObject
+from cache.blocks import BlockCache
+from cache.objects import CachedObject
 from cache.writeback import WritebackQueue
 from mountfs.backends.base import Backend
 from mountfs.errors import NoSuchObject

@@ -67,7 +67,7 @@ class Status:
             # transport named), "polling", or "" (the metadata TTL alone)
             "changes": self.changes_via(),
             "cache": {
-                "dir": str(c.dir), "used": c.used, "cap": c.cap, "dirty": c.dirty_bytes(),
+                "dir": str(c.dir), "used": c.used, "cap": c.cap, "dirty": c.room.dirty_bytes(),
                 "hits": c.hits, "misses": c.misses,
                 "hit_rate": round(c.hits / lookups, 4) if lookups else None,
             },

@@ -27,8 +27,11 @@ import pytest
 import trio
 import trio.testing
 
-from cache.blocks import BlockCache, BlockReader, CachedObject, Superseded
+from cache.block_reader import BlockReader, read_block_into
+from cache.blocks import BlockCache
+from cache.errors import Superseded
 from cache.journal import ObjectRecord
+from cache.objects import CachedObject
 from cache.writeback import FSYNC_TEMP_TRIES, WritebackQueue
 from faulty import FaultyStorage
 from mountfs.backends.base import ObjectInfo
@@ -388,7 +391,7 @@ async def test_dirty_blocks_are_never_evicted(
     assert block_files(cache_dir)[dirty.id] == {0: BS, 1: BS}
     assert block_files(cache_dir)[clean.id] == {3: BS // 2}
     assert cache.used == disk_usage(cache_dir) == len(dirty_data) + BS // 2
-    assert cache.dirty_bytes() == len(dirty_data)
+    assert cache.room.dirty_bytes() == len(dirty_data)
 
 
 async def test_used_equals_the_block_files_on_disk(
@@ -975,7 +978,7 @@ async def test_no_descriptor_outlives_its_block_file(
     # What the kept descriptors read is what the files on disk hold.
     for n, length in obj.blocks.items():
         on_disk = bytearray(length)
-        cache.read_block_into(obj, n, 0, memoryview(on_disk))
+        read_block_into(obj, n, 0, memoryview(on_disk))
         assert on_disk == expect[n * BS:n * BS + length]
     assert cache.used == disk_usage(cache_dir)
     assert_no_stale_fds(cache_dir)

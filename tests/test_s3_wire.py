@@ -20,7 +20,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from cache.blocks import BlockSink
+from cache.block_files import BlockSink
 from mountfs.backends.s3 import S3Backend
 from mountfs.backends.s3_wire import Base, Wire
 from mountfs.errors import BackendError, PermissionDenied, TemporaryFailure

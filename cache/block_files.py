@@ -1,0 +1,72 @@
+"""Writing block files: a fetched range streamed into consecutive block files as it arrives
+(`BlockSink`, on the driver's thread), whole blocks written by a worker thread (`write_files`),
+and the pwrite that never writes short silently. No state: cache.fetches decides what goes
+where."""
+from __future__ import annotations
+
+import os
+
+
+def write_files(files: list[tuple[str, memoryview]]) -> None:
+    """Create each path holding its data (a worker thread writes fetched blocks with this)."""
+    for path, data in files:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            pwrite_all(fd, data, 0)
+        finally:
+            os.close(fd)
+
+
+class BlockSink:
+    """A ranged read's body written into consecutive block files as it arrives: byte p of the
+    range goes to file p // block_size at p % block_size. Called from the driver's thread
+    (see `Backend.read_into`); each call is one pwrite per block it spans, no copy in Python,
+    and a file is created when its first byte comes (on that thread, not the trio thread).
+    A context manager: the descriptors are closed on exit."""
+
+    def __init__(self, paths: list[str], block_size: int) -> None:
+        self.paths, self.block_size = paths, block_size
+        self.fds: dict[int, int] = {}  # block index in the range -> its file, once written
+
+    def __enter__(self) -> BlockSink:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        while self.fds:
+            os.close(self.fds.popitem()[1])
+
+    def __call__(self, pos: int, data: bytes | memoryview) -> None:
+        view, bs = memoryview(data), self.block_size
+        while view:
+            n, inside = divmod(pos, bs)
+            if n >= len(self.paths):
+                raise ValueError(f"a read wrote past its range (at {pos})")
+            fd = self.fds.get(n)
+            if fd is None:
+                fd = self.fds[n] = os.open(self.paths[n], os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                           0o600)
+            piece = view[:bs - inside]
+            pwrite_all(fd, piece, inside)
+            pos += len(piece)
+            view = view[len(piece):]
+
+    def cut(self, length: int) -> None:
+        """Make the files hold exactly the range's first `length` bytes (a try cut short and
+        repeated as a shorter read may have left more)."""
+        for n, fd in self.fds.items():
+            os.ftruncate(fd, max(0, min(self.block_size, length - n * self.block_size)))
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """pwrite every byte of `data` (a regular file writes short only when the disk is full,
+    and then the retry raises ENOSPC instead of losing the tail silently)."""
+    done = os.pwrite(fd, data, offset)
+    while done < len(data):
+        done += os.pwrite(fd, memoryview(data)[done:], offset + done)
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
