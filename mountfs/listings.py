@@ -1,6 +1,7 @@
 """What the store says a directory holds: lookups (with their negative cache and probes),
-listings merged into a directory's children and streamed to readdir, and the metadata a
-listing leaves out, read in batches.
+and listings merged into a directory's children and streamed to readdir. The metadata a
+listing leaves out is read by mountfs/metadata_reads.py; what the store says of one name is
+put on its node by mountfs/store_nodes.py.
 
 A directory's children are authoritative for lookups (positive and negative) while its
 listing is fresh: for the TTL from the listing's end, and while a program still reads it
@@ -28,20 +29,18 @@ from __future__ import annotations
 
 import errno
 import logging
-import stat
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from itertools import islice
 
 import trio
 
 from cache.blocks import BlockCache
-from mountfs import attrs as attrs_mod
-from mountfs.attrs import Attributes, Defaults
-from mountfs.backends.base import CONTENT_TYPE, Backend, ObjectInfo
+from mountfs.attrs import Defaults
+from mountfs.backends.base import Backend, ObjectInfo
 from mountfs.errors import BackendError, InvalidArgument, NameTooLong, NoSuchObject
 from mountfs.nodes import Node, check_name
-from mountfs.statahead import StatAhead
+from mountfs.metadata_reads import MetadataReads
+from mountfs.store_nodes import FOLDER_SUFFIX, StoreNodes, is_directory_object
 from mountfs.table import NodeTable
 
 log = logging.getLogger(__name__)
@@ -50,94 +49,23 @@ log = logging.getLogger(__name__)
 # a lookup once its listing is stale: one request answers for every name, new ones included,
 # where probing costs two per name.
 SMALL_DIR = 1000
-# Attributes a listing left out are read for this many entries of a directory at once, in
-# parallel: `ls -l` asks for each in turn, and one round trip each would dominate.
-METADATA_BATCH = 64
 # Negative lookups remembered per directory (for the TTL) before the stale ones are dropped.
 ABSENT_KEPT = 4096
-# Directories as older tools write them, beside the `dir/` marker of s3fs and rclone: a key
-# `NAME_$folder$` (Hadoop, S3 Organizer), and an empty object `NAME` whose Content-Type says it
-# is a directory (older s3fs). Both show as the directory NAME; the object itself is not shown.
-FOLDER_SUFFIX = "_$folder$"
-DIRECTORY_TYPE = "application/x-directory"
-
-
-def is_directory_object(info: ObjectInfo) -> bool:
-    """An empty object that an older tool wrote for a directory (known only from metadata)."""
-    return (not info.is_prefix and info.size == 0 and info.metadata is not None
-            and info.metadata.get(CONTENT_TYPE) == DIRECTORY_TYPE)
 
 
 class Listings:
     def __init__(self, backend: Backend, cache: BlockCache, table: NodeTable,
                  defaults: Defaults) -> None:
         self.backend = backend
-        self.cache = cache  # to see whether this mount wrote a newer version than a listing's
         self.table = table
         self.defaults = defaults
+        self.nodes = StoreNodes(cache, table, defaults)
+        self.metadata = MetadataReads(backend, table, self.nodes)
         self._warned: set[str] = set()  # names logged once as hidden or ambiguous
         # Requests under way that others would repeat: a lookup's listing of a directory, a
-        # probe of a name, a read of a node's metadata. Whoever comes second waits for it.
+        # probe of a name. Whoever comes second waits for it.
         self._listing: dict[Node, trio.Event] = {}
         self._probing: dict[tuple[Node, str], trio.Event] = {}
-        self._reading: dict[Node, trio.Event] = {}
-        # Reads the entries of directories being read and stat'ed, ahead of the stats.
-        self.stat_ahead = StatAhead(self.claim, self._read_metadata_if_can, self.forgo,
-                                    backend.features.parallel_requests)
-
-    # ---- attributes from the store ---------------------------------------------------------
-
-    def _attrs(self, info: ObjectInfo, kind: int) -> Attributes:
-        return attrs_mod.decode(info.metadata, kind, info.mtime_ns or time.time_ns(),
-                                self.defaults)
-
-    def _apply(self, node: Node, info: ObjectInfo, kind: int, asked_at: float) -> None:
-        """Refresh a node from the server, unless it holds newer data of its own. `asked_at`:
-        when the request that brought `info` began."""
-        node.refreshed_at = time.monotonic()
-        node.settle()
-        if node.pending:
-            return
-        if info.metadata is None and node.etag == info.etag and not node.is_dir:
-            return  # a listing without metadata says nothing new about an unchanged object
-        if not node.is_dir and info.etag != node.etag:
-            obj = self.cache.get(*self.table.location(node))
-            if obj is not None and obj.version_at > asked_at:
-                # This mount wrote a newer version (an upload ended while the request was
-                # under way): taking the older one would make it the base of the next upload,
-                # which would then conflict with this mount's own.
-                return
-        new = self._attrs(info, kind)
-        if node.is_dir != stat.S_ISDIR(new.mode):
-            return  # a file and a directory of one name: the node keeps its kind
-        if node.entries_changed_ns:  # this mount's change, not yet on the marker (dirtimes)
-            new.mtime_ns = max(new.mtime_ns, node.entries_changed_ns)
-            new.ctime_ns = max(new.ctime_ns, node.entries_changed_ns)
-        if info.metadata is not None or not node.is_dir:
-            node.attrs = new
-            node.meta_known = info.metadata is not None or self.defaults.from_listings
-        if not node.is_dir:
-            node.size, node.etag, node.on_server = info.size, info.etag, True
-            node.sized = info.sized
-            node.link_target = None
-
-    def _child_from_info(self, parent: Node, name: str, info: ObjectInfo, is_dir: bool,
-                         asked_at: float) -> Node:
-        kind = stat.S_IFDIR if is_dir else stat.S_IFREG
-        assert parent.children is not None
-        node = parent.children.get(name)
-        if node is not None and node.is_dir == is_dir:
-            self._apply(node, info, kind, asked_at)
-        else:
-            if node is not None:
-                self.table.detach(node)
-            node = self.table.new(parent, name, self._attrs(info, kind), info.size, info.etag)
-            node.sized = info.sized
-            node.meta_known = (info.metadata is not None or self.table.lists_buckets(parent)
-                               or self.defaults.from_listings)
-        if is_dir and info.key and not info.is_prefix and not info.key.endswith("/"):
-            node.directory_object = info.key  # an older tool's directory object
-        return node
 
     def _name_ok(self, where: str, name: str) -> bool:
         try:
@@ -171,7 +99,7 @@ class Listings:
             # elsewhere since shows from the next listing). A small directory is listed again
             # instead, below: one request for every name.
             child.meta_known = False  # stale: read again
-            node = await self.complete(child)
+            node = await self.metadata.complete(child)
             if parent.children.get(name) is node:
                 return node
             if name not in parent.children:
@@ -251,7 +179,7 @@ class Listings:
         if self.table.lists_buckets(parent):
             if name in await self.backend.list_buckets():
                 info = ObjectInfo(name, "")
-                return self._child_from_info(parent, name, info, True, time.monotonic())
+                return self.nodes.child(parent, name, info, True, time.monotonic())
             return None
         bucket, prefix = self.table.location(parent)
         key = prefix + name
@@ -280,15 +208,15 @@ class Listings:
             if file:
                 self._warn_once(parent, name,
                                 "is both a file and a directory; showing the directory")
-            node = self._child_from_info(parent, name, ObjectInfo(bucket, key + "/"), True,
-                                         asked_at)
+            node = self.nodes.child(parent, name, ObjectInfo(bucket, key + "/"), True,
+                                    asked_at)
             # Its marker, if it has one, holds its attributes (read by `complete`); without
             # one, the defaults are its attributes.
             node.meta_known = below[0].key != key + "/" or self.defaults.from_listings
             return node
         if file:
-            return self._child_from_info(parent, name, file[0], is_directory_object(file[0]),
-                                         asked_at)
+            return self.nodes.child(parent, name, file[0], is_directory_object(file[0]),
+                                    asked_at)
         return None
 
     @staticmethod
@@ -362,14 +290,14 @@ class Listings:
                 continue  # removed here since the listing began: the server said so before
             if name in seen or not is_dir and name in dirs:
                 if is_dir:  # a file `a` beside keys `a/...`: the directory wins
-                    self._child_from_info(node, name, info, True, started)
+                    self.nodes.child(node, name, info, True, started)
                 if not (is_dir and info.key.endswith(FOLDER_SUFFIX)):  # NAME_$folder$ and NAME/
                     self._warn_once(node, name,  # are one directory, as the tools meant
                                     "is both a file and a directory; showing the directory")
                 continue
             seen.add(name)
             names.append(name)
-            self._child_from_info(node, name, info, is_dir, started)
+            self.nodes.child(node, name, info, is_dir, started)
         return [(name, node.children[name]) for name in names if name in node.children]
 
     def _warn_once(self, node: Node, name: str, what: str) -> None:
@@ -401,110 +329,3 @@ class Listings:
                 if self._name_ok(prefix, name):
                     entries.append((name, info, is_dir))
             yield entries
-
-    async def complete(self, node: Node) -> Node:
-        """The node with the attributes its metadata gives, read now if a listing left them out.
-        Call before attributes are shown or changed. Siblings the listing also left incomplete
-        are read with it, in parallel: whoever asks for one entry's attributes (`ls -l`,
-        a file manager) is about to ask for the others'."""
-        # A program reading its directory: read this entry, and ahead of it. Known entries
-        # move the edge too, or reads would stop once the program reached what was read ahead
-        # and start again only at the next unknown entry, a full round trip later each time.
-        self.stat_ahead.stat_seen(node)
-        if node.meta_known:
-            return node
-        reading = self._reading.get(node)
-        if reading is not None:  # read with the siblings of another entry: one HEAD
-            await reading.wait()
-            if node.meta_known:
-                return node
-        siblings: list[Node] = []
-        if node.parent is not None and node.parent.children is not None:
-            siblings = list(islice((sibling for sibling in node.parent.children.values()
-                                    if not sibling.meta_known and sibling is not node
-                                    and sibling not in self._reading),
-                                   METADATA_BATCH - 1))
-        done = {each: trio.Event() for each in (node, *siblings)}
-        self._reading.update(done)
-        failure: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            for sibling in siblings:
-                nursery.start_soon(self._read_metadata_if_can, sibling, done[sibling])
-            try:
-                node = await self._read_metadata(node, done[node])
-            except Exception as exc:  # raised past the nursery, not wrapped in a group by it
-                failure = exc
-        if failure is not None:
-            raise failure
-        return node
-
-    def claim(self, node: Node) -> trio.Event | None:
-        """Register a read of the node's metadata about to start elsewhere (the stat-ahead),
-        for others to wait for; None: it is known, or a read is under way."""
-        if node.meta_known or node in self._reading:
-            return None
-        done = self._reading[node] = trio.Event()
-        return done
-
-    def forgo(self, node: Node, done: trio.Event) -> None:
-        """A claimed read not made after all: whoever waits for it reads the node itself."""
-        if self._reading.get(node) is done:
-            del self._reading[node]
-        done.set()
-
-    async def _read_metadata_if_can(self, node: Node, done: trio.Event) -> None:
-        """A sibling read on speculation: a failure leaves it for its own turn to report."""
-        try:
-            await self._read_metadata(node, done)
-        except Exception as exc:
-            log.debug("metadata of %s not read ahead: %s", "/".join(node.path()), exc)
-
-    async def _read_metadata(self, node: Node, done: trio.Event) -> Node:
-        """Read the node's metadata (`complete` registered the read in `_reading` as `done`);
-        the node that stands for its name now (a directory, if the metadata says an older tool
-        wrote the object for one). A file gone from the server since listed leaves its parent."""
-        try:
-            return await self._read_metadata_now(node)
-        finally:
-            if self._reading.get(node) is done:
-                del self._reading[node]
-            done.set()
-
-    async def _read_metadata_now(self, node: Node) -> Node:
-        bucket, key = self.table.location(node)
-        asked_at = time.monotonic()
-        try:
-            info = await self.backend.stat_object(bucket, key)
-        except NoSuchObject:
-            # A directory without a marker: the defaults hold. A file deleted elsewhere since
-            # listed: gone (unless it changed here meanwhile: renamed, written).
-            if not node.is_dir and not node.pending and node.refreshed_at < asked_at \
-                    and self.table.location(node) == (bucket, key):
-                self.table.detach(node)
-        else:
-            if not node.is_dir and is_directory_object(info) and node.parent is not None \
-                    and not node.pending:
-                # Listed as an empty file; a directory by its Content-Type. A new node (a new
-                # inode): the kernel cannot turn a file's inode into a directory's.
-                return self._child_from_info(node.parent, node.name, info, True, asked_at)
-            self._apply(node, info, stat.S_IFDIR if node.is_dir else stat.S_IFREG, asked_at)
-        node.meta_known = True  # (a pending node's own attributes win over the server's)
-        return node
-
-    async def getattr(self, node: Node) -> Node:
-        """The node, its attributes re-read from the server once the TTL has passed. (Should
-        `complete` find it is a directory, the kernel learns of that by its next lookup: the
-        node, whose metadata was unknown, has no kernel cache time.)"""
-        await self.complete(node)
-        node.settle()
-        if node.is_dir or node.pending or node.unlinked or self.table.fresh(node.refreshed_at) \
-                or self.table.held_fresh(node) or not node.exists_on_server:
-            return node
-        bucket, key = self.table.location(node)
-        asked_at = time.monotonic()
-        try:
-            self._apply(node, await self.backend.stat_object(bucket, key), stat.S_IFREG,
-                        asked_at)
-        except NoSuchObject:
-            node.refreshed_at = time.monotonic()  # gone on the server; keep serving what we had
-        return node

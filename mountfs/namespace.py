@@ -62,8 +62,9 @@ class Namespace:
         # The FUSE layer's entry points that live in the rooms behind this door.
         self.get, self.forget = self.table.get, self.table.forget
         self.lookup, self.list_dir = self.listings.lookup, self.listings.list_dir
-        self.complete, self.getattr = self.listings.complete, self.listings.getattr
-        self.stat_ahead = self.listings.stat_ahead
+        self.complete, self.getattr = self.listings.metadata.complete, \
+            self.listings.metadata.getattr
+        self.stat_ahead = self.listings.metadata.stat_ahead
         self._mover = Mover(backend, cache, queue)
         # Uploads state the version they replace; a lost race with another client is settled
         # where names are known.
@@ -472,4 +473,3 @@ class Namespace:
 
     def statfs_counts(self) -> tuple[int, int]:
         return len(self.table.nodes), self.cache.used
-
