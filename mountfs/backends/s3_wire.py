@@ -203,6 +203,7 @@ def listing_fields(body: bytes) -> dict[str, Any]:
     """A ListObjects / ListObjectsV2 reply as boto3's result (URL-encoded names decoded, as the
     request asked for encoding-type=url, as botocore does)."""
     root = ET.fromstring(body)
+    ns = root.tag[:root.tag.find("}") + 1]  # "{http://s3.amazonaws.com/doc/2006-03-01/}" or ""
     encoded = _text(root, "EncodingType") == "url"
 
     def name(text: str | None) -> str:
@@ -214,11 +215,12 @@ def listing_fields(body: bytes) -> dict[str, Any]:
     for element in root:
         tag = _tag(element)
         if tag == "Contents":
-            modified = _text(element, "LastModified")
+            # findtext, in C, by the namespaced names: a page holds up to 1,000 entries.
+            modified = element.findtext(ns + "LastModified")
             reply["Contents"].append({
-                "Key": name(_text(element, "Key")),
-                "Size": int(_text(element, "Size") or 0),
-                "ETag": _text(element, "ETag") or "",
+                "Key": name(element.findtext(ns + "Key")),
+                "Size": int(element.findtext(ns + "Size") or 0),
+                "ETag": element.findtext(ns + "ETag") or "",
                 "LastModified": _iso_time(modified) if modified else None})
         elif tag == "CommonPrefixes":
             reply["CommonPrefixes"].append({"Prefix": name(_text(element, "Prefix"))})
