@@ -83,7 +83,7 @@ class Listings:
         self._reading: dict[Node, trio.Event] = {}
         # Reads the entries of directories being read and stat'ed, ahead of the stats.
         self.stat_ahead = StatAhead(self.claim, self._read_metadata_if_can, self.forgo,
-                                    backend.features.parallel_requests)
+                                    self._reading.get, backend.features.parallel_requests)
 
     # ---- attributes from the store ---------------------------------------------------------
 
