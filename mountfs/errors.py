@@ -140,10 +140,19 @@ _ERRNO: list[tuple[type[BaseException], int]] = [
 ]
 
 
+# What `_ERRNO` gives each exception type met so far: `ls -l` maps two errors per entry (the
+# ENODATA of security.selinux and system.posix_acl_access), a scan of the list each.
+_BY_TYPE: dict[type[BaseException], int] = {}
+
+
 def to_errno(exc: BaseException) -> int:
     """The errno a program sees for `exc`; anything unknown is logged and becomes EIO."""
+    code = _BY_TYPE.get(type(exc))
+    if code is not None:
+        return code
     for cls, code in _ERRNO:
         if isinstance(exc, cls):
+            _BY_TYPE[type(exc)] = code
             return code
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno

@@ -35,7 +35,7 @@ class MetadataReads:
         self._reading: dict[Node, trio.Event] = {}
         # Reads the entries of directories being read and stat'ed, ahead of the stats.
         self.stat_ahead = StatAhead(self.claim, self._read_metadata_if_can, self.forgo,
-                                    backend.features.parallel_requests)
+                                    self._reading.get, backend.features.parallel_requests)
 
     async def complete(self, node: Node) -> Node:
         """The node with the attributes its metadata gives, read now if a listing left them out.

@@ -322,10 +322,17 @@ class Operations(pyfuse3.Operations):
         # Another page is fetched only while this reply is still empty: the kernel's buffer
         # may hold hundreds of entries (up to max_pages since Linux 6.x), and filling it from
         # later pages would hold the reader's first entries until several pages are in.
-        while i < len(handle.entries) or i == start_id and await handle.more():
+        # At most as many entries as are read ahead: a program that stats what it lists
+        # (`ls -l`) then reads the directory again between its stats, and gets the entries
+        # after the first reply with their attributes, sparing a lookup each (StatAhead.listed).
+        end = start_id + self.ns.stat_ahead.ahead
+        while i < end and (i < len(handle.entries) or i == start_id and await handle.more()):
             if i >= len(handle.entries):
                 continue  # an empty page
             name, node = handle.entries[i]
+            read = self.ns.stat_ahead.listed(handle.ahead, i, node)
+            if read is not None:
+                await read.wait()
             if not pyfuse3.readdir_reply(token, name.encode(), self.entry(node), i + 1):
                 break
             node.lookups += 1

@@ -17,6 +17,10 @@ passing a limiter cost as much of the mount's one thread as the rest of a HEAD's
 read queued here is claimed in the listings' registry (`Listings.claim`), so every stat of that
 entry waits for it and no entry is read twice. Closing the handle drops the reads not yet
 begun (a stat still waiting for one reads the entry itself); those under way finish.
+
+Once reads were started, readdir hands out the entries they cover only when they are read
+(`listed`): with their attributes and a cache time the kernel answers the program's stats
+itself, without a lookup each, and readdir moves the reads ahead in their stead.
 """
 from __future__ import annotations
 
@@ -50,8 +54,10 @@ class Window:
 class StatAhead:
     def __init__(self, claim: Callable[[Node], trio.Event | None],
                  read: Callable[[Node, trio.Event], Awaitable[None]],
-                 forgo: Callable[[Node, trio.Event], None], parallel: int) -> None:
+                 forgo: Callable[[Node, trio.Event], None],
+                 under_way: Callable[[Node], trio.Event | None], parallel: int) -> None:
         self._claim = claim  # registers a read of the node as the one to wait for
+        self._under_way = under_way  # the event of the node's read under way, if any
         self._read = read  # reads it (failures left for the entry's own turn), sets the event
         self._forgo = forgo  # gives a claim up unread, setting the event
         self._workers = max(1, parallel)
@@ -106,6 +112,17 @@ class StatAhead:
                 continue
             window.started = max(window.started, at)  # the program went past the others
             self._advance(window, at + 1 + self.ahead)
+
+    def listed(self, window: Window, at: int, node: Node) -> trio.Event | None:
+        """Entry `at` of the window is about to be handed to the program (readdir). Where its
+        read was started (the program stats what it lists), the event to wait for before: an
+        entry handed with its attributes costs the program's stat no lookup (the kernel keeps
+        them), a FUSE request fewer per entry. The reads ahead move on from it, as the
+        lookups that no longer come would have moved them."""
+        if at >= window.started or window.closed:
+            return None
+        self._advance(window, at + 1 + self.ahead)
+        return None if node.meta_known else self._under_way(node)
 
     def _advance(self, window: Window, edge: int) -> None:
         """Start reads of the window's entries up to `edge` (those known or under way need

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import boto3
 import pytest
+import trio
+from botocore.credentials import Credentials
 
 from cache.block_files import BlockSink
 from mountfs.backends.s3 import S3Backend
@@ -347,3 +350,44 @@ async def test_a_body_reaches_the_sink_in_large_pieces(
             assert proxy.seen["other"] == before + (1 if through else 0)
     finally:
         proxy.stop()
+
+
+async def test_a_server_that_never_replies_times_out_each_request_after_its_own_wait() -> None:
+    # The read timeout counts from each request's start (then from its last bytes): one
+    # begun later gives up later, and neither waits much past its own timeout.
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        try:
+            while True:
+                accepted.append(silent.accept()[0])
+        except OSError:
+            pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = silent.getsockname()[1]
+    wire = Wire("us-east-1", lambda: Credentials("a", "b"), 4, 5.0, 0.6, None)
+    base = Base("http", "127.0.0.1", port, "/bucket/")
+    ended: dict[str, float] = {}
+
+    async def head(key: str, after: float) -> None:
+        await trio.sleep(after)
+        with pytest.raises(TemporaryFailure, match="no reply for 0.6s"):
+            await wire.request("HeadObject", "HEAD", base, key)
+        ended[key] = time.monotonic() - start
+
+    start = time.monotonic()
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(head, "first", 0.0)
+                nursery.start_soon(head, "later", 0.4)
+    finally:
+        wire.close()
+        silent.close()
+        for conn in accepted:
+            conn.close()
+    assert 0.6 <= ended["first"] < 0.95
+    assert 1.0 <= ended["later"] < 1.35

@@ -198,6 +198,7 @@ def listing_fields(body: bytes) -> dict[str, Any]:
     """A ListObjects / ListObjectsV2 reply as boto3's result (URL-encoded names decoded, as the
     request asked for encoding-type=url, as botocore does)."""
     root = ET.fromstring(body)
+    ns = root.tag[:root.tag.find("}") + 1]  # "{http://s3.amazonaws.com/doc/2006-03-01/}" or ""
     encoded = _text(root, "EncodingType") == "url"
 
     def name(text: str | None) -> str:
@@ -209,11 +210,12 @@ def listing_fields(body: bytes) -> dict[str, Any]:
     for element in root:
         tag = _tag(element)
         if tag == "Contents":
-            modified = _text(element, "LastModified")
+            # findtext, in C, by the namespaced names: a page holds up to 1,000 entries.
+            modified = element.findtext(ns + "LastModified")
             reply["Contents"].append({
-                "Key": name(_text(element, "Key")),
-                "Size": int(_text(element, "Size") or 0),
-                "ETag": _text(element, "ETag") or "",
+                "Key": name(element.findtext(ns + "Key")),
+                "Size": int(element.findtext(ns + "Size") or 0),
+                "ETag": element.findtext(ns + "ETag") or "",
                 "LastModified": _iso_time(modified) if modified else None})
         elif tag == "CommonPrefixes":
             reply["CommonPrefixes"].append({"Prefix": name(_text(element, "Prefix"))})
@@ -247,12 +249,94 @@ def proxy_for(base: Base) -> http.HttpProxyOptions | None:
                                  auth_password=urllib.parse.unquote(proxy.password or ""))
 
 
+class _Wakeups:
+    """Events set in trio for callbacks on the CRT's threads, in batches: one
+    `run_sync_soon` (a write to trio's wakeup socket, a callback in trio's thread) for all the
+    replies that complete before trio gets to it, not one per reply. The CRT thread holds the
+    GIL in bursts, so replies complete in bursts (`ls -l` of a large directory: a HEAD per
+    entry, the wakeup a good part of a HEAD's cost in the mount's one thread)."""
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._events: list[trio.Event] = []
+
+    def set_soon(self, event: trio.Event) -> None:
+        """Set `event` in trio (from any thread)."""
+        with self._lock:
+            self._events.append(event)
+            if len(self._events) > 1:  # a batch is already on its way
+                return
+        self._token.run_sync_soon(self._set_all)
+
+    def _set_all(self) -> None:
+        with self._lock:
+            events, self._events = self._events, []
+        for event in events:
+            event.set()
+
+
+_WAKEUPS: trio.lowlevel.RunVar[_Wakeups] = trio.lowlevel.RunVar("s3_wire_wakeups")
+
+
 def _done(future: concurrent.futures.Future[Any]) -> trio.Event:
     """An event set in trio once a CRT future is done (its callback runs on a CRT thread)."""
-    token = trio.lowlevel.current_trio_token()
+    try:
+        wakeups = _WAKEUPS.get()
+    except LookupError:
+        wakeups = _Wakeups()
+        _WAKEUPS.set(wakeups)
     done = trio.Event()
-    future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+    future.add_done_callback(lambda _: wakeups.set_soon(done))
     return done
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """An exchange waiting for its reply: its event (set when the reply is whole, or by the
+    watchdog), when bytes last came (set on the CRT's thread), whether it stalled."""
+
+    done: trio.Event
+    last: float  # time.monotonic()
+    stalled: bool = False
+
+
+class _Watchdog:
+    """The read timeout of a Wire's exchanges ("no bytes for `timeout` seconds"), kept by one
+    task of the trio run while exchanges wait, not by a cancel scope per exchange (a good part
+    of a HEAD's cost in the mount's one thread). The task sleeps until the earliest moment an
+    exchange could stall; one that began since stalls later than that."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._waiting: set[_Waiting] = set()
+        self._running = False
+
+    def add(self, waiting: _Waiting) -> None:
+        self._waiting.add(waiting)
+        if not self._running:
+            self._running = True
+            trio.lowlevel.spawn_system_task(self._watch, name="s3_wire read timeout")
+
+    def remove(self, waiting: _Waiting) -> None:
+        self._waiting.discard(waiting)
+
+    async def _watch(self) -> None:
+        try:
+            while self._waiting:
+                now = time.monotonic()
+                wake = now + self.timeout
+                for waiting in list(self._waiting):
+                    due = waiting.last + self.timeout
+                    if due <= now:
+                        waiting.stalled = True
+                        self._waiting.discard(waiting)
+                        waiting.done.set()
+                    else:
+                        wake = min(wake, due)
+                await trio.sleep(wake - now)
+        finally:
+            self._running = False
 
 
 async def _wait(future: concurrent.futures.Future[T]) -> T:
@@ -272,6 +356,7 @@ class Wire:
         self.read_timeout = read_timeout
         self._credentials = credentials
         self.limiter = trio.CapacityLimiter(connections)
+        self._watchdog = _Watchdog(read_timeout)
         self._idle: dict[Base, list[http.HttpClientConnection]] = {}
         self._bootstrap = io.ClientBootstrap.get_or_create_static_default()
         self._socket = io.SocketOptions()
@@ -306,8 +391,16 @@ class Wire:
         seekable file-like object (a part being uploaded). `sink`: where a 2xx reply's body
         goes as it arrives (see `_Delivery`), instead of into `Reply.body`."""
         request = await self.signed(operation, method, base, key, query, headers, body)
-        async with self.limiter:
+        # A free connection is taken without `async with`'s round through trio's scheduler
+        # (the exchange waits for its reply in trio, a checkpoint).
+        try:
+            self.limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await self.limiter.acquire()
+        try:
             reply = await self._exchange(base, request, operation, sink)
+        finally:
+            self.limiter.release()
         if 200 <= reply.status < 300:
             return reply
         raise error_from(reply, operation)
@@ -375,32 +468,37 @@ class Wire:
         raw: list[tuple[str, str]] = []
         chunks: list[bytes] = []
         delivery = _Delivery(sink)
-        last = [time.monotonic()]  # when bytes last came: the read timeout counts from it
+        waiting: _Waiting | None = None
+        started = time.monotonic()  # the read timeout counts from it, then from the last bytes
 
         def on_response(http_stream: Any, status_code: int, headers: list[tuple[str, str]],
                         **_: Any) -> None:
             status[0] = status_code
             raw.extend(headers)
-            last[0] = time.monotonic()
+            if waiting is not None:
+                waiting.last = time.monotonic()
 
         def on_body(http_stream: Any, chunk: bytes, **_: Any) -> None:
             # On a CRT thread: a 2xx body goes to the sink as it comes (an error's is parsed).
             if not (200 <= status[0] < 300 and delivery.give(chunk)):
                 chunks.append(chunk)
-            last[0] = time.monotonic()
+            if waiting is not None:
+                waiting.last = time.monotonic()
 
         kept = False
         try:
             stream = connection.request(request, on_response, on_body)
             future = stream.completion_future
-            done = _done(future)
+            waiting = _Waiting(_done(future), started)
             stream.activate()
-            while not done.is_set():
-                with trio.move_on_after(max(0.0, last[0] + self.read_timeout - time.monotonic())):
-                    await done.wait()
-                if not done.is_set() and time.monotonic() - last[0] >= self.read_timeout:
-                    raise TemporaryFailure(f"{operation} {base.host_header}: no reply for "
-                                           f"{self.read_timeout:g}s")
+            self._watchdog.add(waiting)
+            try:
+                await waiting.done.wait()
+            finally:
+                self._watchdog.remove(waiting)
+            if waiting.stalled:
+                raise TemporaryFailure(f"{operation} {base.host_header}: no reply for "
+                                       f"{self.read_timeout:g}s")
             try:
                 future.result()
             except Exception as exc:
