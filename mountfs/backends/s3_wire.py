@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import email.utils
+import hashlib
 import http.client as httplib
 import logging
 import os
@@ -425,10 +426,18 @@ class Wire:
             request.body_stream = io.InputStream.wrap(body)
         elif method in ("PUT", "POST"):
             request.headers.add("Content-Length", "0")
-        # Over TLS the payload is not hashed (as botocore does); over plain HTTP it is, by the
-        # CRT (None: hash the body stream; an empty body has the known hash).
-        signed_body = auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD if base.scheme == "https" \
-            else None if request.body_stream is not None else auth.AwsSignedBodyValue.EMPTY_SHA256
+        # Over TLS the payload is not hashed (as botocore does); over plain HTTP it is: a
+        # stream (a part: megabytes) in a worker thread, so that the trio thread goes on
+        # serving (the CRT would hash it in the calling thread, through Python reads of 16
+        # KiB), bytes by the CRT (None: hash the body; an empty body has the known hash).
+        if base.scheme == "https":
+            signed_body: str | None = auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD
+        elif request.body_stream is None:
+            signed_body = auth.AwsSignedBodyValue.EMPTY_SHA256
+        elif isinstance(body, (bytes, bytearray, memoryview)):
+            signed_body = None
+        else:
+            signed_body = await trio.to_thread.run_sync(stream_sha256, body)
         config = auth.AwsSigningConfig(
             credentials_provider=provider, region=base.region or self.region, service="s3",
             use_double_uri_encode=False, should_normalize_uri_path=False,
@@ -593,8 +602,8 @@ class PartBody:
     chunk at a time as the request goes out, so that the data's reader sees the upload's
     progress (`mountfs status`) and a part holds one chunk in memory, not the whole part.
     One per try of the part, so that each sends it from its start. Seekable: over plain HTTP
-    the CRT reads it once to sign the payload, then rewinds it (the progress then leads by
-    that part)."""
+    it is read once to hash the payload (`stream_sha256`), then rewound (the progress then
+    leads by that part)."""
 
     CHUNK = 1024 * 1024
 
@@ -619,27 +628,57 @@ class PartBody:
 
     def read(self, n: int = -1) -> bytes:
         left = self.length - self.pos
-        n = left if n is None or n < 0 else min(n, left)
+        view = memoryview(bytearray(left if n is None or n < 0 else max(0, min(n, left))))
+        got = 0
+        while got < len(view):
+            got += self.readinto(view[got:])
+        return bytes(view)
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        """What the CRT calls (16 KiB at a time): one copy, from the chunk read last. A
+        buffer of a chunk or more at a chunk's start (`stream_sha256`) is read into whole."""
+        out = memoryview(buf).cast("B")
+        n = min(len(out), self.length - self.pos)
         if n <= 0:
-            return b""
+            return 0
         inside = self.pos - self._chunk_at
         if not 0 <= inside < len(self._chunk):
+            if n >= min(self.CHUNK, self.length - self.pos):
+                self._read(out[:n])
+                self.pos += n
+                return n
             self._fill()
             inside = 0
-        piece = bytes(self._chunk[inside:inside + n])
-        self.pos += len(piece)
-        return piece
+        n = min(n, len(self._chunk) - inside)
+        out[:n] = self._chunk[inside:inside + n]
+        self.pos += n
+        return n
 
     def _fill(self) -> None:
-        size = min(self.CHUNK, self.length - self.pos)
-        buf = bytearray(size)
+        buf = memoryview(bytearray(min(self.CHUNK, self.length - self.pos)))
+        self._read(buf)
+        self._chunk, self._chunk_at = buf, self.pos
+
+    def _read(self, buf: memoryview) -> None:
+        """`buf` filled from the data at the part's position `pos`."""
         try:
             with self.lock:
                 self.data.seek(self.offset + self.pos)
                 got = self.data.readinto(buf)
-            if got != size:
+            if got != len(buf):
                 raise BackendError(f"short read of {self.key} at {self.offset + self.pos}")
         except Exception as exc:
             self.error = exc
             raise
-        self._chunk, self._chunk_at = memoryview(buf), self.pos
+
+
+def stream_sha256(body: BinaryIO) -> str:
+    """The hex SHA-256 of a seekable body from its start, which it is left at (hashlib lets
+    go of the GIL on large buffers: a worker thread hashes while trio runs)."""
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(PartBody.CHUNK))
+    body.seek(0)
+    while n := body.readinto(view):
+        digest.update(view[:n])
+    body.seek(0)
+    return digest.hexdigest()

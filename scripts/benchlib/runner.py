@@ -104,7 +104,7 @@ def benchmark(args: argparse.Namespace, sizes: Sizes, s3rver_exe: Path, work: Pa
     mounted_tools: list[Tool] = []
     try:
         server.start()
-        store = Store(server.url)
+        store = Store(server.url, data_dir=server.data_dir)
         store.create_bucket()
         ctx = ToolContext(work=work, url=server.url, env={**os.environ, **credentials_env()},
                           repo=REPO, timeout=args.timeout, rclone=program("rclone") or "rclone",

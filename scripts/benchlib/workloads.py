@@ -150,7 +150,7 @@ def write_read(tool: Tool, bench: Bench, out: Out) -> None:
             start = time.perf_counter()
             dd_write(root / key, size, bench.timeout)
             out["a.close"] = time.perf_counter() - start
-            wait_until(lambda: bench.store.size(key) == size, timeout=bench.timeout,
+            wait_until(lambda: bench.store.stored_size(key) == size, timeout=bench.timeout,
                        what=f"{key} complete on the server")
             out["a.server"] = time.perf_counter() - start
         bench.drop_caches()
@@ -359,7 +359,7 @@ def huge_file(tool: Tool, bench: Bench, out: Out) -> None:
             (root / prefix).mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             dd_write(root / key, size, bench.timeout)
-            wait_until(lambda: bench.store.size(key) == size, timeout=bench.timeout,
+            wait_until(lambda: bench.store.stored_size(key) == size, timeout=bench.timeout,
                        what=f"{key} complete on the server")
             out["h.server"] = time.perf_counter() - start
         bench.drop_caches()
