@@ -672,7 +672,7 @@ class PartBody:
             raise
 
 
-def stream_sha256(body: BinaryIO) -> str:
+def stream_sha256(body: Readable) -> str:
     """The hex SHA-256 of a seekable body from its start, which it is left at (hashlib lets
     go of the GIL on large buffers: a worker thread hashes while trio runs)."""
     digest = hashlib.sha256()
