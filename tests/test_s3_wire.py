@@ -237,7 +237,6 @@ def test_base_follows_botocore_addressing() -> None:
     assert Base("https", "h", 8443, "/").host_header == "h:8443"
 
 
-
 class CutGets(S3Proxy):
     """Forwards every request, but the first `times` ranged GETs get a wrong body (0xff
     bytes) that breaks off halfway, as a server that died mid-reply leaves it."""
