@@ -6,8 +6,8 @@ call of a Backend method counts as a request of that operation, with its latency
 class if it raised, and the bytes it moved (read_object, read_into and stream_object down,
 write_object up). Retries come from the one retry policy (`retry.observers`), labelled with the
 operation that was running. The cache and the queue know nothing of this module: their plain
-counters (`BlockCache.hits`, `misses`, `evictions`, `WritebackQueue.summary()`) are read at
-each scrape, in the trio thread (`trio.from_thread`), since the HTTP server answers in a thread
+counters (`BlockCache.hits`, `misses`, `evictions`, `WritebackQueue.summary()`), and the FUSE
+layer's count of requests by operation (`Operations.requests`), are read at each scrape, in the trio thread (`trio.from_thread`), since the HTTP server answers in a thread
 of its own.
 
 prometheus_client (the Prometheus project's own library) serves the text format and keeps the
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, cast
 
 import trio
@@ -82,9 +82,11 @@ class Metrics:
     def _retried(self, what: str) -> None:
         self.retries.labels(self.driver, _operation.get()).inc()
 
-    def serve(self, addr: tuple[str, int], cache: BlockCache, queue: WritebackQueue) -> None:
+    def serve(self, addr: tuple[str, int], cache: BlockCache, queue: WritebackQueue,
+              fuse_requests: Mapping[str, int]) -> None:
         """Serve the metrics on addr, from now until close(); called in the trio thread."""
-        self.registry.register(MountCollector(cache, queue, trio.lowlevel.current_trio_token()))
+        self.registry.register(MountCollector(cache, queue, fuse_requests,
+                                              trio.lowlevel.current_trio_token()))
         try:
             self._server, _ = start_http_server(addr[1], addr[0], registry=self.registry)
         except OSError as exc:
@@ -182,22 +184,31 @@ class MeasuredBackend:
 
 
 class MountCollector(Collector):
-    """The cache's and the queue's own counters, read in the trio thread at each scrape."""
+    """The cache's, the queue's and the FUSE layer's own counters, read in the trio thread at
+    each scrape."""
 
     def __init__(self, cache: BlockCache, queue: WritebackQueue,
-                 token: trio.lowlevel.TrioToken) -> None:
+                 fuse_requests: Mapping[str, int], token: trio.lowlevel.TrioToken) -> None:
         self.cache, self.queue, self.token = cache, queue, token
+        self.fuse_requests = fuse_requests
 
-    def _read(self) -> dict[str, float]:
+    def _read(self) -> tuple[dict[str, float], dict[str, int]]:
         c = self.cache
-        return {"hits": c.hits, "misses": c.misses, "evictions": c.evictions,
-                "used": c.used, "cap": c.cap, **self.queue.summary()}
+        return ({"hits": c.hits, "misses": c.misses, "evictions": c.evictions,
+                 "used": c.used, "cap": c.cap, **self.queue.summary()},
+                dict(self.fuse_requests))
 
     def collect(self) -> Iterator[Metric]:
         try:
-            now = trio.from_thread.run_sync(self._read, trio_token=self.token)
+            now, fuse_requests = trio.from_thread.run_sync(self._read, trio_token=self.token)
         except trio.RunFinishedError:
             return  # the mount is ending
+        requests = CounterMetricFamily("mountfs_fuse_requests", "FUSE requests answered, by "
+                                       "operation (read, release and forget not counted)",
+                                       labels=("operation",))
+        for operation, count in sorted(fuse_requests.items()):
+            requests.add_metric((operation,), count)
+        yield requests
         for name, help_text in (("hits", "Block reads served from the cache"),
                                 ("misses", "Blocks fetched from the store"),
                                 ("evictions", "Clean blocks evicted to keep under the cap")):

@@ -118,7 +118,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     ops = Operations(ns, status, config.block_size, config.upload_on_close)
     target = os.path.realpath(config.mountpoint)  # (once mounted, its lstat would hang)
     if metrics and config.metrics_addr:
-        metrics.serve(config.metrics_addr, cache, queue)
+        metrics.serve(config.metrics_addr, cache, queue, ops.requests)
     try:
         pyfuse3.init(ops, config.mountpoint, config.options())
     except RuntimeError as exc:

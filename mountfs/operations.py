@@ -6,6 +6,7 @@ hottest handler, by its own `try`. release and forget never fail.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import json
@@ -33,8 +34,11 @@ NODE_KINDS = frozenset({stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR,
 
 
 def fuse_errors(fn: F) -> F:
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
+        args[0].requests[name] += 1
         try:
             return await fn(*args)
         except Exception as exc:
@@ -72,6 +76,9 @@ class Operations(pyfuse3.Operations):
         # on as soon as `cp` returns), with the upload's error as close's.
         self.upload_on_close = upload_on_close
         self.handles = HandleTable()
+        # FUSE requests by operation, those answered through `fuse_errors` (all but read,
+        # release and forget): for the metrics, and for tests of what programs cost.
+        self.requests: collections.Counter[str] = collections.Counter()
 
     def init(self) -> None:
         self.initialized.set()

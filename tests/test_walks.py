@@ -26,6 +26,7 @@ import pytest
 from conftest import BACKENDS, Mount, Mounter
 from servers.s3 import S3Server
 from servers.s3_proxy import S3Proxy
+from test_metrics import free_port, scrape, value
 from test_s3 import bucket_name, client, mount_s3, s3_env  # noqa: F401 (fixtures)
 
 TOPS, SUBS, FILES = 3, 3, 5  # 3 + 9 directories, 5 files in each: 72 entries below dst/
@@ -292,6 +293,33 @@ def test_ls_l_reads_metadata_ahead_in_parallel_once_each(
     assert slow_heads.most_in_flight >= 8, slow_heads.most_in_flight
     # One at a time, the HEADs alone would take len(names) * delay = 8 s.
     assert seconds < len(names) * SlowHeads.delay / 4, seconds
+
+
+def test_ls_l_costs_no_lookup_per_entry(mounter: Mounter, proxy: S3Proxy, client,  # type: ignore[no-untyped-def]
+                                        bucket_name: str) -> None:
+    """`ls -l`: once the program stats what it lists, readdir hands the entries out with their
+    attributes (StatAhead.listed), so the kernel answers the stats without a LOOKUP each; a
+    program that stats names it never listed costs one each (the count counts)."""
+    names = put_flat(client, bucket_name, 300)
+    for name in names[:20]:
+        client.put_object(Bucket=bucket_name, Key=f"other/{name}", Body=name.encode())
+    port = free_port()
+    m = mount_s3(mounter, proxy, "--metadata-ttl", "60", "--metrics-addr", f"127.0.0.1:{port}",
+                 source=f"s3://{bucket_name}")
+
+    def lookups() -> float:
+        return value(scrape(port), "mountfs_fuse_requests_total", operation="lookup")
+
+    before = lookups()
+    out = subprocess.run(["ls", "-l", str(m.path / "flat")], check=True, capture_output=True,
+                         text=True).stdout
+    assert sum(name in out for name in names) == len(names)
+    listed = lookups() - before
+    assert listed <= len(names) // 3, listed
+    before = lookups()
+    for name in names[:20]:
+        assert os.stat(m.path / "other" / name).st_size == len(name)
+    assert lookups() - before >= 20
 
 
 def test_metadata_is_read_only_a_little_ahead_of_the_program(
