@@ -7,8 +7,8 @@ class if it raised, and the bytes it moved (read_object, read_into and stream_ob
 write_object up). Retries come from the one retry policy (`retry.observers`), labelled with the
 operation that was running. The cache and the queue know nothing of this module: their plain
 counters (`BlockCache.hits`, `misses`, `evictions`, `WritebackQueue.summary()`), and the FUSE
-layer's count of requests by operation (`Operations.requests`), are read at each scrape, in the trio thread (`trio.from_thread`), since the HTTP server answers in a thread
-of its own.
+layer's count of requests by operation (`Operations.requests`), are read at each scrape, in
+the trio thread (`trio.from_thread`), since the HTTP server answers in a thread of its own.
 
 prometheus_client (the Prometheus project's own library) serves the text format and keeps the
 counters thread-safe.
