@@ -204,7 +204,8 @@ class MountCollector(Collector):
         except trio.RunFinishedError:
             return  # the mount is ending
         requests = CounterMetricFamily("mountfs_fuse_requests", "FUSE requests answered, by "
-                                       "operation (read, release and forget not counted)",
+                                       "operation (read, release, releasedir, fsyncdir and forget "
+                                       "not counted)",
                                        labels=("operation",))
         for operation, count in sorted(fuse_requests.items()):
             requests.add_metric((operation,), count)

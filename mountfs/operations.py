@@ -77,7 +77,8 @@ class Operations(pyfuse3.Operations):
         self.upload_on_close = upload_on_close
         self.handles = HandleTable()
         # FUSE requests by operation, those answered through `fuse_errors` (all but read,
-        # release and forget): for the metrics, and for tests of what programs cost.
+        # release, releasedir, fsyncdir and forget): for the metrics, and for tests of what
+        # programs cost.
         self.requests: collections.Counter[str] = collections.Counter()
 
     def init(self) -> None:
