@@ -354,10 +354,9 @@ class Wire:
                  connections: int, connect_timeout: float, read_timeout: float,
                  ca_bundle: str | None) -> None:
         self.region = region or "us-east-1"
-        self.read_timeout = read_timeout
         self._credentials = credentials
         self.limiter = trio.CapacityLimiter(connections)
-        self._watchdog = _Watchdog(read_timeout)
+        self._watchdog = _Watchdog(read_timeout)  # the one keeper of the read timeout
         self._idle: dict[Base, list[http.HttpClientConnection]] = {}
         self._bootstrap = io.ClientBootstrap.get_or_create_static_default()
         self._socket = io.SocketOptions()
@@ -507,7 +506,7 @@ class Wire:
                 self._watchdog.remove(waiting)
             if waiting.stalled:
                 raise TemporaryFailure(f"{operation} {base.host_header}: no reply for "
-                                       f"{self.read_timeout:g}s")
+                                       f"{self._watchdog.timeout:g}s")
             try:
                 future.result()
             except Exception as exc:
