@@ -64,9 +64,11 @@ class StorjBackend(S3Backend):
         ("mode", "uid", "gid", "atime", "mtime", "ctime", "rdev", "xattr", *HEADERS)))
 
     def __init__(self, grant: Grant, registrations: Registrations) -> None:
-        # S3Backend.__init__ runs in `_use`, once credentials are known (at check).
         self.grant, self.registrations = grant, registrations
         self.http = HttpPool(2)
+        # S3Backend.__init__ needs the credentials and the gateway's endpoint: it runs in
+        # `_use`, at the first credentials (at check); later ones replace them.
+        self._s3_built = False
         self._renewal = trio.Lock()
         self._renewals = 0  # how many times credentials were taken: which requests used which
         self._verified = -math.inf  # when the gateway last took the credentials (trio's clock)
@@ -80,10 +82,11 @@ class StorjBackend(S3Backend):
 
     def _use(self, credentials: S3Credentials) -> None:
         keys = (credentials.access_key_id, credentials.secret_key)
-        if self._renewals == 0:
-            S3Backend.__init__(self, credentials.endpoint, REGION, credentials=keys)
-        else:
+        if self._s3_built:
             self.use_credentials(keys, credentials.endpoint)
+        else:
+            S3Backend.__init__(self, credentials.endpoint, REGION, credentials=keys)
+            self._s3_built = True
         self._renewals += 1
 
     async def _register_again(self) -> None:
@@ -99,8 +102,17 @@ class StorjBackend(S3Backend):
             return
         self._use(cached)
         try:
+            # Kept credentials the gateway forgot or let expire (InvalidAccessKeyId) are renewed
+            # in this request already, as any request's are (`retried`).
             await self.list_buckets()
         except PermissionDenied as exc:
+            # Refused otherwise (AccessDenied: the grant revoked), or renewing them failed.
+            # This second path is the mount's alone: the gateway has not taken the kept
+            # credentials once, so they are dropped and the grant registered again, and the
+            # auth service says in the mount's one line whether it refuses the grant itself
+            # (ConfigError). `retried` must not do so while mounted: a 403 other than
+            # InvalidAccessKeyId may then be the grant's own refusal of one request (a path,
+            # an operation it does not allow), which no registration cures: EACCES.
             log.info("the gateway refused the kept Storj credentials (%s): registering the "
                      "access grant again", exc)
             await self._register_again()
@@ -109,8 +121,9 @@ class StorjBackend(S3Backend):
 
     async def retried(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """The retry policy, and once more with new credentials where the gateway no longer
-        takes the ones a request was refused with (the auth service forgot or expired them
-        while mounted): a program sees EACCES only where the grant itself refuses."""
+        takes the ones a request was refused with (the auth service forgot or expired them,
+        while mounted or since an earlier mount kept them): a program sees EACCES only where
+        the grant itself refuses."""
         renewals = self._renewals
         try:
             return await super().retried(what, attempt)
