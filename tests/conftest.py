@@ -166,6 +166,11 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "Features lack one of these, or keep not those attributes")
     config.addinivalue_line("markers", "backend_bug(name, reason): a strict xfail on that "
                                        "driver, for a known bug of mountfs")
+    # A shell starts a background job (`cmd &`) with SIGINT ignored, and an ignored signal stays
+    # ignored through exec: the programs the tests start would then never see the Ctrl-C some
+    # tests send them. Handled here, it is back to the default in every child.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
