@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -68,15 +67,23 @@ def content(round_name: str, name: str) -> bytes:
     return (f"<{round_name}/{name}>".encode() * (size // 8 + 1))[:size]
 
 
-def drained(m: Mount) -> bool:
-    status = m.status()
+def drained(status: dict) -> bool:
     return status["queued"] == 0 and not status["queue"]
+
+
+def wait_drained(m: Mount) -> None:
+    """Wait until every upload is done, polling the status document on the mount's root (a
+    `mountfs status` per poll would start a Python process each time), then check that
+    `mountfs status` itself shows the empty queue."""
+    wait_for(lambda: drained(m.served_status()), timeout=120)
+    status = m.status()
+    assert drained(status), status
 
 
 def remount_and_drain(mounter: Mounter, m: Mount) -> Mount:
     """Remount on the same cache (the journal replays) and wait until every upload is done."""
     m = mounter.remount(m)
-    wait_for(lambda: drained(m), timeout=120)
+    wait_drained(m)
     return m
 
 
@@ -170,7 +177,7 @@ def kill_during_rename(mounter: Mounter, store: Store, kit: Kit, attempt: int) -
     (m.bucket / top).mkdir()
     for i in range(count):
         (m.bucket / top / f"f{i}").write_bytes(rename_content(i))
-    wait_for(lambda: drained(m), timeout=120)
+    wait_drained(m)
     assert tree_complete(store, top, count)
     start = time.monotonic()
     renamer = subprocess.Popen([sys.executable, "-c", "import os, sys; os.rename(*sys.argv[1:])",

@@ -78,7 +78,8 @@ def test_the_seed_flow_from_the_command_line(service: MetadiskService, mounter: 
     bucket = m.path / "My cat pictures"
     assert (store.root / "My cat pictures").is_dir()
     big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(50 * 1024 * 1024))
+    # Three shards: two whole ones and a short last one.
+    big.write_bytes(os.urandom(SHARD_SIZE * 2 + 1000))
     small = tmp_path / "san_francisco.jpg"
     small.write_bytes(b"\xff\xd8 a small picture")
     subprocess.run(["cp", str(big), str(small), str(bucket)], check=True)
@@ -92,7 +93,7 @@ def test_the_seed_flow_from_the_command_line(service: MetadiskService, mounter: 
     again = mounter.mount(store, *FAST, name="again")  # an empty cache: read from the nodes
     bucket = again.path / "My cat pictures"
     assert sorted(os.listdir(bucket)) == ["big.bin", "san_francisco.jpg"]
-    assert os.stat(bucket / "big.bin").st_size == 50 * 1024 * 1024
+    assert os.stat(bucket / "big.bin").st_size == SHARD_SIZE * 2 + 1000
     assert (bucket / "big.bin").read_bytes() == big.read_bytes()
     os.rename(bucket / "san_francisco.jpg", bucket / "sf.jpg")
     assert sorted(os.listdir(bucket)) == ["big.bin", "sf.jpg"]
@@ -142,7 +143,7 @@ def store_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 
 def test_files_are_flat_and_attributes_live_with_the_mount(mounter: Mounter,
-                                                          store_kit: Store) -> None:
+                                                           store_kit: Store) -> None:
     (store_kit.stored / "other.txt").write_bytes(b"from another client")
     m = mounter.mount(store_kit, *FAST)
     b = m.path / store_kit.bucket
