@@ -435,6 +435,7 @@ class FsModel(RuleBasedStateMachine):
     @rule(path=paths)
     def lstat(self, path: PathSpec) -> None:
         path = self.path(path)
+
         def look(s: Side) -> tuple:
             st_ = os.lstat(s.p(path))
             link = os.readlink(s.p(path)) if stat.S_ISLNK(st_.st_mode) else None
@@ -456,6 +457,7 @@ class FsModel(RuleBasedStateMachine):
         """A shared writable mapping of an existing non-empty file: write into it, read it
         back through the mapping and through pread after msync."""
         path = self.path(path)
+
         def go(s: Side) -> Any:
             def with_open(fd: int) -> Any:
                 size = os.fstat(fd).st_size
@@ -672,8 +674,8 @@ def wait_until(what: str, cond: Callable[[], bool], timeout: float = 20) -> None
         time.sleep(0.005)
 
 
-def test_listing_keeps_a_file_whose_upload_finishes_during_the_listing(model_mount: Mount
-                                                                        ) -> None:
+def test_listing_keeps_a_file_whose_upload_finishes_during_the_listing(
+        model_mount: Mount) -> None:
     """A file written and closed here is pending until uploaded; a listing that read the
     server just before the upload finished must not drop it (with a TTL > 0 it then stays
     out of every listing for the whole TTL)."""

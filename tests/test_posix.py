@@ -680,7 +680,7 @@ def test_rename_tree(mounter: Mounter, store: Store) -> None:
     m = mounter.remount(m)
     assert os.listdir(m.bucket) == ["new"]
     assert tree(m.bucket / "new") == {"top", "empty/", "a/", "a/one", "a/b/", "a/b/two",
-                                         "a/b/c/", "a/b/c/three"}
+                                      "a/b/c/", "a/b/c/three"}
     assert stat.S_IMODE(os.stat(m.bucket / "new" / "a").st_mode) == 0o700
 
 
