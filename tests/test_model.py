@@ -38,7 +38,6 @@ import random
 import stat
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -746,7 +745,7 @@ class HeldUpload(S3Proxy):
         if self.listed.is_set() and op == "CopyObject":
             self.go.wait(self.WAIT)
         super().handle(h, op, body)
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(h.path).query)
+        query = h.query
         if op == "ListObjectsV2" and query.get("prefix") == [self.prefix] \
                 and "delimiter" not in query:
             self.listed.set()

@@ -49,11 +49,10 @@ import signal
 import socket
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterable
 
 from .dcss import API_PREFIX
-from .s3_proxy import ProxyHandler, S3Proxy, error_body, operation
+from .s3_proxy import ProxyHandler, S3Proxy, error_body
 
 THROTTLE_PIECE = 64 * 1024  # a throttled body is read in pieces this big
 RECEIVE_BUFFER = 1024 * 1024  # SO_RCVBUF of the proxy's client connections
@@ -88,13 +87,7 @@ class ThrottledHandler(ProxyHandler):
             ahead = got / rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
-        body = b"".join(pieces)
-        url = urllib.parse.urlsplit(self.path)
-        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-        op = operation(self.command, query, "x-amz-copy-source" in self.headers, url.path)
-        with self.proxy.lock:
-            self.proxy.seen[op] += 1
-        self.proxy.handle(self, op, body)
+        self.dispatch(b"".join(pieces))
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_any
 

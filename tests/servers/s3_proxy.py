@@ -73,10 +73,13 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_any(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        url = urllib.parse.urlsplit(self.path)
-        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-        op = operation(self.command, query, "x-amz-copy-source" in self.headers, url.path)
+        self.dispatch(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+    def dispatch(self, body: bytes) -> None:
+        """Count the request (with its whole `body`) by its S3 operation and hand it to the
+        proxy."""
+        op = operation(self.command, self.query, "x-amz-copy-source" in self.headers,
+                       self.url_path)
         with self.proxy.lock:
             self.proxy.seen[op] += 1
         self.proxy.handle(self, op, body)
@@ -86,6 +89,12 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
     @property
     def url_path(self) -> str:
         return urllib.parse.urlsplit(self.path).path
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """The request's query (a new dict at each call: the caller may change it)."""
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
+                                     keep_blank_values=True)
 
     def forward(self, body: bytes, path: str | None = None) -> Reply:
         """Send the request upstream as it came (to `path` if given); the whole reply."""
@@ -176,8 +185,8 @@ class S3Proxy:
             return
         path = h.path
         if op == "ListObjectsV2" and self.ignore_list_type:
-            url = urllib.parse.urlsplit(path)
-            query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+            query = h.query
             del query["list-type"]
-            path = url._replace(query=urllib.parse.urlencode(query, doseq=True)).geturl()
+            path = urllib.parse.urlsplit(path)._replace(
+                query=urllib.parse.urlencode(query, doseq=True)).geturl()
         h.answer(*h.forward(body, path))
