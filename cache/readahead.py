@@ -61,9 +61,10 @@ class ReadAhead:
 
         Consecutive missing blocks are fetched as runs of up to `run_blocks` with one ranged
         GET each: a server's cost per request (s3rver: 1 MiB GETs reach half the throughput of
-        8 MiB ones) would otherwise bound a cold read. The kernel reads 128 KiB at a time, so
-        the window's edge moves a block at a time; a run starts only once enough blocks are
-        due (half the window while it still grows), not one GET per block.
+        8 MiB ones) would otherwise bound a cold read. The kernel reads 128 KiB to 1 MiB at a
+        time, so the window's edge moves a block at a time; a run starts only once enough
+        blocks are due (half the window while it still grows), not one GET per block, and once
+        runs are whole, only whole runs start before the end of the object.
 
         `BlockCache.read_hit` does the first branch, a random read's, itself (a call less per
         read)."""
@@ -82,11 +83,18 @@ class ReadAhead:
         # reader has yet to read.
         window = min(self.max_blocks, 1 << min(obj.streak, 20),
                      max(1, cache.cap // (4 * bs)))
+        final = (obj.size - 1) // bs
         first = max(end // bs, obj.readahead_to)
-        last = min((end - 1) // bs + window, (obj.size - 1) // bs)
+        last = min((end - 1) // bs + window, final)
         run_blocks = self._run_blocks()
-        if last - first + 1 < min(run_blocks, max(1, window // 2)) and last < (obj.size - 1) // bs:
+        due = last - first + 1
+        if due < min(run_blocks, max(1, window // 2)) and last < final:
             return  # wait until a longer run is due
+        if due > run_blocks and last < final:
+            # Whole runs only: the rest would be a short GET of its own (a window of 33
+            # blocks was four runs of 8 and one of 1), a request's cost for a block's bytes.
+            # It goes with the next run, when the reader has moved on.
+            last = first + due // run_blocks * run_blocks - 1
         for run_first, count in self._missing_runs(obj, first, last, run_blocks):
             cache.background.start_soon(self._prefetch_run, obj, run_first, count)
         obj.readahead_to = max(obj.readahead_to, last + 1)

@@ -1062,6 +1062,36 @@ async def test_read_ahead_is_bounded_coalesced_and_its_window_grows(
     assert sum(length == 4 * BS for _, length in ranges) >= 10
 
 
+async def test_read_ahead_starts_whole_runs_once_its_window_has_grown(
+        cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
+    """The runs a sequential reader's read-ahead plans, alone (its GETs never end and it
+    reads nothing itself, so no fetch of a reader's own splits a run): they grow with the
+    window up to 4 blocks, and from then on every run is whole but the object's last. A
+    window that is not a multiple of the run leaves the rest for the next run, not a short
+    GET of its own."""
+    cache = BlockCache(cache_dir, storage, BIG, BS,  # type: ignore[arg-type]
+                       readahead_parallel=64, readahead_max_blocks=10, readahead_run_blocks=4)
+    cache.load()
+    data = pattern(41 * BS + 5, seed=9)
+    info = await put(backend, "planned", data)
+    storage.read_delay = 3600
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        obj = open_remote(cache, info)
+        for off in range(0, len(data), BS):
+            cache.readahead.after_read(obj, off, min(off + BS, len(data)))
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    runs = sorted((off // BS, -(-length // BS)) for _, off, length in storage.reads)
+    assert [first for first, _ in runs] == list(itertools.accumulate(
+        [runs[0][0]] + [count for _, count in runs[:-1]])), runs  # each block once
+    assert runs[-1][0] + runs[-1][1] == 42, runs  # up to the last block
+    counts = [count for _, count in runs]
+    grown = counts.index(4)
+    assert counts[:grown] == sorted(counts[:grown]), runs  # growing
+    assert set(counts[grown:-1]) == {4}, runs  # whole
+
+
 async def test_fetch_overtaken_by_a_truncate_leaves_no_tmp_file(
         cache: BlockCache, cache_dir: Path, storage: FaultyStorage,
         remote: tuple[ObjectInfo, bytes]) -> None:
