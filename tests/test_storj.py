@@ -140,14 +140,38 @@ def test_credentials_the_gateway_stops_taking_while_mounted_are_renewed(
     assert client.get_object(Bucket="bucket", Key="a.txt")["Body"].read() == b"one"
 
 
+@pytest.mark.parametrize("expired", [False, True], ids=["kept", "expired"])
 def test_a_revoked_grant_is_one_line_and_its_credentials_are_dropped(
-        mounter: Mounter, storj: StorjService, state: Path, tmp_path: Path) -> None:
+        mounter: Mounter, storj: StorjService, state: Path, tmp_path: Path,
+        expired: bool) -> None:
     grant = make_grant()
     mounter.umount(mount_storj(mounter, storj, grant, state))
+    if expired:  # the gateway answers the kept credentials InvalidAccessKeyId, not AccessDenied
+        storj.forget(grant)
     storj.revoke(grant)
     try:
         assert "refused the access grant" in refused(storj, grant, state, tmp_path)
         assert kept_credentials(state) == []
+        assert storj.registrations(grant) == 2  # the first mount's, and one refused
+    finally:
+        storj.unrevoke()
+
+
+def test_a_grant_revoked_while_mounted_is_eacces_without_asking_at_every_request(
+        mounter: Mounter, storj: StorjService, client: Any, state: Path) -> None:
+    grant = make_grant()
+    # Listings trusted for no time: each lookup below asks the gateway.
+    m = mount_storj(mounter, storj, grant, state, "storj://", "--metadata-ttl", "0")
+    storj.forget(grant)  # the mount's credentials expired: renewing them is tried...
+    storj.revoke(grant)  # ...and refused
+    try:
+        for name in ("a.txt", "b.txt", "c.txt"):
+            client.put_object(Bucket="bucket", Key=name, Body=b"x")
+            with pytest.raises(OSError) as caught:
+                (m.path / "bucket" / name).read_bytes()
+            assert caught.value.errno == errno.EACCES
+        # The mount's registration, and one renewal for all the refused requests.
+        assert storj.registrations(grant) == 2
     finally:
         storj.unrevoke()
 

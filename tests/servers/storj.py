@@ -96,13 +96,17 @@ class Credentials:
         self.lock = threading.Lock()
         self.keys: dict[str, tuple[str, str]] = {}  # access key id -> (secret, grant)
         self.revoked: set[str] = set()
-        self.registrations: collections.Counter[str] = collections.Counter()  # by grant
+        # Requests to register a grant, by grant, taken or refused: how often a mount asked.
+        self.registrations: collections.Counter[str] = collections.Counter()
+
+    def asked(self, grant: str) -> None:
+        with self.lock:
+            self.registrations[grant] += 1
 
     def mint(self, grant: str) -> tuple[str, str]:
         key, secret = _base32(18)[:28], _base32(34)[:53]
         with self.lock:
             self.keys[key] = secret, grant
-            self.registrations[grant] += 1
         return key, secret
 
 
@@ -152,6 +156,7 @@ class AuthHandler(http.server.BaseHTTPRequestHandler):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             return self.text(422, "invalid request body")
+        self.state.credentials.asked(grant)
         problem = libuplink_parses(grant)
         if problem is None and grant in self.state.credentials.revoked:
             problem = "uplink: access grant revoked"  # the satellite says so at registration
@@ -299,7 +304,8 @@ class StorjService:
         urllib.request.urlopen(request, timeout=10).close()
 
     def registrations(self, grant: str | None = None) -> int:
-        """How often `grant` (or any grant) was registered."""
+        """How often registering `grant` (or any grant) was asked, whether the service took
+        it or refused it (revoked, unparsable)."""
         with urllib.request.urlopen(f"{self.url}/test/registrations", timeout=10) as reply:
             counts: dict[str, int] = json.loads(reply.read())
         return counts.get(grant, 0) if grant is not None else sum(counts.values())
