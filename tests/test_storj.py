@@ -157,21 +157,27 @@ def test_a_revoked_grant_is_one_line_and_its_credentials_are_dropped(
         storj.unrevoke()
 
 
+@pytest.mark.parametrize("expired", [False, True], ids=["kept", "expired"])
 def test_a_grant_revoked_while_mounted_is_eacces_without_asking_at_every_request(
-        mounter: Mounter, storj: StorjService, client: Any, state: Path) -> None:
+        mounter: Mounter, storj: StorjService, client: Any, state: Path,
+        expired: bool) -> None:
     grant = make_grant()
-    # Listings trusted for no time: each lookup below asks the gateway.
-    m = mount_storj(mounter, storj, grant, state, "storj://", "--metadata-ttl", "0")
-    storj.forget(grant)  # the mount's credentials expired: renewing them is tried...
-    storj.revoke(grant)  # ...and refused
+    # Listings trusted for no time: each lookup below asks the gateway (of objects: the
+    # mount lists no buckets).
+    m = mount_storj(mounter, storj, grant, state, "storj://bucket", "--metadata-ttl", "0")
+    if expired:  # InvalidAccessKeyId: registering the grant again is tried, and refused
+        storj.forget(grant)
+    storj.revoke(grant)
     try:
+        before = storj.list_buckets()
         for name in ("a.txt", "b.txt", "c.txt"):
             client.put_object(Bucket="bucket", Key=name, Body=b"x")
             with pytest.raises(OSError) as caught:
-                (m.path / "bucket" / name).read_bytes()
+                (m.path / name).read_bytes()
             assert caught.value.errno == errno.EACCES
-        # The mount's registration, and one renewal for all the refused requests.
-        assert storj.registrations(grant) == 2
+        # One ListBuckets, and at most one registration (besides the mount's), for all the
+        # refused requests.
+        assert (storj.list_buckets() - before, storj.registrations(grant)) == (1, 1 + expired)
     finally:
         storj.unrevoke()
 
