@@ -140,14 +140,44 @@ def test_credentials_the_gateway_stops_taking_while_mounted_are_renewed(
     assert client.get_object(Bucket="bucket", Key="a.txt")["Body"].read() == b"one"
 
 
+@pytest.mark.parametrize("expired", [False, True], ids=["kept", "expired"])
 def test_a_revoked_grant_is_one_line_and_its_credentials_are_dropped(
-        mounter: Mounter, storj: StorjService, state: Path, tmp_path: Path) -> None:
+        mounter: Mounter, storj: StorjService, state: Path, tmp_path: Path,
+        expired: bool) -> None:
     grant = make_grant()
     mounter.umount(mount_storj(mounter, storj, grant, state))
+    if expired:  # the gateway answers the kept credentials InvalidAccessKeyId, not AccessDenied
+        storj.forget(grant)
     storj.revoke(grant)
     try:
         assert "refused the access grant" in refused(storj, grant, state, tmp_path)
         assert kept_credentials(state) == []
+        assert storj.registrations(grant) == 2  # the first mount's, and one refused
+    finally:
+        storj.unrevoke()
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["kept", "expired"])
+def test_a_grant_revoked_while_mounted_is_eacces_without_asking_at_every_request(
+        mounter: Mounter, storj: StorjService, client: Any, state: Path,
+        expired: bool) -> None:
+    grant = make_grant()
+    # Listings trusted for no time: each lookup below asks the gateway (of objects: the
+    # mount lists no buckets).
+    m = mount_storj(mounter, storj, grant, state, "storj://bucket", "--metadata-ttl", "0")
+    if expired:  # InvalidAccessKeyId: registering the grant again is tried, and refused
+        storj.forget(grant)
+    storj.revoke(grant)
+    try:
+        before = storj.list_buckets()
+        for name in ("a.txt", "b.txt", "c.txt"):
+            client.put_object(Bucket="bucket", Key=name, Body=b"x")
+            with pytest.raises(OSError) as caught:
+                (m.path / name).read_bytes()
+            assert caught.value.errno == errno.EACCES
+        # One ListBuckets, and at most one registration (besides the mount's), for all the
+        # refused requests.
+        assert (storj.list_buckets() - before, storj.registrations(grant)) == (1, 1 + expired)
     finally:
         storj.unrevoke()
 

@@ -71,7 +71,11 @@ class StorjBackend(S3Backend):
         self._s3_built = False
         self._renewal = trio.Lock()
         self._renewals = 0  # how many times credentials were taken: which requests used which
-        self._verified = -math.inf  # when the gateway last took the credentials (trio's clock)
+        # When refusals last made the driver ask whether the gateway takes the credentials
+        # (trio's clock), whatever it found: the answer stands for VERIFY_EVERY seconds.
+        self._checked = -math.inf
+        # The auth service's refusal of the grant when renewing credentials last asked it.
+        self._refusal: ConfigError | None = None
         if not grant.writable:
             self.features = dataclasses.replace(
                 StorjBackend.features, writable=False,
@@ -106,7 +110,11 @@ class StorjBackend(S3Backend):
             # in this request already, as any request's are (`retried`).
             await self.list_buckets()
         except PermissionDenied as exc:
-            # Refused otherwise (AccessDenied: the grant revoked), or renewing them failed.
+            if self._refusal is not None:
+                # Renewing them in that request asked the auth service already, which refused
+                # the grant (revoked): its answer is the mount's one line, not asked twice.
+                raise self._refusal from None
+            # Refused otherwise (AccessDenied: the grant revoked), or renewed ones refused too.
             # This second path is the mount's alone: the gateway has not taken the kept
             # credentials once, so they are dropped and the grant registered again, and the
             # auth service says in the mount's one line whether it refuses the grant itself
@@ -136,28 +144,32 @@ class StorjBackend(S3Backend):
         """Whether credentials newer than those of `renewals` are in use: registered again now
         if the gateway refuses the current ones. A refusal may be the grant's own (a path it
         does not allow), and a HEAD's names no reason: a listing of the buckets tells, at most
-        once per VERIFY_EVERY seconds, and once for the refusals of many requests at once."""
+        once per VERIFY_EVERY seconds, and once for the refusals of many requests at once.
+        What it found, taken or refused (the grant's own refusal, or revoked), stands that
+        long: the requests refused meanwhile are EACCES without asking again."""
         async with self._renewal:
             if self._renewals != renewals:
                 return True
-            if trio.current_time() - self._verified < VERIFY_EVERY:
+            if trio.current_time() - self._checked < VERIFY_EVERY:
                 return False
+            refusal: PermissionDenied | None = None
             try:
                 await super().retried("ListBuckets (are the credentials still taken?)",
                                       lambda: self._once("list_buckets"))
             except PermissionDenied as exc:
-                if error_code(exc) not in REFUSED_CREDENTIALS:
-                    return False
-                log.warning("the gateway no longer takes the Storj credentials (%s): "
-                            "registering the access grant again", exc)
-                try:
-                    await self._register_again()
-                except ConfigError as refused:  # revoked: the refusal stands
-                    log.warning("%s", refused)
-                    return False
-                return True
-            self._verified = trio.current_time()
-            return False
+                refusal = exc
+            self._checked = trio.current_time()
+            if refusal is None or error_code(refusal) not in REFUSED_CREDENTIALS:
+                return False
+            log.warning("the gateway no longer takes the Storj credentials (%s): "
+                        "registering the access grant again", refusal)
+            try:
+                await self._register_again()
+            except ConfigError as refused:  # revoked: the refusal stands
+                log.warning("%s", refused)
+                self._refusal = refused
+                return False
+            return True
 
     def translate(self, exc: BaseException) -> BaseException:
         response = getattr(exc, "response", None)

@@ -18,7 +18,8 @@ free port) and prints a grant and the mount command. The tests run it as a proce
 (`StorjService`): a test process blocked in msync(2) on the mount holds the GIL (CPython's
 mmap.flush does not let it go), so a gateway in one of its threads could never answer the
 upload msync waits for. Tests steer it through `/test/*` requests of the auth service's port
-(`StorjService.forget`, `revoke`, `refuse`, `registrations`), which the real one lacks.
+(`StorjService.forget`, `revoke`, `refuse`, `registrations`, `list_buckets`), which the real
+one lacks.
 """
 from __future__ import annotations
 
@@ -96,13 +97,17 @@ class Credentials:
         self.lock = threading.Lock()
         self.keys: dict[str, tuple[str, str]] = {}  # access key id -> (secret, grant)
         self.revoked: set[str] = set()
-        self.registrations: collections.Counter[str] = collections.Counter()  # by grant
+        # Requests to register a grant, by grant, taken or refused: how often a mount asked.
+        self.registrations: collections.Counter[str] = collections.Counter()
+
+    def asked(self, grant: str) -> None:
+        with self.lock:
+            self.registrations[grant] += 1
 
     def mint(self, grant: str) -> tuple[str, str]:
         key, secret = _base32(18)[:28], _base32(34)[:53]
         with self.lock:
             self.keys[key] = secret, grant
-            self.registrations[grant] += 1
         return key, secret
 
 
@@ -152,6 +157,7 @@ class AuthHandler(http.server.BaseHTTPRequestHandler):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             return self.text(422, "invalid request body")
+        self.state.credentials.asked(grant)
         problem = libuplink_parses(grant)
         if problem is None and grant in self.state.credentials.revoked:
             problem = "uplink: access grant revoked"  # the satellite says so at registration
@@ -193,8 +199,14 @@ class Gateway(S3Proxy):
     """The gateway: only the auth service's credentials, by their signatures."""
 
     credentials: Credentials
+    # ListBuckets requests, refused or not (S3Proxy counts them as "other"): the driver asks
+    # one to tell whether the gateway still takes its credentials.
+    list_buckets = 0
 
     def handle(self, h: ProxyHandler, op: str, body: bytes) -> None:
+        if h.command == "GET" and h.url_path == "/":
+            with self.lock:
+                self.list_buckets += 1
         refusal = self.refusal(h, body)
         if refusal is not None:
             code, message = refusal
@@ -251,6 +263,9 @@ class Local:
             self._server = None
 
     def test_get(self, path: str) -> Any:
+        if path == "/test/list-buckets":
+            with self.gateway.lock:
+                return self.gateway.list_buckets
         with self.credentials.lock:
             return dict(self.credentials.registrations)
 
@@ -299,10 +314,16 @@ class StorjService:
         urllib.request.urlopen(request, timeout=10).close()
 
     def registrations(self, grant: str | None = None) -> int:
-        """How often `grant` (or any grant) was registered."""
+        """How often registering `grant` (or any grant) was asked, whether the service took
+        it or refused it (revoked, unparsable)."""
         with urllib.request.urlopen(f"{self.url}/test/registrations", timeout=10) as reply:
             counts: dict[str, int] = json.loads(reply.read())
         return counts.get(grant, 0) if grant is not None else sum(counts.values())
+
+    def list_buckets(self) -> int:
+        """How many ListBuckets the gateway got, refused or not."""
+        with urllib.request.urlopen(f"{self.url}/test/list-buckets", timeout=10) as reply:
+            return int(json.loads(reply.read()))
 
     def forget(self, grant: str) -> None:
         """Drop every credential minted for `grant` (as expired ones are): the gateway
