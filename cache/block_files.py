@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 
+# The blocks a cached object is kept in (`mountfs mount --block-size`).
+DEFAULT_BLOCK_SIZE = 1024 * 1024
+
 
 def write_files(files: list[tuple[str, memoryview]]) -> None:
     """Create each path holding its data (a worker thread writes fetched blocks with this)."""

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from cache.block_files import pwrite_all
+from cache.block_files import DEFAULT_BLOCK_SIZE, pwrite_all
 from cache.block_reader import BlockReader
 from cache.fds import MAX_OPEN_FDS, FdCache, fd_limit
 from cache.fetches import Fetches
@@ -72,8 +72,6 @@ if TYPE_CHECKING:
     from cache.streams import PartStreams
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BLOCK_SIZE = 1024 * 1024
 
 
 class BlockCache:

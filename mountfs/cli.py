@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import trio
-
-from cache.blocks import DEFAULT_BLOCK_SIZE
+# Only what building the parser needs: every command (umount, status, completion, the
+# mount helper) builds it, while trio, the cache and the drivers' clients serve a mount.
+from cache.block_files import DEFAULT_BLOCK_SIZE
 from mountfs import completion, doctor, mount_helper, remotes
 from mountfs.backends import registry
 from mountfs.errors import ConfigError
 from mountfs.logs import journal_stream, setup_logging
-from mountfs.metrics import parse_addr
 from mountfs.processes import pid_alive
 from mountfs.sizes import human, parse_size
 from mountfs.status import DISCARD_XATTR, FLUSH_XATTR, STATUS_XATTR
@@ -50,6 +49,15 @@ def non_negative(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:PORT` for IPv6) for --metrics-addr."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (e.g. 127.0.0.1:9101)")
+    return host, int(port)
 
 
 class Parser(argparse.ArgumentParser):
@@ -198,6 +206,8 @@ def default_cache_dir(key: str) -> Path:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    import trio
+
     from mountfs.mount import MountConfig, check_mountpoint, serve
 
     if shutil.which("fusermount3") is None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import shtab
-
 SHELLS = ("bash", "zsh")
 PREAMBLE = {
     "bash": r"""
@@ -51,6 +49,8 @@ REMOTE_NAME = {"bash": "_mountfs_remote_names", "zsh": "_mountfs_remote_names"}
 def mark(parser: argparse.ArgumentParser, command: str = "") -> None:
     """Set what completes each argument of `parser` and its commands (shtab reads an
     action's `complete`)."""
+    import shtab  # (as in cmd_completion: the CLI imports this module for every command)
+
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
@@ -73,6 +73,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab  # here, not at the top: the CLI imports this module for every command
+
     from mountfs.cli import build_parser
 
     parser = build_parser()

@@ -20,15 +20,15 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from mountfs import remotes
 from mountfs.backends import Source, registry
-from mountfs.backends.base import Backend, ObjectInfo
 from mountfs.errors import BackendError, ConfigError, NameTooLong, NotPermitted
 from mountfs.sizes import human, parse_size
+
+if TYPE_CHECKING:
+    from mountfs.backends.base import Backend, ObjectInfo
 
 # Below this much free space the journal and a few blocks no longer fit (cache/room.py
 # keeps a reserve of up to 64 MiB).
@@ -150,6 +150,8 @@ def report_features(source: Source, report: Report) -> None:
         report(Finding("ok", "writes: the driver can write"))
     else:
         report(Finding("warning", "writes: the mount will be read-only", f.why_read_only))
+    from mountfs.backends.base import Backend  # (with trio: loaded only to check a source)
+
     if type(backend).changes is not Backend.changes:
         report(Finding("ok", "change notifications: changes made elsewhere show at once"))
     else:
@@ -310,5 +312,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         cache_dir = default_cache_dir("x").parent
     check_cache_dir(cache_dir, args.cache_size, bool(args.cache_dir or source), report)
     if source is not None:
+        import trio  # here, not at the top: the CLI imports this module for every command
+
         trio.run(check_source, source, values, args.write_probe, report)
     return 1 if "error" in levels else 0

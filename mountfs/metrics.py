@@ -15,7 +15,6 @@ counters thread-safe.
 """
 from __future__ import annotations
 
-import argparse
 import contextvars
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -42,15 +41,6 @@ STREAMS = frozenset({"list_objects", "stream_object"})
 
 # The driver operation under way in this task, for the retries it makes.
 _operation: contextvars.ContextVar[str] = contextvars.ContextVar("operation", default="other")
-
-
-def parse_addr(text: str) -> tuple[str, int]:
-    """`HOST:PORT` (`[::1]:PORT` for IPv6) for --metrics-addr."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (e.g. 127.0.0.1:9101)")
-    return host, int(port)
 
 
 class Metrics:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cache.blocks import BlockCache
-from cache.writeback import WritebackQueue
 from mountfs.backends import Scope
+
+if TYPE_CHECKING:  # the CLI reads the xattr names here; the cache is loaded only to mount
+    from cache.blocks import BlockCache
+    from cache.writeback import WritebackQueue
 
 STATUS_XATTR = b"user.mountfs.status"
 # Setting this extended attribute of the root to "BUCKET/KEY" (an entry as the status lists it)

@@ -35,7 +35,7 @@ from cache.objects import CachedObject
 from cache.writeback import FSYNC_TEMP_TRIES, WritebackQueue
 from faulty import FaultyStorage
 from mountfs.backends.base import ObjectInfo
-from mountfs.backends.local import LocalBackend
+from mountfs.backends.local_backend import LocalBackend
 from mountfs.errors import PermissionDenied, TemporaryFailure
 
 BS = 4096

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mountfs.backends.base import ObjectInfo
-from mountfs.backends.local import LocalBackend
+from mountfs.backends.local_backend import LocalBackend
 from mountfs.errors import (
     AlreadyExists, BackendError, ConfigError, InvalidName, NoSuchBucket, NoSuchObject, NotEmpty,
     PreconditionLost,

@@ -19,7 +19,7 @@ import trio.testing
 
 from mountfs.backends.http import retry_after, status_error
 from mountfs.backends.retry import BUDGET, FIRST_WAIT, MAX_WAIT, TRIES, retrying
-from mountfs.backends.s3 import S3Backend
+from mountfs.backends.s3_backend import S3Backend
 from mountfs.errors import (BackendError, NoSuchObject, NotSupported, PermissionDenied,
                             PreconditionFailed, PreconditionLost, TemporaryFailure)
 from servers.faults import FaultProxy

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Mount, Mounter, is_mounted, run_cli
 from mountfs.backends.base import ObjectInfo, split_headers
-from mountfs.backends.s3 import S3Backend
+from mountfs.backends.s3_backend import S3Backend
 from mountfs.backends.s3_model import resume_marker
 from mountfs.errors import PermissionDenied
 from servers.s3 import CREDENTIALS, S3Server

@@ -24,7 +24,7 @@ import trio
 from botocore.credentials import Credentials
 
 from cache.block_files import BlockSink
-from mountfs.backends.s3 import S3Backend
+from mountfs.backends.s3_backend import S3Backend
 from mountfs.backends.s3_wire import Base, Wire
 from mountfs.errors import BackendError, PermissionDenied, TemporaryFailure
 from servers.s3 import (CREDENTIALS, S3Server, command, free_port, start_server,

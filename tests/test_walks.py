@@ -257,7 +257,7 @@ def slow_heads(s3_env: S3Server) -> Iterator[SlowHeads]:
 
 def s3_ahead() -> int:
     """How many entries past a stat the stat-ahead reads on S3: 4 x its pool."""
-    from mountfs.backends.s3 import S3Backend
+    from mountfs.backends.s3_backend import S3Backend
 
     return 4 * S3Backend(credentials=("k", "s")).features.parallel_requests
 
@@ -374,7 +374,7 @@ def test_metadata_reads_ahead_use_the_whole_connection_pool(
         bucket_name: str) -> None:
     """`Features.parallel_requests` is the S3 driver's connection pool: `ls -l` keeps as many
     HEADs under way as the pool has connections (fewer would leave some idle)."""
-    from mountfs.backends.s3 import S3Backend
+    from mountfs.backends.s3_backend import S3Backend
 
     backend = S3Backend(slow_heads.url, path_style=True, credentials=("k", "s"))
     pool = backend.wire.limiter.total_tokens

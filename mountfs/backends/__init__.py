@@ -3,9 +3,12 @@ driver and the part of its store the mount shows (`Source`, `Scope`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mountfs.backends.base import Backend
 from mountfs.errors import BackendError, ConfigError, NoSuchBucket
+
+if TYPE_CHECKING:  # the package is imported for every command; a driver's client only to mount
+    from mountfs.backends.base import Backend
 
 
 @dataclass(frozen=True)

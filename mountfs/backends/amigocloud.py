@@ -2,6 +2,9 @@
 `amigocloud:users/UID/projects/PID` for one), options and token, and the checks that stop a
 mount in one line (a wrong URL or token, a project token without its project or for another
 one). The store itself is amigocloud_backend.py.
+
+The CLI imports this module for every command: the store and its HTTP client (urllib3, trio)
+are imported by `_open` and the check, which run at mount, not here.
 """
 from __future__ import annotations
 
@@ -11,9 +14,6 @@ from pathlib import Path
 
 from mountfs import secrets
 from mountfs.backends import Scope, Source
-from mountfs.backends.amigocloud_backend import AmigoCloudBackend
-from mountfs.backends.amigocloud_wire import PROJECT
-from mountfs.backends.http import HttpPool
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.errors import BackendError, ConfigError, NoSuchObject, PermissionDenied
 
@@ -26,6 +26,8 @@ class AmigoCloudSource(Source):
     async def check(self) -> None:
         """The service answers as AmigoCloud and takes the token (for the project, if one is
         named): one try, so a wrong URL or token is one line at once."""
+        from mountfs.backends.amigocloud_backend import AmigoCloudBackend
+
         backend = self.backend
         assert isinstance(backend, AmigoCloudBackend)
         target = backend.project_path or "/me"
@@ -52,6 +54,10 @@ def project_path(text: str) -> str:
 
 
 async def _open(context: DriverContext) -> Source:
+    from mountfs.backends.amigocloud_backend import AmigoCloudBackend
+    from mountfs.backends.amigocloud_wire import PROJECT
+    from mountfs.backends.http import HttpPool
+
     rest = context.rest.strip("/")
     project = rest or None
     if rest and not PROJECT_PATH.fullmatch(rest):

@@ -1,19 +1,23 @@
 """The FirecREST driver: its SOURCE forms (`firecrest://`, `firecrest://SYSTEM`,
 `firecrest://SYSTEM/ABSOLUTE/PATH`), options and credentials (pyfirecrest's variables), and
 the checks that stop a mount in one line. The store itself is firecrest_backend.py.
+
+The CLI imports this module for every command: the store and its HTTP client (urllib3, trio)
+are imported by the functions that run at mount (`_open`, `credentials`, the check), not here.
 """
 from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mountfs.backends import Scope, Source
-from mountfs.backends.firecrest_backend import FirecrestBackend
-from mountfs.backends.firecrest_wire import path_of
-from mountfs.backends.http import HttpPool
-from mountfs.backends.oauth import ClientCredentials, StaticToken, TokenSource
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.errors import BackendError, ConfigError
+
+if TYPE_CHECKING:
+    from mountfs.backends.http import HttpPool
+    from mountfs.backends.oauth import TokenSource
 
 THREADS = 16
 
@@ -23,6 +27,9 @@ class FirecrestSource(Source):
     directory of its file systems, or the mount does not start."""
 
     async def check(self) -> None:
+        from mountfs.backends.firecrest_backend import FirecrestBackend
+        from mountfs.backends.firecrest_wire import path_of
+
         backend = self.backend
         assert isinstance(backend, FirecrestBackend)
         await backend.check()
@@ -55,6 +62,9 @@ def canonical(rest: str) -> str:
 async def _open(context: DriverContext) -> Source:
     """`firecrest://` (the systems), `firecrest://SYSTEM` (its file systems) or
     `firecrest://SYSTEM/PATH`, with the credentials found now: a missing one is one line."""
+    from mountfs.backends.firecrest_backend import FirecrestBackend
+    from mountfs.backends.http import HttpPool
+
     if not context.rest.startswith("//"):
         raise ConfigError(f"{context.source}: a FirecREST source is "
                           "firecrest://[SYSTEM[/ABSOLUTE/PATH]]")
@@ -70,6 +80,8 @@ async def _open(context: DriverContext) -> Source:
 
 def credentials(context: DriverContext, http: HttpPool) -> TokenSource:
     """A plain token if one is given, else the client credentials (all three needed)."""
+    from mountfs.backends.oauth import ClientCredentials, StaticToken
+
     token = context.secret("token_file")
     if token:
         return StaticToken(token)

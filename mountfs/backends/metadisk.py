@@ -1,20 +1,23 @@
 """The Metadisk driver: `metadisk://HOST[:PORT]` (the bridge; https, or http for a loopback
 host or with --metadisk-plain-http), its options and credentials (a registered key file, else
-METADISK_EMAIL and METADISK_PASSWORD), and its account subcommands (metadisk_account.py). The
+METADISK_EMAIL and METADISK_PASSWORD), and its account subcommands (metadisk_commands.py). The
 store is metadisk_backend.py.
+
+The CLI imports this module for every command: the store and the bridge's client (trio,
+urllib3, websockets, ecdsa) are imported by `_open` and `credentials`, which run at mount.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mountfs.backends import Scope, Source
-from mountfs.backends.http import HttpPool
-from mountfs.backends.metadisk_account import EMAIL_ENV, add_commands, default_key_file
-from mountfs.backends.metadisk_api import Auth, Basic, BridgeApi, Signer
-from mountfs.backends.metadisk_backend import MetadiskBackend
-from mountfs.backends.metadisk_wire import KeyPair, NonceFile, bridge_url, password_hash
+from mountfs.backends.metadisk_commands import EMAIL_ENV, add_commands
 from mountfs.backends.registry import Driver, DriverContext, Option
 from mountfs.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mountfs.backends.metadisk_api import Auth
 
 THREADS = 8
 
@@ -22,6 +25,10 @@ THREADS = 8
 def credentials(context: DriverContext) -> Auth:
     """The account's password when an email is given, else the key file: given, or the one
     `mountfs metadisk keys generate` made."""
+    from mountfs.backends.metadisk_account import default_key_file
+    from mountfs.backends.metadisk_api import Basic, Signer
+    from mountfs.backends.metadisk_wire import KeyPair, NonceFile, password_hash
+
     email = context["email"]
     if email:
         password = context.secret("password_file")
@@ -43,6 +50,11 @@ def canonical(rest: str) -> str:
 
 
 async def _open(context: DriverContext) -> Source:
+    from mountfs.backends.http import HttpPool
+    from mountfs.backends.metadisk_api import BridgeApi
+    from mountfs.backends.metadisk_backend import MetadiskBackend
+    from mountfs.backends.metadisk_wire import bridge_url
+
     url = bridge_url(context.rest, context["plain_http"])
     auth = credentials(context)  # a missing one is one line, before any connection is made
     api = BridgeApi(url, HttpPool(THREADS), auth)

@@ -1,12 +1,14 @@
-"""`mountfs metadisk ...`: the account steps a mount needs first (the pymdc README's steps 1
-and 2): register, activate, and the key pairs (generate one in the driver's state directory,
-add it to the account, list, delete). Each failure is one line and a non-zero exit.
+"""What `mountfs metadisk ...` does (its parser is metadisk_commands.py): the account steps a
+mount needs first (the pymdc README's steps 1 and 2): register, activate, and the key pairs
+(generate one in the driver's state directory, add it to the account, list, delete). Each
+failure is one line and a non-zero exit.
 """
 from __future__ import annotations
 
 import argparse
 import getpass
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,8 @@ from mountfs.backends.metadisk_api import Auth, Basic, BridgeApi, Signer
 from mountfs.backends.metadisk_wire import (KEY_FILE, KeyPair, NonceFile, bridge_url,
                                             password_hash)
 from mountfs.backends.registry import state_dir
+from mountfs.backends.metadisk_commands import BRIDGE_ENV, EMAIL_ENV, PASSWORD_ENV
 from mountfs.errors import BackendError, ConfigError
-
-BRIDGE_ENV, EMAIL_ENV, PASSWORD_ENV = "METADISK_BRIDGE", "METADISK_EMAIL", "METADISK_PASSWORD"
 
 
 def default_key_file() -> Path:
@@ -128,35 +129,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bridge", default=os.environ.get(BRIDGE_ENV), metavar="URL",
-                        help=f"metadisk://HOST[:PORT] or an http(s) URL (else {BRIDGE_ENV})")
-    sub = parser.add_subparsers(dest="action", required=True)
-
-    def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        p.set_defaults(handler=handler)
-        p.add_argument("--password-file", type=Path, metavar="FILE",
-                       help=f"the password (else {PASSWORD_ENV}, else asked)")
-        return p
-
-    register = command("register", cmd_register, "register an account")
-    register.add_argument("email_address", metavar="EMAIL")
-    activate = command("activate", cmd_activate, "activate the account with the token sent")
-    activate.add_argument("token")
-    keys = sub.add_parser("keys", help="the account's key pairs")
-    key_sub = keys.add_subparsers(dest="key_action", required=True)
-    for name, handler, help in (
-            ("generate", cmd_generate, "make a key pair (0600 file, the state dir's unless "
-                                       "--key-file)"),
-            ("add", cmd_add, "register the key's public key with the account"),
-            ("list", cmd_list, "the account's public keys"),
-            ("delete", cmd_delete, "remove a public key from the account")):
-        p = key_sub.add_parser(name, help=help)
-        p.set_defaults(handler=handler)
-        p.add_argument("--key-file", type=Path, metavar="FILE")
-        p.add_argument("--email", help=f"the account (else {EMAIL_ENV})")
-        p.add_argument("--password-file", type=Path, metavar="FILE",
-                       help=f"the password (else {PASSWORD_ENV}, else asked)")
-        if name == "delete":
-            p.add_argument("public_key", nargs="?", help="hex (else the key file's)")
+# By the names metadisk_commands.py gives them on the command line.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "register": cmd_register, "activate": cmd_activate, "generate": cmd_generate,
+    "add": cmd_add, "list": cmd_list, "delete": cmd_delete}

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from mountfs.backends.base import ObjectInfo
-from mountfs.backends.s3_model import MIN_PART, Source, object_fields
+from mountfs.backends.s3_limits import MIN_PART
+from mountfs.backends.s3_model import Source, object_fields
 from mountfs.backends.s3_multipart import PartSender, S3Multipart
 from mountfs.backends.s3_wire import part_query
 from mountfs.errors import NotSupported, TemporaryFailure

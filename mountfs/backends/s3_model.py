@@ -1,4 +1,4 @@
-"""What S3 is apart from any one request: its limits, the ETag of a multipart upload, the part
+"""What S3 is apart from any one request: the ETag of a multipart upload, the part
 sizes mountfs uploads in, and an object's metadata, headers and replies in boto3's names (the
 fields boto3 takes and the replies it gives; s3_wire.py builds the same from the fast path's
 raw HTTP)."""
@@ -11,17 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mountfs.backends.base import split_headers
+from mountfs.backends.s3_limits import MAX_PARTS, MIN_PART
 from mountfs.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-MIN_PART = 8 * 1024 * 1024
-MIN_STREAM_PART = 5 * 1024 * 1024  # the smallest part but the last S3 takes
-MAX_PARTS = 10_000
-
-MAX_COPY = 5 * 1024**3  # the largest object CopyObject takes
-MAX_OBJECT = 5 * 1024**4  # the largest object S3 stores
-MAX_KEY = 1024  # bytes of UTF-8
 # The object headers mountfs keeps (base.HEADER_KEYS) as boto3 names them in requests and in
 # HEAD's reply (Expires aside: HEAD's is parsed, its raw text is under HTTPHeaders).
 HEADER_PARAMS = {":content-type": "ContentType", ":cache-control": "CacheControl",

@@ -15,8 +15,8 @@ from mountfs.backends.base import IF_ABSENT, Backend, Features, ObjectInfo, Sink
 from mountfs.backends.http import timeouts
 from mountfs.backends.s3_download import Downloads
 from mountfs.backends.s3_errors import translate
-from mountfs.backends.s3_model import (MAX_COPY, MAX_KEY, MAX_OBJECT, MIN_PART, etag_of,
-                                       reply_time_ns)
+from mountfs.backends.s3_limits import MAX_COPY, MAX_KEY, MAX_OBJECT, MIN_PART
+from mountfs.backends.s3_model import etag_of, reply_time_ns
 from mountfs.backends.s3_wire import (CONDITION_HEADERS, Base, Reply, Wire, head_fields,
                                       object_headers, write_fields)
 from mountfs.errors import (BackendError, ConfigError, NoSuchObject, NotSupported,

@@ -25,8 +25,6 @@ from mountfs.errors import BackendError, ConfigError, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AUTH = "https://auth.storjshare.io"
-
 
 @dataclass(frozen=True)
 class S3Credentials:
