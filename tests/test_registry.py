@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,23 @@ def test_a_plugin_driver_brings_its_own_subcommand(tmp_path: Path) -> None:
     assert "plugin:" in run_cli("mount", "--help", env=env).stdout  # its group in the help
     wrong = run_cli("plugin", check=False, env=env)
     assert wrong.returncode == 2 and wrong.stderr.startswith("mountfs: ")
+
+
+# What serves a mount or one driver: every command builds the parser from every driver's
+# declaration, so none of these may load for a command that does not use it (~0.4 s of CPU at
+# each `mountfs status`, `umount`, completion and mount helper when they did).
+HEAVY = ("awscrt", "boto3", "botocore", "urllib3", "prometheus_client", "trio", "rich", "shtab",
+         "websockets", "ecdsa", "cache.blocks", "mountfs.backends.base")
+
+
+def test_commands_start_without_the_drivers_clients(tmp_path: Path) -> None:
+    code = ("import sys\n"
+            "from mountfs import cli\n"
+            f"cli.main(['status', {str(tmp_path)!r}])\n"  # builds the parser, runs a command
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))\n")
+    env = {k: v for k, v in os.environ.items() if k != registry.PLUGINS_ENV}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "is not a mountfs mount" in proc.stderr  # the command ran
+    assert proc.stdout.split() == []

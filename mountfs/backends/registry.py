@@ -14,6 +14,10 @@ these the registry makes, for every driver alike:
   and remembered for the log filter (`mountfs.secrets`);
 - a private state directory per driver (0700) for what it keeps between mounts.
 
+Every command builds the parser from the declarations, so a driver module imports no client
+library at its top: its factory (and a subcommand's handler) imports the driver's store when
+it runs.
+
 Drivers are the modules in `BUILTIN`, then those named in the environment variable
 `MOUNTFS_DRIVERS` (comma-separated module names): a driver outside the package (a plugin, a
 test's example driver) is added without touching this file.
