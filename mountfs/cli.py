@@ -31,6 +31,7 @@ from mountfs.processes import pid_alive
 from mountfs.sizes import human, parse_size
 from mountfs.status import DISCARD_XATTR, FLUSH_XATTR, STATUS_XATTR
 
+
 def parse_umask(text: str) -> int:
     try:
         value = int(text, 8)

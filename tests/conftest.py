@@ -60,9 +60,9 @@ def run_cli(*args: str, check: bool = True, timeout: float = 60,
 
 def cli_here(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> None:
     """`mountfs ARGS` run by `cli.main` in this process, not by a `python -m mountfs` of its
-    own: what it does is the same (a mount starts the same mount process), and the ~0.5 s of
-    CPU a CLI process spends starting (importing every driver to build its parser) is saved
-    on each of the suite's mounts and unmounts. `env` is set around the call; a failure
+    own: what it does is the same (a mount starts the same mount process), and the CPU a CLI
+    process spends starting (the interpreter, the parser) is saved on each of the suite's
+    mounts and unmounts. `env` is set around the call; a failure
     raises AssertionError with the command's error line, as `run_cli` does, and so does a
     command not done within `timeout` seconds (the call is then abandoned where it waits)."""
     said, outcome = io.StringIO(), []

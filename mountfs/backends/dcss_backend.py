@@ -39,7 +39,7 @@ from mountfs.backends.http import give_back
 from mountfs.errors import (BackendError, ConfigError, NoSuchObject, NotSupported,
                             PermissionDenied, TemporaryFailure)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mountfs.backends.dcss")  # the driver's voice (its name in log lines)
 
 T = TypeVar("T")
 

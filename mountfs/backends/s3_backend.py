@@ -31,7 +31,7 @@ from mountfs.backends.s3_wire import listing_fields
 from mountfs.errors import (BackendError, ConfigError, NotSupported, PermissionDenied,
                             TemporaryFailure)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mountfs.backends.s3")  # the driver's voice (its name in log lines)
 
 # Buckets whose addresses a mount of every bucket resolves at mount (`S3Backend.check`).
 WARM_BUCKETS = 4

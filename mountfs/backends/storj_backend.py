@@ -33,7 +33,7 @@ from mountfs.backends.storj_metadata import from_storj, to_storj
 from mountfs.errors import (BackendError, ConfigError, PermissionDenied, QuotaExceeded,
                             TemporaryFailure)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mountfs.backends.storj")  # the driver's voice (its name in log lines)
 
 SEGMENT = 64 * 1024 * 1024  # Storj's segment size: parts of whole segments store best
 REGION = "us-east-1"  # the gateway ignores it; botocore needs one to sign
