@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -385,9 +386,11 @@ def queued(mountpoint: str) -> set[str]:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from mountfs.watch import statuses  # (rich, which it draws with, is slow to import)
     mountpoint = os.path.abspath(args.mountpoint)
     status = read_status(mountpoint)
+    # The reading before the flush first: it names what is waited for, even if the flush
+    # sends it all before the next reading.
+    readings: Iterable[dict[str, Any]] = [status]
     if awaited(status):
         # Upload now, not after the write-back delay or a long backoff: else umount waits for
         # them (10 minutes with --writeback-delay 600; a minute per backoff under faults).
@@ -395,10 +398,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
             os.setxattr(mountpoint, FLUSH_XATTR, b"1")
         except OSError:
             pass  # a mount of an older mountfs: it takes the request for a plain xattr
+        # Only to wait: rich, which it draws with, is slow to import (40 ms of CPU).
+        from mountfs.watch import statuses
+
+        readings = itertools.chain(readings, statuses(mountpoint, read_status, every=0.2))
     shown = None
-    # The reading before the flush first: it names what is waited for, even if the flush
-    # sends it all before the next reading.
-    for status in itertools.chain([status], statuses(mountpoint, read_status, every=0.2)):
+    for status in readings:
         if not awaited(status):
             break
         waiting = ", ".join(f"{e['bucket']}/{e['key']}" for e in status["queue"][:5]
