@@ -12,7 +12,8 @@ kit file. A kit says:
   driver options (`Store.open` makes the driver without a mount: the contract suite);
 - how to look at the store directly (`Store.root`, a `stores.StorePath`), and `leftovers`,
   what an interrupted upload leaves in it;
-- a few facts about the store that no `Features` flag states (below, on `Kit`).
+- a few facts about the store that no `Features` flag states (below, on `Kit`);
+- for a driver that speaks S3 to its store, how to put an `S3Proxy` in the way (`proxied`).
 
 What the driver itself can do is its `Features` (`Store.features`), never the kit's name.
 """
@@ -23,10 +24,10 @@ import contextlib
 import importlib
 import os
 import pkgutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import trio
@@ -37,6 +38,11 @@ from stores import S3Path, StorePath
 if TYPE_CHECKING:
     from mountfs.backends import Source
     from mountfs.backends.base import Features
+    from servers.s3_proxy import S3Proxy
+
+P = TypeVar("P", bound="S3Proxy")
+# Makes a test's proxy (not started) from where it forwards to and the port it listens on.
+ProxyMaker = Callable[[str, int], P]
 
 
 @dataclass
@@ -126,6 +132,14 @@ class Kit(abc.ABC):
     def make_store(self, request: pytest.FixtureRequest, directory: Path) -> Store:
         """A fresh store holding the empty bucket `bucket`; `directory` is the test's own
         (empty or missing), for whatever the store needs on disk."""
+
+    def proxied(self, request: pytest.FixtureRequest, store: Store,
+                make: ProxyMaker[P]) -> contextlib.AbstractContextManager[tuple[Store, P]]:
+        """`store` with the driver's S3 requests sent through a proxy that `make` builds:
+        the store to mount (the same buckets) and the proxy, started, which forwards them
+        unchanged (Host header and signature too) to where the driver would have sent them.
+        Both are stopped after the block. Only for drivers that speak S3 to their store."""
+        raise NotImplementedError(f"the {self.name} driver sends no S3 requests")
 
     def leftovers(self, store: Store) -> list[str]:
         """What unfinished uploads left in the store: on an S3 server (behind the driver or

@@ -2,13 +2,15 @@
 test, seen through boto3 (`stores.S3Path`)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kits import Kit, Store
-from servers.s3 import CREDENTIALS
-from stores import S3Path, reset_s3_server, s3_client
+from kits import P, Kit, ProxyMaker, Store
+from servers.s3 import CREDENTIALS, free_port, running
+from stores import S3Path, StorePath, reset_s3_server, s3_client
 
 
 class S3Kit(Kit):
@@ -22,8 +24,19 @@ class S3Kit(Kit):
         reset_s3_server(server)
         root = S3Path(s3_client(server.url), server.url)
         (root / self.bucket).mkdir()
-        return Store(self, root, "s3://", ["--endpoint-url", server.url], dict(CREDENTIALS),
-                     {"endpoint_url": server.url})
+        return self.store_at(root, server.url)
+
+    def store_at(self, root: StorePath, endpoint: str) -> Store:
+        """The store `root` as the driver reaches it at `endpoint`."""
+        return Store(self, root, "s3://", ["--endpoint-url", endpoint], dict(CREDENTIALS),
+                     {"endpoint_url": endpoint})
+
+    @contextlib.contextmanager
+    def proxied(self, request: pytest.FixtureRequest, store: Store,
+                make: ProxyMaker[P]) -> Iterator[tuple[Store, P]]:
+        server = request.getfixturevalue("s3_server")
+        with running(make(server.url, free_port())) as proxy:
+            yield self.store_at(store.root, proxy.url), proxy
 
 
 KIT = S3Kit()

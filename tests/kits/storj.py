@@ -5,13 +5,16 @@ grant per session: its credentials, registered once, are kept in the state dir f
 mounts, as a user's are."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kits import Kit, Store
-from servers.storj import make_grant
-from stores import S3Path, reset_s3_server, s3_client
+from kits import P, Kit, ProxyMaker, Store
+from servers.s3 import free_port, running
+from servers.storj import StorjService, make_grant
+from stores import S3Path, StorePath, reset_s3_server, s3_client
 
 GRANT = make_grant()
 
@@ -28,8 +31,24 @@ class StorjKit(Kit):
         reset_s3_server(server)
         root = S3Path(s3_client(server.url), server.url)
         (root / self.bucket).mkdir()
-        return Store(self, root, "storj://", ["--storj-auth-service", service.url],
-                     {"STORJ_ACCESS": GRANT}, {"auth_service": service.url})
+        return self.store_at(root, service.url, GRANT)
+
+    def store_at(self, root: StorePath, auth_service: str, grant: str) -> Store:
+        """The store `root` as the driver reaches it with `grant` registered at `auth_service`."""
+        return Store(self, root, "storj://", ["--storj-auth-service", auth_service],
+                     {"STORJ_ACCESS": grant}, {"auth_service": auth_service})
+
+    @contextlib.contextmanager
+    def proxied(self, request: pytest.FixtureRequest, store: Store,
+                make: ProxyMaker[P]) -> Iterator[tuple[Store, P]]:
+        # The driver takes the gateway's address from the auth service: one of its own hands
+        # out the proxy's. A grant of its own too: the credentials kept for the session's grant
+        # name the session's gateway, and must go on doing so after this test.
+        port = free_port()
+        service = StorjService(request.getfixturevalue("s3_server").url,
+                               endpoint=f"http://127.0.0.1:{port}")
+        with running(service), running(make(service.gateway_url, port)) as proxy:
+            yield self.store_at(store.root, service.url, make_grant()), proxy
 
 
 KIT = StorjKit()

@@ -692,6 +692,15 @@ class DcssService:
         self.proc = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
+    def presigning_for(self, front_url: str) -> DcssService:
+        """Another service (not started) like this one, over the same S3 server with the same
+        key pair and permissions (this one's tokens are good there), presigning its URLs for
+        `front_url`."""
+        return DcssService(self.upstream, self.public_key_pem,
+                           public_writers=self.public_writers, private_users=self.private_users,
+                           signing_key=self.signing_key, presign_expires=self.presign_expires,
+                           listing_params=self.listing_params, front_url=front_url)
+
     @property
     def s3(self) -> Any:
         if self._s3 is None:

@@ -165,7 +165,7 @@ class AuthHandler(http.server.BaseHTTPRequestHandler):
             return self.text(500, f"error storing request in database: {problem}")
         key, secret = self.state.credentials.mint(grant)
         self.json_reply({"access_key_id": key, "secret_key": secret,
-                         "endpoint": self.state.gateway.url})
+                         "endpoint": self.state.endpoint})
 
     def do_OPTIONS(self) -> None:
         self.send_response(200)
@@ -236,13 +236,16 @@ class Gateway(S3Proxy):
 
 class Local:
     """Auth service and gateway over the moto_server at `upstream`, in threads of the
-    process that runs `main`; `test_get`/`test_post` answer the tests' `/test/*` requests."""
+    process that runs `main`; `test_get`/`test_post` answer the tests' `/test/*` requests.
+    The auth service hands out `endpoint` as the gateway's (default: the gateway itself)."""
 
-    def __init__(self, upstream: str, port: int, gateway_port: int) -> None:
+    def __init__(self, upstream: str, port: int, gateway_port: int,
+                 endpoint: str | None = None) -> None:
         self.upstream = upstream
         self.credentials = Credentials()
         self.gateway = Gateway(upstream, port=gateway_port)
         self.gateway.credentials = self.credentials
+        self.endpoint = endpoint or self.gateway.url
         self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -286,20 +289,24 @@ class Local:
 
 
 class StorjService:
-    """The local Storj as a process of its own (see the module's docstring), for fixtures."""
+    """The local Storj as a process of its own (see the module's docstring), for fixtures.
+    `endpoint` names another address that reaches the gateway (a proxy in front, which
+    passes the Host header on as it came): the auth service then hands it out instead."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, endpoint: str | None = None) -> None:
         self.upstream = upstream
         self.port, self.gateway_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.endpoint = endpoint or self.gateway_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> StorjService:
         # stderr is inherited: a traceback of the service shows in the test's output.
         self.proc = start_server(
             [sys.executable, "-m", "tests.servers.storj", "--port", str(self.port),
-             "--gateway-port", str(self.gateway_port), "--s3-endpoint", self.upstream],
+             "--gateway-port", str(self.gateway_port), "--s3-endpoint", self.upstream,
+             "--endpoint", self.endpoint],
             self.url + "/test/registrations", "the Storj service", timeout, cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL)
         return self
@@ -359,13 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-port", type=int, help="default: the port after --port")
     parser.add_argument("--s3-endpoint", help="an S3 server to use (default: a moto_server "
                         "of its own)")
+    parser.add_argument("--endpoint", help="the gateway's address the auth service hands out "
+                        "(default: the gateway's own; another that reaches it: a proxy)")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C: the own moto_server stops too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.ExitStack() as stack:
         upstream = args.s3_endpoint or stack.enter_context(running(S3Server())).url
         service = stack.enter_context(running(Local(upstream, args.port,
-                                                    args.gateway_port or args.port + 1)))
+                                                    args.gateway_port or args.port + 1,
+                                                    args.endpoint)))
         print(describe(service, make_grant()), flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
