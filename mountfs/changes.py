@@ -46,10 +46,8 @@ def expire(table: NodeTable, change: Change) -> list[Known]:
                 (change.bucket, change.prefix)
         if hit:
             log.debug("changed on the service: %s/%s", change.bucket or "", change.prefix)
-            node.listed_at = -1e18
-            node.absent.clear()
+            table.set_aside(node)
             for name, child in node.children.items():
-                child.refreshed_at = -1e18
                 if child.lookups and not child.pending:
                     known.append((node.inode, name, None if child.is_dir else child.inode))
     return known

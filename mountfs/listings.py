@@ -270,9 +270,13 @@ class Listings:
             if name not in seen and not child.pending and child not in was_pending \
                     and child.refreshed_at < started:
                 self.table.detach(child)
-        # Fresh from its end: a listing of many pages is used as long as a short one. (This
-        # mount's own changes while it ran were merged above by `started`.)
-        node.listed_at = time.monotonic()
+        if node.changed_at < started:
+            # Fresh from its end: a listing of many pages is used as long as a short one.
+            # (This mount's own changes while it ran were merged above by `started`.)
+            node.listed_at = time.monotonic()
+        # Else the service said the directory changed while the listing ran, perhaps after it
+        # was answered: it stays set aside, or the change would be lost for the TTL (a lookup
+        # that waited for it probes its name instead, and tells the kernel what is new).
         node.listed_size = len(seen)
         yield sorted((name, child) for name, child in node.children.items() if name not in seen)
 

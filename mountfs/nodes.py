@@ -75,6 +75,10 @@ class Node:
     listed_at     when the last complete listing        lst.list_dir; ns.mkdir;   directories; see
                   ended; children are the whole         ns._check_empty and       table.listing_
                   directory while it is fresh           conflicts reset it        fresh
+    changed_at    when the service last said the        table.set_aside           directories; a
+                  directory changed (a change feed)     (changes.expire)          listing or stat
+                                                                                  begun before is
+                                                                                  not fresh
     listed_size   entries in the last listing (None:    lst (list_dir, a lookup's directories
                   never listed; a listing a lookup      listing); ns.mkdir
                   cut short counts what it read)
@@ -109,6 +113,7 @@ class Node:
     refreshed_at: float = 0.0
     children: dict[str, Node] | None = None
     listed_at: float = -1e18
+    changed_at: float = -1e18
     obj: CachedObject | None = None
     link_target: bytes | None = None
     kernel_version: str = ""

@@ -42,7 +42,7 @@ class StoreNodes:
     def apply(self, node: Node, info: ObjectInfo, kind: int, asked_at: float) -> None:
         """Refresh a node from the server, unless it holds newer data of its own. `asked_at`:
         when the request that brought `info` began."""
-        node.refreshed_at = time.monotonic()
+        self.table.refreshed_now(node, asked_at)
         node.settle()
         if node.pending:
             return
@@ -80,6 +80,7 @@ class StoreNodes:
             if node is not None:
                 self.table.detach(node)
             node = self.table.new(parent, name, self.attrs(info, kind), info.size, info.etag)
+            self.table.refreshed_now(node, asked_at)
             node.sized = info.sized
             node.meta_known = (info.metadata is not None or self.table.lists_buckets(parent)
                                or self.defaults.from_listings)

@@ -70,6 +70,25 @@ class NodeTable:
             self.fresh(node.listed_at)
             or self.ttl > 0 and bool(node.readers) and min(node.readers) <= node.listed_at)
 
+    def set_aside(self, node: Node) -> None:
+        """The directory changed on the service (a driver's change feed said so): its listing,
+        the attributes of its entries and the names remembered absent are asked for again. A
+        listing or stat under way now leaves them set aside too (`refreshed_now`)."""
+        assert node.children is not None
+        node.listed_at = -1e18
+        node.changed_at = time.monotonic()
+        node.absent.clear()
+        for child in node.children.values():
+            child.refreshed_at = -1e18
+
+    def refreshed_now(self, node: Node, asked_at: float) -> None:
+        """`node` got its attributes from the server by a request begun at `asked_at`: fresh
+        from now, unless the service said since that its directory changed. The answer may
+        then predate the change: it is used, and asked for again next time."""
+        parent = node.parent
+        node.refreshed_at = -1e18 if parent is not None and parent.changed_at >= asked_at \
+            else time.monotonic()
+
     def held_fresh(self, node: Node) -> bool:
         """The node's attributes came from the server (or changed here) since a program that
         still has its directory open opened it: as its listing (`listing_fresh`), they hold

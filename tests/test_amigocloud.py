@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ import requests
 from conftest import Mount, Mounter, run_cli
 from servers.amigocloud import AmigoCloudService, amigocloud_service
 from servers.faults import LoseReplies
+from servers.s3_proxy import ProxyHandler, S3Proxy
 from servers.s3 import free_port
 
 TTL = "1"  # --metadata-ttl: a new dataset shows within a second of its import
@@ -352,6 +354,88 @@ def test_changed_dataset_reread_by_events(mounter: Mounter, service: AmigoCloudS
     new = path.stat()
     assert new.st_ino == old.st_ino and new.st_size == len(path.read_bytes()) > old.st_size
     mounter.umount(m)
+
+
+class HeldListing(S3Proxy):
+    """Forwards every request; once `armed`, the next GET of `path` is answered upstream at
+    once, and that answer handed on only when the test sets `release` (`held` says it is
+    held; the wait is bounded)."""
+
+    WAIT = 20.0
+
+    def __init__(self, upstream: str, path: str, port: int) -> None:
+        super().__init__(upstream, port=port)
+        self.path, self.armed = path, False
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def handle(self, h: ProxyHandler, op: str, body: bytes) -> None:
+        with self.lock:
+            hold = self.armed and h.command == "GET" and h.url_path == self.path
+            self.armed = self.armed and not hold
+        if not hold:
+            super().handle(h, op, body)
+            return
+        reply = h.forward(body)
+        self.held.set()
+        self.release.wait(self.WAIT)
+        h.answer(*reply)
+
+
+def features(path: Path) -> int:
+    """How many features the GeoJSON file holds (-1: cut short, at a size the kernel kept)."""
+    with open(path) as f:
+        try:
+            return len(json.load(f)["features"])
+        except ValueError:
+            return -1
+
+
+def test_change_told_during_a_listing_is_not_lost(mounter: Mounter, tmp_path: Path) -> None:
+    """The service tells of a change while a listing of the directory is under way, answered
+    before the change: the listing must not be trusted for the TTL (a minute), or the change
+    is lost until then. A proxy holds the answer to the listing a lookup makes after the
+    overwrite's first event (its job started), until the mount has seen its second (the
+    dataset changed)."""
+    port = free_port()
+    # Job steps of a second: the listing held is answered well before the dataset changes.
+    with amigocloud_service(tmp_path, job_delay=1.0, websocket=False,
+                            public_url=f"http://127.0.0.1:{port}") as service:
+        proxy = HeldListing(service.url, "/api/v1/users/1/projects/1/datasets", port).start()
+        try:
+            def upload(rows: int, **form: str) -> None:
+                data = "name,longitude,latitude\n" + "far,10,20\n" * rows
+                requests.post(f"{service.url}/api/v1/users/1/projects/1/datasets/upload",
+                              params={"token": service.token}, data=form,
+                              files={"datafile": ("held.csv", data)},
+                              timeout=10).raise_for_status()
+
+            upload(1)
+            wait_for("the dataset", lambda: datasets_named(service, 1, "held"))
+            m = mount(mounter, service, service.token, "--metadata-ttl", "60", "-v",
+                      url=proxy.url)  # -v twice: the debug log says what each event set aside
+            wait_for("the event channel", lambda: m.status()["changes"].startswith("events"))
+            path = m.path / "Parks" / "datasets" / "held.geojson"
+            assert features(path) == 1
+
+            def told() -> int:
+                return log_of(m).count("changed on the service: Parks/datasets/")
+
+            before = told()
+            proxy.armed = True
+            upload(5, dataset_write_action="overwrite")
+            wait_for("the event of the job's start", lambda: told() > before, timeout=20)
+            looking = threading.Thread(target=path.stat)  # a lookup: datasets/ is listed
+            looking.start()
+            assert proxy.held.wait(proxy.WAIT), "no listing of datasets/ after the event"
+            wait_for("the event of the dataset's change", lambda: told() > before + 1,
+                     timeout=20)
+            proxy.release.set()
+            looking.join(20)
+            wait_for("the new content", lambda: features(path) == 5, timeout=15)
+            mounter.umount(m)
+        finally:
+            proxy.release.set()
+            proxy.stop()
 
 
 def test_events_over_long_polling(mounter: Mounter, tmp_path: Path) -> None:
