@@ -390,12 +390,14 @@ def features(path: Path) -> int:
             return -1
 
 
-def test_change_told_during_a_listing_is_not_lost(mounter: Mounter, tmp_path: Path) -> None:
+@pytest.mark.parametrize("look", ["lookup", "readdir"])
+def test_change_told_during_a_listing_is_not_lost(mounter: Mounter, tmp_path: Path,
+                                                  look: str) -> None:
     """The service tells of a change while a listing of the directory is under way, answered
-    before the change: the listing must not be trusted for the TTL (a minute), or the change
-    is lost until then. A proxy holds the answer to the listing a lookup makes after the
-    overwrite's first event (its job started), until the mount has seen its second (the
-    dataset changed)."""
+    before the change: neither the mount nor the kernel may trust it for the TTL (a minute),
+    or the change is lost until then. A proxy holds the answer to the listing a lookup (or a
+    readdir, whose entries the kernel keeps as a lookup's) makes after the overwrite's first
+    event (its job started), until the mount has seen its second (the dataset changed)."""
     port = free_port()
     # Job steps of a second: the listing held is answered well before the dataset changes.
     with amigocloud_service(tmp_path, job_delay=1.0, websocket=False,
@@ -424,7 +426,9 @@ def test_change_told_during_a_listing_is_not_lost(mounter: Mounter, tmp_path: Pa
             proxy.armed = True
             upload(5, dataset_write_action="overwrite")
             wait_for("the event of the job's start", lambda: told() > before, timeout=20)
-            looking = threading.Thread(target=path.stat)  # a lookup: datasets/ is listed
+            # Either lists datasets/ (the lookup to answer it).
+            looking = threading.Thread(target=path.stat if look == "lookup" else
+                                       lambda: os.listdir(path.parent))
             looking.start()
             assert proxy.held.wait(proxy.WAIT), "no listing of datasets/ after the event"
             wait_for("the event of the dataset's change", lambda: told() > before + 1,
