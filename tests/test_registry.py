@@ -121,7 +121,7 @@ def test_secrets_come_from_a_file_or_the_environment_and_are_redacted(
         secret_context({"key_file": key_file}).secret("key_file")
     # both secrets read are redacted from whatever a log line says
     record = logging.LogRecord("t", logging.INFO, __file__, 1,
-                               "token %s and %s, Authorization: Token abc def", 
+                               "token %s and %s, Authorization: Token abc def",
                                ("sekrit-from-env", "sekrit-from-file"), None)
     assert secrets.RedactSecrets().filter(record)
     assert record.getMessage() == "token <redacted> and <redacted>, Authorization: <redacted>"

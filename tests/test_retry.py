@@ -26,6 +26,7 @@ from servers.faults import FaultProxy
 from servers.s3 import S3Server
 from test_s3 import s3_env  # noqa: F401 (a fixture)
 
+
 @pytest.fixture
 def mock_clock() -> trio.testing.MockClock:
     """Sleeps end at once, in virtual time (pytest-trio runs the test on this clock)."""

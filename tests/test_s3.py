@@ -96,7 +96,7 @@ def test_files_reach_the_server_with_s3fs_metadata(mounter: Mounter, s3_env: S3S
 
 
 def test_objects_written_elsewhere_are_read_and_listed(mounter: Mounter, s3_env: S3Server,
-                                                        client, bucket_name: str) -> None:
+                                                       client, bucket_name: str) -> None:
     client.put_object(Bucket=bucket_name, Key="a/b/c.txt", Body=b"deep")
     client.put_object(Bucket=bucket_name, Key="top.bin", Body=bytes(range(256)) * 40)
     m = mount_s3(mounter, s3_env)

@@ -231,8 +231,8 @@ async def test_requests_go_through_the_proxy_the_environment_names(
 def test_base_follows_botocore_addressing() -> None:
     assert Base.from_url("https://b.s3.eu-west-1.amazonaws.com/m", "m") == \
         Base("https", "b.s3.eu-west-1.amazonaws.com", 443, "/")
-    assert Base.from_url("http://127.0.0.1:9000/b/m", "m") == Base("http", "127.0.0.1", 9000,
-                                                                  "/b/")
+    assert Base.from_url("http://127.0.0.1:9000/b/m", "m") == \
+        Base("http", "127.0.0.1", 9000, "/b/")
     assert Base("http", "h", 80, "/").host_header == "h"
     assert Base("https", "h", 8443, "/").host_header == "h:8443"
 
@@ -307,7 +307,8 @@ async def test_a_sink_that_fails_fails_the_read_without_retries(
         with pytest.raises(OSError, match="No space"):
             await s3.read_into(BUCKET, "k", 0, 300_000, full_disk)
         assert calls == [0]  # never called again once it failed
-        assert proxy.seen["other"] == before + 1  # one GET: a disk error is not the server's to retry
+        # One GET: a disk error is not the server's to retry.
+        assert proxy.seen["other"] == before + 1
     finally:
         await s3.aclose()
         proxy.stop()

@@ -476,8 +476,8 @@ class LocalBackend(Backend):
                 current: ObjectInfo | None = _info(bucket, key, parent, name)
             except (FileNotFoundError, NoSuchObject):
                 current = None
-            if (current.etag if current else None) != (None if if_match == IF_ABSENT
-                                                        else if_match):
+            if (current.etag if current else None) != \
+                    (None if if_match == IF_ABSENT else if_match):
                 if current is not None and _same_bytes(tmp_fd, parent, name):
                     return current
                 raise PreconditionLost(

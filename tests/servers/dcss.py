@@ -592,8 +592,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(chunk)
 
     def send_s3_error(self, exc: S3Error) -> None:
-        body = b"" if self.command == "HEAD" else error_xml(exc.code, exc.message,
-                                                             self.path.partition("?")[0])
+        body = b"" if self.command == "HEAD" else \
+            error_xml(exc.code, exc.message, self.path.partition("?")[0])
         self.send_response(exc.status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(body)))
