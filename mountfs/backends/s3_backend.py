@@ -173,8 +173,8 @@ class S3Backend(S3Copies):
 
     async def read_into(self, bucket: str, key: str, offset: int, length: int,
                         sink: Sink) -> int:
-        # The body goes from the CRT's buffers to the sink (the cache's block files) chunk by
-        # chunk: no list of chunks, no join, no second write from a worker thread.
+        # The body goes to the sink (the cache's block files) as it arrives, a piece at a time
+        # (s3_download.py): no list of chunks, no join, no second write from a worker thread.
         if length <= 0:
             return 0
         try:
