@@ -1,5 +1,5 @@
-"""Results of the runs, and the Markdown report: medians, ratios mountfs / each anchor, and
-the targets of issue 4 checked against them."""
+"""Results of the runs, and the Markdown report: medians, ratios mountfs / each anchor, the
+targets of issue 4 checked against them, and every value run by run."""
 from __future__ import annotations
 
 import statistics
@@ -65,6 +65,28 @@ def table(results: Results, metrics: list[Metric], runners: list[str]) -> str:
         row = [m.row if m.row != previous else "", f"{m.label} {arrow}",
                *(cell(results, r, m) for r in runners),
                *(ratio(results, m, a) for a in anchors)]
+        previous = m.row
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def run_by_run(results: Results, metrics: list[Metric], runners: list[str]) -> str:
+    """Each metric's values in run order, and mountfs's quotient against each anchor run by
+    run (run n of every tool ran before run n + 1 of any): the spread a median hides. A tool
+    with a failed run has fewer values, which no longer pair: its quotients are left out."""
+    anchors = [r for r in runners if r != SUBJECT]
+    head = ["Workload", "Metric", *runners, *(f"{SUBJECT} ÷ {a}" for a in anchors)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    previous = ""
+    for m in metrics:
+        values = {r: results.values.get((r, m.key), []) for r in runners}
+        if not any(values.values()):
+            continue
+        mine = values[SUBJECT]
+        row = [m.row if m.row != previous else "", m.label,
+               *(", ".join(map(number, values[r])) or "—" for r in runners),
+               *(", ".join(f"{a / b:.2f}" for a, b in zip(mine, values[anchor]) if b)
+                 if mine and len(mine) == len(values[anchor]) else "" for anchor in anchors)]
         previous = m.row
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -141,7 +163,8 @@ def error_list(results: Results) -> str:
 def render(results: Results, metrics: list[Metric], runners: list[str], header: list[str],
            notes: list[str]) -> str:
     parts = ["# mountfs benchmark", "", *header, "", table(results, metrics, runners), "",
-             *notes, "", "## Targets of issue 4", "", targets(results)]
+             *notes, "", "## Targets of issue 4", "", targets(results), "", "## Run by run", "",
+             run_by_run(results, metrics, runners)]
     errors = error_list(results)
     if errors:
         parts += ["", "## Errors", "", errors]
