@@ -1031,11 +1031,18 @@ async def test_reads_match_the_data_under_concurrent_writes(
     assert await contents(cache, obj) == bytes(model)
 
 
+def read_ahead_cache(cache_dir: Path, storage: FaultyStorage, **read_ahead: int) -> BlockCache:
+    """A cache whose read-ahead takes `read_ahead` (readahead_parallel, _max_blocks,
+    _run_blocks), loaded."""
+    cache = BlockCache(cache_dir, storage, BIG, BS, **read_ahead)  # type: ignore[arg-type]
+    cache.load()
+    return cache
+
+
 async def test_read_ahead_is_bounded_coalesced_and_its_window_grows(
         cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
-    cache = BlockCache(cache_dir, storage, BIG, BS,  # type: ignore[arg-type]
-                       readahead_parallel=3, readahead_max_blocks=16, readahead_run_blocks=4)
-    cache.load()
+    cache = read_ahead_cache(cache_dir, storage, readahead_parallel=3, readahead_max_blocks=16,
+                             readahead_run_blocks=4)
     data = pattern(60 * BS + 5, seed=4)
     info = await put(backend, "big", data)
     storage.read_delay = 0.005
@@ -1069,9 +1076,8 @@ async def test_read_ahead_starts_whole_runs_once_its_window_has_grown(
     window up to 4 blocks, and from then on every run is whole but the object's last. A
     window that is not a multiple of the run leaves the rest for the next run, not a short
     GET of its own."""
-    cache = BlockCache(cache_dir, storage, BIG, BS,  # type: ignore[arg-type]
-                       readahead_parallel=64, readahead_max_blocks=10, readahead_run_blocks=4)
-    cache.load()
+    cache = read_ahead_cache(cache_dir, storage, readahead_parallel=64, readahead_max_blocks=10,
+                             readahead_run_blocks=4)
     data = pattern(41 * BS + 5, seed=9)
     info = await put(backend, "planned", data)
     storage.read_delay = 3600
@@ -1112,9 +1118,7 @@ async def test_fetch_overtaken_by_a_truncate_leaves_no_tmp_file(
 async def test_write_into_a_read_ahead_run_under_way_wins(
         cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
     """A run of blocks fetched with one GET installs each block unless a write overtook it."""
-    cache = BlockCache(cache_dir, storage, BIG, BS,  # type: ignore[arg-type]
-                       readahead_run_blocks=4)
-    cache.load()
+    cache = read_ahead_cache(cache_dir, storage, readahead_run_blocks=4)
     data = pattern(8 * BS, seed=6)
     info = await put(backend, "remote", data)
     new = pattern(BS, seed=8)
