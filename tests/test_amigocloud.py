@@ -320,6 +320,15 @@ def test_changes_elsewhere_show_by_events(mounter: Mounter, service: AmigoCloudS
     mounter.umount(m)
 
 
+def features(path: Path) -> int:
+    """How many features the GeoJSON file holds (-1: cut short, at a size the kernel kept)."""
+    with open(path) as f:
+        try:
+            return len(json.load(f)["features"])
+        except ValueError:
+            return -1
+
+
 def test_changed_dataset_reread_by_events(mounter: Mounter, service: AmigoCloudService,
                                           tmp_path: Path) -> None:
     """A dataset overwritten through the official client (its id kept, so the file is the
@@ -335,21 +344,14 @@ def test_changed_dataset_reread_by_events(mounter: Mounter, service: AmigoCloudS
     wait_for("the event channel", lambda: m.status()["changes"] == "events over websocket")
     path = m.path / "Parks" / "datasets" / "changing.geojson"
     wait_for("the dataset", path.exists)
-    with open(path) as f:
-        assert len(json.load(f)["features"]) == 1
+    assert features(path) == 1
     old = wait_for("the export's size", lambda: path.stat())
     local.write_text("name,longitude,latitude\n" + "far,10,20\n" * 5)
     client.upload_file("users/1/projects/1/datasets/upload", None, str(local),
                        extra_data={"dataset_write_action": "overwrite"})
     started = time.monotonic()
 
-    def reread() -> bool:
-        with open(path) as f:
-            try:
-                return len(json.load(f)["features"]) == 5
-            except ValueError:  # cut at the old size: the kernel's attributes were stale
-                return False
-    wait_for("the new content", reread, timeout=20)
+    wait_for("the new content", lambda: features(path) == 5, timeout=20)
     assert time.monotonic() - started < 10  # well before the TTL
     new = path.stat()
     assert new.st_ino == old.st_ino and new.st_size == len(path.read_bytes()) > old.st_size
@@ -379,15 +381,6 @@ class HeldListing(S3Proxy):
         self.held.set()
         self.release.wait(self.WAIT)
         h.answer(*reply)
-
-
-def features(path: Path) -> int:
-    """How many features the GeoJSON file holds (-1: cut short, at a size the kernel kept)."""
-    with open(path) as f:
-        try:
-            return len(json.load(f)["features"])
-        except ValueError:
-            return -1
 
 
 @pytest.mark.parametrize("look", ["lookup", "readdir"])
