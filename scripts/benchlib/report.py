@@ -55,41 +55,47 @@ def ratio(results: Results, metric: Metric, anchor: str) -> str:
     return f"{mine / theirs:.2f}×"
 
 
-def table(results: Results, metrics: list[Metric], runners: list[str]) -> str:
+def metric_table(metrics: list[Metric], runners: list[str],
+                 cells: Callable[[Metric, list[str]], list[str] | None]) -> str:
+    """A Markdown table of a row per metric, its workload named on its first row only: then
+    `cells(metric, anchors)` (the metric's label, a cell per runner, a quotient per anchor);
+    None leaves the metric out."""
     anchors = [r for r in runners if r != SUBJECT]
     head = ["Workload", "Metric", *runners, *(f"{SUBJECT} ÷ {a}" for a in anchors)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     previous = ""
     for m in metrics:
-        arrow = "↑" if m.higher_is_better else "↓"
-        row = [m.row if m.row != previous else "", f"{m.label} {arrow}",
-               *(cell(results, r, m) for r in runners),
-               *(ratio(results, m, a) for a in anchors)]
+        row = cells(m, anchors)
+        if row is None:
+            continue
+        lines.append("| " + " | ".join([m.row if m.row != previous else "", *row]) + " |")
         previous = m.row
-        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def table(results: Results, metrics: list[Metric], runners: list[str]) -> str:
+    def medians(m: Metric, anchors: list[str]) -> list[str]:
+        arrow = "↑" if m.higher_is_better else "↓"
+        return [f"{m.label} {arrow}", *(cell(results, r, m) for r in runners),
+                *(ratio(results, m, a) for a in anchors)]
+
+    return metric_table(metrics, runners, medians)
 
 
 def run_by_run(results: Results, metrics: list[Metric], runners: list[str]) -> str:
     """Each metric's values in run order, and mountfs's quotient against each anchor run by
     run (run n of every tool ran before run n + 1 of any): the spread a median hides. A tool
     with a failed run has fewer values, which no longer pair: its quotients are left out."""
-    anchors = [r for r in runners if r != SUBJECT]
-    head = ["Workload", "Metric", *runners, *(f"{SUBJECT} ÷ {a}" for a in anchors)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    previous = ""
-    for m in metrics:
+    def runs(m: Metric, anchors: list[str]) -> list[str] | None:
         values = {r: results.values.get((r, m.key), []) for r in runners}
         if not any(values.values()):
-            continue
+            return None
         mine = values[SUBJECT]
-        row = [m.row if m.row != previous else "", m.label,
-               *(", ".join(map(number, values[r])) or "—" for r in runners),
-               *(", ".join(f"{a / b:.2f}" for a, b in zip(mine, values[anchor]) if b)
-                 if mine and len(mine) == len(values[anchor]) else "" for anchor in anchors)]
-        previous = m.row
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        return [m.label, *(", ".join(map(number, values[r])) or "—" for r in runners),
+                *(", ".join(f"{a / b:.2f}" for a, b in zip(mine, values[anchor]) if b)
+                  if mine and len(mine) == len(values[anchor]) else "" for anchor in anchors)]
+
+    return metric_table(metrics, runners, runs)
 
 
 @dataclass(frozen=True)
