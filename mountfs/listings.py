@@ -86,7 +86,8 @@ class Listings:
         assert parent.children is not None
         child = parent.children.get(name)
         if child is not None and (child.pending or self.table.fresh(child.refreshed_at)
-                                  or self.table.held_fresh(child)):
+                                  or self.table.held_fresh(child)
+                                  or self.table.on_read_path(child)):
             return child
         if child is None and self.table.fresh(parent.absent.get(name, -1e18)):
             raise FileNotFoundError(errno.ENOENT, name)

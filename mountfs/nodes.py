@@ -83,8 +83,8 @@ class Node:
                   never listed; a listing a lookup      listing); ns.mkdir
                   cut short counts what it read)
     listings      listings of this directory under way  lst.list_dir              directories
-    readers       when each open directory handle on    ops (opendir,             directories
-                  it was opened (a listing that ended   releasedir)
+    readers       when each open directory handle on    table.reading,            directories
+                  it was opened (a listing that ended   table.done_reading
                   after one stays fresh while it is
                   open: table.listing_fresh)
     removed       name -> when removed here, so that    table.note_removed;       while listings > 0

@@ -314,7 +314,7 @@ class Operations(pyfuse3.Operations):
         if not node.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, node.name)
         handle = DirHandle(node, self.ns.list_dir(node))
-        node.readers.append(handle.opened_at)  # its listing stays fresh while it is read
+        self.ns.table.reading(node, handle.opened_at)
         handle.ahead = self.ns.stat_ahead.open(node, handle.entries)
         try:
             await handle.more()  # the first page now, so that opendir reports a failure
@@ -351,7 +351,7 @@ class Operations(pyfuse3.Operations):
         await self._close_dir(self.handles.pop_dir(fh))
 
     async def _close_dir(self, handle: DirHandle) -> None:
-        handle.node.readers.remove(handle.opened_at)
+        self.ns.table.done_reading(handle.node, handle.opened_at)
         self.ns.stat_ahead.close(handle.ahead)
         await handle.aclose()
 
