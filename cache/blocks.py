@@ -89,6 +89,7 @@ class BlockCache:
         self.cap = cap_bytes
         self.block_size = block_size
         self.used = 0
+        self.reserved = 0  # room held for fetches under way (Room.reserving)
         self.hits = 0
         self.misses = 0
         self.evictions = 0  # clean blocks removed to stay under the cap

@@ -69,26 +69,27 @@ class Fetches:
         etag, start = rec.etag, first * bs
         want = min(count * bs, rec.remote_size - start)
         tmps = self._tmp_names(obj, range(first, first + -(-want // bs)))
-        try:
-            # The body goes straight into the blocks' tmp files as it arrives (BlockSink).
-            with BlockSink(list(tmps.values()), bs) as sink:
-                try:
-                    got = await storage.read_into(rec.bucket, rec.key, start, want, sink)
-                finally:
-                    if slot is not None:
-                        slot.release()
-                if got != want and rec.etag == etag:
-                    raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + got} bytes on "
-                                        f"the server, expected {rec.remote_size}")
-                sink.cut(got)  # a longer try cut short and repeated may have written more
-        except BaseException:
-            for tmp in tmps.values():
-                unlink_quietly(tmp)
-            raise
-        lengths = [min(bs, got - i * bs) for i in range(-(-got // bs))]
-        for n in list(tmps)[len(lengths):]:
-            unlink_quietly(tmps.pop(n))
-        await self._install(obj, first, lengths, tmps, etag)
+        async with self.cache.room.reserving(want, wait=not obj.dirty):
+            try:
+                # The body goes straight into the blocks' tmp files as it arrives (BlockSink).
+                with BlockSink(list(tmps.values()), bs) as sink:
+                    try:
+                        got = await storage.read_into(rec.bucket, rec.key, start, want, sink)
+                    finally:
+                        if slot is not None:
+                            slot.release()
+                    if got != want and rec.etag == etag:
+                        raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + got} bytes "
+                                            f"on the server, expected {rec.remote_size}")
+                    sink.cut(got)  # a longer try cut short and repeated may have written more
+            except BaseException:
+                for tmp in tmps.values():
+                    unlink_quietly(tmp)
+                raise
+            lengths = [min(bs, got - i * bs) for i in range(-(-got // bs))]
+            for n in list(tmps)[len(lengths):]:
+                unlink_quietly(tmps.pop(n))
+            self._install(obj, first, lengths, tmps, etag)
 
     def _tmp_names(self, obj: CachedObject, blocks: range) -> dict[int, str]:
         """Where blocks being fetched are written before they go into place (`<id>.<n>.fetch`,
@@ -105,34 +106,24 @@ class Fetches:
         view = memoryview(data)
         pieces = [view[i * bs:(i + 1) * bs] for i in range(-(-len(data) // bs))]
         tmps = self._tmp_names(obj, range(first, first + len(pieces)))
-        try:
-            # Copying a block into the page cache takes about a millisecond: a worker thread
-            # does it.
-            await trio.to_thread.run_sync(write_files, list(zip(tmps.values(), pieces)))
-        except BaseException:
-            for tmp in tmps.values():
-                unlink_quietly(tmp)
-            raise
-        await self._install(obj, first, [len(p) for p in pieces], tmps, etag)
+        async with self.cache.room.reserving(len(data), wait=not obj.dirty):
+            try:
+                # Copying a block into the page cache takes about a millisecond: a worker
+                # thread does it.
+                await trio.to_thread.run_sync(write_files, list(zip(tmps.values(), pieces)))
+            except BaseException:
+                for tmp in tmps.values():
+                    unlink_quietly(tmp)
+                raise
+            self._install(obj, first, [len(p) for p in pieces], tmps, etag)
 
-    async def _install(self, obj: CachedObject, first: int, lengths: list[int],
-                       tmps: dict[int, str], etag: str) -> None:
-        """Move fetched blocks (`lengths[i]` bytes of block first + i, in `tmps`) into place
-        once there is room; one cached meanwhile, or of a version no longer the object's, is
-        dropped."""
+    def _install(self, obj: CachedObject, first: int, lengths: list[int],
+                 tmps: dict[int, str], etag: str) -> None:
+        """Move fetched blocks (`lengths[i]` bytes of block first + i, in `tmps`) into place,
+        in the room their fetch holds (no await: the checks hold when the blocks go in); one
+        cached meanwhile, or of a version no longer the object's, is dropped."""
         cache, rec = self.cache, obj.record
         bs = cache.block_size
-        total = sum(lengths)
-        try:
-            if obj.dirty:
-                cache.room.evict(total)
-            else:
-                await cache.room.wait(total)
-        except BaseException:
-            for tmp in tmps.values():
-                unlink_quietly(tmp)
-            raise
-        # From here to the end nothing awaits: the checks hold when the blocks go in.
         for i, length in enumerate(lengths):
             n = first + i
             if (rec.etag != etag or n in obj.blocks or n * bs + length > rec.remote_size

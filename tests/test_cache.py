@@ -492,7 +492,8 @@ async def test_upload_of_an_object_larger_than_the_cap_completes(
 
 async def test_fetch_waiting_for_room_does_not_undo_a_write(
         cache_dir: Path, storage: FaultyStorage, backend: LocalBackend) -> None:
-    """A fetched block waits for room; a write of that block meanwhile must win."""
+    """A fetch waits for room before it reads (its tmp files count against the cap); a write
+    of its block meanwhile must win."""
     cache, _ = new_cache(cache_dir, storage, cap=BS)
     queue = WritebackQueue(cache, storage, DELAY)  # type: ignore[arg-type]  # never run
     pending = await create(cache, "pending", pattern(BS))
@@ -509,8 +510,8 @@ async def test_fetch_waiting_for_room_does_not_undo_a_write(
     async with real_time_limit():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cache.read, obj, 0, 1)
-            await fetched.wait()
-            await trio.testing.wait_all_tasks_blocked()  # the fetched block waits for room
+            await trio.testing.wait_all_tasks_blocked()  # the fetch waits for room
+            assert not fetched.is_set(), "read over the cap"
             queue.discard(pending)  # no upload pending now: writes go on over the cap
             await cache.write(obj, 0, new)
             cache.discard(pending)  # room: the fetch goes on
