@@ -164,6 +164,7 @@ class StorjBackend(S3Backend):
                 log.warning("%s", refused)
                 self._refusal = refused
                 return False
+            self._refusal = None  # taken again (the auth service was down, not refusing)
             return True
 
     def translate(self, exc: BaseException) -> BaseException:
