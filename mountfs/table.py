@@ -115,16 +115,8 @@ class NodeTable:
         and entries do. `ls -l DIR` stats DIR/NAME by its whole path, so past the TTL the
         kernel asks again for each directory on that path, and each would list its parent
         again, for as long as the `ls` runs (at a bucket's root on s3rver, a walk of every
-        key in the bucket each time: 52 s of `ls -l` of 100,000 entries)."""
-        if self.ttl <= 0:
-            return False
-        for opened in self.read_dirs:
-            on_path: Node | None = opened
-            while on_path is not None:
-                if on_path is node:
-                    return True
-                on_path = on_path.parent
-        return False
+        key in the bucket each time: `ls -l` of 100,000 took 208 s, since 165 s)."""
+        return self.ttl > 0 and any(opened.is_under(node) for opened in self.read_dirs)
 
     def forget(self, inode: int, count: int) -> None:
         node = self.nodes.get(inode)
