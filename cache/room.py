@@ -68,9 +68,10 @@ class Room:
     async def reserving(self, need: int, *, wait: bool) -> AsyncIterator[None]:
         """Room for `need` bytes of fetched blocks from before their tmp files are written
         until the block is written in place (then in `used`) or dropped: in-flight fetches
-        count against the cap (8 read-ahead GETs of 8 MiB took the cache dir 36 MiB over it,
-        scripts/bench (h)). `wait`: as `wait`, else only evict (a fetch into an object with
-        unuploaded data must not wait for uploads, which may wait for it)."""
+        count against the cap (read-ahead GETs of 8 MiB under way took the cache dir 44 MiB
+        over a 2 GiB cap in scripts/bench (h), 50 MiB over a 256 MiB one). `wait`: as `wait`,
+        else only evict (a fetch into an object with unuploaded data must not wait for
+        uploads, which may wait for it)."""
         if wait:
             await self.wait(need)
         else:
