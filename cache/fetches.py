@@ -5,6 +5,8 @@ a write, a truncate or another server version overtook the fetch meanwhile."""
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -69,23 +71,18 @@ class Fetches:
         etag, start = rec.etag, first * bs
         want = min(count * bs, rec.remote_size - start)
         tmps = self._tmp_names(obj, range(first, first + -(-want // bs)))
-        async with self.cache.room.reserving(want, wait=not obj.dirty):
-            try:
-                # The body goes straight into the blocks' tmp files as it arrives (BlockSink).
-                with BlockSink(list(tmps.values()), bs) as sink:
-                    try:
-                        got = await storage.read_into(rec.bucket, rec.key, start, want, sink)
-                    finally:
-                        if slot is not None:
-                            slot.release()
-                    if got != want and rec.etag == etag:
-                        raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + got} bytes "
-                                            f"on the server, expected {rec.remote_size}")
-                    sink.cut(got)  # a longer try cut short and repeated may have written more
-            except BaseException:
-                for tmp in tmps.values():
-                    unlink_quietly(tmp)
-                raise
+        async with self._filling(obj, tmps, want):
+            # The body goes straight into the blocks' tmp files as it arrives (BlockSink).
+            with BlockSink(list(tmps.values()), bs) as sink:
+                try:
+                    got = await storage.read_into(rec.bucket, rec.key, start, want, sink)
+                finally:
+                    if slot is not None:
+                        slot.release()
+                if got != want and rec.etag == etag:
+                    raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + got} bytes on "
+                                        f"the server, expected {rec.remote_size}")
+                sink.cut(got)  # a longer try cut short and repeated may have written more
             lengths = [min(bs, got - i * bs) for i in range(-(-got // bs))]
             for n in list(tmps)[len(lengths):]:
                 unlink_quietly(tmps.pop(n))
@@ -97,6 +94,19 @@ class Fetches:
         names are the fetch's own."""
         return {n: f"{self.cache.blocks_dir}/{obj.id}.{n}.fetch" for n in blocks}
 
+    @asynccontextmanager
+    async def _filling(self, obj: CachedObject, tmps: dict[int, str],
+                       need: int) -> AsyncIterator[None]:
+        """Room under the cap (`Room.reserving`) for the `need` bytes written to `tmps` and
+        moved into place as blocks; should that fail, the tmp files still there go."""
+        async with self.cache.room.reserving(need, wait=not obj.dirty):
+            try:
+                yield
+            except BaseException:
+                for tmp in tmps.values():
+                    unlink_quietly(tmp)
+                raise
+
     async def store_fetched(self, obj: CachedObject, first: int, data: bytes,
                             etag: str) -> None:
         """Put `data`, read from the server's version `etag` of the object at block `first`,
@@ -106,15 +116,10 @@ class Fetches:
         view = memoryview(data)
         pieces = [view[i * bs:(i + 1) * bs] for i in range(-(-len(data) // bs))]
         tmps = self._tmp_names(obj, range(first, first + len(pieces)))
-        async with self.cache.room.reserving(len(data), wait=not obj.dirty):
-            try:
-                # Copying a block into the page cache takes about a millisecond: a worker
-                # thread does it.
-                await trio.to_thread.run_sync(write_files, list(zip(tmps.values(), pieces)))
-            except BaseException:
-                for tmp in tmps.values():
-                    unlink_quietly(tmp)
-                raise
+        async with self._filling(obj, tmps, len(data)):
+            # Copying a block into the page cache takes about a millisecond: a worker thread
+            # does it.
+            await trio.to_thread.run_sync(write_files, list(zip(tmps.values(), pieces)))
             self._install(obj, first, [len(p) for p in pieces], tmps, etag)
 
     def _install(self, obj: CachedObject, first: int, lengths: list[int],

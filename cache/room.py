@@ -69,9 +69,9 @@ class Room:
         """Room for `need` bytes of fetched blocks from before their tmp files are written
         until the block is written in place (then in `used`) or dropped: in-flight fetches
         count against the cap (read-ahead GETs of 8 MiB under way took the cache dir 44 MiB
-        over a 2 GiB cap in scripts/bench (h), 50 MiB over a 256 MiB one). `wait`: as `wait`,
-        else only evict (a fetch into an object with unuploaded data must not wait for
-        uploads, which may wait for it)."""
+        over a 2 GiB cap in scripts/bench (h), 50 MiB over a 256 MiB one). `wait`: wait for
+        uploads to free room as `wait` does, else only evict (a fetch into an object with
+        unuploaded data must not wait for uploads, which may wait for it)."""
         if wait:
             await self.wait(need)
         else:
