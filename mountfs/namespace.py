@@ -40,6 +40,13 @@ from mountfs.table import NodeTable
 
 # Extended attribute namespaces kept (the kernel checks who may set trusted.* and security.*).
 XATTR_NAMESPACES = ("user.", "trusted.", "security.")
+# Attributes the kernel would give a meaning the mount cannot: SELinux labels and POSIX ACLs
+# would not be enforced here. Refused as a filesystem without them refuses them, ENOTSUP to
+# read, set or remove. That answer also spares `ls -l` two FUSE requests per entry: coreutils
+# asks each file for security.selinux and system.posix_acl_access, and once told ENOTSUP it
+# asks no other file of the same mount (ENODATA it takes for that file alone).
+UNKEPT_XATTRS = frozenset({"security.selinux", "system.posix_acl_access",
+                           "system.posix_acl_default"})
 # How long after its mtime a version told apart by its mtime in whole seconds is unsure
 # (the second itself, and some clock skew between the service and this machine).
 UNSURE_VERSION_NS = 2 * 10**9
@@ -337,15 +344,20 @@ class Namespace:
                 self.cache.set_server_version(obj, info.etag, info.mtime_ns)
 
     def getxattr(self, node: Node, name: str) -> bytes:
+        refuse_unkept(name)
         try:
             return node.attrs.xattrs[name]
         except KeyError:
             raise NoSuchAttribute(name) from None
 
+    def listxattr(self, node: Node) -> list[str]:
+        """The names a getxattr answers (an unkept one another tool stored stays unshown)."""
+        return [name for name in node.attrs.xattrs if name not in UNKEPT_XATTRS]
+
     async def setxattr(self, node: Node, name: str, value: bytes) -> None:
+        refuse_unkept(name)
         if not name.startswith(XATTR_NAMESPACES):
-            # setxattr(2): ENOTSUP is the answer for a namespace the filesystem lacks. POSIX
-            # ACLs (system.posix_acl_*) are refused: the kernel would not enforce them here.
+            # setxattr(2): ENOTSUP is the answer for a namespace the filesystem lacks.
             raise OSError(errno.ENOTSUP, f"{name}: only {', '.join(XATTR_NAMESPACES)}* "
                           "attributes are kept")
         if not self.backend.features.keeps("xattr"):
@@ -356,6 +368,7 @@ class Namespace:
         await self.save_attrs(node)
 
     async def removexattr(self, node: Node, name: str) -> None:
+        refuse_unkept(name)
         if name not in node.attrs.xattrs:
             raise NoSuchAttribute(name)
         del node.attrs.xattrs[name]
@@ -473,3 +486,8 @@ class Namespace:
 
     def statfs_counts(self) -> tuple[int, int]:
         return len(self.table.nodes), self.cache.used
+
+
+def refuse_unkept(name: str) -> None:
+    if name in UNKEPT_XATTRS:
+        raise OSError(errno.ENOTSUP, f"{name}: SELinux labels and POSIX ACLs are not kept")

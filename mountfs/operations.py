@@ -377,7 +377,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return [n.encode() for n in (await self._node(inode)).attrs.xattrs]
+        return [n.encode() for n in self.ns.listxattr(await self._node(inode))]
 
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes,

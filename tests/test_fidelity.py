@@ -192,6 +192,14 @@ def test_trusted_and_security_xattrs_are_kept_acls_are_not(mounter: Mounter,
     acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
                                           for tag, perm in ((0x01, 6), (0x04, 4), (0x20, 4)))
     assert oserror(os.setxattr, path, "system.posix_acl_access", acl) == errno.EOPNOTSUPP
+    # nor is an SELinux label, and reading either says so (not ENODATA): see test_walks.py
+    assert oserror(os.setxattr, path, "security.selinux", b"system_u:object_r:tmp_t:s0") \
+        == errno.EOPNOTSUPP
+    for name in ("security.selinux", "system.posix_acl_access", "system.posix_acl_default"):
+        assert oserror(os.getxattr, path, name) == errno.EOPNOTSUPP
+    for name in ("security.selinux", "system.posix_acl_access"):  # (a file's default ACL
+        assert oserror(os.removexattr, path, name) == errno.EOPNOTSUPP  # the kernel drops)
+    assert sorted(os.listxattr(path)) == ["security.test", "trusted.overlay.opaque"]
     mounter.umount(m)
     m = mounter.remount(m)
     assert os.getxattr(m.bucket / "f", "trusted.overlay.opaque") == b"y"

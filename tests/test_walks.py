@@ -298,8 +298,8 @@ def test_ls_l_reads_metadata_ahead_in_parallel_once_each(
     seen = taken(slow_heads)
     assert seen["HeadObject"] == len(names), seen  # each entry once, none twice
     assert seen["ListObjectsV2"] == 0, seen  # the listing `ls` made answered every name
-    # Nothing else: the lookup and the two xattrs `ls -l` asks of each entry
-    # (security.selinux, system.posix_acl_access) are answered from what the HEAD read.
+    # Nothing else: the lookups are answered from what the HEAD read (and the xattrs `ls -l`
+    # asks for without a request: test_ls_l_costs_no_lookup_per_entry).
     assert sum(seen.values()) == len(names), seen
     assert slow_heads.most_in_flight >= 8, slow_heads.most_in_flight
     # One at a time, the HEADs alone would take len(names) * delay = 8 s.
@@ -318,15 +318,17 @@ def test_ls_l_costs_no_lookup_per_entry(mounter: Mounter, proxy: S3Proxy, client
     m = mount_s3(mounter, proxy, "--metadata-ttl", "60", "--metrics-addr", f"127.0.0.1:{port}",
                  source=f"s3://{bucket_name}")
 
-    def lookups() -> float:
-        return value(scrape(port), "mountfs_fuse_requests_total", operation="lookup")
+    def lookups(operation: str = "lookup") -> float:
+        return value(scrape(port), "mountfs_fuse_requests_total", operation=operation)
 
-    before = lookups()
+    before, xattrs_before = lookups(), lookups("getxattr")
     out = subprocess.run(["ls", "-l", str(m.path / "flat")], check=True, capture_output=True,
                          text=True).stdout
     assert sum(name in out for name in names) == len(names)
     listed = lookups() - before
     assert listed <= len(names) // 3, listed
+    # ls asks the first entry for its SELinux label and ACL, told ENOTSUP, no other entry
+    assert lookups("getxattr") - xattrs_before <= 2
     before = lookups()
     for name in names[:20]:
         assert os.stat(m.path / "other" / name).st_size == len(name)
