@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -140,6 +141,11 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             nursery.start_soon(raise_read_ahead, ops.initialized, target)
             nursery.start_soon(follow_changes, ns.table, backend)
             ready()
+            # What was built to get here (the drivers' libraries, botocore's service models)
+            # lives as long as the mount: out of the collector's sight. A full collection
+            # stops every request; during `ls -l` of 10,000 on s3rver one took 5 ms, not 37-66.
+            gc.collect()
+            gc.freeze()
             nursery.start_soon(notify.report, status.snapshot)  # under systemd: READY=1
             await pyfuse3.main()
             stop.unmounted = True
