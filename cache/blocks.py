@@ -5,10 +5,11 @@ cache/fetches.py (fetching blocks), cache/readahead.py (what to fetch ahead of a
 cache/room.py (eviction and the cap), cache/fds.py (the descriptor table),
 cache/block_files.py (writing fetched block files), cache/block_reader.py (the upload's reads).
 
-Layout: `<dir>/journal` (the records, see cache.journal) and `<dir>/blocks/<id>.<n>`, block n
-of object <id>, bytes [n*B, n*B + len); flat, because creating a directory per object costs
-as much as the file itself. A block file shorter
-than B, or a block past `remote_size` that is absent, reads as zeros up to the object's size.
+Layout: `<dir>/journal` (the records, see cache.journal), `<dir>/block-size` (B, see
+cache.layout) and `<dir>/blocks/<id>.<n>`, block n of object <id>, bytes [n*B, n*B + len);
+flat, because creating a directory per object costs as much as the file itself. A block file
+shorter than B, or a block past `remote_size` that is absent, reads as zeros up to the
+object's size.
 An absent block below `remote_size` is fetched from the server version named by the record.
 
 Locking, all on the one trio thread: a block being fetched has an Event in `fetching`, and
@@ -62,8 +63,9 @@ from cache.block_reader import BlockReader
 from cache.fds import MAX_OPEN_FDS, FdCache, fd_limit
 from cache.fetches import Fetches
 from cache.journal import Journal, ObjectRecord
+from cache.layout import settle_block_size
 from cache.objects import CachedObject
-from cache.readahead import READAHEAD_MAX_BLOCKS, READAHEAD_PARALLEL, ReadAhead
+from cache.readahead import READAHEAD_PARALLEL, ReadAhead
 from cache.room import Room
 from cache.storage import Storage
 from cache.whole import WholeReads
@@ -78,7 +80,7 @@ class BlockCache:
     def __init__(self, directory: Path, storage: Storage, cap_bytes: int,
                  block_size: int = DEFAULT_BLOCK_SIZE, *,
                  readahead_parallel: int = READAHEAD_PARALLEL,
-                 readahead_max_blocks: int = READAHEAD_MAX_BLOCKS,
+                 readahead_max_blocks: int | None = None,
                  readahead_run_blocks: int | None = None,
                  max_open_fds: int = MAX_OPEN_FDS,
                  whole_reads_up_to: int | None = 0) -> None:
@@ -87,7 +89,7 @@ class BlockCache:
         self.journal = Journal(directory / "journal")
         self.storage = storage
         self.cap = cap_bytes
-        self.block_size = block_size
+        self.block_size = block_size  # the one asked for: load() settles the dir's own
         self.used = 0
         self.reserved = 0  # room held for fetches under way (Room.reserving)
         self.hits = 0
@@ -122,12 +124,18 @@ class BlockCache:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         self.blocks_dir.mkdir(mode=0o700, exist_ok=True)
-        objects = {r.id: CachedObject(r, self.blocks_dir) for r in self.journal.load()}
-        for entry in os.scandir(self.blocks_dir):
+        records = self.journal.load()
+        entries = list(os.scandir(self.blocks_dir))
+        self.block_size, drop_blocks = settle_block_size(
+            self.dir, self.block_size, bool(entries), any(r.dirty for r in records))
+        objects = {r.id: CachedObject(r, self.blocks_dir) for r in records}
+        for entry in entries:
             obj_id, _, n = entry.name.partition(".")
             obj = objects.get(obj_id)
-            if obj is None or not n.isdigit():
-                os.unlink(entry.path)  # no record, or a fetch's tmp file cut short by a kill
+            if obj is None or not n.isdigit() or drop_blocks:
+                # no record, a fetch's tmp file cut short by a kill, or clean blocks of
+                # another size
+                os.unlink(entry.path)
                 continue
             obj.blocks[int(n)] = entry.stat().st_size
             self.used += obj.blocks[int(n)]

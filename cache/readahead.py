@@ -16,13 +16,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The read-ahead window doubles per sequential read up to this many blocks ahead of the
+# The read-ahead window doubles per sequential read up to this many bytes ahead of the
 # reader (and at most a quarter of the cap); it bounds the data in flight. A server answers
 # each ranged GET after a round trip, so throughput is (bytes in flight) per round trip: 8
 # GETs of 8 MiB at once is what boto3's own parallel reads use to fill the link, and the
-# window must hold them all (at 32 blocks only 4 runs were ever under way: a cold 1 GiB read
-# on s3rver, 10 paired runs on a loaded machine: median 0.68x boto3's throughput, 0.78x at 64).
-READAHEAD_MAX_BLOCKS = 64
+# window must hold them all (at 32 MiB only 4 runs were ever under way: a cold 1 GiB read on
+# s3rver, 10 paired runs on a loaded machine: median 0.68x boto3's throughput, 0.78x at 64).
+READAHEAD_MAX_BYTES = 64 * 1024 * 1024
 READAHEAD_PARALLEL = 8  # read-ahead GETs under way at once (the default)
 # Consecutive blocks a read-ahead fetches with one ranged GET: per-request costs make small
 # GETs slow (s3rver: 190 MiB/s with 1 MiB GETs, 330 MiB/s with 8 MiB ones, 8 in flight).
@@ -47,14 +47,18 @@ class Slot:
 
 
 class ReadAhead:
-    def __init__(self, cache: BlockCache, parallel: int, max_blocks: int,
+    def __init__(self, cache: BlockCache, parallel: int, max_blocks: int | None,
                  run_blocks: int | None) -> None:
+        """`max_blocks`, `run_blocks`: the window and the run in blocks (None: those of
+        READAHEAD_MAX_BYTES and READAHEAD_RUN_BYTES, at the block size the cache settles)."""
         self.cache = cache
-        self.max_blocks = max_blocks
-        if run_blocks is None:
-            run_blocks = max(1, READAHEAD_RUN_BYTES // cache.block_size)
-        self.run_blocks = max(1, min(run_blocks, max_blocks))
+        self._max_asked = max_blocks
+        self._run_asked = run_blocks
         self._slots = trio.CapacityLimiter(parallel)
+
+    @property
+    def max_blocks(self) -> int:
+        return self._max_asked or max(1, READAHEAD_MAX_BYTES // self.cache.block_size)
 
     def after_read(self, obj: CachedObject, offset: int, end: int) -> None:
         """A sequential reader gets the next blocks fetched in parallel, in a growing window.
@@ -100,9 +104,11 @@ class ReadAhead:
         obj.readahead_to = max(obj.readahead_to, last + 1)
 
     def _run_blocks(self) -> int:
-        """Blocks per read-ahead GET: at most a quarter of the cap, so that a run never needs
-        more room than eviction can make."""
-        return max(1, min(self.run_blocks, self.cache.cap // (4 * self.cache.block_size)))
+        """Blocks per read-ahead GET: at most the window, and a quarter of the cap, so that a
+        run never needs more room than eviction can make."""
+        bs = self.cache.block_size
+        run = self._run_asked or max(1, READAHEAD_RUN_BYTES // bs)
+        return max(1, min(run, self.max_blocks, self.cache.cap // (4 * bs)))
 
     def _missing_runs(self, obj: CachedObject, first: int,
                       last: int, run_blocks: int) -> list[tuple[int, int]]:

@@ -80,10 +80,12 @@ class WritebackQueue:
         cache.uploads_pending = self._uploads_pending
         cache.on_write = self._written
         # part_size: the storage takes uploads in parts of that size (a PartStorage); large
-        # files then go up while they are written (cache/streams.py).
+        # files then go up while they are written (cache/streams.py), in parts of whole
+        # blocks (S3's 5 MiB minimum goes up in parts of 8 MiB with 4 MiB blocks).
         self.streams: PartStreams | None = None
-        if part_size > 0 and part_size % cache.block_size == 0:
-            self.streams = PartStreams(cache, cast(PartStorage, storage), part_size)
+        if part_size > 0:
+            whole_blocks = -(-part_size // cache.block_size) * cache.block_size
+            self.streams = PartStreams(cache, cast(PartStorage, storage), whole_blocks)
             self.streams.condition = self._condition
 
     # ---- what the filesystem calls ---------------------------------------------------------

@@ -116,7 +116,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                    config.read_only, dir_times_delay=config.writeback_delay)
     status = Status(source.describe(), config.mountpoint, cache, queue, backend.transfers,
                     backend.changes_via, source.scope)
-    ops = Operations(ns, status, config.block_size, config.upload_on_close)
+    ops = Operations(ns, status, cache.block_size, config.upload_on_close)
     target = os.path.realpath(config.mountpoint)  # (once mounted, its lstat would hang)
     if metrics and config.metrics_addr:
         metrics.serve(config.metrics_addr, cache, queue, ops.requests)

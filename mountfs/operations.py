@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+FUSE_REQUEST_MAX = 1024 * 1024  # the most a read or write request carries (256 pages)
 NODE_KINDS = frozenset({stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 
 
@@ -99,7 +100,9 @@ class Operations(pyfuse3.Operations):
         e.st_uid, e.st_gid = a.uid, a.gid
         e.st_rdev = a.rdev
         e.st_size = 0 if node.is_dir else node.size
-        e.st_blksize = self.block_size
+        # A program's I/O size: past a FUSE request's 1 MiB it gains nothing (Python buffers
+        # every open file at it).
+        e.st_blksize = min(self.block_size, FUSE_REQUEST_MAX)
         e.st_blocks = (e.st_size + 511) // 512
         e.st_mtime_ns, e.st_ctime_ns, e.st_atime_ns = a.mtime_ns, a.ctime_ns, a.atime_ns
         return e

@@ -601,6 +601,43 @@ async def test_uncommitted_dirty_object_is_recovered_as_written(
     assert await contents(again, dirty[0]) == bytes(offset) + data
 
 
+def reopened_at(cache_dir: Path, storage: FaultyStorage,
+                block_size: int) -> tuple[BlockCache, list[CachedObject]]:
+    """The cache dir opened by a mount asking for another block size."""
+    cache = BlockCache(cache_dir, storage, BIG, block_size)  # type: ignore[arg-type]
+    return cache, cache.load()
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "from-before-the-record"])
+async def test_files_not_uploaded_keep_the_block_size_they_were_written_at(
+        cache_dir: Path, storage: FaultyStorage, backend: LocalBackend, nursery: trio.Nursery,
+        recorded: bool) -> None:
+    """A mount asking for other blocks than the dir's: the blocks of files not uploaded yet
+    are read at the size they were written at (a dir from before the record: 1 MiB, the only
+    size mountfs used), until they are uploaded; then the dir takes the new size."""
+    mib = 1024 * 1024
+    data = pattern(2 * mib + 5)
+    first, _ = reopened_at(cache_dir, storage, mib)
+    first.commit(await create(first, "f", data))
+    del first  # the process dies before the upload
+    if not recorded:
+        (cache_dir / "block-size").unlink()
+
+    again, dirty = reopened_at(cache_dir, storage, 4 * mib)
+    assert again.block_size == mib
+    assert [await contents(again, o) for o in dirty] == [data]
+    queue = await start_queue(nursery, again, storage)
+    queue.commit(dirty[0], delay=0)
+    await queue.drain()
+    assert await on_server(backend, "f") == data
+
+    third, _ = reopened_at(cache_dir, storage, 4 * mib)
+    assert third.block_size == 4 * mib and block_files(cache_dir) == {}  # clean ones dropped
+    assert (cache_dir / "block-size").read_text() == f"{4 * mib}\n"
+    info = await backend.stat_object(BUCKET, "f")
+    assert await contents(third, open_remote(third, info)) == data  # fetched again
+
+
 @pytest.mark.parametrize("garbage", [b"", b"{not json", b'{"id": "x"}', b"[1, 2]"])
 async def test_torn_journal_line_is_ignored(cache: BlockCache, cache_dir: Path,
                                             storage: FaultyStorage, garbage: bytes) -> None:

@@ -19,9 +19,9 @@ from kits.s3 import KIT
 from stores import s3_client
 
 MiB = 1024 * 1024
-PART = 5 * MiB  # the smallest part moto (and S3) takes
+PART = 5 * MiB  # the smallest part moto (and S3) takes: sent as 8 MiB, two whole blocks
 CAP = 16 * MiB
-SIZE = 48 * MiB + 4321  # ten parts, the last one short
+SIZE = 48 * MiB + 4321  # six parts, and a short one
 
 
 @pytest.fixture

@@ -265,7 +265,8 @@ class Backend(abc.ABC):
     # ---- uploads in parts, driven by the write-back queue (`features.part_uploads`) ---------
 
     def part_upload_size(self) -> int:
-        """The size of every part but the last of an upload driven from outside."""
+        """The least size of every part but the last of an upload driven from outside (the
+        cache sends whole blocks: this rounded up to its block size)."""
         raise NotSupported(f"{self.describe()} uploads objects whole")
 
     async def begin_upload(self, bucket: str, key: str, metadata: dict[str, str]) -> str:
