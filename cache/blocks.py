@@ -37,7 +37,7 @@ Hot paths (every FUSE read and write lands here, on the one trio thread):
 - A read whose blocks are all cached (or holes) never awaits: one pread per block. One within
   a single cached block (a small random read) is `read_hit`, a plain call: the FUSE read
   handler awaits no coroutine for it.
-- A sequential reader's read-ahead fetches runs of consecutive blocks (up to 8 MiB) with one
+- A sequential reader's read-ahead fetches runs of consecutive blocks (up to 16 MiB) with one
   ranged GET each, several in flight; a reader's own fetch of a missing block is one block.
 - Fetched blocks are written to tmp files in a worker thread; only the renames into place and
   the bookkeeping run on the trio thread, after the checks that they were not overtaken.
