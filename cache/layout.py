@@ -31,7 +31,16 @@ def settle_block_size(directory: Path, wanted: int, holds_blocks: bool,
     else:
         size, drop = wanted, on_disk != wanted and holds_blocks
     if recorded != size:
-        record_block_size(directory, size)
+        try:
+            record_block_size(directory, size)
+        except OSError as e:
+            # A full disk must not keep the mount from starting (the journal rides it out
+            # too). The dir goes on at the size it names without a record or with its old
+            # one, so blocks written now are read at the same size after a crash.
+            kept = recorded or UNRECORDED_BLOCK_SIZE
+            log.warning("%s: cannot record the block size (%s): this mount uses %d KiB "
+                        "blocks, the size the dir already names", directory, e, kept // 1024)
+            return kept, False
     return size, drop
 
 
@@ -51,10 +60,14 @@ def record_block_size(directory: Path, block_size: int) -> None:
     tmp = directory / (BLOCK_SIZE_FILE + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, f"{block_size}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            os.write(fd, f"{block_size}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.rename(tmp, directory / BLOCK_SIZE_FILE)
     dir_fd = os.open(directory, os.O_RDONLY)
     try:

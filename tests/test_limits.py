@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from cache.block_files import DEFAULT_BLOCK_SIZE
 from cache.journal import Journal, ObjectRecord
 from conftest import Mount, Mounter
 from servers.faults import FaultProxy
@@ -41,7 +42,9 @@ pytestmark = pytest.mark.mounted
 
 MiB = 1024 * 1024
 WORKERS = 8  # mountfs's upload workers (MountConfig.workers)
-BLOCK = MiB  # mountfs's block size (cache.blocks.DEFAULT_BLOCK_SIZE)
+# The cap test's block size: small enough against the 32 MiB disk for its bound (cap plus one
+# block per upload worker) to mean something.
+BLOCK = MiB
 RSS_LIMIT = 300 * MiB
 
 
@@ -130,6 +133,40 @@ def test_cache_disk_full(mounter: Mounter, store: Store, small_disk: Path) -> No
         assert (m.bucket / name).read_bytes() == data, name
 
 
+def fill(disk: Path) -> Path:
+    """Write a file on `disk` until it is full to its last byte; return its path."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        with pytest.raises(OSError) as exc:
+            while True:
+                f.write(b"\0" * MiB)
+    assert exc.value.errno == errno.ENOSPC
+    return filler
+
+
+def test_new_cache_dir_on_a_full_disk(mounter: Mounter, store: Store, small_disk: Path) -> None:
+    """A mount whose new cache dir is on a full disk starts (its block size cannot be
+    recorded, so it uses the size a dir without a record is read at: 1 MiB) and lists the
+    store; once room is made, a file is read, a file written reaches the store, and a remount with room
+    records the size asked for, drops the clean 1 MiB blocks and reads the file back whole."""
+    (store.stored / "there").write_bytes(b"before")
+    filler = fill(small_disk)
+    m = mounter.mount(store, "--writeback-delay", "0", cache=small_disk / "cache")
+    assert os.listdir(m.bucket) == ["there"] and (m.bucket / "there").stat().st_size == 6
+    assert not (m.cache / "block-size").exists()
+    filler.unlink()
+    assert (m.bucket / "there").read_bytes() == b"before"
+    data = pattern(3 * MiB + 7, seed=5)
+    write_in_chunks(m.bucket / "new", data)
+    wait_idle(m, timeout=30)
+    assert (store.stored / "new").read_bytes() == data
+    assert max(p.stat().st_size for p in (m.cache / "blocks").iterdir()) == MiB
+    mounter.umount(m)
+    m = mounter.remount(m)
+    assert (m.cache / "block-size").read_text() == f"{DEFAULT_BLOCK_SIZE}\n"
+    assert (m.bucket / "new").read_bytes() == data
+
+
 def test_cache_cap_holds(mounter: Mounter, store: Store, small_disk: Path) -> None:
     """`--cache-size 8M` on the 32 MiB tmpfs: 48 MiB written as 12 files, the disk's use
     sampled every 20 ms stays within the cap, one block per upload worker, and 1 MiB for the
@@ -137,7 +174,7 @@ def test_cache_cap_holds(mounter: Mounter, store: Store, small_disk: Path) -> No
     cap = 8 * MiB
     base = disk_used(small_disk)
     m = mounter.mount(store, "--cache-size", "8M", "--writeback-delay", "0",
-                      cache=small_disk / "cache")
+                      "--block-size", str(BLOCK), cache=small_disk / "cache")
     files = {f"f{i}": pattern(4 * MiB, seed=i) for i in range(12)}
     with Sampler(lambda: disk_used(small_disk) - base) as usage:
         for name, data in files.items():
@@ -159,11 +196,7 @@ def test_journal_on_a_full_disk(small_disk: Path) -> None:
     assert journal.load() == []
     first = ObjectRecord("a" * 32, "bucket", "first", 1, 0, "", 0, dirty=True)
     journal.save(first)
-    filler = small_disk / "filler"
-    with open(filler, "wb", buffering=0) as f:  # fill the disk to its last byte
-        with pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * MiB)
+    filler = fill(small_disk)
     with pytest.raises(OSError) as exc:  # a record of several KiB cannot fit now
         journal.save(ObjectRecord("b" * 32, "bucket", "lost", 1, 0, "", 0,
                                   metadata={"pad": "x" * 8192}, dirty=True))
