@@ -35,7 +35,8 @@ class MetadataReads:
         self._reading: dict[Node, trio.Event] = {}
         # Reads the entries of directories being read and stat'ed, ahead of the stats.
         self.stat_ahead = StatAhead(self.claim, self._read_metadata_if_can, self.forgo,
-                                    self._reading.get, backend.features.parallel_requests)
+                                    self._reading.get,
+                                    backend.features.parallel_metadata_reads)
 
     async def complete(self, node: Node) -> Node:
         """The node with the attributes its metadata gives, read now if a listing left them out.

@@ -32,6 +32,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 FUSE_REQUEST_MAX = 1024 * 1024  # the most a read or write request carries (256 pages)
 NODE_KINDS = frozenset({stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
+# Entries one readdir reply hands out at most (see readdir).
+READDIR_REPLY_ENTRIES = 64
 
 
 def fuse_errors(fn: F) -> F:
@@ -336,7 +338,9 @@ class Operations(pyfuse3.Operations):
         # At most as many entries as are read ahead: a program that stats what it lists
         # (`ls -l`) then reads the directory again between its stats, and gets the entries
         # after the first reply with their attributes, sparing a lookup each (StatAhead.listed).
-        end = start_id + self.ns.stat_ahead.ahead
+        # And at most READDIR_REPLY_ENTRIES: the first reply goes before any stat, so each of
+        # its entries costs such a program a lookup.
+        end = start_id + min(READDIR_REPLY_ENTRIES, self.ns.stat_ahead.ahead)
         while i < end and (i < len(handle.entries) or i == start_id and await handle.more()):
             if i >= len(handle.entries):
                 continue  # an empty page

@@ -10,7 +10,7 @@ starts reads of the `ahead` entries after it; each later stat moves that edge. R
 of the program's stats, never far ahead of them: what is read is used within moments, not
 after its TTL, and a huge directory is read only as far as its reader got, plus `ahead`. The
 reads are made, in the order they were asked for, by `parallel` worker tasks
-(`Features.parallel_requests`, about the driver's connection pool) across directories: a stat
+(`Features.parallel_metadata_reads`, about the driver's connection pool) across directories: a stat
 only queues reads, and waits for its own entry alone. (Workers, not a task per read behind a
 limiter: `ls -l` of a large directory makes one read per entry, and spawning a task and
 passing a limiter cost as much of the mount's one thread as the rest of a HEAD's handling.) A

@@ -270,7 +270,7 @@ def s3_ahead() -> int:
     """How many entries past a stat the stat-ahead reads on S3: 4 x its pool."""
     from mountfs.backends.s3_backend import S3Backend
 
-    return 4 * S3Backend(credentials=("k", "s")).features.parallel_requests
+    return 4 * S3Backend(credentials=("k", "s")).features.parallel_metadata_reads
 
 
 def put_flat(client, bucket: str, count: int) -> list[str]:  # type: ignore[no-untyped-def]
@@ -350,7 +350,7 @@ def listed_then_first_stat(mounter: Mounter, proxy: S3Proxy, client,  # type: ig
                            bucket_name: str, count: int) -> Iterator[tuple[Mount, list[str], int]]:
     """A directory of `count` objects read whole through a handle kept open, then its first
     entry stat'ed: the mount, the names, and the HEADs that stat and the reads ahead took
-    (checked: more than one, at most 1 + 4 x Features.parallel_requests)."""
+    (checked: more than one, at most 1 + 4 x Features.parallel_metadata_reads)."""
     names = put_flat(client, bucket_name, count)
     m = mount_counted(mounter, proxy, bucket_name, ttl=60)
     fd = os.open(m.path / "flat", os.O_RDONLY | os.O_DIRECTORY)
@@ -385,13 +385,13 @@ def test_reads_ahead_follow_the_program_past_what_was_read_ahead(
 def test_metadata_reads_ahead_use_the_whole_connection_pool(
         mounter: Mounter, slow_heads: SlowHeads, client,  # type: ignore[no-untyped-def]
         bucket_name: str) -> None:
-    """`Features.parallel_requests` is the S3 driver's connection pool: `ls -l` keeps as many
-    HEADs under way as the pool has connections (fewer would leave some idle)."""
+    """The S3 driver's connection pool holds `Features.parallel_metadata_reads`: `ls -l` keeps
+    as many HEADs under way as the pool has connections (fewer would leave some idle)."""
     from mountfs.backends.s3_backend import S3Backend
 
     backend = S3Backend(slow_heads.url, path_style=True, credentials=("k", "s"))
     pool = backend.wire.limiter.total_tokens
-    assert backend.features.parallel_requests == pool
+    assert backend.features.parallel_metadata_reads == pool
     names = put_flat(client, bucket_name, 200)
     m = mount_counted(mounter, slow_heads, bucket_name, ttl=60)  # type: ignore[arg-type]
     out = subprocess.run(["ls", "-l", str(m.path / "flat")], check=True, capture_output=True,

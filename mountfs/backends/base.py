@@ -130,10 +130,13 @@ class Features:
     # download and an upload.
     server_side_copy: bool = True
     # Requests worth having under way at once, about the driver's connection pool (more only
-    # queue in the driver, fewer leave it idle): the stat-ahead of a directory being read and
-    # stat'ed (mountfs/statahead.py) keeps this many metadata reads in flight, and the
-    # write-back queue runs at least this many uploads at once (small files' PUTs).
+    # queue in the driver, fewer leave it idle): the write-back queue runs at least this many
+    # uploads at once (small files' PUTs).
     parallel_requests: int = 16
+    # Metadata reads the stat-ahead of a directory being read and stat'ed keeps in flight
+    # (mountfs/statahead.py): as many as it takes to keep the service busy while the mount
+    # handles the replies, which a service answering small requests fast needs more of.
+    parallel_metadata_reads: int = 16
     # Multipart uploads driven from outside (`begin_upload`, `upload_part`, `complete_upload`,
     # `abort_upload`): the write-back queue uploads a large file's parts while it is being
     # written (cache/streams.py). Without it a file goes up whole after close.
