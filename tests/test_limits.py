@@ -147,8 +147,9 @@ def fill(disk: Path) -> Path:
 def test_new_cache_dir_on_a_full_disk(mounter: Mounter, store: Store, small_disk: Path) -> None:
     """A mount whose new cache dir is on a full disk starts (its block size cannot be
     recorded, so it uses the size a dir without a record is read at: 1 MiB) and lists the
-    store; once room is made, a file is read, a file written reaches the store, and a remount with room
-    records the size asked for, drops the clean 1 MiB blocks and reads the file back whole."""
+    store; once room is made, a file is read, a file written reaches the store, and a
+    remount with room records the size asked for, drops the clean 1 MiB blocks and reads the
+    file back whole."""
     (store.stored / "there").write_bytes(b"before")
     filler = fill(small_disk)
     m = mounter.mount(store, "--writeback-delay", "0", cache=small_disk / "cache")
