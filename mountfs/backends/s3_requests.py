@@ -31,9 +31,9 @@ PARALLEL_PARTS = 8
 # HEADs the stat-ahead keeps in flight (`ls -l`, rsync): s3rver answers a HEAD in well under a
 # millisecond, and with 16 in flight it stood idle 5% of an `ls -l` of 10,000 while the mount
 # handled replies (2 cores, 2026-12-05). HEADs alone through this driver, 5,000 per point:
-# 16 in flight 1,700-1,900/s, 48 in flight 1,880-2,250/s, and s3rver's CPU per HEAD fell from
-# 0.62-0.64 to 0.52-0.62 ms (it takes more requests per turn of its event loop). `ls -l` of
-# 10,000, 4 paired rounds each, median time over s3fs's: 1.14 with 16, 1.02 with 48.
+# 16 in flight 1,750/s, 48 in flight 1,880-2,250/s, and s3rver's CPU per HEAD fell from
+# 0.62 to 0.52-0.62 ms (it takes more requests per turn of its event loop). `ls -l` of
+# 10,000, 4 paired rounds, time over s3fs's: 0.86-1.10 with 16, 0.73-0.92 with 48.
 # s3fs keeps 20 HEADs in flight; a service farther away than 127.0.0.1 needs more, not fewer.
 PARALLEL_METADATA_READS = 48
 
@@ -78,8 +78,8 @@ class S3Requests(Backend):
         # PARALLEL_PARTS of them, leaving `workers` for reads and listings while a large file
         # goes up.
         threads = workers + PARALLEL_PARTS
-        # What the mount keeps under way (stat-ahead HEADs, small files' PUTs) is the pool:
-        # fewer would leave connections idle, more would only queue for them.
+        # The uploads the mount keeps under way (small files' PUTs) are boto3's pool: fewer
+        # would leave connections idle, more would only queue for them.
         self.features = dataclasses.replace(self.features, parallel_requests=threads,
                                             parallel_metadata_reads=PARALLEL_METADATA_READS)
         # The fast path's connections: enough for the stat-ahead's HEADs, or for the uploads

@@ -56,6 +56,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from .s3 import CREDENTIALS, S3Server, free_port, start_server, stop_process
+from .threaded import ThreadedServer
 
 SPACES = ("public", "private", "user")
 BUCKETS = {space: f"duckietown-{space}-storage" for space in SPACES}
@@ -614,10 +615,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             remaining -= len(chunk)
 
 
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # a front end's backlog, not the standard library's 5
-
+class Server(ThreadedServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that went away
             super().handle_error(request, client_address)

@@ -28,6 +28,7 @@ from typing import TypeVar
 from xml.sax.saxutils import escape
 
 from .s3 import free_port
+from .threaded import ThreadedServer
 
 # Hop-by-hop headers, and Expect (the proxy has the whole body before it forwards).
 NOT_FORWARDED = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection"}
@@ -149,15 +150,6 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
 P = TypeVar("P", bound="S3Proxy")
 
 
-class ProxyServer(http.server.ThreadingHTTPServer):
-    """A thread per connection, and a listen backlog a service's front end has (the standard
-    library's 5 drops the SYNs of a client opening dozens of connections at once, and the
-    client tries again a second later)."""
-
-    daemon_threads = True
-    request_queue_size = 128
-
-
 class S3Proxy:
     handler_class: type[ProxyHandler] = ProxyHandler  # what answers each connection
 
@@ -171,11 +163,11 @@ class S3Proxy:
         self.lock = threading.Lock()  # handlers run in threads of their own
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server: ProxyServer | None = None
+        self._server: ThreadedServer | None = None
 
     def start(self: P) -> P:
         handler = type("Handler", (self.handler_class,), {"proxy": self})
-        self._server = ProxyServer(("127.0.0.1", self.port), handler)
+        self._server = ThreadedServer(("127.0.0.1", self.port), handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

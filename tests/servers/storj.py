@@ -44,6 +44,7 @@ import base58
 
 from .s3 import S3Server, free_port, running, start_server, stop_process
 from .s3_proxy import ProxyHandler, S3Proxy, error_body
+from .threaded import ThreadedServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SATELLITE = "12EayRS2V1kEsWESU9QMRseFhdxYxKicsiFmxrsLZHeLUtdps3S@127.0.0.1:7777"
@@ -248,12 +249,11 @@ class Local:
         self.endpoint = endpoint or self.gateway.url
         self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server: http.server.ThreadingHTTPServer | None = None
+        self._server: ThreadedServer | None = None
 
     def start(self) -> Local:
         handler = type("Handler", (AuthHandler,), {"state": self})
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        self._server.daemon_threads = True
+        self._server = ThreadedServer(("127.0.0.1", self.port), handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.gateway.start()
         return self
