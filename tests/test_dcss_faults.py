@@ -190,3 +190,15 @@ def test_concurrent_cold_reads_ask_for_one_presigned_url(mounter: Mounter, servi
         os.close(fd)
     assert got == [data[at:at + MiB] for at in range(0, 16 * MiB, 2 * MiB)]
     assert proxy.seen["authorize get_object"] == 1, proxy.seen
+
+
+def test_a_lookup_asks_for_no_parts_of_a_directory(mounter: Mounter, service: DcssService,
+                                                     proxy: FaultProxy) -> None:
+    """A path's directories (prefixes without markers, as the official client leaves them) cost
+    a lookup one HEAD each for the marker that would hold their attributes, not a second for
+    `dir/.000` as if the marker were a file stored in parts; the file's own HEAD is the third."""
+    service.s3.put_object(Bucket=BUCKETS["private"], Key="a/b/file.bin", Body=b"x" * 10)
+    m = mount_via(mounter, service, proxy)
+    assert (m.path / "private" / "a" / "b" / "file.bin").stat().st_size == 10
+    assert proxy.seen["authorize head_object"] == 3, proxy.seen
+    assert proxy.seen["HeadObject"] == 3, proxy.seen

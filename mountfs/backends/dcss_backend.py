@@ -198,6 +198,8 @@ class DcssBackend(Backend):
             self._layouts.pop((space, key), None)
             return self._info(space, key, [headers])
         except NoSuchObject:
+            if key.endswith("/"):
+                raise  # a directory's marker: never stored in parts (no lookup pays a probe)
             first = await self._head(space, part_key(key, 0))  # NoSuchObject: there is neither
         count = int(first.get(AMZ_META + META_PARTS, "1"))
         parts = [first] + [await self._head(space, part_key(key, i)) for i in range(1, count)]
