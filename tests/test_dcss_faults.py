@@ -193,7 +193,7 @@ def test_concurrent_cold_reads_ask_for_one_presigned_url(mounter: Mounter, servi
 
 
 def test_a_lookup_asks_for_no_parts_of_a_directory(mounter: Mounter, service: DcssService,
-                                                     proxy: FaultProxy) -> None:
+                                                   proxy: FaultProxy) -> None:
     """A path's directories (prefixes without markers, as the official client leaves them) cost
     a lookup one HEAD each for the marker that would hold their attributes, not a second for
     `dir/.000` as if the marker were a file stored in parts; the file's own HEAD is the third."""
