@@ -239,11 +239,12 @@ def test_base_follows_botocore_addressing() -> None:
 
 class CutGets(S3Proxy):
     """Forwards every request, but the first `times` ranged GETs get a wrong body (0xff
-    bytes) that breaks off halfway, as a server that died mid-reply leaves it."""
+    bytes) that breaks off halfway, as a server that died mid-reply leaves it; after `stall`
+    seconds of silence, if given, as a server that hung."""
 
-    def __init__(self, upstream: str, times: int = 1) -> None:
+    def __init__(self, upstream: str, times: int = 1, stall: float = 0.0) -> None:
         super().__init__(upstream)
-        self.times, self.gets = times, 0
+        self.times, self.gets, self.stall = times, 0, stall
 
     def handle(self, h: ProxyHandler, op: str, body: bytes) -> None:
         if h.command != "GET" or "Range" not in h.headers:
@@ -256,6 +257,7 @@ class CutGets(S3Proxy):
         if cut:
             h.answer(status, headers, b"\xff" * len(data), send=len(data) // 2,
                      length=len(data))
+            time.sleep(self.stall)
         else:
             h.answer(status, headers, data)
 
@@ -284,6 +286,35 @@ async def test_a_body_cut_short_is_read_again_into_the_same_blocks(
             assert await s3.read_into(BUCKET, "k", len(data) - 10, 1000, sink) == 10
             sink.cut(10)
         assert Path(paths[0]).read_bytes() == data[-10:]
+    finally:
+        await s3.aclose()
+        proxy.stop()
+
+
+@pytest.mark.usefixtures("credentials")
+async def test_a_body_that_stalls_costs_the_read_timeout_and_is_read_again(
+        s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body's reads keep the read timeout (kept by the kernel while the body is read:
+    body_reads.py): a server silent halfway through a body costs the timeout, not as long as
+    it stays silent, and the connection reads the next body as ever."""
+    monkeypatch.setenv("MOUNTFS_READ_TIMEOUT", "1")
+    reset_s3_server(s3_server)
+    boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
+    data = os.urandom(2_500_000)
+    proxy = CutGets(s3_server.url, stall=6.0).start()
+    s3 = S3Backend(proxy.url, path_style=True)
+    try:
+        await s3.write_object(BUCKET, "k", io.BytesIO(data), len(data), {})
+        for _ in range(2):  # the second read on the connection the first one gave back
+            paths = [str(tmp_path / f"block.{n}") for n in range(3)]
+            start = time.monotonic()
+            with BlockSink(paths, 1 << 20, len(data)) as sink:
+                got = await s3.read_into(BUCKET, "k", 0, len(data), sink)
+                sink.cut(got)
+            assert time.monotonic() - start < 4.5
+            assert got == len(data)
+            assert b"".join(Path(p).read_bytes() for p in paths) == data
+        assert proxy.gets == 3
     finally:
         await s3.aclose()
         proxy.stop()

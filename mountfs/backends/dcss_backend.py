@@ -26,6 +26,7 @@ import urllib3
 from cache.storage import Readable
 from mountfs.backends.base import (HEADERS, Backend, Features, ObjectInfo, Sink,
                                    split_headers)
+from mountfs.backends.body_reads import stream_into
 from mountfs.backends.dcss import DEFAULT_API_URL, DEFAULT_PART_SIZE, DEFAULT_S3_ENDPOINT
 from mountfs.backends.dcss_requests import (SPACES, STREAM_CHUNK, BodyStream, DcssRequests,
                                             RangeOpener)
@@ -34,7 +35,6 @@ from mountfs.backends.dcss_wire import (META_OWNER, META_PARTS, ListedObject, Li
                                         PartFolder, PartRun, combined_etag, parse_listing,
                                         part_key)
 from mountfs.backends.s3_limits import MAX_KEY as S3_MAX_KEY
-from mountfs.backends.s3_download import PIECE
 from mountfs.backends.http import give_back
 from mountfs.errors import (BackendError, ConfigError, NoSuchObject, NotSupported,
                             PermissionDenied, TemporaryFailure)
@@ -231,8 +231,8 @@ class DcssBackend(Backend):
 
     async def read_into(self, bucket: str, key: str, offset: int, length: int,
                         sink: Sink) -> int:
-        # The body goes from the socket to the sink a PIECE at a time, in the worker thread
-        # of the request (as S3's, mountfs/backends/s3_download.py): no bytes of the whole
+        # The body goes from the socket to the sink as it arrives, in the worker thread of
+        # the request (as S3's: mountfs/backends/body_reads.py): no bytes of the whole
         # range, no second worker thread (the default's).
         async def read(sizes: list[int] | None) -> int:
             if sizes is None:
@@ -277,18 +277,13 @@ class DcssBackend(Backend):
             # One try: the GET and its body (a body that broke off is asked for again, and
             # written over from its start).
             reply = self.requests.s3_once("GET", url, what, headers, stream=True)
-            done = 0
             try:
-                if reply.status == 416:  # at or past the end
-                    return 0
-                for piece in reply.stream(PIECE, decode_content=False):
-                    sink(done, piece)
-                    done += len(piece)
+                # 416: at or past the end
+                return 0 if reply.status == 416 else stream_into(reply, sink)
             except urllib3.exceptions.HTTPError as exc:
                 raise TemporaryFailure(f"{what}: {exc}") from exc
             finally:
                 give_back(reply)
-            return done
 
         return await self.requests.reading("get_object", space, key, what, once)
 

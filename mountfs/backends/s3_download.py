@@ -3,7 +3,7 @@ every fast-path request, sent and read by urllib3 in a worker thread.
 
 Why not the CRT's connections (`Wire._exchange`): they hand Python the body in ~16 KiB
 chunks, each a callback that takes the GIL from the CRT's thread. urllib3 reads the body in
-pieces of `PIECE` bytes with the GIL released, in the thread that writes them to the sink.
+pieces (body_reads.py) with the GIL released, in the thread that writes them to the sink.
 Measured against s3rver (8 ranged GETs of 8 MiB in flight into block files, fetch only, one
 run, 2026-12-04, load ~10 on 2 cores): the CRT's connections 1.6-1.7 s of CPU per GiB at
 130-170 MiB/s, urllib3 0.7 s/GiB at 230-370 MiB/s.
@@ -22,14 +22,10 @@ from __future__ import annotations
 import urllib3
 
 from mountfs.backends.base import Sink
+from mountfs.backends.body_reads import stream_into
 from mountfs.backends.http import HttpPool, give_back
 from mountfs.backends.s3_wire import Base, Reply, Wire, error_from, proxy_for
 from mountfs.errors import TemporaryFailure
-
-# Bytes read from the socket and handed to the sink at a time: small enough to be copied into
-# the block file while still in the CPU's cache (through the mount, 512 MiB, load 8-11: 64 KiB
-# to 512 KiB pieces 1.14-1.50 s of CPU per GiB, 1 MiB pieces 1.52-2.16).
-PIECE = 256 * 1024
 
 
 class Downloads:
@@ -63,11 +59,7 @@ class Downloads:
             fields = {name.lower(): value for name, value in raw}
             if not 200 <= reply.status < 300:
                 raise error_from(Reply(reply.status, fields, reply.read(), raw), operation)
-            done = 0
-            for piece in reply.stream(PIECE, decode_content=False):
-                sink(done, piece)
-                done += len(piece)
-            return Reply(reply.status, fields, b"", raw, done)
+            return Reply(reply.status, fields, b"", raw, stream_into(reply, sink))
         except urllib3.exceptions.HTTPError as exc:  # reset, timed out, cut short
             raise TemporaryFailure(f"{operation} {urllib3.util.parse_url(url).netloc}: "
                                    f"{exc}") from exc
