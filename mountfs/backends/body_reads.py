@@ -48,10 +48,9 @@ def kernel_read_timeout(reply: urllib3.BaseHTTPResponse) -> Iterator[None]:
     while the body is read; as it was afterwards, for the connection's next request. Only
     for a body of known length (a chunked one's framing would read the timeout's "no data"
     as a malformed chunk)."""
-    connection = reply.connection
-    sock = getattr(connection, "sock", None)
+    sock = getattr(reply.connection, "sock", None)
     timeout = sock.gettimeout() if isinstance(sock, socket.socket) else None
-    if timeout is None or reply.length_remaining is None:
+    if not isinstance(sock, socket.socket) or timeout is None or reply.length_remaining is None:
         yield
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(timeout))
