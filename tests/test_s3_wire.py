@@ -141,13 +141,19 @@ async def test_session_token_signs_both_paths_and_refreshed_credentials_are_used
     await s3.aclose()
 
 
-@pytest.fixture
-def https_moto(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """moto_server over HTTPS with a self-signed certificate for 127.0.0.1: (URL, the cert)."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made in `directory`."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def https_moto(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """moto_server over HTTPS with a self-signed certificate for 127.0.0.1: (URL, the cert)."""
+    cert, key = self_signed(tmp_path)
     port = free_port()
     url = f"https://127.0.0.1:{port}"
     proc = subprocess.Popen([*command(port), "-c", str(cert), "-k", str(key)],
@@ -291,17 +297,21 @@ async def test_a_body_cut_short_is_read_again_into_the_same_blocks(
         proxy.stop()
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 @pytest.mark.usefixtures("credentials")
 async def test_a_body_that_stalls_costs_the_read_timeout_and_is_read_again(
-        s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A body's reads keep the read timeout (kept by the kernel while the body is read:
-    body_reads.py): a server silent halfway through a body costs the timeout, not as long as
-    it stays silent, and the connection reads the next body as ever."""
+        tls: bool, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body's reads keep the read timeout (kept by the kernel while a plain socket's body is
+    read, by Python on TLS: body_reads.py): a server silent halfway through a body costs the
+    timeout, not as long as it stays silent, and the connection reads the next body as ever."""
     monkeypatch.setenv("MOUNTFS_READ_TIMEOUT", "1")
     reset_s3_server(s3_server)
     boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
     data = os.urandom(2_500_000)
-    proxy = CutGets(s3_server.url, stall=6.0).start()
+    certificate = self_signed(tmp_path) if tls else None
+    if certificate:
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(certificate[0]))
+    proxy = CutGets(s3_server.url, stall=6.0).start(tls=certificate)
     s3 = S3Backend(proxy.url, path_style=True)
     try:
         await s3.write_object(BUCKET, "k", io.BytesIO(data), len(data), {})

@@ -2,20 +2,22 @@
 loop of every ranged GET into the cache (S3's `Downloads`, DCSS's `read_into`), in the worker
 thread that made the request.
 
-Its socket is read blocking, under a read timeout the kernel keeps (SO_RCVTIMEO), not Python's:
-a socket with a Python timeout polls before every recv, two system calls and two hand-offs of
-the GIL for each ~128 KiB read. 256 MiB read cold through a fresh mount from s3rver, the
-mount's system calls counted by `strace -c -f` (2026-12-05): poll 1,995 -> 57, futex 55,319 ->
-33,067 (the GIL handed over less often), recvfrom the same. 1 GiB read cold, paired rounds:
-the mount's CPU per GiB median 0.99 s against 1.09 in one set of 6, 1.10 against 1.07 in the
-next (s3rver's own CPU per GiB varied 1.0-2.1 s in it: the noise of this 2-core VM). A read
-that times out gets no more bytes (the kernel's EAGAIN, which Python's socket file reads as no
-data), and urllib3 reports the body cut short (IncompleteRead, an HTTPError), as it reports
-Python's timeout.
+A plain socket is read blocking, under a read timeout the kernel keeps (SO_RCVTIMEO), not
+Python's: a socket with a Python timeout polls before every recv, two system calls and two
+hand-offs of the GIL for each ~128 KiB read. 256 MiB read cold through a fresh mount from
+s3rver, the mount's system calls counted by `strace -c -f` (2026-12-05): poll 1,995 -> 57,
+futex 55,319 -> 33,067 (the GIL handed over less often), recvfrom the same. 1 GiB read cold,
+paired rounds: the mount's CPU per GiB median 0.99 s against 1.09 in one set of 6, 1.10
+against 1.07 in the next (s3rver's own CPU per GiB varied 1.0-2.1 s in it: the noise of this
+2-core VM). A read that times out gets no more bytes (the kernel's EAGAIN, which Python's
+socket file reads as no data), and urllib3 reports the body cut short (IncompleteRead, an
+HTTPError), as it reports Python's timeout. A TLS socket keeps Python's timeout
+(`kernel_read_timeout`).
 """
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,11 +48,15 @@ def stream_into(reply: urllib3.BaseHTTPResponse, sink: Sink) -> int:
 def kernel_read_timeout(reply: urllib3.BaseHTTPResponse) -> Iterator[None]:
     """The socket of `reply` blocking, with its Python read timeout moved into the kernel,
     while the body is read; as it was afterwards, for the connection's next request. Only
-    for a body of known length (a chunked one's framing would read the timeout's "no data"
-    as a malformed chunk)."""
+    for a plain socket's body of known length: a chunked body's framing would read the
+    timeout's "no data" as a malformed chunk, and a TLS socket in blocking mode retries a
+    read that wants more data for as long as it gets none (CPython's ssl module: a body
+    stalled for 8 s failed after 8 s under a kernel timeout of 1 s), so TLS keeps Python's
+    timeout."""
     sock = getattr(reply.connection, "sock", None)
-    timeout = sock.gettimeout() if isinstance(sock, socket.socket) else None
-    if not isinstance(sock, socket.socket) or timeout is None or reply.length_remaining is None:
+    plain = isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
+    timeout = sock.gettimeout() if plain else None
+    if not plain or timeout is None or reply.length_remaining is None:
         yield
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(timeout))

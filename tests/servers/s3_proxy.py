@@ -21,9 +21,11 @@ import collections
 import http.client
 import http.server
 import socket
+import ssl
 import struct
 import threading
 import urllib.parse
+from pathlib import Path
 from typing import TypeVar
 from xml.sax.saxutils import escape
 
@@ -165,9 +167,15 @@ class S3Proxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: ThreadedServer | None = None
 
-    def start(self: P) -> P:
+    def start(self: P, tls: tuple[Path, Path] | None = None) -> P:
+        """Serve; over TLS with `tls` (a certificate and its key): then `url` is https."""
         handler = type("Handler", (self.handler_class,), {"proxy": self})
         self._server = ThreadedServer(("127.0.0.1", self.port), handler)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
