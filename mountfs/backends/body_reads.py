@@ -54,9 +54,11 @@ def kernel_read_timeout(reply: urllib3.BaseHTTPResponse) -> Iterator[None]:
     stalled for 8 s failed after 8 s under a kernel timeout of 1 s), so TLS keeps Python's
     timeout."""
     sock = getattr(reply.connection, "sock", None)
-    plain = isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
-    timeout = sock.gettimeout() if plain else None
-    if not plain or timeout is None or reply.length_remaining is None:
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        yield
+        return
+    timeout = sock.gettimeout()
+    if timeout is None or reply.length_remaining is None:
         yield
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(timeout))
