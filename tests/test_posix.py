@@ -36,6 +36,8 @@ from stores import StorePath, names, tree
 
 pytestmark = [pytest.mark.mounted, pytest.mark.backends(*BACKENDS)]
 
+LIBC = ctypes.CDLL(None, use_errno=True)  # system calls Python's os module lacks
+
 NOBODY = 65534
 
 
@@ -436,10 +438,9 @@ def test_a_cache_dir_on_a_file_system_without_fallocate(
     """Block files are given their disk at once where the cache dir's file system can
     (fallocate); where it cannot (here: in another mountfs mount) they are written as ever."""
     host = mounter.mount(make_store(request, "local", tmp_path / "host-store"), name="host")
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(host.bucket / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        assert libc.fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(4096)) == -1
+        assert LIBC.fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(4096)) == -1
         assert ctypes.get_errno() == errno.EOPNOTSUPP
     finally:
         os.close(fd)
@@ -805,9 +806,8 @@ RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 
 def renameat2(src: Path, dst: Path, flags: int) -> int:
     """renameat2(2) with `flags`: 0 on success, else the errno."""
-    libc = ctypes.CDLL(None, use_errno=True)
     at_fdcwd = -100
-    if libc.renameat2(at_fdcwd, bytes(src), at_fdcwd, bytes(dst), flags) == 0:
+    if LIBC.renameat2(at_fdcwd, bytes(src), at_fdcwd, bytes(dst), flags) == 0:
         return 0
     return ctypes.get_errno()
 
