@@ -195,7 +195,9 @@ def footnotes(sizes: Sizes, caches_dropped: bool) -> list[str]:
         "run 2, ...). ↓ lower is better, ↑ higher is better; \"mountfs ÷ X\" is the "
         "plain quotient of the two medians. A cold measurement is a fresh mount (new process, "
         "empty cache dir) after dropping the page cache; warm is a second read in the same "
-        "mount. * some runs failed (see Errors); \"error\": every run failed.",
+        "mount. Every runner's (c) writes begin after a write-back and a drop of the caches "
+        "too (on ext4 without a journal, files freed just before make every create dearer). "
+        "* some runs failed (see Errors); \"error\": every run failed.",
         "",
         "Baseline column: boto3 on the same server in the same run — (a) multipart PUT, (b) "
         "ranged GETs, both 8 MiB parts on 8 threads; (c) PUTs on 8 threads, then a paginated "
