@@ -196,7 +196,7 @@ print(start, time.monotonic())
 def even_start(bench: Bench) -> None:
     """Every runner's small files start from the same file system: written back, caches
     dropped. On ext4 without a journal (this machine's root) a new inode skips each one freed
-    in the last 5 s, 305 s while its inode table block is dirty, one buffer lookup apiece: a
+    in the last 60 s, 360 s while its inode table block is dirty, one buffer lookup apiece: a
     create cost 0.5-0.65 ms of system time after the runner before had deleted its thousands
     of files (s3rver's objects, a cache dir), 0.07 ms after a write-back and a drop. The
     1,000 files cost a create each in the mount and three in s3rver."""
