@@ -8,7 +8,8 @@ once. `Namespace` is the FUSE layer's one door to the tree; behind it, rooms of 
 nodes and their fields (mountfs/nodes.py), the node table with inodes, locations and freshness
 (mountfs/table.py, `NodeTable`), lookups and listings (mountfs/listings.py, `Listings`), moving
 objects for a rename in a crash-safe order (mountfs/rename.py, `Mover`), and settling an upload
-that lost a race with another client (mountfs/conflicts.py, `ConflictSettler`).
+that lost a race with another client (mountfs/conflicts.py, `ConflictSettler`), and the
+extended attributes kept (mountfs/xattrs.py, `Xattrs`).
 """
 from __future__ import annotations
 
@@ -30,23 +31,15 @@ from mountfs.backends import Scope
 from mountfs.backends.base import CONTENT_TYPE, Backend, ObjectInfo
 from mountfs.conflicts import ConflictSettler
 from mountfs.dirtimes import DirTimes
-from mountfs.errors import (InvalidArgument, NameTooLong, NoSuchAttribute, NoSuchObject,
-                            NotEmpty, NotPermitted, ReadOnly, TooLarge)
+from mountfs.errors import (InvalidArgument, NameTooLong, NoSuchObject, NotEmpty,
+                            NotPermitted, ReadOnly, TooLarge)
 from mountfs.listings import Listings
 from mountfs.nodes import Node, check_name
 from mountfs.rename import Mover
 from mountfs.table import NodeTable
+from mountfs.xattrs import Xattrs
 
 
-# Extended attribute namespaces kept (the kernel checks who may set trusted.* and security.*).
-XATTR_NAMESPACES = ("user.", "trusted.", "security.")
-# Attributes the kernel would give a meaning the mount cannot: SELinux labels and POSIX ACLs
-# would not be enforced here. Refused as a filesystem without them refuses them, ENOTSUP to
-# read, set or remove. That answer also spares `ls -l` two FUSE requests per entry: coreutils
-# asks each file for security.selinux and system.posix_acl_access, and once told ENOTSUP it
-# asks no other file of the same mount (ENODATA it takes for that file alone).
-UNKEPT_XATTRS = frozenset({"security.selinux", "system.posix_acl_access",
-                           "system.posix_acl_default"})
 # How long after its mtime a version told apart by its mtime in whole seconds is unsure
 # (the second itself, and some clock skew between the service and this machine).
 UNSURE_VERSION_NS = 2 * 10**9
@@ -72,6 +65,9 @@ class Namespace:
         self.complete, self.getattr = self.listings.metadata.complete, \
             self.listings.metadata.getattr
         self.stat_ahead = self.listings.metadata.stat_ahead
+        xattrs = Xattrs(backend, self.save_attrs)
+        self.getxattr, self.listxattr = xattrs.get, xattrs.names
+        self.setxattr, self.removexattr = xattrs.set, xattrs.remove
         self._mover = Mover(backend, cache, queue)
         # Uploads state the version they replace; a lost race with another client is settled
         # where names are known.
@@ -343,38 +339,6 @@ class Namespace:
             if obj is not None:
                 self.cache.set_server_version(obj, info.etag, info.mtime_ns)
 
-    def getxattr(self, node: Node, name: str) -> bytes:
-        refuse_unkept(name)
-        try:
-            return node.attrs.xattrs[name]
-        except KeyError:
-            raise NoSuchAttribute(name) from None
-
-    def listxattr(self, node: Node) -> list[str]:
-        """The names a getxattr answers (an unkept one another tool stored stays unshown)."""
-        return [name for name in node.attrs.xattrs if name not in UNKEPT_XATTRS]
-
-    async def setxattr(self, node: Node, name: str, value: bytes) -> None:
-        refuse_unkept(name)
-        if not name.startswith(XATTR_NAMESPACES):
-            # setxattr(2): ENOTSUP is the answer for a namespace the filesystem lacks.
-            raise OSError(errno.ENOTSUP, f"{name}: only {', '.join(XATTR_NAMESPACES)}* "
-                          "attributes are kept")
-        if not self.backend.features.keeps("xattr"):
-            raise OSError(errno.ENOTSUP, f"{self.backend.describe()} keeps no extended "
-                          "attributes")
-        node.attrs.xattrs[name] = value
-        node.attrs.changed(time.time_ns())
-        await self.save_attrs(node)
-
-    async def removexattr(self, node: Node, name: str) -> None:
-        refuse_unkept(name)
-        if name not in node.attrs.xattrs:
-            raise NoSuchAttribute(name)
-        del node.attrs.xattrs[name]
-        node.attrs.changed(time.time_ns())
-        await self.save_attrs(node)
-
     # ---- file data -------------------------------------------------------------------------
 
     async def open_data(self, node: Node) -> tuple[CachedObject, bool]:
@@ -486,8 +450,3 @@ class Namespace:
 
     def statfs_counts(self) -> tuple[int, int]:
         return len(self.table.nodes), self.cache.used
-
-
-def refuse_unkept(name: str) -> None:
-    if name in UNKEPT_XATTRS:
-        raise OSError(errno.ENOTSUP, f"{name}: SELinux labels and POSIX ACLs are not kept")
