@@ -7,6 +7,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
+
+from cache.errors import ObjectChanged
 
 # The blocks a cached object is kept in (`mountfs mount --block-size`). Each block file costs
 # an inode's creation and its bookkeeping, which bound a cold read on a busy machine: 1 GiB
@@ -35,8 +38,9 @@ def allocate(fd: int, length: int) -> None:
 
 
 def create(path: str, length: int) -> int:
-    """A new file at `path` (replacing any) for `length` bytes of a block, opened to write."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """A new file at `path` (replacing any) for `length` bytes of a block, opened to write
+    (and read: a repeated fetch checks what it wrote)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         allocate(fd, length)
     except OSError:
@@ -61,11 +65,18 @@ class BlockSink:
     (see `Backend.read_into`); each call is one pwrite per block it spans, no copy in Python,
     and a file is created when its first byte comes (on that thread, not the trio thread).
     A file is given the disk for its part of the range when created (`allocate`).
+    Once a file holds all its bytes, `whole(index, length)` is called on the same thread: the
+    block may go into place, and be read, before the rest of the range comes. It is never
+    written again: a try repeated from the range's start only checks that it brings the same
+    bytes (ObjectChanged if not: the object was replaced between the two tries).
     A context manager: the descriptors are closed on exit."""
 
-    def __init__(self, paths: list[str], block_size: int, length: int) -> None:
+    def __init__(self, paths: list[str], block_size: int, length: int,
+                 whole: Callable[[int, int], None] | None = None) -> None:
         self.paths, self.block_size, self.length = paths, block_size, length
+        self.whole = whole
         self.fds: dict[int, int] = {}  # block index in the range -> its file, once written
+        self.complete: set[int] = set()  # the blocks whose files hold all their bytes
 
     def __enter__(self) -> BlockSink:
         return self
@@ -80,20 +91,30 @@ class BlockSink:
             n, inside = divmod(pos, bs)
             if n >= len(self.paths):
                 raise ValueError(f"a read wrote past its range (at {pos})")
-            fd = self.fds.get(n)
-            if fd is None:
-                fd = self.fds[n] = create(self.paths[n], min(bs, self.length - n * bs))
+            size = min(bs, self.length - n * bs)
             piece = view[:bs - inside]
-            pwrite_all(fd, piece, inside)
+            if n in self.complete:
+                if os.pread(self.fds[n], len(piece), inside) != piece:
+                    raise ObjectChanged(f"a repeated read brought other bytes at {pos}")
+            else:
+                fd = self.fds.get(n)
+                if fd is None:
+                    fd = self.fds[n] = create(self.paths[n], size)
+                pwrite_all(fd, piece, inside)
+                if inside + len(piece) == size:
+                    self.complete.add(n)
+                    if self.whole is not None:
+                        self.whole(n, size)
             pos += len(piece)
             view = view[len(piece):]
 
     def cut(self, length: int) -> None:
-        """Make the files hold exactly the range's first `length` bytes (a read that came back
-        short leaves them as long as the range; a try cut short and repeated as a shorter read
-        may have written more)."""
+        """Make the files not yet whole hold exactly the range's first `length` bytes (a read
+        that came back short leaves them as long as the range; a try cut short and repeated
+        as a shorter read may have written more)."""
         for n, fd in self.fds.items():
-            os.ftruncate(fd, max(0, min(self.block_size, length - n * self.block_size)))
+            if n not in self.complete:
+                os.ftruncate(fd, max(0, min(self.block_size, length - n * self.block_size)))
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

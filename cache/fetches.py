@@ -1,12 +1,15 @@
 """Fetching blocks from the server (`Fetches`): one fetch of a block at a time (the others
 wait on its entry in `BlockCache.fetching`), a run of blocks per ranged GET streamed into
-tmp files as it arrives, then moved into place on the trio thread once there is room, unless
-a write, a truncate or another server version overtook the fetch meanwhile."""
+tmp files as it arrives, each block moved into place on the trio thread as soon as it is
+whole (a sequential reader follows the GET rather than waiting for its end), unless a write,
+a truncate or another server version overtook the fetch meanwhile."""
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -15,9 +18,24 @@ from cache.block_files import BlockSink, unlink_quietly, write_files
 from cache.errors import ObjectChanged
 from cache.objects import CachedObject
 from cache.readahead import Slot
+from cache.room import Reservation
 
 if TYPE_CHECKING:
     from cache.blocks import BlockCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Run:
+    """One fetch's blocks: each one's event (set once it is in place or the fetch is over),
+    its tmp file while not yet in place, the room held for it."""
+    obj: CachedObject
+    first: int
+    events: dict[int, trio.Event]
+    tmps: dict[int, str] = field(default_factory=dict)
+    room: Reservation | None = None
+    over: bool = False
 
 
 class Fetches:
@@ -49,31 +67,38 @@ class Fetches:
 
     async def fetch(self, obj: CachedObject, first: int, count: int,
                     slot: Slot | None = None) -> None:
-        """Fetch blocks [first, first + count) with one ranged GET. The caller saw each of
-        them neither cached nor being fetched, with no await since."""
-        blocks = range(first, first + count)
-        done = trio.Event()
-        for n in blocks:
-            self.cache.fetching[(obj, n)] = done
+        """Fetch blocks [first, first + count) with one ranged GET, each block going into
+        place (and its readers on) as soon as its bytes are in. The caller saw each of them
+        neither cached nor being fetched, with no await since."""
+        run = _Run(obj, first, {n: trio.Event() for n in range(first, first + count)})
+        self.cache.fetching.update({(obj, n): event for n, event in run.events.items()})
         self.cache.misses += count
         try:
-            await self._fetch_unlocked(obj, first, count, slot)
+            await self._fetch_unlocked(run, slot)
         finally:
-            for n in blocks:
-                del self.cache.fetching[(obj, n)]
-            done.set()
+            run.over = True
+            for n in run.events:
+                self._release(run, n)
 
-    async def _fetch_unlocked(self, obj: CachedObject, first: int, count: int,
-                              slot: Slot | None) -> None:
+    async def _fetch_unlocked(self, run: _Run, slot: Slot | None) -> None:
+        obj, first = run.obj, run.first
         rec = obj.record
         bs = self.cache.block_size
         storage = self.cache.storage
         etag, start = rec.etag, first * bs
-        want = min(count * bs, rec.remote_size - start)
-        tmps = self._tmp_names(obj, range(first, first + -(-want // bs)))
-        async with self._filling(obj, tmps, want):
+        want = min(len(run.events) * bs, rec.remote_size - start)
+        run.tmps = self._tmp_names(obj, range(first, first + -(-want // bs)))
+        paths = list(run.tmps.values())
+        token = trio.lowlevel.current_trio_token()
+
+        def whole(index: int, length: int) -> None:
+            # On the driver's thread: the block goes into place on the trio thread, before the
+            # end of the read is reported there (run_sync_soon keeps the order).
+            token.run_sync_soon(self._install_whole, run, first + index, length, etag)
+
+        async with self._filling(obj, run.tmps, want) as run.room:
             # The body goes straight into the blocks' tmp files as it arrives (BlockSink).
-            with BlockSink(list(tmps.values()), bs, want) as sink:
+            with BlockSink(paths, bs, want, whole) as sink:
                 try:
                     got = await storage.read_into(rec.bucket, rec.key, start, want, sink)
                 finally:
@@ -83,10 +108,38 @@ class Fetches:
                     raise ObjectChanged(f"{rec.bucket}/{rec.key} is {start + got} bytes on "
                                         f"the server, expected {rec.remote_size}")
                 sink.cut(got)  # a longer try cut short and repeated may have written more
-            lengths = [min(bs, got - i * bs) for i in range(-(-got // bs))]
-            for n in list(tmps)[len(lengths):]:
-                unlink_quietly(tmps.pop(n))
-            self._install(obj, first, lengths, tmps, etag)
+            lengths = {n: min(bs, got - (n - first) * bs) for n in run.tmps
+                       if (n - first) * bs < got}
+            for n in [n for n in run.tmps if n not in lengths]:
+                unlink_quietly(run.tmps.pop(n))
+            for n, length in lengths.items():
+                self._install_one(run, n, length, etag)
+
+    def _install_whole(self, run: _Run, n: int, length: int, etag: str) -> None:
+        """A block of a fetch under way is whole: into place, its readers on. A callback on
+        the trio thread, where an exception would end the loop: a failure here leaves the
+        block to the end of the fetch."""
+        if run.over or n not in run.tmps:
+            return
+        try:
+            self._install_one(run, n, length, etag)
+        except Exception as exc:
+            log.warning("block %d of %s not put in place early: %s", n, run.obj.record.key,
+                        exc)
+
+    def _install_one(self, run: _Run, n: int, length: int, etag: str) -> None:
+        tmp = run.tmps.pop(n)
+        self._install(run.obj, n, [length], {n: tmp}, etag)
+        if run.room is not None:
+            run.room.settle(length)
+        self._release(run, n)
+
+    def _release(self, run: _Run, n: int) -> None:
+        """Block n of the run is no longer being fetched: its readers look again."""
+        event = run.events[n]
+        if self.cache.fetching.get((run.obj, n)) is event:
+            del self.cache.fetching[(run.obj, n)]
+        event.set()
 
     def _tmp_names(self, obj: CachedObject, blocks: range) -> dict[int, str]:
         """Where blocks being fetched are written before they go into place (`<id>.<n>.fetch`,
@@ -96,12 +149,12 @@ class Fetches:
 
     @asynccontextmanager
     async def _filling(self, obj: CachedObject, tmps: dict[int, str],
-                       need: int) -> AsyncIterator[None]:
+                       need: int) -> AsyncIterator[Reservation]:
         """Room under the cap (`Room.reserving`) for the `need` bytes written to `tmps` and
         moved into place as blocks; should that fail, the tmp files still there go."""
-        async with self.cache.room.reserving(need, wait=not obj.dirty):
+        async with self.cache.room.reserving(need, wait=not obj.dirty) as reservation:
             try:
-                yield
+                yield reservation
             except BaseException:
                 for tmp in tmps.values():
                     unlink_quietly(tmp)

@@ -22,6 +22,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class Reservation:
+    """The room a fetch holds (`Room.reserving`), given back a block at a time as the blocks
+    go into place (then in `used`) or are dropped, and the rest when the fetch ends."""
+
+    def __init__(self, cache: BlockCache, need: int) -> None:
+        self.cache, self.left = cache, need
+
+    def settle(self, length: int) -> None:
+        """`length` bytes of it are in place or dropped: no longer held."""
+        length = min(length, self.left)
+        self.left -= length
+        self.cache.reserved -= length
+
+
 class Room:
     def __init__(self, cache: BlockCache) -> None:
         self.cache = cache
@@ -65,7 +79,7 @@ class Room:
                 cache.untrack(obj)  # nothing cached: no record needed, and none kept
 
     @asynccontextmanager
-    async def reserving(self, need: int, *, wait: bool) -> AsyncIterator[None]:
+    async def reserving(self, need: int, *, wait: bool) -> AsyncIterator[Reservation]:
         """Room for `need` bytes of fetched blocks from before their tmp files are written
         until the block is written in place (then in `used`) or dropped: in-flight fetches
         count against the cap (read-ahead GETs of 8 MiB under way took the cache dir 44 MiB
@@ -77,10 +91,11 @@ class Room:
         else:
             self.evict(need)
         self.cache.reserved += need
+        reservation = Reservation(self.cache, need)
         try:
-            yield
+            yield reservation
         finally:
-            self.cache.reserved -= need
+            reservation.settle(reservation.left)
             self.changed()
 
     def changed(self) -> None:

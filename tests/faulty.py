@@ -35,6 +35,10 @@ class FaultyStorage:
         self.streams: list[str] = []  # the key of every stream_object
         self.stream_error: BaseException | None = None  # raised by the next stream, once
         self.stream_piece = 0  # bytes a stream yields at a time (0: as the backend does)
+        # A read_into hands over its first `hold_after` bytes, then the rest once `released`
+        # is set (None: all at once), as a GET whose body is still coming.
+        self.hold_after: int | None = None
+        self.released = trio.Event()
 
     def fail_writes(self, exc: BaseException, times: int = 1) -> None:
         """The next `times` write_object calls raise `exc` and store nothing."""
@@ -64,8 +68,15 @@ class FaultyStorage:
     async def read_into(self, bucket: str, key: str, offset: int, length: int,
                         sink: Sink) -> int:
         # Through read_object, so that its hooks and records cover the cache's fetches.
-        return await Backend.read_into(self, bucket, key, offset, length,  # type: ignore[arg-type]
-                                       sink)
+        if self.hold_after is None:
+            return await Backend.read_into(self, bucket, key, offset,  # type: ignore[arg-type]
+                                           length, sink)
+        data = await self.read_object(bucket, key, offset, length)
+        held = self.hold_after
+        await trio.to_thread.run_sync(sink, 0, data[:held])
+        await self.released.wait()
+        await trio.to_thread.run_sync(sink, held, data[held:])
+        return len(data)
 
     async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
         """The wrapped backend's stream, in pieces of `stream_piece` bytes, each after a

@@ -1194,6 +1194,38 @@ async def test_write_into_a_read_ahead_run_under_way_wins(
     assert ("remote", BS, 2 * BS) in storage.reads
 
 
+async def test_each_block_of_a_run_is_read_as_soon_as_it_is_whole(
+        cache: BlockCache, cache_dir: Path, storage: FaultyStorage,
+        backend: LocalBackend) -> None:
+    """A run's GET puts each block in place once its bytes are in: a sequential reader
+    follows the GET rather than waiting for its end, and the room held for the run shrinks
+    block by block."""
+    data = pattern(4 * BS, seed=10)
+    info = await put(backend, "run", data)
+    obj = open_remote(cache, info)
+    storage.hold_after = BS + 10  # block 0 whole, block 1 begun
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cache.fetches.fetch, obj, 0, 4)
+        await trio.testing.wait_all_tasks_blocked()  # the GET is under way
+        with trio.fail_after(10):
+            assert await cache.read(obj, 0, BS) == data[:BS]  # while the GET is held
+        assert (cache.used, cache.reserved) == (BS, 3 * BS)
+
+        async def read_block_1() -> None:
+            got.append(await cache.read(obj, BS, BS))
+
+        nursery.start_soon(read_block_1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # block 1 is not whole yet
+        storage.released.set()
+    assert got == [data[BS:2 * BS]]
+    assert await contents(cache, obj) == data
+    assert storage.reads == [("run", 0, 4 * BS)]  # the one GET brought every block
+    assert (cache.used, cache.reserved) == (4 * BS, 0)
+    assert cache.used == disk_usage(cache_dir)
+
+
 async def test_a_block_file_gone_from_disk_is_an_error_not_zeros(
         cache: BlockCache, cache_dir: Path) -> None:
     obj = await create(cache, "f", pattern(2 * BS))

@@ -24,6 +24,7 @@ import trio
 from botocore.credentials import Credentials
 
 from cache.block_files import BlockSink
+from cache.errors import ObjectChanged
 from mountfs.backends.s3_backend import S3Backend
 from mountfs.backends.s3_wire import Base, Wire
 from mountfs.errors import BackendError, PermissionDenied, TemporaryFailure
@@ -244,13 +245,15 @@ def test_base_follows_botocore_addressing() -> None:
 
 
 class CutGets(S3Proxy):
-    """Forwards every request, but the first `times` ranged GETs get a wrong body (0xff
-    bytes) that breaks off halfway, as a server that died mid-reply leaves it; after `stall`
-    seconds of silence, if given, as a server that hung."""
+    """Forwards every request, but the first `times` ranged GETs get a body that breaks off
+    halfway, as a server that died mid-reply leaves it; after `stall` seconds of silence, if
+    given, as a server that hung. The body's bytes from `wrong_from` on are wrong (0xff), as
+    if the object had been replaced, so that a test sees which bytes a second try replaced."""
 
-    def __init__(self, upstream: str, times: int = 1, stall: float = 0.0) -> None:
+    def __init__(self, upstream: str, times: int = 1, stall: float = 0.0,
+                 wrong_from: int = 0) -> None:
         super().__init__(upstream)
-        self.times, self.gets, self.stall = times, 0, stall
+        self.times, self.gets, self.stall, self.wrong_from = times, 0, stall, wrong_from
 
     def handle(self, h: ProxyHandler, op: str, body: bytes) -> None:
         if h.command != "GET" or "Range" not in h.headers:
@@ -261,8 +264,8 @@ class CutGets(S3Proxy):
             cut = self.gets <= self.times
         status, headers, data = h.forward(body)
         if cut:
-            h.answer(status, headers, b"\xff" * len(data), send=len(data) // 2,
-                     length=len(data))
+            wrong = data[:self.wrong_from] + b"\xff" * max(0, len(data) - self.wrong_from)
+            h.answer(status, headers, wrong, send=len(data) // 2, length=len(data))
             time.sleep(self.stall)
         else:
             h.answer(status, headers, data)
@@ -274,16 +277,20 @@ async def test_a_body_cut_short_is_read_again_into_the_same_blocks(
     reset_s3_server(s3_server)
     boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
     data = os.urandom(2_500_000)
-    proxy = CutGets(s3_server.url).start()
+    # The first try brings the first block whole and right, then wrong bytes into the second.
+    proxy = CutGets(s3_server.url, wrong_from=1 << 20).start()
     s3 = S3Backend(proxy.url, path_style=True)
     try:
         await s3.write_object(BUCKET, "k", io.BytesIO(data), len(data), {})
         paths = [str(tmp_path / f"block.{n}") for n in range(3)]
-        with BlockSink(paths, 1 << 20, len(data) - 100) as sink:
-            # The first try's half of a wrong body went into the files; the second overwrote it.
+        whole: list[tuple[int, int]] = []
+        with BlockSink(paths, 1 << 20, len(data) - 100,
+                       lambda n, length: whole.append((n, length))) as sink:
+            # The second try checked the whole first block and overwrote the rest.
             got = await s3.read_into(BUCKET, "k", 100, len(data) - 100, sink)
             sink.cut(got)
         assert got == len(data) - 100 and proxy.gets == 2
+        assert whole == [(0, 1 << 20), (1, 1 << 20), (2, len(data) - 100 - (2 << 20))]
         assert b"".join(Path(p).read_bytes() for p in paths) == data[100:]
         assert [Path(p).stat().st_size for p in paths] == [1 << 20, 1 << 20, 2_500_000 - 100
                                                            - (2 << 20)]
@@ -292,6 +299,30 @@ async def test_a_body_cut_short_is_read_again_into_the_same_blocks(
             assert await s3.read_into(BUCKET, "k", len(data) - 10, 1000, sink) == 10
             sink.cut(10)
         assert Path(paths[0]).read_bytes() == data[-10:]
+    finally:
+        await s3.aclose()
+        proxy.stop()
+
+
+@pytest.mark.usefixtures("credentials")
+async def test_a_second_try_bringing_other_bytes_for_a_whole_block_is_a_changed_object(
+        s3_server: S3Server, tmp_path: Path) -> None:
+    """A block whole after the first try may already be in place and read: a second try
+    that brings other bytes for it (the object replaced in between) fails the read as
+    ObjectChanged rather than change the block under its readers."""
+    reset_s3_server(s3_server)
+    boto3.client("s3", endpoint_url=s3_server.url).create_bucket(Bucket=BUCKET)
+    data = os.urandom(2_500_000)
+    proxy = CutGets(s3_server.url).start()  # the first try's bytes all wrong
+    s3 = S3Backend(proxy.url, path_style=True)
+    try:
+        await s3.write_object(BUCKET, "k", io.BytesIO(data), len(data), {})
+        paths = [str(tmp_path / f"block.{n}") for n in range(3)]
+        with BlockSink(paths, 1 << 20, len(data)) as sink:
+            with pytest.raises(ObjectChanged):
+                await s3.read_into(BUCKET, "k", 0, len(data), sink)
+        assert proxy.gets == 2
+        assert Path(paths[0]).read_bytes() == b"\xff" * (1 << 20)  # as the first try left it
     finally:
         await s3.aclose()
         proxy.stop()
@@ -311,7 +342,7 @@ async def test_a_body_that_stalls_costs_the_read_timeout_and_is_read_again(
     certificate = self_signed(tmp_path) if tls else None
     if certificate:
         monkeypatch.setenv("AWS_CA_BUNDLE", str(certificate[0]))
-    proxy = CutGets(s3_server.url, stall=6.0).start(tls=certificate)
+    proxy = CutGets(s3_server.url, stall=6.0, wrong_from=1 << 20).start(tls=certificate)
     s3 = S3Backend(proxy.url, path_style=True)
     try:
         await s3.write_object(BUCKET, "k", io.BytesIO(data), len(data), {})

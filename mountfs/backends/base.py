@@ -190,7 +190,9 @@ class Backend(abc.ABC):
         How the cache fetches blocks: a driver that can hands the body over as it arrives
         (S3: each chunk the CRT received, written straight into block files), so no copy of
         the whole range is made in Python. `sink` may be called from another thread, and from
-        position 0 again when a try is repeated; it is never called after this returns. By
+        position 0 again when a try is repeated; it is never called after this returns. The
+        cache's sink puts each block in place once whole, and checks a repeated try's bytes
+        for those blocks: other bytes raise cache.errors.ObjectChanged out of this call. By
         default one read_object, handed over from a worker thread (the sink writes files)."""
         data = await self.read_object(bucket, key, offset, length)
         await trio.to_thread.run_sync(sink, 0, data)
