@@ -93,8 +93,12 @@ class Fetches:
 
         def whole(index: int, length: int) -> None:
             # On the driver's thread: the block goes into place on the trio thread, before the
-            # end of the read is reported there (run_sync_soon keeps the order).
-            token.run_sync_soon(self._install_whole, run, first + index, length, etag)
+            # end of the read is reported there (run_sync_soon keeps the order). Not the last:
+            # it is whole only as the GET ends, and goes into place with the fetch's end, with
+            # no await before the fetch returns (a reader's own fetch of one block then reads
+            # it before any eviction can take it).
+            if index < len(paths) - 1:
+                token.run_sync_soon(self._install_whole, run, first + index, length, etag)
 
         async with self._filling(obj, run.tmps, want) as run.room:
             # The body goes straight into the blocks' tmp files as it arrives (BlockSink).

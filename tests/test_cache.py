@@ -1122,7 +1122,9 @@ async def test_read_ahead_is_bounded_coalesced_and_its_window_grows(
         [0] + [length for _, length in ranges[:-1]]))
     assert sum(min(length, len(data) - off) for off, length in ranges) == len(data)
     assert all(length <= 4 * BS for _, length in ranges)
-    assert sum(length == 4 * BS for _, length in ranges) >= 10
+    # Most blocks in whole runs: under load the reader may catch up with a run not yet
+    # started and fetch its first block itself (10 to 13 of ~18 runs whole).
+    assert 4 * sum(length == 4 * BS for _, length in ranges) >= len(data) // BS // 2
 
 
 async def test_read_ahead_starts_whole_runs_once_its_window_has_grown(
