@@ -132,8 +132,10 @@ class Fetches:
                         exc)
 
     def _install_one(self, run: _Run, n: int, length: int, etag: str) -> None:
-        tmp = run.tmps.pop(n)
-        self._install(run.obj, n, [length], {n: tmp}, etag)
+        # Out of the run's tmp files only once in place (or dropped): should the rename
+        # fail, the end of the fetch tries again, or the fetch's failure removes the file.
+        self._install(run.obj, n, [length], {n: run.tmps[n]}, etag)
+        del run.tmps[n]
         if run.room is not None:
             run.room.settle(length)
         self._release(run, n)
