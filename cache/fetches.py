@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class _Run:
     """One fetch's blocks: each one's event (set once it is in place or the fetch is over),
-    its tmp file while not yet in place, the room held for it."""
+    its tmp file while not yet in place (none left once the fetch is over), the room held for
+    it."""
     obj: CachedObject
     first: int
     events: dict[int, trio.Event]
     tmps: dict[int, str] = field(default_factory=dict)
     room: Reservation | None = None
-    over: bool = False
 
 
 class Fetches:
@@ -76,7 +76,6 @@ class Fetches:
         try:
             await self._fetch_unlocked(run, slot)
         finally:
-            run.over = True
             for n in run.events:
                 self._release(run, n)
 
@@ -123,8 +122,8 @@ class Fetches:
         """A block of a fetch under way is whole: into place, its readers on. A callback on
         the trio thread, where an exception would end the loop: a failure here leaves the
         block to the end of the fetch."""
-        if run.over or n not in run.tmps:
-            return
+        if n not in run.tmps:
+            return  # the fetch is over: its blocks in place, or gone with its failure
         try:
             self._install_one(run, n, length, etag)
         except Exception as exc:
@@ -157,13 +156,15 @@ class Fetches:
     async def _filling(self, obj: CachedObject, tmps: dict[int, str],
                        need: int) -> AsyncIterator[Reservation]:
         """Room under the cap (`Room.reserving`) for the `need` bytes written to `tmps` and
-        moved into place as blocks; should that fail, the tmp files still there go."""
+        moved into place as blocks; should that fail, the tmp files still there go (and
+        leave `tmps`)."""
         async with self.cache.room.reserving(need, wait=not obj.dirty) as reservation:
             try:
                 yield reservation
             except BaseException:
                 for tmp in tmps.values():
                     unlink_quietly(tmp)
+                tmps.clear()
                 raise
 
     async def store_fetched(self, obj: CachedObject, first: int, data: bytes,
